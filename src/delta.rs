@@ -1,0 +1,376 @@
+//! Delta table writes. One function, [`write`], streams record batches into a
+//! table and makes exactly one commit that adds the new files, removes what
+//! the mode replaces (all files, or the files of the partitions written),
+//! records the run's app transactions and metrics in the commit, or commits
+//! nothing when anything fails. Merges go through delta-rs's MERGE.
+//! This module knows Delta and Parquet; it must not know about pipelines.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
+use datafusion::arrow::compute::partition;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::execution::SendableRecordBatchStream;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TableReference};
+use deltalake::kernel::{Action, StructType, Transaction};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::{DeltaTable, DeltaTableBuilder};
+use futures::{StreamExt, TryStreamExt};
+use serde_json::Value;
+use url::Url;
+
+use crate::error::{Error, Result};
+
+/// Target size of one Parquet file; a partition gets a second file only when
+/// it outgrows this within one write.
+pub const TARGET_FILE_SIZE: u64 = 128 * 1024 * 1024;
+
+/// What a write replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replace {
+    /// Nothing: the rows are added.
+    Nothing,
+    /// Every file of the table.
+    All,
+    /// The files of the partitions the write produced rows for.
+    PartitionsWritten,
+}
+
+/// Settings of one write.
+#[derive(Debug, Clone)]
+pub struct WriteSpec {
+    pub table_name: String,
+    pub partition_by: Vec<String>,
+    pub replace: Replace,
+    /// App transactions committed with the data (exactly-once markers).
+    pub transactions: Vec<Transaction>,
+    /// Extra commit-info entries (run id, step metrics).
+    pub metadata: HashMap<String, Value>,
+    pub description: Option<String>,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Default)]
+pub struct Written {
+    pub version: Option<i64>,
+    pub rows: u64,
+    pub files_added: usize,
+    pub files_removed: usize,
+    pub bytes: u64,
+    pub partitions: usize,
+}
+
+/// Opens the table at `url`; `None` when no Delta table is there yet.
+pub async fn open(url: &Url, storage_options: &HashMap<String, String>) -> Result<Option<DeltaTable>> {
+    let mut table = DeltaTableBuilder::from_url(url.clone())?
+        .with_storage_options(storage_options.clone())
+        .build()?;
+    match table.load().await {
+        Ok(()) => Ok(Some(table)),
+        Err(deltalake::DeltaTableError::NotATable(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The schema a table is created with for batches of `schema`: view and
+/// large types become their plain forms and every timestamp becomes UTC
+/// microseconds, which every common reader accepts (no `timestamp_ntz`).
+pub fn storage_schema(schema: &Schema) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| Field::new(f.name(), storage_type(f.data_type()), true))
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+fn storage_type(t: &DataType) -> DataType {
+    match t {
+        DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
+        DataType::BinaryView | DataType::LargeBinary => DataType::Binary,
+        DataType::Timestamp(_, _) => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        DataType::Date64 => DataType::Date32,
+        DataType::Dictionary(_, v) => storage_type(v),
+        other => other.clone(),
+    }
+}
+
+/// Casts a batch to the table's schema, matching columns by name.
+pub fn conform(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch> {
+    if batch.schema().as_ref() == target.as_ref() {
+        return Ok(batch.clone());
+    }
+    let mut columns = Vec::with_capacity(target.fields().len());
+    for field in target.fields() {
+        let Some(column) = batch.column_by_name(field.name()) else {
+            return Err(Error::Table {
+                table: String::new(),
+                message: format!("the result has no column `{}` that the table has", field.name()),
+            });
+        };
+        columns.push(if column.data_type() == field.data_type() { column.clone() } else { cast(column, field.data_type())? });
+    }
+    Ok(RecordBatch::try_new(target.clone(), columns)?)
+}
+
+/// Creates the table when it does not exist yet (its own first commit: an
+/// empty table is a valid, readable state) and checks that an existing
+/// table's columns match.
+pub async fn ensure_table(
+    url: &Url,
+    storage_options: &HashMap<String, String>,
+    schema: &Schema,
+    spec: &WriteSpec,
+) -> Result<DeltaTable> {
+    let wanted = storage_schema(schema);
+    if let Some(table) = open(url, storage_options).await? {
+        let existing = table_arrow_schema(&table)?;
+        let names = |s: &Schema| s.fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect::<Vec<_>>();
+        if names(&existing) != names(&wanted) {
+            return Err(Error::Table {
+                table: spec.table_name.clone(),
+                message: format!(
+                    "the result's columns [{}] differ from the table's [{}]. Schema changes are not applied automatically: drop the table folder {} and run again to rebuild it.",
+                    names(&wanted).join(", "),
+                    names(&existing).join(", "),
+                    url
+                ),
+            });
+        }
+        let parts = table.snapshot()?.metadata().partition_columns().to_vec();
+        if parts != spec.partition_by {
+            return Err(Error::Table {
+                table: spec.table_name.clone(),
+                message: format!(
+                    "the table is partitioned by {:?} but the settings ask for {:?}; drop the table folder {} and run again to repartition it",
+                    parts, spec.partition_by, url
+                ),
+            });
+        }
+        return Ok(table);
+    }
+    let kernel: StructType = wanted.as_ref().try_into_kernel()?;
+    let table = DeltaTableBuilder::from_url(url.clone())?
+        .with_storage_options(storage_options.clone())
+        .build()?;
+    let mut create = table
+        .create()
+        .with_columns(kernel.fields().cloned())
+        .with_partition_columns(spec.partition_by.clone())
+        .with_table_name(spec.table_name.clone())
+        .with_save_mode(SaveMode::Ignore);
+    if let Some(d) = &spec.description {
+        create = create.with_comment(d.clone());
+    }
+    Ok(create.await?)
+}
+
+pub fn table_arrow_schema(table: &DeltaTable) -> Result<SchemaRef> {
+    use deltalake::kernel::engine::arrow_conversion::TryIntoArrow;
+    let kernel = table.snapshot()?.metadata().parse_schema().map_err(deltalake::DeltaTableError::from)?;
+    let schema: Schema = (&kernel).try_into_arrow()?;
+    Ok(Arc::new(schema))
+}
+
+fn writer_properties() -> deltalake::parquet::file::properties::WriterProperties {
+    use deltalake::parquet::basic::Compression;
+    use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
+    WriterProperties::builder()
+        .set_created_by(format!("lakehouse {}", env!("CARGO_PKG_VERSION")))
+        .set_compression(Compression::SNAPPY)
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .build()
+}
+
+/// Files written but not yet committed.
+#[derive(Debug, Default)]
+pub struct Staged {
+    adds: Vec<deltalake::kernel::Add>,
+    rows: u64,
+}
+
+impl Staged {
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+}
+
+/// Streams `inputs` into new Parquet files of `table` (one writer per input,
+/// run concurrently; inputs must hold disjoint partitions). Nothing is
+/// visible until [`commit`]; an input that fails fails the whole stage.
+pub async fn stage(table: &DeltaTable, inputs: Vec<SendableRecordBatchStream>, table_name: &str) -> Result<Staged> {
+    let target = table_arrow_schema(table)?;
+    let partition_by: Vec<String> = table.snapshot()?.metadata().partition_columns().to_vec();
+    let mut tasks = tokio::task::JoinSet::new();
+    for input in inputs {
+        let writer = RecordBatchWriter::for_table(table)?
+            .with_writer_properties(writer_properties())
+            .with_target_file_size(TARGET_FILE_SIZE);
+        let target = target.clone();
+        let name = table_name.to_string();
+        let partition_by = partition_by.clone();
+        tasks.spawn(async move { drain(writer, input, target, partition_by, name).await });
+    }
+    let mut staged = Staged::default();
+    while let Some(joined) = tasks.join_next().await {
+        let (adds, rows) = joined.map_err(|e| Error::Table { table: table_name.to_string(), message: format!("writer task failed: {e}") })??;
+        staged.adds.extend(adds);
+        staged.rows += rows;
+    }
+    Ok(staged)
+}
+
+/// Stages and commits in one call.
+pub async fn write(table: DeltaTable, inputs: Vec<SendableRecordBatchStream>, spec: &WriteSpec) -> Result<(DeltaTable, Written)> {
+    let staged = stage(&table, inputs, &spec.table_name).await?;
+    commit(table, staged, spec).await
+}
+
+/// Makes one commit: the staged files, the removes the mode calls for, the
+/// app transactions and the metadata. Commits nothing when there is nothing
+/// to add, remove or record.
+pub async fn commit(mut table: DeltaTable, staged: Staged, spec: &WriteSpec) -> Result<(DeltaTable, Written)> {
+    let Staged { adds, rows } = staged;
+    let written_partitions: BTreeSet<Vec<(String, Option<String>)>> = adds
+        .iter()
+        .map(|a| {
+            let mut v: Vec<(String, Option<String>)> = a.partition_values.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            v.sort();
+            v
+        })
+        .collect();
+
+    let mut removes = Vec::new();
+    if spec.replace != Replace::Nothing {
+        let snapshot = table.snapshot()?;
+        let log_store = table.log_store();
+        let mut files = snapshot.snapshot().file_views(log_store.as_ref(), None);
+        while let Some(file) = files.next().await {
+            let file = file?;
+            let hit = match spec.replace {
+                Replace::All => true,
+                Replace::PartitionsWritten => {
+                    let mut key: Vec<(String, Option<String>)> = file.partition_values_map().into_iter().collect();
+                    key.sort();
+                    written_partitions.contains(&key)
+                }
+                Replace::Nothing => false,
+            };
+            if hit {
+                removes.push(Action::Remove(file.remove_action(true)));
+            }
+        }
+    }
+
+    let mut written = Written {
+        rows,
+        files_added: adds.len(),
+        files_removed: removes.len(),
+        bytes: adds.iter().map(|a| a.size.max(0) as u64).sum(),
+        partitions: written_partitions.len(),
+        version: None,
+    };
+    if adds.is_empty() && removes.is_empty() && spec.transactions.is_empty() {
+        return Ok((table, written));
+    }
+    let mut actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
+    actions.extend(removes);
+    let mut metadata = spec.metadata.clone();
+    metadata.insert(
+        "operationMetrics".into(),
+        serde_json::json!({
+            "numOutputRows": written.rows,
+            "numFiles": written.files_added,
+            "numRemovedFiles": written.files_removed,
+            "numOutputBytes": written.bytes,
+        }),
+    );
+    let mut props = CommitProperties::default().with_metadata(metadata);
+    for t in &spec.transactions {
+        props = props.with_application_transaction(t.clone());
+    }
+    let operation = DeltaOperation::Write {
+        mode: if spec.replace == Replace::Nothing { SaveMode::Append } else { SaveMode::Overwrite },
+        partition_by: if spec.partition_by.is_empty() { None } else { Some(spec.partition_by.clone()) },
+        predicate: None,
+    };
+    let snapshot = table.snapshot()?.clone();
+    let commit = CommitBuilder::from(props)
+        .with_actions(actions)
+        .build(Some(&snapshot as &dyn TableReference), table.log_store(), operation)
+        .await?;
+    written.version = Some(commit.version() as i64);
+    table.update_state().await?;
+    Ok((table, written))
+}
+
+async fn drain(
+    mut writer: RecordBatchWriter,
+    mut input: SendableRecordBatchStream,
+    target: SchemaRef,
+    partition_by: Vec<String>,
+    table: String,
+) -> Result<(Vec<deltalake::kernel::Add>, u64)> {
+    let mut rows = 0u64;
+    let mut adds = Vec::new();
+    // Inputs of partitioned tables arrive sorted by the partition columns:
+    // closing the file when the partition changes keeps one partition's
+    // buffer in memory and writes one file per partition.
+    let mut current: Option<Vec<String>> = None;
+    while let Some(batch) = input.try_next().await? {
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        rows += batch.num_rows() as u64;
+        let batch = conform(&batch, &target).map_err(|e| match e {
+            Error::Table { message, .. } => Error::Table { table: table.clone(), message },
+            other => other,
+        })?;
+        if partition_by.is_empty() {
+            writer.write(batch).await?;
+            continue;
+        }
+        let keys: Vec<ArrayRef> = partition_by
+            .iter()
+            .map(|c| batch.column_by_name(c).cloned().ok_or_else(|| Error::Table { table: table.clone(), message: format!("partition column `{c}` is missing from the result") }))
+            .collect::<Result<_>>()?;
+        for range in partition(&keys)?.ranges() {
+            let key: Vec<String> = keys.iter().map(|k| key_string(k, range.start)).collect();
+            if current.as_ref().is_some_and(|c| *c != key) {
+                adds.extend(writer.flush().await?);
+            }
+            current = Some(key);
+            writer.write(batch.slice(range.start, range.end - range.start)).await?;
+        }
+    }
+    adds.extend(writer.flush().await?);
+    Ok((adds, rows))
+}
+
+fn key_string(array: &ArrayRef, row: usize) -> String {
+    use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+    if array.is_null(row) {
+        return "\0null".into();
+    }
+    ArrayFormatter::try_new(array.as_ref(), &FormatOptions::default()).map(|f| f.value(row).to_string()).unwrap_or_default()
+}
+
+/// Row count of the table's current version, from the Delta log's file
+/// statistics (no data is read).
+pub async fn row_count(table: &DeltaTable) -> Result<(u64, usize, u64)> {
+    let snapshot = table.snapshot()?;
+    let log_store = table.log_store();
+    let mut files = snapshot.snapshot().file_views(log_store.as_ref(), None);
+    let (mut rows, mut count, mut bytes) = (0u64, 0usize, 0u64);
+    while let Some(f) = files.next().await {
+        let f = f?;
+        rows += f.num_records().unwrap_or(0) as u64;
+        bytes += f.size().max(0) as u64;
+        count += 1;
+    }
+    Ok((rows, count, bytes))
+}

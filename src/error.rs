@@ -1,0 +1,100 @@
+//! The crate's one error type. Each variant is named after what failed and
+//! carries what a user needs to fix it (file, line, table, model, rule).
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{file}:{line}: {message}")]
+    PipelineFile {
+        file: PathBuf,
+        line: usize,
+        message: String,
+    },
+
+    #[error("pipeline folder {path}: {message}")]
+    Pipeline { path: PathBuf, message: String },
+
+    #[error("dependency cycle between models: {cycle}. Break the cycle by removing one of these references.")]
+    DependencyCycle { cycle: String },
+
+    #[error("lake location `{uri}`: {message}")]
+    Lake { uri: String, message: String },
+
+    #[error("source {source_name}: {message}")]
+    Ingest {
+        source_name: String,
+        message: String,
+    },
+
+    #[error("model {model}: expectation `{rule}` failed on {failed} row(s) (action = fail); nothing was committed for this model. First offending row: {example}")]
+    ExpectationFailed {
+        model: String,
+        rule: String,
+        failed: u64,
+        example: String,
+    },
+
+    #[error("model {model}: {quarantined} of {total} rows were quarantined, above the limit of {limit_pct}% (max_quarantine_pct); nothing was committed for this model")]
+    QuarantineThreshold {
+        model: String,
+        quarantined: u64,
+        total: u64,
+        limit_pct: f64,
+    },
+
+    #[error("model {model}: {source}")]
+    Model {
+        model: String,
+        #[source]
+        source: Box<Error>,
+    },
+
+    #[error("table {table}: {message}")]
+    Table { table: String, message: String },
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(transparent)]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+
+    #[error(transparent)]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+
+    #[error(transparent)]
+    Delta(#[from] deltalake::DeltaTableError),
+
+    #[error(transparent)]
+    ObjectStore(#[from] object_store::Error),
+
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl Error {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub fn in_model(self, model: &str) -> Self {
+        match self {
+            e @ (Error::ExpectationFailed { .. }
+            | Error::QuarantineThreshold { .. }
+            | Error::Model { .. }) => e,
+            other => Error::Model {
+                model: model.to_string(),
+                source: Box::new(other),
+            },
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! An RFC 4180 CSV record reader that never fails on bad data: each call
+//! returns the next record with its line, byte offset and raw bytes, or the
+//! raw bytes of a malformed record with the reason. Blank lines are skipped,
+//! CRLF, LF and lone CR all end a line, a UTF-8 BOM is dropped, and quoted
+//! fields may hold delimiters, doubled quotes and newlines.
+//!
+//! An unterminated quote would otherwise swallow the rest of the file; when a
+//! quoted field reaches the end of the file or the field size limit, only the
+//! record's first line is rejected and reading resumes on the next line.
+
+use std::io::Read;
+
+pub struct CsvOptions {
+    pub delimiter: u8,
+    pub quote: u8,
+    pub max_field_bytes: usize,
+}
+
+/// One record: field bytes (quotes removed) and where it came from.
+#[derive(Default, Debug)]
+pub struct Record {
+    pub data: Vec<u8>,
+    pub ends: Vec<usize>,
+    pub line: u64,
+    pub offset: u64,
+    pub raw: Vec<u8>,
+    /// Set when the record is malformed; `data` is then meaningless.
+    pub error: Option<String>,
+}
+
+impl Record {
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+    pub fn field(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.data[start..self.ends[i]]
+    }
+}
+
+pub struct CsvReader<R> {
+    input: R,
+    opts: CsvOptions,
+    buf: Vec<u8>,
+    pos: usize,
+    eof: bool,
+    /// Byte offset in the file of `buf[0]`.
+    base: u64,
+    /// Line number (1-based) at `pos`.
+    line: u64,
+    started: bool,
+    pub blank_lines: u64,
+}
+
+enum Step {
+    Done(usize),
+    Malformed { end: usize, reason: String, first_line_only: bool },
+    NeedMore,
+}
+
+const CHUNK: usize = 1 << 20;
+
+impl<R: Read> CsvReader<R> {
+    pub fn new(input: R, opts: CsvOptions) -> Self {
+        Self { input, opts, buf: Vec::with_capacity(CHUNK), pos: 0, eof: false, base: 0, line: 1, started: false, blank_lines: 0 }
+    }
+
+    fn fill(&mut self) -> std::io::Result<()> {
+        if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.base += self.pos as u64;
+            self.pos = 0;
+        }
+        let old = self.buf.len();
+        self.buf.resize(old + CHUNK, 0);
+        let n = loop {
+            match self.input.read(&mut self.buf[old..]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.buf.truncate(old);
+                    return Err(e);
+                }
+            }
+        };
+        self.buf.truncate(old + n);
+        if n == 0 {
+            self.eof = true;
+        }
+        Ok(())
+    }
+
+    /// Reads the next record into `rec`; `false` at the end of the input.
+    pub fn next(&mut self, rec: &mut Record) -> std::io::Result<bool> {
+        if !self.started {
+            while self.buf.len() < 3 && !self.eof {
+                self.fill()?;
+            }
+            if self.buf.starts_with(b"\xEF\xBB\xBF") {
+                self.pos = 3;
+            }
+            self.started = true;
+        }
+        loop {
+            // Skip blank and whitespace-only lines.
+            loop {
+                let mut i = self.pos;
+                while i < self.buf.len() && (self.buf[i] == b' ' || self.buf[i] == b'\t') {
+                    i += 1;
+                }
+                if i == self.buf.len() {
+                    if self.eof {
+                        if i > self.pos {
+                            self.blank_lines += 1;
+                        }
+                        self.pos = i;
+                        return Ok(false);
+                    }
+                    self.fill()?;
+                    continue;
+                }
+                match self.buf[i] {
+                    b'\n' => {
+                        self.pos = i + 1;
+                    }
+                    b'\r' => {
+                        if i + 1 == self.buf.len() && !self.eof {
+                            self.fill()?;
+                            continue;
+                        }
+                        self.pos = if self.buf.get(i + 1) == Some(&b'\n') { i + 2 } else { i + 1 };
+                    }
+                    _ => break,
+                }
+                self.line += 1;
+                self.blank_lines += 1;
+            }
+            rec.data.clear();
+            rec.ends.clear();
+            rec.error = None;
+            match self.parse(rec) {
+                Step::NeedMore => {
+                    self.fill()?;
+                    continue;
+                }
+                Step::Done(end) => {
+                    self.finish(rec, end);
+                    return Ok(true);
+                }
+                Step::Malformed { end, reason, first_line_only } => {
+                    let end = if first_line_only { self.line_end(self.pos) } else { end };
+                    self.finish(rec, end);
+                    rec.error = Some(reason);
+                    return Ok(true);
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, rec: &mut Record, end: usize) {
+        let raw = &self.buf[self.pos..end];
+        rec.line = self.line;
+        rec.offset = self.base + self.pos as u64;
+        rec.raw.clear();
+        let trimmed = raw.strip_suffix(b"\n").unwrap_or(raw);
+        let trimmed = trimmed.strip_suffix(b"\r").unwrap_or(trimmed);
+        rec.raw.extend_from_slice(trimmed);
+        let mut lines = 0;
+        for (k, &b) in raw.iter().enumerate() {
+            if b == b'\n' || (b == b'\r' && raw.get(k + 1) != Some(&b'\n')) {
+                lines += 1;
+            }
+        }
+        self.line += lines;
+        self.pos = end;
+    }
+
+    /// End (exclusive, terminator included) of the physical line at `from`.
+    fn line_end(&self, from: usize) -> usize {
+        let b = &self.buf;
+        let mut i = from;
+        while i < b.len() {
+            match b[i] {
+                b'\n' => return i + 1,
+                b'\r' => return if b.get(i + 1) == Some(&b'\n') { i + 2 } else { i + 1 },
+                _ => i += 1,
+            }
+        }
+        i
+    }
+
+    fn parse(&self, rec: &mut Record) -> Step {
+        let b = &self.buf;
+        let (d, q, max) = (self.opts.delimiter, self.opts.quote, self.opts.max_field_bytes);
+        let mut i = self.pos;
+        loop {
+            // At the start of a field.
+            if i < b.len() && b[i] == q {
+                i += 1;
+                let start_len = rec.data.len();
+                loop {
+                    if i >= b.len() {
+                        if self.eof {
+                            return Step::Malformed { end: i, reason: "unterminated quoted field".into(), first_line_only: true };
+                        }
+                        return Step::NeedMore;
+                    }
+                    let c = b[i];
+                    if c == q {
+                        if i + 1 < b.len() && b[i + 1] == q {
+                            rec.data.push(q);
+                            i += 2;
+                            continue;
+                        }
+                        if i + 1 == b.len() && !self.eof {
+                            return Step::NeedMore;
+                        }
+                        i += 1;
+                        break;
+                    }
+                    rec.data.push(c);
+                    i += 1;
+                    if rec.data.len() - start_len > max {
+                        return Step::Malformed { end: i, reason: format!("unterminated quoted field or field longer than {max} bytes"), first_line_only: true };
+                    }
+                }
+                rec.ends.push(rec.data.len());
+                if i >= b.len() {
+                    if self.eof {
+                        return Step::Done(i);
+                    }
+                    return Step::NeedMore;
+                }
+                match b[i] {
+                    c if c == d => {
+                        i += 1;
+                        if i >= b.len() && !self.eof {
+                            return Step::NeedMore;
+                        }
+                        continue;
+                    }
+                    b'\n' => return Step::Done(i + 1),
+                    b'\r' => {
+                        if i + 1 == b.len() && !self.eof {
+                            return Step::NeedMore;
+                        }
+                        return Step::Done(if b.get(i + 1) == Some(&b'\n') { i + 2 } else { i + 1 });
+                    }
+                    _ => {
+                        let end = self.line_end(i);
+                        if end == b.len() && !self.eof {
+                            return Step::NeedMore;
+                        }
+                        return Step::Malformed { end, reason: format!("unexpected text after a closing quote in field {}", rec.ends.len()), first_line_only: false };
+                    }
+                }
+            }
+            // Unquoted field.
+            let start = i;
+            while i < b.len() {
+                let c = b[i];
+                if c == d || c == b'\n' || c == b'\r' || c == q {
+                    break;
+                }
+                i += 1;
+            }
+            if i >= b.len() && !self.eof {
+                return Step::NeedMore;
+            }
+            if i - start > max {
+                let end = self.line_end(i.min(b.len()));
+                if end == b.len() && !self.eof {
+                    return Step::NeedMore;
+                }
+                return Step::Malformed { end, reason: format!("field {} is longer than {max} bytes", rec.ends.len() + 1), first_line_only: false };
+            }
+            rec.data.extend_from_slice(&b[start..i]);
+            rec.ends.push(rec.data.len());
+            if i >= b.len() {
+                return Step::Done(i);
+            }
+            match b[i] {
+                c if c == d => {
+                    i += 1;
+                    if i >= b.len() {
+                        if self.eof {
+                            rec.ends.push(rec.data.len());
+                            return Step::Done(i);
+                        }
+                        return Step::NeedMore;
+                    }
+                }
+                b'\n' => return Step::Done(i + 1),
+                b'\r' => {
+                    if i + 1 == b.len() && !self.eof {
+                        return Step::NeedMore;
+                    }
+                    return Step::Done(if b.get(i + 1) == Some(&b'\n') { i + 2 } else { i + 1 });
+                }
+                _ => {
+                    // A quote inside an unquoted field.
+                    let end = self.line_end(i);
+                    if end == b.len() && !self.eof {
+                        return Step::NeedMore;
+                    }
+                    return Step::Malformed { end, reason: format!("stray quote in unquoted field {}", rec.ends.len()), first_line_only: false };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_all(input: &[u8]) -> Vec<(u64, Result<Vec<String>, String>)> {
+        let mut r = CsvReader::new(input, CsvOptions { delimiter: b',', quote: b'"', max_field_bytes: 64 });
+        let mut rec = Record::default();
+        let mut out = Vec::new();
+        while r.next(&mut rec).unwrap() {
+            let v = match &rec.error {
+                Some(e) => Err(e.clone()),
+                None => Ok((0..rec.len()).map(|i| String::from_utf8_lossy(rec.field(i)).into_owned()).collect()),
+            };
+            out.push((rec.line, v));
+        }
+        out
+    }
+
+    fn ok(fields: &[&str]) -> Result<Vec<String>, String> {
+        Ok(fields.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn plain_crlf_bom_blank_lines_and_no_trailing_newline() {
+        let got = read_all(b"\xEF\xBB\xBFa,b\r\n1,2\r\n\r\n   \n3,\r4,5");
+        assert_eq!(got, vec![(1, ok(&["a", "b"])), (2, ok(&["1", "2"])), (5, ok(&["3", ""])), (6, ok(&["4", "5"]))]);
+    }
+
+    #[test]
+    fn quoted_fields_keep_delimiters_quotes_and_newlines() {
+        let got = read_all(b"id,note\n1,\"a, \"\"b\"\"\nc\"\n2,x\n");
+        assert_eq!(got, vec![(1, ok(&["id", "note"])), (2, ok(&["1", "a, \"b\"\nc"])), (4, ok(&["2", "x"]))]);
+    }
+
+    #[test]
+    fn stray_and_unterminated_quotes_reject_only_their_line() {
+        let got = read_all(b"a,b\n1,x\"y\n2,\"ok\"z\n3,\"never closed\n4,fine\n");
+        assert_eq!(got[0], (1, ok(&["a", "b"])));
+        assert!(matches!(&got[1], (2, Err(e)) if e.contains("stray quote")), "{got:?}");
+        assert!(matches!(&got[2], (3, Err(e)) if e.contains("after a closing quote")), "{got:?}");
+        assert!(matches!(&got[3], (4, Err(e)) if e.contains("unterminated")), "{got:?}");
+        assert_eq!(got[4], (5, ok(&["4", "fine"])));
+        assert_eq!(got.len(), 5);
+    }
+
+    #[test]
+    fn trailing_delimiter_makes_an_empty_last_field() {
+        assert_eq!(read_all(b"a,b,\n"), vec![(1, ok(&["a", "b", ""]))]);
+        assert_eq!(read_all(b"a,b,"), vec![(1, ok(&["a", "b", ""]))]);
+    }
+
+    #[test]
+    fn records_split_across_read_chunks_are_whole() {
+        let mut big = b"id,v\n".to_vec();
+        for i in 0..200_000 {
+            big.extend_from_slice(format!("{i},\"q\"\"{i}\"\r\n").as_bytes());
+        }
+        let got = read_all(&big);
+        assert_eq!(got.len(), 200_001);
+        assert_eq!(got[123_457], (123_458, ok(&["123456", "q\"123456"])));
+    }
+}

@@ -1,0 +1,416 @@
+//! Landing CSV -> bronze. Lists a source's files, skips the ones already
+//! ingested, parses the rest on a blocking thread (CSV parsing is CPU work)
+//! and streams rows into the bronze Delta table and malformed rows into the
+//! source's reject table. Which files were ingested is recorded as Delta app
+//! transactions (`lakehouse-ingest:<file>`) in the same commit as their rows,
+//! so a crash can never ingest a file twice or half.
+//! Owns bronze and its rejects; must not know about models.
+
+pub mod csv;
+mod reader;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayBuilder, ArrayRef, BinaryBuilder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use deltalake::kernel::Transaction;
+use deltalake::DeltaTable;
+use tokio::sync::mpsc;
+
+use crate::delta::{self, Replace, WriteSpec};
+use crate::error::{Error, Result};
+use crate::pipeline::Source;
+use crate::storage::{Lake, LandedFile};
+use csv::{CsvOptions, CsvReader, Record};
+
+pub const SOURCE_FILE: &str = "_source_file";
+pub const SOURCE_LINE: &str = "_source_line";
+pub const INGESTED_AT: &str = "_ingested_at";
+pub const RUN_ID: &str = "_run_id";
+const BATCH_ROWS: usize = 32 * 1024;
+
+/// What ingesting one file did.
+#[derive(Debug, Clone)]
+pub struct FileReport {
+    pub file: String,
+    pub rows: u64,
+    pub rejected: u64,
+    pub blank_lines: u64,
+    /// Why the file was refused as a whole (then nothing of it was taken).
+    pub refused: Option<String>,
+}
+
+/// What ingesting one source did.
+#[derive(Debug, Clone, Default)]
+pub struct SourceReport {
+    pub files_seen: usize,
+    pub files_skipped: usize,
+    pub files: Vec<FileReport>,
+    pub rows: u64,
+    pub rejected: u64,
+    pub version: Option<i64>,
+    pub data_files: usize,
+}
+
+pub fn bronze_table(source: &str) -> String {
+    format!("bronze/{source}")
+}
+
+pub fn reject_table(source: &str) -> String {
+    format!("quarantine/bronze_{source}")
+}
+
+fn app_id(file: &str) -> String {
+    format!("lakehouse-ingest:{file}")
+}
+
+fn ts_field(name: &str) -> Field {
+    Field::new(name, DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true)
+}
+
+pub fn bronze_schema(columns: &[String]) -> SchemaRef {
+    let mut fields: Vec<Field> = columns.iter().map(|c| Field::new(c, DataType::Utf8, true)).collect();
+    fields.push(Field::new(SOURCE_FILE, DataType::Utf8, true));
+    fields.push(Field::new(SOURCE_LINE, DataType::Int64, true));
+    fields.push(ts_field(INGESTED_AT));
+    fields.push(Field::new(RUN_ID, DataType::Utf8, true));
+    Arc::new(Schema::new(fields))
+}
+
+pub fn reject_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(SOURCE_FILE, DataType::Utf8, true),
+        Field::new(SOURCE_LINE, DataType::Int64, true),
+        Field::new("_byte_offset", DataType::Int64, true),
+        Field::new("_reason", DataType::Utf8, true),
+        Field::new("_raw", DataType::Binary, true),
+        Field::new("_raw_text", DataType::Utf8, true),
+        ts_field(INGESTED_AT),
+        Field::new(RUN_ID, DataType::Utf8, true),
+    ]))
+}
+
+/// Ingests every new file of `source` into bronze.
+pub async fn ingest_source(lake: &Lake, source: &Source, run_id: &str, ingested_at: chrono::DateTime<chrono::Utc>) -> Result<SourceReport> {
+    let files = lake.glob(&source.csv.files).await?;
+    let opts = lake.storage_options().clone();
+    let bronze_url = lake.url(&bronze_table(&source.name));
+    let reject_url = lake.url(&reject_table(&source.name));
+    let bronze = delta::open(&bronze_url, &opts).await?;
+    let rejects = delta::open(&reject_url, &opts).await?;
+
+    let mut report = SourceReport { files_seen: files.len(), ..Default::default() };
+    let mut todo = Vec::new();
+    for file in files {
+        let id = app_id(&file.name);
+        if already(&bronze, &id).await? {
+            report.files_skipped += 1;
+            continue;
+        }
+        let rejects_done = already(&rejects, &id).await?;
+        todo.push((file, rejects_done));
+    }
+    if todo.is_empty() {
+        return Ok(report);
+    }
+
+    let columns = match (&source.csv.columns, &bronze) {
+        (Some(cols), _) => cols.clone(),
+        (None, Some(table)) => delta::table_arrow_schema(table)?
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .filter(|n| !n.starts_with('_'))
+            .collect(),
+        (None, None) => first_header(&todo[0].0, source).await?,
+    };
+    let schema = bronze_schema(&columns);
+    let bronze_spec = WriteSpec {
+        table_name: format!("bronze.{}", source.name),
+        partition_by: vec![],
+        replace: Replace::Nothing,
+        transactions: vec![],
+        metadata: run_metadata(run_id, "ingest"),
+        description: source.csv.description.clone(),
+    };
+    let reject_spec = WriteSpec { table_name: format!("quarantine.bronze_{}", source.name), description: Some(format!("Rows of bronze.{} that could not be read, with the reason", source.name)), ..bronze_spec.clone() };
+    let bronze = delta::ensure_table(&bronze_url, &opts, &schema, &bronze_spec).await?;
+    let rejects = delta::ensure_table(&reject_url, &opts, &reject_schema(), &reject_spec).await?;
+
+    let (row_tx, row_rx) = mpsc::channel::<datafusion::error::Result<RecordBatch>>(4);
+    let (rej_tx, rej_rx) = mpsc::channel::<datafusion::error::Result<RecordBatch>>(4);
+    let parse = {
+        let job = ParseJob {
+            files: todo.clone(),
+            columns: columns.clone(),
+            schema: schema.clone(),
+            source: source.clone(),
+            run_id: run_id.to_string(),
+            ingested_at: ingested_at.timestamp_micros(),
+            handle: tokio::runtime::Handle::current(),
+        };
+        tokio::task::spawn_blocking(move || job.run(row_tx, rej_tx))
+    };
+    let rows_stream = channel_stream(schema.clone(), row_rx);
+    let rej_stream = channel_stream(reject_schema(), rej_rx);
+    let (staged_rows, staged_rejects) = tokio::try_join!(
+        delta::stage(&bronze, vec![rows_stream], &bronze_spec.table_name),
+        delta::stage(&rejects, vec![rej_stream], &reject_spec.table_name),
+    )?;
+    let file_reports = parse
+        .await
+        .map_err(|e| Error::Ingest { source_name: source.name.clone(), message: format!("parser thread failed: {e}") })??;
+
+    let ingested: Vec<&FileReport> = file_reports.iter().filter(|f| f.refused.is_none()).collect();
+    let txns = |only_new_rejects: bool| -> Vec<Transaction> {
+        todo.iter()
+            .zip(file_reports.iter())
+            .filter(|((_, rejects_done), r)| r.refused.is_none() && !(only_new_rejects && *rejects_done))
+            .map(|((f, _), _)| Transaction::new(app_id(&f.name), f.size as i64))
+            .collect()
+    };
+    // Rejects first: if the run dies between the two commits, the next run
+    // re-reads the files but, seeing their rejects recorded, skips them.
+    let mut reject_spec = reject_spec;
+    reject_spec.transactions = txns(true);
+    delta::commit(rejects, staged_rejects, &reject_spec).await?;
+    let mut bronze_spec = bronze_spec;
+    bronze_spec.transactions = txns(false);
+    let (_, written) = delta::commit(bronze, staged_rows, &bronze_spec).await?;
+
+    report.rows = ingested.iter().map(|f| f.rows).sum();
+    report.rejected = ingested.iter().map(|f| f.rejected).sum();
+    report.version = written.version;
+    report.data_files = written.files_added;
+    report.files = file_reports;
+    Ok(report)
+}
+
+pub fn run_metadata(run_id: &str, step: &str) -> HashMap<String, serde_json::Value> {
+    HashMap::from([
+        ("lakehouse.runId".to_string(), serde_json::Value::String(run_id.to_string())),
+        ("lakehouse.step".to_string(), serde_json::Value::String(step.to_string())),
+    ])
+}
+
+async fn already(table: &Option<DeltaTable>, app_id: &str) -> Result<bool> {
+    match table {
+        None => Ok(false),
+        Some(t) => Ok(t.snapshot()?.transaction_version(t.log_store().as_ref(), app_id).await?.is_some()),
+    }
+}
+
+fn channel_stream(schema: SchemaRef, rx: mpsc::Receiver<datafusion::error::Result<RecordBatch>>) -> SendableRecordBatchStream {
+    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    Box::pin(RecordBatchStreamAdapter::new(schema, stream))
+}
+
+async fn first_header(file: &LandedFile, source: &Source) -> Result<Vec<String>> {
+    let file = file.clone();
+    let source = source.clone();
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
+        let input = reader::open(&file, handle).map_err(|e| Error::Ingest { source_name: source.name.clone(), message: format!("{}: {e}", file.name) })?;
+        let mut csv = CsvReader::new(input, options(&source));
+        let mut rec = Record::default();
+        if !csv.next(&mut rec).map_err(|e| Error::Ingest { source_name: source.name.clone(), message: format!("{}: {e}", file.name) })? || rec.error.is_some() {
+            return Err(Error::Ingest {
+                source_name: source.name.clone(),
+                message: format!("{}: no readable header line; declare `columns = [...]` in the source settings", file.name),
+            });
+        }
+        Ok((0..rec.len()).map(|i| String::from_utf8_lossy(rec.field(i)).trim().to_string()).collect())
+    })
+    .await
+    .map_err(|e| Error::Ingest { source_name: "?".into(), message: e.to_string() })?
+}
+
+fn options(source: &Source) -> CsvOptions {
+    CsvOptions { delimiter: source.csv.delimiter, quote: source.csv.quote, max_field_bytes: source.csv.max_field_bytes }
+}
+
+struct ParseJob {
+    files: Vec<(LandedFile, bool)>,
+    columns: Vec<String>,
+    schema: SchemaRef,
+    source: Source,
+    run_id: String,
+    ingested_at: i64,
+    handle: tokio::runtime::Handle,
+}
+
+type Tx = mpsc::Sender<datafusion::error::Result<RecordBatch>>;
+
+impl ParseJob {
+    fn run(self, rows: Tx, rejects: Tx) -> Result<Vec<FileReport>> {
+        let mut reports = Vec::new();
+        for (file, rejects_done) in &self.files {
+            match self.parse_file(file, *rejects_done, &rows, &rejects) {
+                Ok(r) => reports.push(r),
+                Err(e) => {
+                    // Rows already sent cannot be taken back from this write:
+                    // abort the whole source so nothing is committed.
+                    let msg = format!("{}: {e}", file.name);
+                    let _ = rows.blocking_send(Err(datafusion::error::DataFusionError::Execution(msg.clone())));
+                    return Err(Error::Ingest { source_name: self.source.name.clone(), message: msg });
+                }
+            }
+        }
+        Ok(reports)
+    }
+
+    fn parse_file(&self, file: &LandedFile, rejects_done: bool, rows_tx: &Tx, rej_tx: &Tx) -> std::io::Result<FileReport> {
+        let input = reader::open(file, self.handle.clone())?;
+        let mut csv = CsvReader::new(input, options(&self.source));
+        let mut rec = Record::default();
+        let mut report = FileReport { file: file.name.clone(), rows: 0, rejected: 0, blank_lines: 0, refused: None };
+        let ncols = self.columns.len();
+        // Which record field feeds each bronze column.
+        let mut mapping: Vec<Option<usize>> = (0..ncols).map(Some).collect();
+        let mut header: Option<Vec<Vec<u8>>> = None;
+        let mut expected_fields = ncols;
+        if self.source.csv.header {
+            if !csv.next(&mut rec)? {
+                report.blank_lines = csv.blank_lines;
+                return Ok(report);
+            }
+            if let Some(err) = &rec.error {
+                report.refused = Some(format!("the header line is malformed ({err}); fix the file's first line"));
+                return Ok(report);
+            }
+            let names: Vec<String> = (0..rec.len()).map(|i| String::from_utf8_lossy(rec.field(i)).trim().to_lowercase()).collect();
+            let unknown: Vec<&String> = names.iter().filter(|n| !self.columns.iter().any(|c| c.to_lowercase() == **n)).collect();
+            if !unknown.is_empty() {
+                report.refused = Some(format!(
+                    "the header has column(s) {unknown:?} that bronze.{} does not declare; add them to `columns` in {} or fix the file",
+                    self.source.name,
+                    self.source.file.display()
+                ));
+                return Ok(report);
+            }
+            mapping = self.columns.iter().map(|c| names.iter().position(|n| *n == c.to_lowercase())).collect();
+            expected_fields = names.len();
+            header = Some((0..rec.len()).map(|i| rec.field(i).to_vec()).collect());
+        }
+
+        let mut b = Builders::new(ncols);
+        let mut r = RejectBuilders::default();
+        let name = file.name.as_str();
+        while csv.next(&mut rec)? {
+            let problem = if let Some(err) = rec.error.take() {
+                Some(err)
+            } else if rec.len() != expected_fields {
+                Some(format!("expected {expected_fields} fields, found {}", rec.len()))
+            } else if let Some(i) = (0..rec.len()).find(|&i| rec.field(i).contains(&0)) {
+                Some(format!("NUL byte in field {}", i + 1))
+            } else if let Some(i) = (0..rec.len()).find(|&i| std::str::from_utf8(rec.field(i)).is_err()) {
+                Some(format!("invalid UTF-8 in field {}", i + 1))
+            } else if header.as_ref().is_some_and(|h| h.len() == rec.len() && (0..rec.len()).all(|i| h[i] == rec.field(i))) {
+                Some("repeated header line".to_string())
+            } else {
+                None
+            };
+            match problem {
+                Some(reason) => {
+                    report.rejected += 1;
+                    if !rejects_done {
+                        r.push(name, &rec, &reason);
+                        if r.len() >= BATCH_ROWS {
+                            send(rej_tx, r.finish(&self.run_id, self.ingested_at))?;
+                        }
+                    }
+                }
+                None => {
+                    report.rows += 1;
+                    for (col, m) in mapping.iter().enumerate() {
+                        match m {
+                            // Checked as UTF-8 above.
+                            Some(i) => b.cols[col].append_value(std::str::from_utf8(rec.field(*i)).unwrap_or_default()),
+                            None => b.cols[col].append_null(),
+                        }
+                    }
+                    b.lines.append_value(rec.line as i64);
+                    if b.lines.len() >= BATCH_ROWS {
+                        send(rows_tx, b.finish(&self.schema, name, &self.run_id, self.ingested_at)?)?;
+                    }
+                }
+            }
+        }
+        if b.lines.len() > 0 {
+            send(rows_tx, b.finish(&self.schema, name, &self.run_id, self.ingested_at)?)?;
+        }
+        if r.len() > 0 {
+            send(rej_tx, r.finish(&self.run_id, self.ingested_at))?;
+        }
+        report.blank_lines = csv.blank_lines;
+        Ok(report)
+    }
+}
+
+fn send(tx: &Tx, batch: RecordBatch) -> std::io::Result<()> {
+    tx.blocking_send(Ok(batch)).map_err(|_| std::io::Error::other("the bronze writer stopped"))
+}
+
+struct Builders {
+    cols: Vec<StringBuilder>,
+    lines: Int64Builder,
+}
+
+impl Builders {
+    fn new(n: usize) -> Self {
+        Self { cols: (0..n).map(|_| StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 8)).collect(), lines: Int64Builder::with_capacity(BATCH_ROWS) }
+    }
+
+    fn finish(&mut self, schema: &SchemaRef, file: &str, run_id: &str, at: i64) -> std::io::Result<RecordBatch> {
+        let n = self.lines.len();
+        let mut arrays: Vec<ArrayRef> = self.cols.iter_mut().map(|c| Arc::new(c.finish()) as ArrayRef).collect();
+        arrays.push(Arc::new(datafusion::arrow::array::StringArray::from(vec![file; n])));
+        arrays.push(Arc::new(self.lines.finish()));
+        arrays.push(Arc::new(TimestampMicrosecondArray::from(vec![at; n]).with_timezone("UTC")));
+        arrays.push(Arc::new(datafusion::arrow::array::StringArray::from(vec![run_id; n])));
+        RecordBatch::try_new(schema.clone(), arrays).map_err(std::io::Error::other)
+    }
+}
+
+#[derive(Default)]
+struct RejectBuilders {
+    files: StringBuilder,
+    lines: Int64Builder,
+    offsets: Int64Builder,
+    reasons: StringBuilder,
+    raw: BinaryBuilder,
+    raw_text: StringBuilder,
+}
+
+impl RejectBuilders {
+    fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    fn push(&mut self, file: &str, rec: &Record, reason: &str) {
+        self.files.append_value(file);
+        self.lines.append_value(rec.line as i64);
+        self.offsets.append_value(rec.offset as i64);
+        self.reasons.append_value(reason);
+        self.raw.append_value(&rec.raw);
+        self.raw_text.append_value(String::from_utf8_lossy(&rec.raw));
+    }
+
+    fn finish(&mut self, run_id: &str, at: i64) -> RecordBatch {
+        let n = self.len();
+        let arrays: Vec<ArrayRef> = vec![
+            Arc::new(self.files.finish()),
+            Arc::new(self.lines.finish()),
+            Arc::new(self.offsets.finish()),
+            Arc::new(self.reasons.finish()),
+            Arc::new(self.raw.finish()),
+            Arc::new(self.raw_text.finish()),
+            Arc::new(TimestampMicrosecondArray::from(vec![at; n]).with_timezone("UTC")),
+            Arc::new(datafusion::arrow::array::StringArray::from(vec![run_id; n])),
+        ];
+        RecordBatch::try_new(reject_schema(), arrays).expect("reject batch matches its schema by construction")
+    }
+}

@@ -1,0 +1,19 @@
+//! `lakehouse`: landed CSV -> bronze -> silver -> gold Delta Lake tables,
+//! with SQL models run by Apache DataFusion.
+
+pub mod catalog;
+pub mod cli;
+pub mod delta;
+pub mod error;
+pub mod functions;
+pub mod ingest;
+pub mod model;
+pub mod pipeline;
+pub mod quality;
+pub mod query;
+pub mod runlog;
+pub mod runner;
+pub mod session;
+pub mod storage;
+
+pub use error::{Error, Result};

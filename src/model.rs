@@ -1,0 +1,286 @@
+//! Runs one SQL model: plans its SELECT, checks expectations as rows stream
+//! by, deduplicates by `unique_key` (latest `sequence_by` wins), and writes
+//! the result with the model's mode as one Delta commit; quarantined rows go
+//! to the model's quarantine table first. A model whose inputs and SQL have
+//! not changed since its last commit is skipped, so a re-run changes nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::physical_plan::{ExecutionPlan, Partitioning};
+use datafusion::prelude::{ident, lit, DataFrame, SessionContext};
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::DeltaTable;
+use futures::TryStreamExt;
+use serde_json::{json, Value};
+
+use crate::catalog::table_folder;
+use crate::delta::{self, Replace, WriteSpec};
+use crate::error::{Error, Result};
+use crate::pipeline::{Model, WriteMode};
+use crate::quality::{self, Checker, RuleResult};
+use crate::storage::Lake;
+
+/// What running one model did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ModelReport {
+    pub table: String,
+    pub skipped: bool,
+    pub rows_in: u64,
+    pub rows_written: u64,
+    pub quarantined: u64,
+    pub duplicates: u64,
+    pub files: usize,
+    pub version: Option<i64>,
+    pub seconds: f64,
+    pub rules: Vec<RuleResult>,
+}
+
+pub fn quarantine_folder(model: &Model) -> String {
+    format!("quarantine/{}_{}", model.layer, model.name)
+}
+
+/// Current Delta version of each input table.
+async fn input_versions(lake: &Lake, model: &Model) -> Result<BTreeMap<String, i64>> {
+    let mut out = BTreeMap::new();
+    for input in &model.inputs {
+        let (schema, table) = input.split_once('.').unwrap_or(("", input));
+        let folder = table_folder(schema, table).ok_or_else(|| Error::Usage(format!("unknown schema in `{input}`")))?;
+        let version = match delta::open(&lake.url(&folder), lake.storage_options()).await? {
+            Some(t) => t.version().map(|v| v as i64).unwrap_or(-1),
+            None => -1,
+        };
+        out.insert(input.clone(), version);
+    }
+    Ok(out)
+}
+
+/// A fingerprint of what defines the model's result (SQL and settings).
+fn definition_hash(model: &Model) -> String {
+    // FNV-1a: stable across builds and platforms.
+    let mut h: u64 = 0xcbf29ce484222325;
+    let settings = std::fs::read(model.sql_file.with_extension("toml")).unwrap_or_default();
+    for b in model.sql.as_bytes().iter().chain(settings.iter()) {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}
+
+async fn last_commit_info(table: &DeltaTable) -> Result<Option<serde_json::Map<String, Value>>> {
+    let mut history = table.history(Some(1));
+    match history.try_next().await? {
+        Some(info) => Ok(Some(info.info.into_iter().collect())),
+        None => Ok(None),
+    }
+}
+
+pub async fn run_model(ctx: &SessionContext, lake: &Lake, model: &Model, run_id: &str, at: chrono::DateTime<chrono::Utc>) -> Result<ModelReport> {
+    let started = Instant::now();
+    let table_name = model.table();
+    let mut report = ModelReport { table: table_name.clone(), ..Default::default() };
+    let opts = lake.storage_options().clone();
+    let url = lake.url(&format!("{}/{}", model.layer, model.name));
+    let inputs = input_versions(lake, model).await?;
+    let hash = definition_hash(model);
+    let existing = delta::open(&url, &opts).await?;
+    if let Some(table) = &existing {
+        if let Some(info) = last_commit_info(table).await? {
+            let same_inputs = info.get("lakehouse.inputs") == Some(&json!(inputs));
+            let same_def = info.get("lakehouse.definition") == Some(&json!(hash));
+            if same_inputs && same_def {
+                report.skipped = true;
+                report.seconds = started.elapsed().as_secs_f64();
+                return Ok(report);
+            }
+        }
+    }
+
+    let df = ctx.sql(&model.sql).await?;
+    let settings = &model.settings;
+    let columns: Vec<String> = df.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let settings_file = model.sql_file.with_extension("toml");
+    for (what, list) in [("partition_by", &settings.partition_by), ("unique_key", &settings.unique_key), ("sequence_by", &settings.sequence_by)] {
+        for c in list.iter() {
+            if !columns.contains(c) {
+                return Err(crate::pipeline::file_error(&settings_file, 1, format!("{what} names column `{c}`, which the model's SELECT does not return (it returns {})", columns.join(", "))));
+            }
+        }
+    }
+    for c in settings.partition_by.iter().chain(settings.unique_key.iter()) {
+        if c.starts_with('_') {
+            return Err(crate::pipeline::file_error(&settings_file, 1, format!("`{c}` starts with `_`, which marks a lineage column that is not written to the table")));
+        }
+    }
+
+    // Expectations run on the model's plan as it streams.
+    let checker = Arc::new(Checker::new(ctx, &table_name, df.schema(), &settings.expectations, run_id, at.timestamp_micros())?);
+    let plan = df.create_physical_plan().await?;
+    let (checked, quarantine_stream) = quality::checked(plan, checker.clone())?;
+    let mut result = ctx.read_table(checked)?;
+    if !settings.unique_key.is_empty() {
+        result = latest_per_key(result, &settings.unique_key, &settings.sequence_by)?;
+    }
+    let visible: Vec<&str> = columns.iter().filter(|c| !c.starts_with('_')).map(|s| s.as_str()).collect();
+    result = result.select_columns(&visible)?;
+
+    let quarantine_spec = WriteSpec {
+        table_name: format!("quarantine.{}_{}", model.layer, model.name),
+        partition_by: vec![],
+        // Models read their inputs in full, so the quarantine is rebuilt with them.
+        replace: Replace::All,
+        transactions: vec![],
+        metadata: crate::ingest::run_metadata(run_id, &table_name),
+        description: Some(format!("Rows of {table_name} that failed a `drop` expectation, with the rule as _reason")),
+    };
+    let quarantine_table = delta::ensure_table(&lake.url(&quarantine_folder(model)), &opts, &checker.quarantine_schema(), &quarantine_spec).await?;
+
+    let mut metadata = crate::ingest::run_metadata(run_id, &table_name);
+    metadata.insert("lakehouse.inputs".into(), json!(inputs));
+    metadata.insert("lakehouse.definition".into(), json!(hash));
+    let spec = WriteSpec {
+        table_name: table_name.clone(),
+        partition_by: settings.partition_by.clone(),
+        replace: match settings.mode {
+            WriteMode::Overwrite => Replace::All,
+            WriteMode::Append | WriteMode::Merge => Replace::Nothing,
+            WriteMode::ReplacePartitions => Replace::PartitionsWritten,
+        },
+        transactions: vec![],
+        metadata: metadata.clone(),
+        description: settings.description.clone(),
+    };
+    let result_schema: SchemaRef = Arc::new(result.schema().as_arrow().clone());
+    let quarantine_stage = delta::stage(&quarantine_table, vec![quarantine_stream], &quarantine_spec.table_name);
+
+    let merge_into = match (settings.mode, existing) {
+        (WriteMode::Merge, Some(t)) => Some(t),
+        _ => None,
+    };
+    let outcome = if let Some(target) = merge_into {
+        // MERGE reads its source itself; the quarantine is staged alongside.
+        let (staged_q, merged) = tokio::try_join!(quarantine_stage, async {
+            let (table, metrics) = merge(ctx, target, result, settings, metadata.clone()).await?;
+            Ok::<_, Error>((table, metrics))
+        })
+        .map_err(|e| checker.take_failure().unwrap_or(e))?;
+        check_threshold(&checker, model)?;
+        delta::commit(quarantine_table, staged_q, &quarantine_spec).await?;
+        let (table, rows) = merged;
+        (table.version().map(|v| v as i64), rows, 0usize)
+    } else {
+        let table = delta::ensure_table(&url, &opts, &result_schema, &spec).await?;
+        let streams = write_streams(ctx, result, &settings.partition_by).await?;
+        let (staged_q, staged) = tokio::try_join!(quarantine_stage, delta::stage(&table, streams, &table_name)).map_err(|e| checker.take_failure().unwrap_or(e))?;
+        check_threshold(&checker, model)?;
+        let rows = staged.rows();
+        delta::commit(quarantine_table, staged_q, &quarantine_spec).await?;
+        let (_, written) = delta::commit(table, staged, &spec).await?;
+        (written.version, rows, written.files_added)
+    };
+    if let Some(failure) = checker.take_failure() {
+        return Err(failure);
+    }
+    report.version = outcome.0;
+    report.rows_written = outcome.1;
+    report.files = outcome.2;
+    report.rows_in = checker.rows_in();
+    report.quarantined = checker.rows_quarantined();
+    // Every checked row is written, quarantined or collapsed as a duplicate.
+    report.duplicates = report.rows_in.saturating_sub(report.quarantined + report.rows_written);
+    report.rules = checker.results();
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn check_threshold(checker: &Checker, model: &Model) -> Result<()> {
+    if let Some(limit) = model.settings.max_quarantine_pct {
+        let total = checker.rows_in();
+        let bad = checker.rows_quarantined();
+        if total > 0 && (bad as f64) * 100.0 / (total as f64) > limit {
+            return Err(Error::QuarantineThreshold { model: model.table(), quarantined: bad, total, limit_pct: limit });
+        }
+    }
+    Ok(())
+}
+
+/// Keeps, per key, the row with the greatest `sequence_by` (NULLs lowest).
+pub fn latest_per_key(df: DataFrame, keys: &[String], sequence_by: &[String]) -> Result<DataFrame> {
+    use datafusion::functions_window::expr_fn::row_number;
+    use datafusion::logical_expr::ExprFunctionExt;
+    let window = row_number()
+        .partition_by(keys.iter().map(|k| ident(k.as_str())).collect())
+        .order_by(sequence_by.iter().map(|s| ident(s.as_str()).sort(false, false)).collect())
+        .build()?
+        .alias("__lakehouse_rank");
+    Ok(df.window(vec![window])?.filter(ident("__lakehouse_rank").eq(lit(1u64)))?.drop_columns(&["__lakehouse_rank"])?)
+}
+
+/// Executes the result as streams for the Delta writer. Partitioned results
+/// are hash-split by the partition columns (so writers never share a
+/// partition) and sorted by them (so each writer holds one partition at a
+/// time and writes one file per partition).
+async fn write_streams(ctx: &SessionContext, df: DataFrame, partition_by: &[String]) -> Result<Vec<SendableRecordBatchStream>> {
+    let task = ctx.task_ctx();
+    let mut plan: Arc<dyn ExecutionPlan> = df.create_physical_plan().await?;
+    if !partition_by.is_empty() {
+        let schema = plan.schema();
+        let exprs: Vec<Arc<dyn datafusion::physical_expr::PhysicalExpr>> = partition_by
+            .iter()
+            .map(|c| Ok(Arc::new(Column::new_with_schema(c, &schema)?) as Arc<dyn datafusion::physical_expr::PhysicalExpr>))
+            .collect::<Result<_>>()?;
+        let n = ctx.state().config().target_partitions().max(1);
+        plan = Arc::new(RepartitionExec::try_new(plan, Partitioning::Hash(exprs.clone(), n))?);
+        let ordering = LexOrdering::new(exprs.into_iter().map(|e| PhysicalSortExpr { expr: e, options: Default::default() })).ok_or_else(|| Error::Usage("empty partition_by".into()))?;
+        plan = Arc::new(SortExec::new(ordering, plan).with_preserve_partitioning(true));
+    }
+    let count = plan.properties().partitioning.partition_count();
+    (0..count).map(|i| plan.execute(i, task.clone()).map_err(Error::from)).collect()
+}
+
+async fn merge(
+    ctx: &SessionContext,
+    target: DeltaTable,
+    source: DataFrame,
+    settings: &crate::pipeline::ModelSettings,
+    metadata: std::collections::HashMap<String, Value>,
+) -> Result<(DeltaTable, u64)> {
+    let on = settings.unique_key.iter().map(|k| format!("t.\"{k}\" = s.\"{k}\"")).collect::<Vec<_>>().join(" AND ");
+    let columns: Vec<String> = source.schema().fields().iter().map(|f| f.name().clone()).collect();
+    // Only the first sequence column can live in the table; later ones
+    // (lineage columns) break ties within one run only.
+    let newer = settings.sequence_by.iter().find(|c| !c.starts_with('_')).map(|c| format!("t.\"{c}\" IS NULL OR s.\"{c}\" > t.\"{c}\""));
+    let cols_update = columns.clone();
+    let cols_insert = columns.clone();
+    let (table, metrics) = target
+        .merge(source, on.as_str())
+        .with_source_alias("s")
+        .with_target_alias("t")
+        .with_session_state(Arc::new(ctx.state()))
+        .with_commit_properties(CommitProperties::default().with_metadata(metadata))
+        .when_matched_update(move |mut u| {
+            if let Some(p) = &newer {
+                u = u.predicate(p.as_str());
+            }
+            for c in &cols_update {
+                u = u.update(format!("\"{c}\""), format!("s.\"{c}\""));
+            }
+            u
+        })?
+        .when_not_matched_insert(move |mut i| {
+            for c in &cols_insert {
+                i = i.set(format!("\"{c}\""), format!("s.\"{c}\""));
+            }
+            i
+        })?
+        .await?;
+    // Rows offered to the table after deduplication.
+    Ok((table, metrics.num_source_rows as u64))
+}

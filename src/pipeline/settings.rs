@@ -1,0 +1,218 @@
+//! The TOML settings files: a source's CSV options and a model's write mode,
+//! partitioning, keys and expectations. Unknown keys and bad values are errors
+//! that name the file and line.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::file_error;
+use crate::error::Result;
+
+/// How a model's result is written to its table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteMode {
+    /// Replace the whole table.
+    #[default]
+    Overwrite,
+    /// Add the rows.
+    Append,
+    /// Upsert by `unique_key`: a row replaces the table's row with the same
+    /// key when its `sequence_by` is newer; new keys are inserted.
+    Merge,
+    /// Replace exactly the partitions present in the result; others stay.
+    ReplacePartitions,
+}
+
+/// What happens to a row that fails an expectation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Keep the row and count it.
+    Warn,
+    /// Move the row to the model's quarantine table, the rule's name as reason.
+    Drop,
+    /// Commit nothing for the model and fail the run.
+    Fail,
+}
+
+#[derive(Debug, Clone)]
+pub struct Expectation {
+    pub name: String,
+    /// SQL boolean over the model's output columns; a row passes only when it
+    /// is TRUE (NULL fails, as in Delta Live Tables).
+    pub check: String,
+    pub action: Action,
+    pub line: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ModelSettings {
+    pub mode: WriteMode,
+    pub partition_by: Vec<String>,
+    pub unique_key: Vec<String>,
+    pub sequence_by: Vec<String>,
+    pub expectations: Vec<Expectation>,
+    /// Fail the model when more than this share (percent) of rows is quarantined.
+    pub max_quarantine_pct: Option<f64>,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CsvSource {
+    /// Glob of landed files, relative to the lake root, or an absolute path/URI.
+    pub files: String,
+    pub header: bool,
+    pub delimiter: u8,
+    pub quote: u8,
+    /// Declared column names (required without a header; with a header they
+    /// select and order the columns kept).
+    pub columns: Option<Vec<String>>,
+    pub max_field_bytes: usize,
+    pub description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    files: String,
+    #[serde(default)]
+    format: Option<Spanned<String>>,
+    #[serde(default = "yes")]
+    header: bool,
+    #[serde(default)]
+    delimiter: Option<Spanned<String>>,
+    #[serde(default)]
+    quote: Option<Spanned<String>>,
+    #[serde(default)]
+    columns: Option<Vec<String>>,
+    #[serde(default)]
+    max_field_bytes: Option<usize>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    #[serde(default)]
+    mode: WriteMode,
+    #[serde(default)]
+    partition_by: Vec<String>,
+    #[serde(default)]
+    unique_key: Vec<String>,
+    #[serde(default)]
+    sequence_by: Vec<String>,
+    #[serde(default)]
+    max_quarantine_pct: Option<Spanned<f64>>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    expect: Vec<Spanned<RawExpectation>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExpectation {
+    name: String,
+    check: String,
+    action: Action,
+}
+
+fn toml_error(file: &Path, text: &str, e: toml::de::Error) -> crate::error::Error {
+    let line = e.span().map(|s| line_at(text, s.start)).unwrap_or(1);
+    let msg = e.message().replace("unknown field", "unknown setting");
+    file_error(file, line, msg.trim().to_string())
+}
+
+fn line_at(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+pub fn parse_source(file: &Path, text: &str) -> Result<CsvSource> {
+    let raw: RawSource = toml::from_str(text).map_err(|e| toml_error(file, text, e))?;
+    if let Some(f) = &raw.format {
+        if f.get_ref() != "csv" {
+            return Err(file_error(file, line_at(text, f.span().start), format!("format `{}` is not supported; only `csv` is", f.get_ref())));
+        }
+    }
+    let one_byte = |v: &Option<Spanned<String>>, what: &str, default: u8| -> Result<u8> {
+        match v {
+            None => Ok(default),
+            Some(s) => {
+                let value = s.get_ref();
+                let value = if value == "\\t" { "\t" } else { value.as_str() };
+                if value.len() == 1 && value.is_ascii() {
+                    Ok(value.as_bytes()[0])
+                } else {
+                    Err(file_error(file, line_at(text, s.span().start), format!("{what} must be a single ASCII character, got `{value}`")))
+                }
+            }
+        }
+    };
+    let delimiter = one_byte(&raw.delimiter, "delimiter", b',')?;
+    let quote = one_byte(&raw.quote, "quote", b'"')?;
+    if !raw.header && raw.columns.is_none() {
+        return Err(file_error(file, 1, "a source without a header row needs `columns = [...]`"));
+    }
+    if let Some(cols) = &raw.columns {
+        for c in cols {
+            if c.is_empty() || c.starts_with('_') {
+                return Err(file_error(file, 1, format!("column name `{c}` is not allowed: names starting with `_` are reserved for lineage columns")));
+            }
+        }
+    }
+    Ok(CsvSource {
+        files: raw.files,
+        header: raw.header,
+        delimiter,
+        quote,
+        columns: raw.columns,
+        max_field_bytes: raw.max_field_bytes.unwrap_or(1 << 20),
+        description: raw.description,
+    })
+}
+
+pub fn parse_model(file: &Path, text: &str) -> Result<ModelSettings> {
+    let raw: RawModel = toml::from_str(text).map_err(|e| toml_error(file, text, e))?;
+    let mut expectations = Vec::new();
+    for e in raw.expect {
+        let line = line_at(text, e.span().start);
+        let e = e.into_inner();
+        if expectations.iter().any(|x: &Expectation| x.name == e.name) {
+            return Err(file_error(file, line, format!("expectation `{}` is declared twice", e.name)));
+        }
+        expectations.push(Expectation { name: e.name, check: e.check, action: e.action, line });
+    }
+    if raw.mode == WriteMode::Merge && raw.unique_key.is_empty() {
+        return Err(file_error(file, 1, "mode = \"merge\" needs `unique_key = [...]`, the columns that identify a row"));
+    }
+    if !raw.sequence_by.is_empty() && raw.unique_key.is_empty() {
+        return Err(file_error(file, 1, "`sequence_by` only applies with `unique_key`"));
+    }
+    if raw.mode == WriteMode::ReplacePartitions && raw.partition_by.is_empty() {
+        return Err(file_error(file, 1, "mode = \"replace_partitions\" needs `partition_by = [...]`"));
+    }
+    let max_quarantine_pct = match raw.max_quarantine_pct {
+        Some(p) if !(0.0..=100.0).contains(p.get_ref()) => {
+            return Err(file_error(file, line_at(text, p.span().start), "max_quarantine_pct must be between 0 and 100"))
+        }
+        Some(p) => Some(p.into_inner()),
+        None => None,
+    };
+    Ok(ModelSettings {
+        mode: raw.mode,
+        partition_by: raw.partition_by,
+        unique_key: raw.unique_key,
+        sequence_by: raw.sequence_by,
+        expectations,
+        max_quarantine_pct,
+        description: raw.description,
+    })
+}

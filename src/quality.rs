@@ -1,0 +1,281 @@
+//! Expectations and quarantine. A [`Checker`] evaluates a model's rules on
+//! each batch of its result as it streams by: rows failing a `drop` rule are
+//! sent, with the first failing rule's name as `_reason`, to the quarantine
+//! writer; `warn` rules are counted; a `fail` rule stops the stream (so the
+//! model commits nothing) and keeps one offending row for the error.
+//! Rules see every column of the result, `_`-prefixed lineage columns too.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::compute::{filter_record_batch, not, prep_null_mask_filter};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::catalog::streaming::StreamingTable;
+use datafusion::common::DFSchema;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionContext;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::pipeline::{Action, Expectation};
+
+pub const REASON: &str = "_reason";
+
+/// Counts of one rule over one model run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RuleResult {
+    pub name: String,
+    pub action: String,
+    pub check: String,
+    /// Rows the rule was evaluated on.
+    pub evaluated: u64,
+    /// Rows for which the rule was not TRUE.
+    pub failed: u64,
+    /// Rows quarantined with this rule as their reason.
+    pub quarantined: u64,
+}
+
+struct Rule {
+    spec: Expectation,
+    expr: Arc<dyn PhysicalExpr>,
+    evaluated: AtomicU64,
+    failed: AtomicU64,
+    quarantined: AtomicU64,
+}
+
+pub struct Checker {
+    model: String,
+    rules: Vec<Rule>,
+    rows_in: AtomicU64,
+    rows_quarantined: AtomicU64,
+    failure: Mutex<Option<Error>>,
+    quarantine_schema: SchemaRef,
+    run_id: String,
+    at: i64,
+}
+
+/// The schema of a model's quarantine table: the result's columns, then the
+/// reason, the run and the time.
+pub fn quarantine_schema(result: &Schema) -> SchemaRef {
+    let mut fields: Vec<Field> = result.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+    fields.push(Field::new(REASON, DataType::Utf8, true));
+    fields.push(Field::new("_run_id", DataType::Utf8, true));
+    fields.push(Field::new("_quarantined_at", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true));
+    Arc::new(Schema::new(fields))
+}
+
+impl Checker {
+    pub fn new(ctx: &SessionContext, model: &str, schema: &DFSchema, expectations: &[Expectation], run_id: &str, at: i64) -> Result<Self> {
+        let state = ctx.state();
+        let mut rules = Vec::new();
+        for e in expectations {
+            let logical = ctx
+                .parse_sql_expr(&e.check, schema)
+                .map_err(|err| Error::Usage(format!("model {model}: expectation `{}` (`{}`): {err}", e.name, e.check)))?;
+            let expr = state
+                .create_physical_expr(logical, schema)
+                .map_err(|err| Error::Usage(format!("model {model}: expectation `{}` (`{}`): {err}", e.name, e.check)))?;
+            rules.push(Rule { spec: e.clone(), expr, evaluated: AtomicU64::new(0), failed: AtomicU64::new(0), quarantined: AtomicU64::new(0) });
+        }
+        Ok(Self {
+            model: model.to_string(),
+            rules,
+            rows_in: AtomicU64::new(0),
+            rows_quarantined: AtomicU64::new(0),
+            failure: Mutex::new(None),
+            quarantine_schema: quarantine_schema(schema.as_arrow()),
+            run_id: run_id.to_string(),
+            at,
+        })
+    }
+
+    pub fn quarantine_schema(&self) -> SchemaRef {
+        self.quarantine_schema.clone()
+    }
+
+    pub fn rows_in(&self) -> u64 {
+        self.rows_in.load(Ordering::Relaxed)
+    }
+
+    pub fn rows_quarantined(&self) -> u64 {
+        self.rows_quarantined.load(Ordering::Relaxed)
+    }
+
+    pub fn take_failure(&self) -> Option<Error> {
+        self.failure.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    pub fn results(&self) -> Vec<RuleResult> {
+        self.rules
+            .iter()
+            .map(|r| RuleResult {
+                name: r.spec.name.clone(),
+                action: format!("{:?}", r.spec.action).to_lowercase(),
+                check: r.spec.check.clone(),
+                evaluated: r.evaluated.load(Ordering::Relaxed),
+                failed: r.failed.load(Ordering::Relaxed),
+                quarantined: r.quarantined.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// Splits a batch into (kept rows, quarantined rows with their reason).
+    fn split(&self, batch: &RecordBatch) -> DfResult<(RecordBatch, Option<RecordBatch>)> {
+        let n = batch.num_rows();
+        self.rows_in.fetch_add(n as u64, Ordering::Relaxed);
+        let mut reasons: Vec<Option<&str>> = vec![None; n];
+        let mut fails: Vec<(usize, BooleanArray)> = Vec::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            let value = rule.expr.evaluate(batch)?.into_array(n)?;
+            let Some(value) = value.as_any().downcast_ref::<BooleanArray>() else {
+                return Err(DataFusionError::Plan(format!("expectation `{}` must be a boolean expression", rule.spec.name)));
+            };
+            let failed = not(&prep_null_mask_filter(value))?;
+            fails.push((i, failed));
+        }
+        // Drop rules first, in declared order: the first failing one is the reason.
+        for (i, failed) in &fails {
+            let rule = &self.rules[*i];
+            if rule.spec.action != Action::Drop {
+                continue;
+            }
+            rule.evaluated.fetch_add(n as u64, Ordering::Relaxed);
+            rule.failed.fetch_add(failed.true_count() as u64, Ordering::Relaxed);
+            let mut newly = 0;
+            for row in 0..n {
+                if failed.value(row) && reasons[row].is_none() {
+                    reasons[row] = Some(rule.spec.name.as_str());
+                    newly += 1;
+                }
+            }
+            rule.quarantined.fetch_add(newly, Ordering::Relaxed);
+        }
+        // Warn and fail rules look at the rows that stay.
+        let kept_mask = BooleanArray::from(reasons.iter().map(|r| r.is_none()).collect::<Vec<_>>());
+        for (i, failed) in &fails {
+            let rule = &self.rules[*i];
+            if rule.spec.action == Action::Drop {
+                continue;
+            }
+            let kept_failed: Vec<bool> = (0..n).map(|r| kept_mask.value(r) && failed.value(r)).collect();
+            let count = kept_failed.iter().filter(|b| **b).count() as u64;
+            rule.evaluated.fetch_add(kept_mask.true_count() as u64, Ordering::Relaxed);
+            rule.failed.fetch_add(count, Ordering::Relaxed);
+            if rule.spec.action == Action::Fail && count > 0 {
+                let row = kept_failed.iter().position(|b| *b).unwrap_or(0);
+                let example = describe_row(batch, row);
+                let err = Error::ExpectationFailed { model: self.model.clone(), rule: rule.spec.name.clone(), failed: count, example };
+                *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(err);
+                return Err(DataFusionError::Execution(format!("expectation `{}` failed", rule.spec.name)));
+            }
+        }
+        let dropped = n - kept_mask.true_count();
+        if dropped == 0 {
+            return Ok((batch.clone(), None));
+        }
+        self.rows_quarantined.fetch_add(dropped as u64, Ordering::Relaxed);
+        let kept = filter_record_batch(batch, &kept_mask)?;
+        let drop_mask = not(&kept_mask)?;
+        let bad = filter_record_batch(batch, &drop_mask)?;
+        let reason_col: StringArray = reasons.iter().filter(|r| r.is_some()).map(|r| *r).collect();
+        let mut columns: Vec<ArrayRef> = bad.columns().to_vec();
+        columns.push(Arc::new(reason_col));
+        columns.push(Arc::new(StringArray::from(vec![self.run_id.as_str(); dropped])));
+        columns.push(Arc::new(TimestampMicrosecondArray::from(vec![self.at; dropped]).with_timezone("UTC")));
+        let quarantined = RecordBatch::try_new(self.quarantine_schema.clone(), columns)?;
+        Ok((kept, Some(quarantined)))
+    }
+}
+
+fn describe_row(batch: &RecordBatch, row: usize) -> String {
+    let opts = FormatOptions::default().with_null("NULL");
+    let schema = batch.schema();
+    let parts: Vec<String> = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(col, field)| {
+            let value = ArrayFormatter::try_new(col.as_ref(), &opts).map(|f| f.value(row).to_string()).unwrap_or_else(|_| "?".into());
+            format!("{}={}", field.name(), value)
+        })
+        .collect();
+    format!("{{{}}}", parts.join(", "))
+}
+
+type QuarantineTx = mpsc::Sender<DfResult<RecordBatch>>;
+
+/// One partition of the checked result: runs partition `index` of the
+/// model's plan and passes each batch through the checker.
+struct CheckedPartition {
+    plan: Arc<dyn ExecutionPlan>,
+    index: usize,
+    checker: Arc<Checker>,
+    /// Taken by the first execution; later executions (a planner may run a
+    /// source twice) neither count nor quarantine again.
+    quarantine: Mutex<Option<QuarantineTx>>,
+    schema: SchemaRef,
+}
+
+impl std::fmt::Debug for CheckedPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CheckedPartition({})", self.index)
+    }
+}
+
+impl PartitionStream for CheckedPartition {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let tx = self.quarantine.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let checker = self.checker.clone();
+        let inner = match self.plan.execute(self.index, ctx) {
+            Ok(s) => s,
+            Err(e) => return Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), futures::stream::once(async move { Err(e) }))),
+        };
+        let first = tx.is_some();
+        let stream = inner.then(move |batch| {
+            let checker = checker.clone();
+            let tx = tx.clone();
+            async move {
+                let batch = batch?;
+                if !first {
+                    return Ok(batch);
+                }
+                let (kept, bad) = checker.split(&batch)?;
+                if let (Some(bad), Some(tx)) = (bad, tx) {
+                    tx.send(Ok(bad)).await.map_err(|_| DataFusionError::Execution("the quarantine writer stopped".into()))?;
+                }
+                Ok(kept)
+            }
+        });
+        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
+    }
+}
+
+/// Wraps a model's physical plan: returns a table of the rows that pass,
+/// and the stream of quarantined rows (ends when the table has been read).
+pub fn checked(plan: Arc<dyn ExecutionPlan>, checker: Arc<Checker>) -> Result<(Arc<StreamingTable>, SendableRecordBatchStream)> {
+    let schema = plan.schema();
+    let partitions = plan.properties().partitioning.partition_count();
+    let (tx, rx) = mpsc::channel::<DfResult<RecordBatch>>(4);
+    let streams: Vec<Arc<dyn PartitionStream>> = (0..partitions)
+        .map(|index| {
+            Arc::new(CheckedPartition { plan: plan.clone(), index, checker: checker.clone(), quarantine: Mutex::new(Some(tx.clone())), schema: schema.clone() }) as Arc<dyn PartitionStream>
+        })
+        .collect();
+    drop(tx);
+    let table = Arc::new(StreamingTable::try_new(schema, streams)?);
+    let qschema = checker.quarantine_schema();
+    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    Ok((table, Box::pin(RecordBatchStreamAdapter::new(qschema, stream))))
+}

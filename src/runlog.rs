@@ -1,0 +1,127 @@
+//! The job's own records, as Delta tables under `<lake>/_lakehouse/` and the
+//! `system` schema: `system.runs` (one row per run), `system.steps` (one row
+//! per source or model per run, with its counts) and `system.expectations`
+//! (one row per rule per model per run). Appended at the end of each run.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::json::ReaderBuilder;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use serde_json::{json, Value};
+
+use crate::delta::{self, Replace, WriteSpec};
+use crate::error::Result;
+use crate::runner::RunReport;
+use crate::storage::Lake;
+
+fn ts(name: &str) -> Field {
+    Field::new(name, DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true)
+}
+
+fn runs_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, true),
+        ts("started_at"),
+        Field::new("seconds", DataType::Float64, true),
+        Field::new("status", DataType::Utf8, true),
+        Field::new("errors", DataType::Utf8, true),
+    ]))
+}
+
+fn steps_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, true),
+        Field::new("step", DataType::Utf8, true),
+        Field::new("kind", DataType::Utf8, true),
+        Field::new("status", DataType::Utf8, true),
+        Field::new("files_ingested", DataType::Int64, true),
+        Field::new("rows_in", DataType::Int64, true),
+        Field::new("rows_written", DataType::Int64, true),
+        Field::new("rows_rejected", DataType::Int64, true),
+        Field::new("duplicates", DataType::Int64, true),
+        Field::new("version", DataType::Int64, true),
+        Field::new("seconds", DataType::Float64, true),
+        Field::new("message", DataType::Utf8, true),
+    ]))
+}
+
+fn expectations_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, true),
+        Field::new("model", DataType::Utf8, true),
+        Field::new("rule", DataType::Utf8, true),
+        Field::new("action", DataType::Utf8, true),
+        Field::new("check", DataType::Utf8, true),
+        Field::new("evaluated", DataType::Int64, true),
+        Field::new("failed", DataType::Int64, true),
+        Field::new("quarantined", DataType::Int64, true),
+    ]))
+}
+
+fn batch(schema: &SchemaRef, rows: &[Value]) -> Result<RecordBatch> {
+    let mut decoder = ReaderBuilder::new(schema.clone()).build_decoder()?;
+    decoder.serialize(rows)?;
+    Ok(decoder.flush()?.unwrap_or_else(|| RecordBatch::new_empty(schema.clone())))
+}
+
+async fn append(lake: &Lake, name: &str, schema: SchemaRef, rows: Vec<Value>, run_id: &str) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let spec = WriteSpec {
+        table_name: format!("system.{name}"),
+        partition_by: vec![],
+        replace: Replace::Nothing,
+        transactions: vec![],
+        metadata: crate::ingest::run_metadata(run_id, "runlog"),
+        description: None,
+    };
+    let url = lake.url(&format!("_lakehouse/{name}"));
+    let table = delta::ensure_table(&url, lake.storage_options(), &schema, &spec).await?;
+    let b = batch(&schema, &rows)?;
+    let stream = Box::pin(RecordBatchStreamAdapter::new(schema.clone(), futures::stream::iter(vec![Ok(b)])));
+    delta::write(table, vec![stream], &spec).await?;
+    Ok(())
+}
+
+pub async fn record(lake: &Lake, report: &RunReport) -> Result<()> {
+    let run = &report.run_id;
+    let started = report.started_at.to_rfc3339();
+    append(
+        lake,
+        "runs",
+        runs_schema(),
+        vec![json!({"run_id": run, "started_at": started, "seconds": report.seconds, "status": if report.errors.is_empty() {"succeeded"} else {"failed"}, "errors": report.errors.join("\n")})],
+        run,
+    )
+    .await?;
+    let mut steps = Vec::new();
+    for s in &report.sources {
+        steps.push(json!({
+            "run_id": run, "step": format!("bronze.{}", s.name), "kind": "source", "status": s.status,
+            "files_ingested": s.report.files.iter().filter(|f| f.refused.is_none()).count(),
+            "rows_in": s.report.rows + s.report.rejected, "rows_written": s.report.rows, "rows_rejected": s.report.rejected,
+            "duplicates": 0, "version": s.report.version, "seconds": s.seconds, "message": s.message,
+        }));
+    }
+    let mut rules = Vec::new();
+    for m in &report.models {
+        let r = &m.report;
+        steps.push(json!({
+            "run_id": run, "step": r.table, "kind": "model", "status": m.status,
+            "files_ingested": null, "rows_in": r.rows_in, "rows_written": r.rows_written, "rows_rejected": r.quarantined,
+            "duplicates": r.duplicates, "version": r.version, "seconds": r.seconds, "message": m.message,
+        }));
+        for rule in &r.rules {
+            rules.push(json!({
+                "run_id": run, "model": r.table, "rule": rule.name, "action": rule.action, "check": rule.check,
+                "evaluated": rule.evaluated, "failed": rule.failed, "quarantined": rule.quarantined,
+            }));
+        }
+    }
+    append(lake, "steps", steps_schema(), steps, run).await?;
+    append(lake, "expectations", expectations_schema(), rules, run).await?;
+    Ok(())
+}

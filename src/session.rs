@@ -1,0 +1,65 @@
+//! The one place that builds a DataFusion session: Delta-aware planner, the
+//! lake's object store, the `lakehouse` catalog with its schemas, the
+//! project's SQL functions, memory limits. Every command goes through
+//! [`build`], so switching where plans run changes this file only.
+
+use std::sync::Arc;
+
+use datafusion::execution::disk_manager::DiskManagerBuilder;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use deltalake::delta_datafusion::planner::DeltaPlanner;
+
+use crate::catalog::{LakeCatalog, CATALOG};
+use crate::error::Result;
+use crate::storage::Lake;
+
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// Memory the engine may hold before sorts and joins spill to disk.
+    pub memory_limit: usize,
+    /// Parallelism of plans; defaults to the number of cores.
+    pub target_partitions: usize,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self {
+            memory_limit: 2 << 30,
+            target_partitions: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        }
+    }
+}
+
+/// A session over `lake`, and the catalog (to refresh its table lists).
+pub async fn build(lake: &Lake, options: &SessionOptions) -> Result<(SessionContext, Arc<LakeCatalog>)> {
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(FairSpillPool::new(options.memory_limit)))
+        .with_disk_manager_builder(DiskManagerBuilder::default())
+        .build_arc()?;
+    if lake.root().scheme() != "file" {
+        let root = lake.root();
+        let bucket = url::Url::parse(&format!("{}://{}", root.scheme(), &root[url::Position::BeforeHost..url::Position::AfterPort]))
+            .map_err(|e| crate::error::Error::Lake { uri: root.to_string(), message: e.to_string() })?;
+        runtime.register_object_store(&bucket, lake.store());
+    }
+    let config = SessionConfig::new()
+        .with_information_schema(true)
+        .with_default_catalog_and_schema(CATALOG, "gold")
+        .with_create_default_catalog_and_schema(false)
+        .with_target_partitions(options.target_partitions);
+    let state = SessionStateBuilder::new()
+        .with_default_features()
+        .with_config(config)
+        .with_runtime_env(runtime.clone())
+        .with_query_planner(DeltaPlanner::new())
+        .build();
+    let ctx = SessionContext::new_with_state(state);
+    let catalog = Arc::new(LakeCatalog::new(lake, runtime));
+    catalog.refresh().await?;
+    ctx.register_catalog(CATALOG, catalog.clone());
+    crate::functions::register(&ctx);
+    Ok((ctx, catalog))
+}

@@ -66,12 +66,19 @@ pub struct Written {
 
 /// Opens the table at `url`; `None` when no Delta table is there yet.
 pub async fn open(url: &Url, storage_options: &HashMap<String, String>) -> Result<Option<DeltaTable>> {
+    if url.scheme() == "file" {
+        let log = std::path::Path::new(url.path()).join("_delta_log");
+        if !log.is_dir() {
+            return Ok(None);
+        }
+    }
     let mut table = DeltaTableBuilder::from_url(url.clone())?
         .with_storage_options(storage_options.clone())
         .build()?;
     match table.load().await {
         Ok(()) => Ok(Some(table)),
         Err(deltalake::DeltaTableError::NotATable(_)) => Ok(None),
+        Err(e) if url.scheme() != "file" && (e.to_string().contains("not found") || e.to_string().contains("does not exist")) => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
@@ -154,6 +161,9 @@ pub async fn ensure_table(
         return Ok(table);
     }
     let kernel: StructType = wanted.as_ref().try_into_kernel()?;
+    if url.scheme() == "file" {
+        std::fs::create_dir_all(url.path()).map_err(|e| Error::io(format!("create table folder {}", url.path()), e))?;
+    }
     let table = DeltaTableBuilder::from_url(url.clone())?
         .with_storage_options(storage_options.clone())
         .build()?;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray};
-use datafusion::arrow::compute::{filter_record_batch, not, prep_null_mask_filter};
+use datafusion::arrow::compute::{filter_record_batch, not};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::catalog::streaming::StreamingTable;
@@ -138,7 +138,7 @@ impl Checker {
             let Some(value) = value.as_any().downcast_ref::<BooleanArray>() else {
                 return Err(DataFusionError::Plan(format!("expectation `{}` must be a boolean expression", rule.spec.name)));
             };
-            let failed = not(&prep_null_mask_filter(value))?;
+            let failed = not(&true_mask(value))?;
             fails.push((i, failed));
         }
         // Drop rules first, in declared order: the first failing one is the reason.
@@ -192,6 +192,14 @@ impl Checker {
         columns.push(Arc::new(TimestampMicrosecondArray::from(vec![self.at; dropped]).with_timezone("UTC")));
         let quarantined = RecordBatch::try_new(self.quarantine_schema.clone(), columns)?;
         Ok((kept, Some(quarantined)))
+    }
+}
+
+/// TRUE where the value is TRUE; NULL counts as not TRUE.
+fn true_mask(v: &BooleanArray) -> BooleanArray {
+    match v.nulls() {
+        Some(n) => BooleanArray::new(v.values() & n.inner(), None),
+        None => BooleanArray::new(v.values().clone(), None),
     }
 }
 

@@ -264,6 +264,8 @@ async fn merge(
         .with_source_alias("s")
         .with_target_alias("t")
         .with_session_state(Arc::new(ctx.state()))
+        // The source is the checked model result, which is read exactly once.
+        .with_streaming(true)
         .with_commit_properties(CommitProperties::default().with_metadata(metadata))
         .when_matched_update(move |mut u| {
             if let Some(p) = &newer {

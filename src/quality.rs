@@ -226,8 +226,9 @@ struct CheckedPartition {
     plan: Arc<dyn ExecutionPlan>,
     index: usize,
     checker: Arc<Checker>,
-    /// Taken by the first execution; later executions (a planner may run a
-    /// source twice) neither count nor quarantine again.
+    /// Taken by the first execution. The checked result is single-pass (its
+    /// plan may not re-execute); a second execution is an error, not an
+    /// empty result.
     quarantine: Mutex<Option<QuarantineTx>>,
     schema: SchemaRef,
 }
@@ -250,15 +251,15 @@ impl PartitionStream for CheckedPartition {
             Ok(s) => s,
             Err(e) => return Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), futures::stream::once(async move { Err(e) }))),
         };
-        let first = tx.is_some();
+        if tx.is_none() {
+            let err = DataFusionError::Internal("a checked model result was read twice; it can be read only once".into());
+            return Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), futures::stream::once(async move { Err(err) })));
+        }
         let stream = inner.then(move |batch| {
             let checker = checker.clone();
             let tx = tx.clone();
             async move {
                 let batch = batch?;
-                if !first {
-                    return Ok(batch);
-                }
                 let (kept, bad) = checker.split(&batch)?;
                 if let (Some(bad), Some(tx)) = (bad, tx) {
                     tx.send(Ok(bad)).await.map_err(|_| DataFusionError::Execution("the quarantine writer stopped".into()))?;

@@ -179,7 +179,10 @@ pub fn tables_read(file: &Path, sql: &str) -> Result<Vec<String>> {
     let dialect = GenericDialect {};
     let mut statements = DFParser::parse_sql_with_dialect(sql, &dialect).map_err(|e| {
         let msg = e.to_string();
-        file_error(file, line_in_message(&msg).unwrap_or(1), format!("SQL does not parse: {msg}"))
+        // At the end of input the parser gives no position: point at the last line.
+        let last = sql.trim_end().lines().count().max(1);
+        let line = line_in_message(&msg).unwrap_or(if msg.contains("EOF") { last } else { 1 });
+        file_error(file, line, format!("SQL does not parse: {msg}"))
     })?;
     if statements.len() != 1 {
         return Err(file_error(file, 1, format!("a model holds exactly one SELECT statement, found {}", statements.len())));

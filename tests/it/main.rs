@@ -1,0 +1,92 @@
+//! Integration tests: one binary, one module per capability. They run the
+//! real `lakehouse` binary against real Delta tables in temp folders and read
+//! the results back with SQL (and with Python readers in `retail`).
+
+mod expected;
+#[path = "../../scripts/gen/src/lib.rs"]
+mod gen;
+mod pipeline_cli;
+mod retail;
+mod write_modes;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::Int64Type;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs the real binary.
+pub fn lakehouse(args: &[&str], cwd: &Path) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_lakehouse"))
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the lakehouse binary runs")
+}
+
+pub fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// Runs SQL over the lake through the library's one session builder.
+pub async fn sql(lake: &Path, query: &str) -> Vec<RecordBatch> {
+    let lake = lakehouse::storage::Lake::open(lake.to_str().unwrap(), Default::default()).unwrap();
+    let (ctx, _) = lakehouse::session::build(&lake, &Default::default()).await.unwrap();
+    ctx.sql(query).await.unwrap_or_else(|e| panic!("{query}: {e}")).collect().await.unwrap_or_else(|e| panic!("{query}: {e}"))
+}
+
+/// Every row of a query whose columns are all BIGINT.
+pub async fn ints(lake: &Path, query: &str) -> Vec<Vec<i64>> {
+    let mut rows = Vec::new();
+    for b in sql(lake, query).await {
+        for r in 0..b.num_rows() {
+            rows.push(
+                b.columns()
+                    .iter()
+                    .map(|c| {
+                        let c = datafusion::arrow::compute::cast(c, &datafusion::arrow::datatypes::DataType::Int64).unwrap();
+                        let c = c.as_primitive::<Int64Type>();
+                        if c.is_null(r) { i64::MIN } else { c.value(r) }
+                    })
+                    .collect(),
+            );
+        }
+    }
+    rows
+}
+
+pub async fn one(lake: &Path, query: &str) -> i64 {
+    let rows = ints(lake, query).await;
+    assert_eq!(rows.len(), 1, "{query} returned {} rows", rows.len());
+    rows[0][0]
+}
+
+/// Every row as strings (for keys and mixed columns).
+pub async fn strings(lake: &Path, query: &str) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    for b in sql(lake, query).await {
+        for r in 0..b.num_rows() {
+            rows.push(
+                b.columns()
+                    .iter()
+                    .map(|c| {
+                        let c = datafusion::arrow::compute::cast(c, &datafusion::arrow::datatypes::DataType::Utf8).unwrap();
+                        let c = c.as_string::<i32>();
+                        if c.is_null(r) { "NULL".to_string() } else { c.value(r).to_string() }
+                    })
+                    .collect(),
+            );
+        }
+    }
+    rows
+}
+
+/// `one` for synchronous tests.
+pub fn block_on_one(lake: &Path, query: &str) -> i64 {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap().block_on(one(lake, query))
+}

@@ -1,0 +1,127 @@
+//! `lakehouse run` and `query` on small hand-made pipelines: errors name the
+//! file and line, a `fail` expectation commits nothing, the quarantine
+//! threshold stops a model, and `query` refuses anything but a query.
+
+use std::path::Path;
+
+use crate::{lakehouse, one, text};
+
+/// A lake with one landing file and a pipeline folder holding `files`.
+pub fn setup(root: &Path, landing: &str, files: &[(&str, &str)]) {
+    std::fs::create_dir_all(root.join("lake/landing")).unwrap();
+    std::fs::write(root.join("lake/landing/events_1.csv"), landing).unwrap();
+    for (path, body) in files {
+        let p = root.join("sql").join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, body).unwrap();
+    }
+}
+
+pub const SOURCE: &str = "files = \"landing/events_*.csv\"\ncolumns = [\"id\", \"day\", \"v\", \"updated\"]\n";
+
+fn run(root: &Path) -> std::process::Output {
+    lakehouse(&["run", "--lake", "lake", "--pipeline", "sql"], root)
+}
+
+#[test]
+fn a_model_reading_a_missing_table_names_the_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), "id,day,v,updated\n1,d1,5,1\n", &[("bronze/events.toml", SOURCE), ("silver/e.sql", "SELECT id\nFROM bronze.events\nJOIN bronze.nope USING (id)\n")]);
+    let out = run(dir.path());
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("silver/e.sql:3: reads table `bronze.nope`, which no source or model defines"), "{t}");
+}
+
+#[test]
+fn a_dependency_cycle_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(
+        dir.path(),
+        "id,day,v,updated\n1,d1,5,1\n",
+        &[("bronze/events.toml", SOURCE), ("silver/a.sql", "SELECT * FROM silver.b"), ("silver/b.sql", "SELECT * FROM gold.c"), ("gold/c.sql", "SELECT * FROM silver.a")],
+    );
+    let t = text(&run(dir.path()));
+    assert!(t.contains("dependency cycle between models: silver.a -> silver.b -> gold.c -> silver.a"), "{t}");
+}
+
+#[test]
+fn a_failing_expectation_commits_nothing_and_shows_an_offending_row() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(
+        dir.path(),
+        "id,day,v,updated\n1,d1,5,1\n2,d1,-7,1\n",
+        &[
+            ("bronze/events.toml", SOURCE),
+            ("silver/e.sql", "SELECT id, day, CAST(v AS INT) AS v FROM bronze.events"),
+            ("silver/e.toml", "[[expect]]\nname = \"v_positive\"\ncheck = \"v > 0\"\naction = \"fail\"\n"),
+        ],
+    );
+    let out = run(dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("expectation `v_positive` failed"), "{t}");
+    assert!(t.contains("id=2, day=d1, v=-7"), "{t}");
+    assert!(t.contains("nothing was committed"), "{t}");
+    // The table exists (created empty) but holds no rows from this run.
+    let silver = dir.path().join("lake/silver/e");
+    if silver.exists() {
+        assert_eq!(crate::block_on_one(&dir.path().join("lake"), "SELECT count(*) FROM silver.e"), 0);
+    }
+    // Bronze was committed: the ingest does not depend on the model.
+    assert_eq!(crate::block_on_one(&dir.path().join("lake"), "SELECT count(*) FROM bronze.events"), 2);
+}
+
+#[test]
+fn too_many_quarantined_rows_fail_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(
+        dir.path(),
+        "id,day,v,updated\n1,d1,5,1\n2,d1,x,1\n3,d1,y,1\n",
+        &[
+            ("bronze/events.toml", SOURCE),
+            ("silver/e.sql", "SELECT id, try_cast(v AS INT) AS v FROM bronze.events"),
+            ("silver/e.toml", "max_quarantine_pct = 50\n[[expect]]\nname = \"v_is_int\"\ncheck = \"v IS NOT NULL\"\naction = \"drop\"\n"),
+        ],
+    );
+    let out = run(dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("2 of 3 rows were quarantined, above the limit of 50%"), "{}", text(&out));
+}
+
+#[test]
+fn an_unknown_setting_names_the_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), "id\n1\n", &[("bronze/events.toml", SOURCE), ("silver/e.sql", "SELECT id FROM bronze.events"), ("silver/e.toml", "mode = \"merge\"\nunique_key = [\"id\"]\npartition = [\"day\"]\n")]);
+    let t = text(&run(dir.path()));
+    assert!(t.contains("silver/e.toml:3: unknown setting `partition`"), "{t}");
+}
+
+#[test]
+fn query_refuses_statements_that_write_or_read_files() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), "id,day,v,updated\n1,d1,5,1\n", &[("bronze/events.toml", SOURCE)]);
+    assert!(run(dir.path()).status.success());
+    for bad in ["CREATE EXTERNAL TABLE p STORED AS CSV LOCATION '/etc/passwd'", "DROP TABLE bronze.events", "COPY (SELECT 1) TO '/tmp/out.csv'"] {
+        let out = lakehouse(&["query", "--lake", "lake", bad], dir.path());
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(text(&out).contains("only queries are allowed"), "{bad}: {}", text(&out));
+    }
+    let out = lakehouse(&["query", "--lake", "lake", "--format", "csv", "SELECT id, v FROM bronze.events"], dir.path());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "id,v\n1,5\n");
+    let out = lakehouse(&["query", "--lake", "lake", "--format", "json", "SELECT count(*) AS n FROM bronze.events"], dir.path());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[{\"n\":1}]");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bronze_keeps_rejected_lines_with_their_reason_and_position() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), "\u{feff}id,day,v,updated\r\n1,d1,5,1\r\n2,d1\r\n3,\"d,2\",\"a \"\"b\"\"\",1\r\n\r\n4,d\"3,1,1\r\n", &[("bronze/events.toml", SOURCE)]);
+    assert!(run(dir.path()).status.success());
+    let lake = dir.path().join("lake");
+    let kept = crate::strings(&lake, "SELECT id, day, v, CAST(_source_line AS VARCHAR) AS line FROM bronze.events ORDER BY id").await;
+    assert_eq!(kept, vec![vec!["1", "d1", "5", "2"], vec!["3", "d,2", "a \"b\"", "4"]]);
+    let rejected = crate::strings(&lake, "SELECT CAST(_source_line AS VARCHAR) AS line, _reason, _raw_text FROM quarantine.bronze_events ORDER BY line").await;
+    assert_eq!(rejected, vec![vec!["3", "expected 4 fields, found 2", "2,d1"], vec!["6", "stray quote in unquoted field 2", "4,d\"3,1,1"]]);
+    assert_eq!(one(&lake, "SELECT count(*) FROM bronze.events WHERE _source_file = 'landing/events_1.csv'").await, 2);
+}

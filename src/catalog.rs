@@ -29,7 +29,10 @@ pub const SCHEMAS: [(&str, &str); 5] = [
 
 /// Folder (relative to the lake root) of `schema.table`.
 pub fn table_folder(schema: &str, table: &str) -> Option<String> {
-    SCHEMAS.iter().find(|(s, _)| *s == schema).map(|(_, folder)| format!("{folder}/{table}"))
+    SCHEMAS
+        .iter()
+        .find(|(s, _)| *s == schema)
+        .map(|(_, folder)| format!("{folder}/{table}"))
 }
 
 #[derive(Debug)]
@@ -44,7 +47,12 @@ impl LakeCatalog {
             .map(|(name, folder)| {
                 (
                     name.to_string(),
-                    Arc::new(FolderSchema { lake: lake.clone(), folder: folder.to_string(), names: RwLock::new(Vec::new()), runtime: runtime.clone() }),
+                    Arc::new(FolderSchema {
+                        lake: lake.clone(),
+                        folder: folder.to_string(),
+                        names: RwLock::new(Vec::new()),
+                        runtime: runtime.clone(),
+                    }),
                 )
             })
             .collect();
@@ -68,7 +76,9 @@ impl CatalogProvider for LakeCatalog {
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
-        self.schemas.get(name).map(|s| s.clone() as Arc<dyn SchemaProvider>)
+        self.schemas
+            .get(name)
+            .map(|s| s.clone() as Arc<dyn SchemaProvider>)
     }
 }
 
@@ -94,15 +104,26 @@ impl SchemaProvider for FolderSchema {
         let Some(table) = table else { return Ok(None) };
         // Scans resolve files through the session's object store registry.
         let root = table.log_store().root_url().clone();
-        let store_url = datafusion::execution::object_store::ObjectStoreUrl::parse(format!("{}://{}", root.scheme(), &root[url::Position::BeforeHost..url::Position::AfterPort]))?;
+        let store_url = datafusion::execution::object_store::ObjectStoreUrl::parse(format!(
+            "{}://{}",
+            root.scheme(),
+            &root[url::Position::BeforeHost..url::Position::AfterPort]
+        ))?;
         if self.runtime.object_store(&store_url).is_err() {
-            self.runtime.register_object_store(store_url.as_ref(), table.log_store().root_object_store(None));
+            self.runtime.register_object_store(
+                store_url.as_ref(),
+                table.log_store().root_object_store(None),
+            );
         }
         let provider = table.table_provider().await?;
         Ok(Some(provider))
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.names.read().unwrap_or_else(|p| p.into_inner()).iter().any(|n| n == name)
+        self.names
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|n| n == name)
     }
 }

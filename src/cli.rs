@@ -11,7 +11,11 @@ use crate::session::SessionOptions;
 use crate::storage::Lake;
 
 #[derive(Debug, Parser)]
-#[command(name = "lakehouse", version, about = "Landed CSV -> bronze, silver and gold Delta Lake tables, with SQL models.")]
+#[command(
+    name = "lakehouse",
+    version,
+    about = "Landed CSV -> bronze, silver and gold Delta Lake tables, with SQL models."
+)]
 pub struct Cli {
     /// The lake: a local folder or s3://bucket/prefix.
     #[arg(long, global = true, env = "LAKEHOUSE_LAKE", default_value = "lake")]
@@ -52,12 +56,18 @@ fn parse_size(s: &str) -> std::result::Result<usize, String> {
         Some('G') => (&s[..s.len() - 1], 1 << 30),
         _ => (s, 1),
     };
-    num.trim().parse::<f64>().map(|n| (n * mult as f64) as usize).map_err(|_| format!("`{s}` is not a size like 2G, 512M or 1048576"))
+    num.trim()
+        .parse::<f64>()
+        .map(|n| (n * mult as f64) as usize)
+        .map_err(|_| format!("`{s}` is not a size like 2G, 512M or 1048576"))
 }
 
 /// Runs the command; `Ok(false)` means it ran but the job failed.
 pub async fn dispatch(cli: Cli) -> Result<bool> {
-    let options = SessionOptions { memory_limit: cli.memory_limit, ..Default::default() };
+    let options = SessionOptions {
+        memory_limit: cli.memory_limit,
+        ..Default::default()
+    };
     match cli.command {
         Command::Run { pipeline } => {
             let pipeline = Pipeline::load(&pipeline)?;

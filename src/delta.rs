@@ -9,8 +9,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
-use datafusion::arrow::compute::partition;
 use datafusion::arrow::compute::cast;
+use datafusion::arrow::compute::partition;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::execution::SendableRecordBatchStream;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
@@ -65,7 +65,10 @@ pub struct Written {
 }
 
 /// Opens the table at `url`; `None` when no Delta table is there yet.
-pub async fn open(url: &Url, storage_options: &HashMap<String, String>) -> Result<Option<DeltaTable>> {
+pub async fn open(
+    url: &Url,
+    storage_options: &HashMap<String, String>,
+) -> Result<Option<DeltaTable>> {
     if url.scheme() == "file" {
         let log = std::path::Path::new(url.path()).join("_delta_log");
         if !log.is_dir() {
@@ -78,7 +81,13 @@ pub async fn open(url: &Url, storage_options: &HashMap<String, String>) -> Resul
     match table.load().await {
         Ok(()) => Ok(Some(table)),
         Err(deltalake::DeltaTableError::NotATable(_)) => Ok(None),
-        Err(e) if url.scheme() != "file" && (e.to_string().contains("not found") || e.to_string().contains("does not exist")) => Ok(None),
+        Err(e)
+            if url.scheme() != "file"
+                && (e.to_string().contains("not found")
+                    || e.to_string().contains("does not exist")) =>
+        {
+            Ok(None)
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -116,10 +125,17 @@ pub fn conform(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch> {
         let Some(column) = batch.column_by_name(field.name()) else {
             return Err(Error::Table {
                 table: String::new(),
-                message: format!("the result has no column `{}` that the table has", field.name()),
+                message: format!(
+                    "the result has no column `{}` that the table has",
+                    field.name()
+                ),
             });
         };
-        columns.push(if column.data_type() == field.data_type() { column.clone() } else { cast(column, field.data_type())? });
+        columns.push(if column.data_type() == field.data_type() {
+            column.clone()
+        } else {
+            cast(column, field.data_type())?
+        });
     }
     Ok(RecordBatch::try_new(target.clone(), columns)?)
 }
@@ -136,7 +152,12 @@ pub async fn ensure_table(
     let wanted = storage_schema(schema);
     if let Some(table) = open(url, storage_options).await? {
         let existing = table_arrow_schema(&table)?;
-        let names = |s: &Schema| s.fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect::<Vec<_>>();
+        let names = |s: &Schema| {
+            s.fields()
+                .iter()
+                .map(|f| format!("{} {}", f.name(), f.data_type()))
+                .collect::<Vec<_>>()
+        };
         if names(&existing) != names(&wanted) {
             return Err(Error::Table {
                 table: spec.table_name.clone(),
@@ -162,7 +183,8 @@ pub async fn ensure_table(
     }
     let kernel: StructType = wanted.as_ref().try_into_kernel()?;
     if url.scheme() == "file" {
-        std::fs::create_dir_all(url.path()).map_err(|e| Error::io(format!("create table folder {}", url.path()), e))?;
+        std::fs::create_dir_all(url.path())
+            .map_err(|e| Error::io(format!("create table folder {}", url.path()), e))?;
     }
     let table = DeltaTableBuilder::from_url(url.clone())?
         .with_storage_options(storage_options.clone())
@@ -181,7 +203,11 @@ pub async fn ensure_table(
 
 pub fn table_arrow_schema(table: &DeltaTable) -> Result<SchemaRef> {
     use deltalake::kernel::engine::arrow_conversion::TryIntoArrow;
-    let kernel = table.snapshot()?.metadata().parse_schema().map_err(deltalake::DeltaTableError::from)?;
+    let kernel = table
+        .snapshot()?
+        .metadata()
+        .parse_schema()
+        .map_err(deltalake::DeltaTableError::from)?;
     let schema: Schema = (&kernel).try_into_arrow()?;
     Ok(Arc::new(schema))
 }
@@ -212,7 +238,11 @@ impl Staged {
 /// Streams `inputs` into new Parquet files of `table` (one writer per input,
 /// run concurrently; inputs must hold disjoint partitions). Nothing is
 /// visible until [`commit`]; an input that fails fails the whole stage.
-pub async fn stage(table: &DeltaTable, inputs: Vec<SendableRecordBatchStream>, table_name: &str) -> Result<Staged> {
+pub async fn stage(
+    table: &DeltaTable,
+    inputs: Vec<SendableRecordBatchStream>,
+    table_name: &str,
+) -> Result<Staged> {
     let target = table_arrow_schema(table)?;
     let partition_by: Vec<String> = table.snapshot()?.metadata().partition_columns().to_vec();
     let mut tasks = tokio::task::JoinSet::new();
@@ -227,7 +257,10 @@ pub async fn stage(table: &DeltaTable, inputs: Vec<SendableRecordBatchStream>, t
     }
     let mut staged = Staged::default();
     while let Some(joined) = tasks.join_next().await {
-        let (adds, rows) = joined.map_err(|e| Error::Table { table: table_name.to_string(), message: format!("writer task failed: {e}") })??;
+        let (adds, rows) = joined.map_err(|e| Error::Table {
+            table: table_name.to_string(),
+            message: format!("writer task failed: {e}"),
+        })??;
         staged.adds.extend(adds);
         staged.rows += rows;
     }
@@ -235,7 +268,11 @@ pub async fn stage(table: &DeltaTable, inputs: Vec<SendableRecordBatchStream>, t
 }
 
 /// Stages and commits in one call.
-pub async fn write(table: DeltaTable, inputs: Vec<SendableRecordBatchStream>, spec: &WriteSpec) -> Result<(DeltaTable, Written)> {
+pub async fn write(
+    table: DeltaTable,
+    inputs: Vec<SendableRecordBatchStream>,
+    spec: &WriteSpec,
+) -> Result<(DeltaTable, Written)> {
     let staged = stage(&table, inputs, &spec.table_name).await?;
     commit(table, staged, spec).await
 }
@@ -243,12 +280,20 @@ pub async fn write(table: DeltaTable, inputs: Vec<SendableRecordBatchStream>, sp
 /// Makes one commit: the staged files, the removes the mode calls for, the
 /// app transactions and the metadata. Commits nothing when there is nothing
 /// to add, remove or record.
-pub async fn commit(mut table: DeltaTable, staged: Staged, spec: &WriteSpec) -> Result<(DeltaTable, Written)> {
+pub async fn commit(
+    mut table: DeltaTable,
+    staged: Staged,
+    spec: &WriteSpec,
+) -> Result<(DeltaTable, Written)> {
     let Staged { adds, rows } = staged;
     let written_partitions: BTreeSet<Vec<(String, Option<String>)>> = adds
         .iter()
         .map(|a| {
-            let mut v: Vec<(String, Option<String>)> = a.partition_values.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let mut v: Vec<(String, Option<String>)> = a
+                .partition_values
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             v.sort();
             v
         })
@@ -264,7 +309,8 @@ pub async fn commit(mut table: DeltaTable, staged: Staged, spec: &WriteSpec) -> 
             let hit = match spec.replace {
                 Replace::All => true,
                 Replace::PartitionsWritten => {
-                    let mut key: Vec<(String, Option<String>)> = file.partition_values_map().into_iter().collect();
+                    let mut key: Vec<(String, Option<String>)> =
+                        file.partition_values_map().into_iter().collect();
                     key.sort();
                     written_partitions.contains(&key)
                 }
@@ -304,14 +350,26 @@ pub async fn commit(mut table: DeltaTable, staged: Staged, spec: &WriteSpec) -> 
         props = props.with_application_transaction(t.clone());
     }
     let operation = DeltaOperation::Write {
-        mode: if spec.replace == Replace::Nothing { SaveMode::Append } else { SaveMode::Overwrite },
-        partition_by: if spec.partition_by.is_empty() { None } else { Some(spec.partition_by.clone()) },
+        mode: if spec.replace == Replace::Nothing {
+            SaveMode::Append
+        } else {
+            SaveMode::Overwrite
+        },
+        partition_by: if spec.partition_by.is_empty() {
+            None
+        } else {
+            Some(spec.partition_by.clone())
+        },
         predicate: None,
     };
     let snapshot = table.snapshot()?.clone();
     let commit = CommitBuilder::from(props)
         .with_actions(actions)
-        .build(Some(&snapshot as &dyn TableReference), table.log_store(), operation)
+        .build(
+            Some(&snapshot as &dyn TableReference),
+            table.log_store(),
+            operation,
+        )
         .await?;
     written.version = Some(commit.version() as i64);
     table.update_state().await?;
@@ -337,7 +395,10 @@ async fn drain(
         }
         rows += batch.num_rows() as u64;
         let batch = conform(&batch, &target).map_err(|e| match e {
-            Error::Table { message, .. } => Error::Table { table: table.clone(), message },
+            Error::Table { message, .. } => Error::Table {
+                table: table.clone(),
+                message,
+            },
             other => other,
         })?;
         if partition_by.is_empty() {
@@ -346,7 +407,15 @@ async fn drain(
         }
         let keys: Vec<ArrayRef> = partition_by
             .iter()
-            .map(|c| batch.column_by_name(c).cloned().ok_or_else(|| Error::Table { table: table.clone(), message: format!("partition column `{c}` is missing from the result") }))
+            .map(|c| {
+                batch
+                    .column_by_name(c)
+                    .cloned()
+                    .ok_or_else(|| Error::Table {
+                        table: table.clone(),
+                        message: format!("partition column `{c}` is missing from the result"),
+                    })
+            })
             .collect::<Result<_>>()?;
         for range in partition(&keys)?.ranges() {
             let key: Vec<String> = keys.iter().map(|k| key_string(k, range.start)).collect();
@@ -354,7 +423,9 @@ async fn drain(
                 adds.extend(writer.flush().await?);
             }
             current = Some(key);
-            writer.write(batch.slice(range.start, range.end - range.start)).await?;
+            writer
+                .write(batch.slice(range.start, range.end - range.start))
+                .await?;
         }
     }
     adds.extend(writer.flush().await?);
@@ -366,7 +437,9 @@ fn key_string(array: &ArrayRef, row: usize) -> String {
     if array.is_null(row) {
         return "\0null".into();
     }
-    ArrayFormatter::try_new(array.as_ref(), &FormatOptions::default()).map(|f| f.value(row).to_string()).unwrap_or_default()
+    ArrayFormatter::try_new(array.as_ref(), &FormatOptions::default())
+        .map(|f| f.value(row).to_string())
+        .unwrap_or_default()
 }
 
 /// Row count of the table's current version, from the Delta log's file

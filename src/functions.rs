@@ -13,7 +13,9 @@ use datafusion::arrow::array::{Array, AsArray, TimestampMicrosecondBuilder};
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::common::{exec_err, ScalarValue};
 use datafusion::error::Result;
-use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
 use datafusion::prelude::SessionContext;
 
 pub fn register(ctx: &SessionContext) {
@@ -27,7 +29,9 @@ struct TryToTimestamp {
 
 impl TryToTimestamp {
     fn new() -> Self {
-        Self { signature: Signature::variadic_any(Volatility::Immutable) }
+        Self {
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }
     }
 }
 
@@ -50,7 +54,11 @@ pub fn parse_with(value: &str, formats: &[Vec<Item<'static>>]) -> Option<i64> {
 }
 
 fn compile(format: &str) -> Result<Vec<Item<'static>>> {
-    let items: Vec<Item<'static>> = StrftimeItems::new(format).parse_to_owned().map_err(|e| datafusion::error::DataFusionError::Execution(format!("try_to_timestamp: bad format `{format}`: {e}")))?;
+    let items: Vec<Item<'static>> = StrftimeItems::new(format).parse_to_owned().map_err(|e| {
+        datafusion::error::DataFusionError::Execution(format!(
+            "try_to_timestamp: bad format `{format}`: {e}"
+        ))
+    })?;
     Ok(items)
 }
 
@@ -65,7 +73,9 @@ impl ScalarUDFImpl for TryToTimestamp {
 
     fn return_type(&self, args: &[DataType]) -> Result<DataType> {
         if args.len() < 2 {
-            return datafusion::common::plan_err!("try_to_timestamp(text, format, ...) needs a value and at least one format");
+            return datafusion::common::plan_err!(
+                "try_to_timestamp(text, format, ...) needs a value and at least one format"
+            );
         }
         Ok(utc())
     }
@@ -74,7 +84,11 @@ impl ScalarUDFImpl for TryToTimestamp {
         let mut formats = Vec::new();
         for f in &args.args[1..] {
             match f {
-                ColumnarValue::Scalar(ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s))) => formats.push(compile(s)?),
+                ColumnarValue::Scalar(
+                    ScalarValue::Utf8(Some(s))
+                    | ScalarValue::Utf8View(Some(s))
+                    | ScalarValue::LargeUtf8(Some(s)),
+                ) => formats.push(compile(s)?),
                 _ => return exec_err!("try_to_timestamp: formats must be string literals"),
             }
         }
@@ -96,9 +110,18 @@ mod tests {
 
     #[test]
     fn parses_only_whole_values_in_the_given_formats() {
-        let f = vec![compile("%Y-%m-%dT%H:%M:%S").unwrap(), compile("%Y-%m-%d %H:%M:%S").unwrap()];
-        assert_eq!(parse_with("2024-03-01T10:20:30", &f), Some(1709288430000000));
-        assert_eq!(parse_with("2024-03-01 10:20:30", &f), Some(1709288430000000));
+        let f = vec![
+            compile("%Y-%m-%dT%H:%M:%S").unwrap(),
+            compile("%Y-%m-%d %H:%M:%S").unwrap(),
+        ];
+        assert_eq!(
+            parse_with("2024-03-01T10:20:30", &f),
+            Some(1709288430000000)
+        );
+        assert_eq!(
+            parse_with("2024-03-01 10:20:30", &f),
+            Some(1709288430000000)
+        );
         assert_eq!(parse_with("2024-03-01", &f), None);
         assert_eq!(parse_with("2024-02-30 10:00:00", &f), None);
         assert_eq!(parse_with("2024-03-01 10:20:30Z", &f), None);

@@ -6,7 +6,9 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,lakehouse=info,deltalake_core::operations::merge=error")))
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            EnvFilter::new("warn,lakehouse=info,deltalake_core::operations::merge=error")
+        }))
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();

@@ -52,7 +52,8 @@ async fn input_versions(lake: &Lake, model: &Model) -> Result<BTreeMap<String, i
     let mut out = BTreeMap::new();
     for input in &model.inputs {
         let (schema, table) = input.split_once('.').unwrap_or(("", input));
-        let folder = table_folder(schema, table).ok_or_else(|| Error::Usage(format!("unknown schema in `{input}`")))?;
+        let folder = table_folder(schema, table)
+            .ok_or_else(|| Error::Usage(format!("unknown schema in `{input}`")))?;
         let version = match delta::open(&lake.url(&folder), lake.storage_options()).await? {
             Some(t) => t.version().map(|v| v as i64).unwrap_or(-1),
             None => -1,
@@ -82,10 +83,19 @@ async fn last_commit_info(table: &DeltaTable) -> Result<Option<serde_json::Map<S
     }
 }
 
-pub async fn run_model(ctx: &SessionContext, lake: &Lake, model: &Model, run_id: &str, at: chrono::DateTime<chrono::Utc>) -> Result<ModelReport> {
+pub async fn run_model(
+    ctx: &SessionContext,
+    lake: &Lake,
+    model: &Model,
+    run_id: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<ModelReport> {
     let started = Instant::now();
     let table_name = model.table();
-    let mut report = ModelReport { table: table_name.clone(), ..Default::default() };
+    let mut report = ModelReport {
+        table: table_name.clone(),
+        ..Default::default()
+    };
     let opts = lake.storage_options().clone();
     let url = lake.url(&format!("{}/{}", model.layer, model.name));
     let inputs = input_versions(lake, model).await?;
@@ -105,30 +115,54 @@ pub async fn run_model(ctx: &SessionContext, lake: &Lake, model: &Model, run_id:
 
     let df = ctx.sql(&model.sql).await?;
     let settings = &model.settings;
-    let columns: Vec<String> = df.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let columns: Vec<String> = df
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
     let settings_file = model.sql_file.with_extension("toml");
-    for (what, list) in [("partition_by", &settings.partition_by), ("unique_key", &settings.unique_key), ("sequence_by", &settings.sequence_by)] {
+    for (what, list) in [
+        ("partition_by", &settings.partition_by),
+        ("unique_key", &settings.unique_key),
+        ("sequence_by", &settings.sequence_by),
+    ] {
         for c in list.iter() {
             if !columns.contains(c) {
                 return Err(crate::pipeline::file_error(&settings_file, 1, format!("{what} names column `{c}`, which the model's SELECT does not return (it returns {})", columns.join(", "))));
             }
         }
     }
-    for c in settings.partition_by.iter().chain(settings.unique_key.iter()) {
+    for c in settings
+        .partition_by
+        .iter()
+        .chain(settings.unique_key.iter())
+    {
         if c.starts_with('_') {
             return Err(crate::pipeline::file_error(&settings_file, 1, format!("`{c}` starts with `_`, which marks a lineage column that is not written to the table")));
         }
     }
 
     // Expectations run on the model's plan as it streams.
-    let checker = Arc::new(Checker::new(ctx, &table_name, df.schema(), &settings.expectations, run_id, at.timestamp_micros())?);
+    let checker = Arc::new(Checker::new(
+        ctx,
+        &table_name,
+        df.schema(),
+        &settings.expectations,
+        run_id,
+        at.timestamp_micros(),
+    )?);
     let plan = df.create_physical_plan().await?;
     let (checked, quarantine_stream) = quality::checked(plan, checker.clone())?;
     let mut result = ctx.read_table(checked)?;
     if !settings.unique_key.is_empty() {
         result = latest_per_key(result, &settings.unique_key, &settings.sequence_by)?;
     }
-    let visible: Vec<&str> = columns.iter().filter(|c| !c.starts_with('_')).map(|s| s.as_str()).collect();
+    let visible: Vec<&str> = columns
+        .iter()
+        .filter(|c| !c.starts_with('_'))
+        .map(|s| s.as_str())
+        .collect();
     result = result.select_columns(&visible)?;
 
     let quarantine_spec = WriteSpec {
@@ -138,9 +172,17 @@ pub async fn run_model(ctx: &SessionContext, lake: &Lake, model: &Model, run_id:
         replace: Replace::All,
         transactions: vec![],
         metadata: crate::ingest::run_metadata(run_id, &table_name),
-        description: Some(format!("Rows of {table_name} that failed a `drop` expectation, with the rule as _reason")),
+        description: Some(format!(
+            "Rows of {table_name} that failed a `drop` expectation, with the rule as _reason"
+        )),
     };
-    let quarantine_table = delta::ensure_table(&lake.url(&quarantine_folder(model)), &opts, &checker.quarantine_schema(), &quarantine_spec).await?;
+    let quarantine_table = delta::ensure_table(
+        &lake.url(&quarantine_folder(model)),
+        &opts,
+        &checker.quarantine_schema(),
+        &quarantine_spec,
+    )
+    .await?;
 
     let mut metadata = crate::ingest::run_metadata(run_id, &table_name);
     metadata.insert("lakehouse.inputs".into(), json!(inputs));
@@ -158,7 +200,11 @@ pub async fn run_model(ctx: &SessionContext, lake: &Lake, model: &Model, run_id:
         description: settings.description.clone(),
     };
     let result_schema: SchemaRef = Arc::new(result.schema().as_arrow().clone());
-    let quarantine_stage = delta::stage(&quarantine_table, vec![quarantine_stream], &quarantine_spec.table_name);
+    let quarantine_stage = delta::stage(
+        &quarantine_table,
+        vec![quarantine_stream],
+        &quarantine_spec.table_name,
+    );
 
     let merge_into = match (settings.mode, existing) {
         (WriteMode::Merge, Some(t)) => Some(t),
@@ -178,7 +224,9 @@ pub async fn run_model(ctx: &SessionContext, lake: &Lake, model: &Model, run_id:
     } else {
         let table = delta::ensure_table(&url, &opts, &result_schema, &spec).await?;
         let streams = write_streams(ctx, result, &settings.partition_by).await?;
-        let (staged_q, staged) = tokio::try_join!(quarantine_stage, delta::stage(&table, streams, &table_name)).map_err(|e| checker.take_failure().unwrap_or(e))?;
+        let (staged_q, staged) =
+            tokio::try_join!(quarantine_stage, delta::stage(&table, streams, &table_name))
+                .map_err(|e| checker.take_failure().unwrap_or(e))?;
         check_threshold(&checker, model)?;
         let rows = staged.rows();
         delta::commit(quarantine_table, staged_q, &quarantine_spec).await?;
@@ -194,7 +242,9 @@ pub async fn run_model(ctx: &SessionContext, lake: &Lake, model: &Model, run_id:
     report.rows_in = checker.rows_in();
     report.quarantined = checker.rows_quarantined();
     // Every checked row is written, quarantined or collapsed as a duplicate.
-    report.duplicates = report.rows_in.saturating_sub(report.quarantined + report.rows_written);
+    report.duplicates = report
+        .rows_in
+        .saturating_sub(report.quarantined + report.rows_written);
     report.rules = checker.results();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
@@ -205,7 +255,12 @@ fn check_threshold(checker: &Checker, model: &Model) -> Result<()> {
         let total = checker.rows_in();
         let bad = checker.rows_quarantined();
         if total > 0 && (bad as f64) * 100.0 / (total as f64) > limit {
-            return Err(Error::QuarantineThreshold { model: model.table(), quarantined: bad, total, limit_pct: limit });
+            return Err(Error::QuarantineThreshold {
+                model: model.table(),
+                quarantined: bad,
+                total,
+                limit_pct: limit,
+            });
         }
     }
     Ok(())
@@ -217,32 +272,56 @@ pub fn latest_per_key(df: DataFrame, keys: &[String], sequence_by: &[String]) ->
     use datafusion::logical_expr::ExprFunctionExt;
     let window = row_number()
         .partition_by(keys.iter().map(|k| ident(k.as_str())).collect())
-        .order_by(sequence_by.iter().map(|s| ident(s.as_str()).sort(false, false)).collect())
+        .order_by(
+            sequence_by
+                .iter()
+                .map(|s| ident(s.as_str()).sort(false, false))
+                .collect(),
+        )
         .build()?
         .alias("__lakehouse_rank");
-    Ok(df.window(vec![window])?.filter(ident("__lakehouse_rank").eq(lit(1u64)))?.drop_columns(&["__lakehouse_rank"])?)
+    Ok(df
+        .window(vec![window])?
+        .filter(ident("__lakehouse_rank").eq(lit(1u64)))?
+        .drop_columns(&["__lakehouse_rank"])?)
 }
 
 /// Executes the result as streams for the Delta writer. Partitioned results
 /// are hash-split by the partition columns (so writers never share a
 /// partition) and sorted by them (so each writer holds one partition at a
 /// time and writes one file per partition).
-async fn write_streams(ctx: &SessionContext, df: DataFrame, partition_by: &[String]) -> Result<Vec<SendableRecordBatchStream>> {
+async fn write_streams(
+    ctx: &SessionContext,
+    df: DataFrame,
+    partition_by: &[String],
+) -> Result<Vec<SendableRecordBatchStream>> {
     let task = ctx.task_ctx();
     let mut plan: Arc<dyn ExecutionPlan> = df.create_physical_plan().await?;
     if !partition_by.is_empty() {
         let schema = plan.schema();
         let exprs: Vec<Arc<dyn datafusion::physical_expr::PhysicalExpr>> = partition_by
             .iter()
-            .map(|c| Ok(Arc::new(Column::new_with_schema(c, &schema)?) as Arc<dyn datafusion::physical_expr::PhysicalExpr>))
+            .map(|c| {
+                Ok(Arc::new(Column::new_with_schema(c, &schema)?)
+                    as Arc<dyn datafusion::physical_expr::PhysicalExpr>)
+            })
             .collect::<Result<_>>()?;
         let n = ctx.state().config().target_partitions().max(1);
-        plan = Arc::new(RepartitionExec::try_new(plan, Partitioning::Hash(exprs.clone(), n))?);
-        let ordering = LexOrdering::new(exprs.into_iter().map(|e| PhysicalSortExpr { expr: e, options: Default::default() })).ok_or_else(|| Error::Usage("empty partition_by".into()))?;
+        plan = Arc::new(RepartitionExec::try_new(
+            plan,
+            Partitioning::Hash(exprs.clone(), n),
+        )?);
+        let ordering = LexOrdering::new(exprs.into_iter().map(|e| PhysicalSortExpr {
+            expr: e,
+            options: Default::default(),
+        }))
+        .ok_or_else(|| Error::Usage("empty partition_by".into()))?;
         plan = Arc::new(SortExec::new(ordering, plan).with_preserve_partitioning(true));
     }
     let count = plan.properties().partitioning.partition_count();
-    (0..count).map(|i| plan.execute(i, task.clone()).map_err(Error::from)).collect()
+    (0..count)
+        .map(|i| plan.execute(i, task.clone()).map_err(Error::from))
+        .collect()
 }
 
 async fn merge(
@@ -252,11 +331,25 @@ async fn merge(
     settings: &crate::pipeline::ModelSettings,
     metadata: std::collections::HashMap<String, Value>,
 ) -> Result<(DeltaTable, u64)> {
-    let on = settings.unique_key.iter().map(|k| format!("t.\"{k}\" = s.\"{k}\"")).collect::<Vec<_>>().join(" AND ");
-    let columns: Vec<String> = source.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let on = settings
+        .unique_key
+        .iter()
+        .map(|k| format!("t.\"{k}\" = s.\"{k}\""))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let columns: Vec<String> = source
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
     // Only the first sequence column can live in the table; later ones
     // (lineage columns) break ties within one run only.
-    let newer = settings.sequence_by.iter().find(|c| !c.starts_with('_')).map(|c| format!("t.\"{c}\" IS NULL OR s.\"{c}\" > t.\"{c}\""));
+    let newer = settings
+        .sequence_by
+        .iter()
+        .find(|c| !c.starts_with('_'))
+        .map(|c| format!("t.\"{c}\" IS NULL OR s.\"{c}\" > t.\"{c}\""));
     let cols_update = columns.clone();
     let cols_insert = columns.clone();
     let (table, metrics) = target

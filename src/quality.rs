@@ -8,7 +8,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
 use datafusion::arrow::compute::{filter_record_batch, not};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -65,25 +67,52 @@ pub struct Checker {
 /// The schema of a model's quarantine table: the result's columns, then the
 /// reason, the run and the time.
 pub fn quarantine_schema(result: &Schema) -> SchemaRef {
-    let mut fields: Vec<Field> = result.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+    let mut fields: Vec<Field> = result
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
     fields.push(Field::new(REASON, DataType::Utf8, true));
     fields.push(Field::new("_run_id", DataType::Utf8, true));
-    fields.push(Field::new("_quarantined_at", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true));
+    fields.push(Field::new(
+        "_quarantined_at",
+        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        true,
+    ));
     Arc::new(Schema::new(fields))
 }
 
 impl Checker {
-    pub fn new(ctx: &SessionContext, model: &str, schema: &DFSchema, expectations: &[Expectation], run_id: &str, at: i64) -> Result<Self> {
+    pub fn new(
+        ctx: &SessionContext,
+        model: &str,
+        schema: &DFSchema,
+        expectations: &[Expectation],
+        run_id: &str,
+        at: i64,
+    ) -> Result<Self> {
         let state = ctx.state();
         let mut rules = Vec::new();
         for e in expectations {
-            let logical = ctx
-                .parse_sql_expr(&e.check, schema)
-                .map_err(|err| Error::Usage(format!("model {model}: expectation `{}` (`{}`): {err}", e.name, e.check)))?;
-            let expr = state
-                .create_physical_expr(logical, schema)
-                .map_err(|err| Error::Usage(format!("model {model}: expectation `{}` (`{}`): {err}", e.name, e.check)))?;
-            rules.push(Rule { spec: e.clone(), expr, evaluated: AtomicU64::new(0), failed: AtomicU64::new(0), quarantined: AtomicU64::new(0) });
+            let logical = ctx.parse_sql_expr(&e.check, schema).map_err(|err| {
+                Error::Usage(format!(
+                    "model {model}: expectation `{}` (`{}`): {err}",
+                    e.name, e.check
+                ))
+            })?;
+            let expr = state.create_physical_expr(logical, schema).map_err(|err| {
+                Error::Usage(format!(
+                    "model {model}: expectation `{}` (`{}`): {err}",
+                    e.name, e.check
+                ))
+            })?;
+            rules.push(Rule {
+                spec: e.clone(),
+                expr,
+                evaluated: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
+                quarantined: AtomicU64::new(0),
+            });
         }
         Ok(Self {
             model: model.to_string(),
@@ -110,7 +139,10 @@ impl Checker {
     }
 
     pub fn take_failure(&self) -> Option<Error> {
-        self.failure.lock().unwrap_or_else(|p| p.into_inner()).take()
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     pub fn results(&self) -> Vec<RuleResult> {
@@ -136,7 +168,10 @@ impl Checker {
         for (i, rule) in self.rules.iter().enumerate() {
             let value = rule.expr.evaluate(batch)?.into_array(n)?;
             let Some(value) = value.as_any().downcast_ref::<BooleanArray>() else {
-                return Err(DataFusionError::Plan(format!("expectation `{}` must be a boolean expression", rule.spec.name)));
+                return Err(DataFusionError::Plan(format!(
+                    "expectation `{}` must be a boolean expression",
+                    rule.spec.name
+                )));
             };
             let failed = not(&true_mask(value))?;
             fails.push((i, failed));
@@ -148,7 +183,8 @@ impl Checker {
                 continue;
             }
             rule.evaluated.fetch_add(n as u64, Ordering::Relaxed);
-            rule.failed.fetch_add(failed.true_count() as u64, Ordering::Relaxed);
+            rule.failed
+                .fetch_add(failed.true_count() as u64, Ordering::Relaxed);
             let mut newly = 0;
             for row in 0..n {
                 if failed.value(row) && reasons[row].is_none() {
@@ -165,31 +201,48 @@ impl Checker {
             if rule.spec.action == Action::Drop {
                 continue;
             }
-            let kept_failed: Vec<bool> = (0..n).map(|r| kept_mask.value(r) && failed.value(r)).collect();
+            let kept_failed: Vec<bool> = (0..n)
+                .map(|r| kept_mask.value(r) && failed.value(r))
+                .collect();
             let count = kept_failed.iter().filter(|b| **b).count() as u64;
-            rule.evaluated.fetch_add(kept_mask.true_count() as u64, Ordering::Relaxed);
+            rule.evaluated
+                .fetch_add(kept_mask.true_count() as u64, Ordering::Relaxed);
             rule.failed.fetch_add(count, Ordering::Relaxed);
             if rule.spec.action == Action::Fail && count > 0 {
                 let row = kept_failed.iter().position(|b| *b).unwrap_or(0);
                 let example = describe_row(batch, row);
-                let err = Error::ExpectationFailed { model: self.model.clone(), rule: rule.spec.name.clone(), failed: count, example };
+                let err = Error::ExpectationFailed {
+                    model: self.model.clone(),
+                    rule: rule.spec.name.clone(),
+                    failed: count,
+                    example,
+                };
                 *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(err);
-                return Err(DataFusionError::Execution(format!("expectation `{}` failed", rule.spec.name)));
+                return Err(DataFusionError::Execution(format!(
+                    "expectation `{}` failed",
+                    rule.spec.name
+                )));
             }
         }
         let dropped = n - kept_mask.true_count();
         if dropped == 0 {
             return Ok((batch.clone(), None));
         }
-        self.rows_quarantined.fetch_add(dropped as u64, Ordering::Relaxed);
+        self.rows_quarantined
+            .fetch_add(dropped as u64, Ordering::Relaxed);
         let kept = filter_record_batch(batch, &kept_mask)?;
         let drop_mask = not(&kept_mask)?;
         let bad = filter_record_batch(batch, &drop_mask)?;
         let reason_col: StringArray = reasons.iter().filter(|r| r.is_some()).map(|r| *r).collect();
         let mut columns: Vec<ArrayRef> = bad.columns().to_vec();
         columns.push(Arc::new(reason_col));
-        columns.push(Arc::new(StringArray::from(vec![self.run_id.as_str(); dropped])));
-        columns.push(Arc::new(TimestampMicrosecondArray::from(vec![self.at; dropped]).with_timezone("UTC")));
+        columns.push(Arc::new(StringArray::from(vec![
+            self.run_id.as_str();
+            dropped
+        ])));
+        columns.push(Arc::new(
+            TimestampMicrosecondArray::from(vec![self.at; dropped]).with_timezone("UTC"),
+        ));
         let quarantined = RecordBatch::try_new(self.quarantine_schema.clone(), columns)?;
         Ok((kept, Some(quarantined)))
     }
@@ -211,7 +264,9 @@ fn describe_row(batch: &RecordBatch, row: usize) -> String {
         .iter()
         .zip(schema.fields())
         .map(|(col, field)| {
-            let value = ArrayFormatter::try_new(col.as_ref(), &opts).map(|f| f.value(row).to_string()).unwrap_or_else(|_| "?".into());
+            let value = ArrayFormatter::try_new(col.as_ref(), &opts)
+                .map(|f| f.value(row).to_string())
+                .unwrap_or_else(|_| "?".into());
             format!("{}={}", field.name(), value)
         })
         .collect();
@@ -245,15 +300,29 @@ impl PartitionStream for CheckedPartition {
     }
 
     fn execute(&self, ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let tx = self.quarantine.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let tx = self
+            .quarantine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         let checker = self.checker.clone();
         let inner = match self.plan.execute(self.index, ctx) {
             Ok(s) => s,
-            Err(e) => return Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), futures::stream::once(async move { Err(e) }))),
+            Err(e) => {
+                return Box::pin(RecordBatchStreamAdapter::new(
+                    self.schema.clone(),
+                    futures::stream::once(async move { Err(e) }),
+                ))
+            }
         };
         if tx.is_none() {
-            let err = DataFusionError::Internal("a checked model result was read twice; it can be read only once".into());
-            return Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), futures::stream::once(async move { Err(err) })));
+            let err = DataFusionError::Internal(
+                "a checked model result was read twice; it can be read only once".into(),
+            );
+            return Box::pin(RecordBatchStreamAdapter::new(
+                self.schema.clone(),
+                futures::stream::once(async move { Err(err) }),
+            ));
         }
         let stream = inner.then(move |batch| {
             let checker = checker.clone();
@@ -262,7 +331,9 @@ impl PartitionStream for CheckedPartition {
                 let batch = batch?;
                 let (kept, bad) = checker.split(&batch)?;
                 if let (Some(bad), Some(tx)) = (bad, tx) {
-                    tx.send(Ok(bad)).await.map_err(|_| DataFusionError::Execution("the quarantine writer stopped".into()))?;
+                    tx.send(Ok(bad)).await.map_err(|_| {
+                        DataFusionError::Execution("the quarantine writer stopped".into())
+                    })?;
                 }
                 Ok(kept)
             }
@@ -273,18 +344,32 @@ impl PartitionStream for CheckedPartition {
 
 /// Wraps a model's physical plan: returns a table of the rows that pass,
 /// and the stream of quarantined rows (ends when the table has been read).
-pub fn checked(plan: Arc<dyn ExecutionPlan>, checker: Arc<Checker>) -> Result<(Arc<StreamingTable>, SendableRecordBatchStream)> {
+pub fn checked(
+    plan: Arc<dyn ExecutionPlan>,
+    checker: Arc<Checker>,
+) -> Result<(Arc<StreamingTable>, SendableRecordBatchStream)> {
     let schema = plan.schema();
     let partitions = plan.properties().partitioning.partition_count();
     let (tx, rx) = mpsc::channel::<DfResult<RecordBatch>>(4);
     let streams: Vec<Arc<dyn PartitionStream>> = (0..partitions)
         .map(|index| {
-            Arc::new(CheckedPartition { plan: plan.clone(), index, checker: checker.clone(), quarantine: Mutex::new(Some(tx.clone())), schema: schema.clone() }) as Arc<dyn PartitionStream>
+            Arc::new(CheckedPartition {
+                plan: plan.clone(),
+                index,
+                checker: checker.clone(),
+                quarantine: Mutex::new(Some(tx.clone())),
+                schema: schema.clone(),
+            }) as Arc<dyn PartitionStream>
         })
         .collect();
     drop(tx);
     let table = Arc::new(StreamingTable::try_new(schema, streams)?);
     let qschema = checker.quarantine_schema();
-    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    Ok((table, Box::pin(RecordBatchStreamAdapter::new(qschema, stream))))
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Ok((
+        table,
+        Box::pin(RecordBatchStreamAdapter::new(qschema, stream)),
+    ))
 }

@@ -20,9 +20,13 @@ pub enum Format {
 
 /// Refuses anything but a read-only query (SELECT, WITH, SHOW, EXPLAIN, DESCRIBE).
 pub fn check_read_only(sql: &str) -> Result<()> {
-    let statements = DFParser::parse_sql(sql).map_err(|e| Error::Usage(format!("SQL does not parse: {e}")))?;
+    let statements =
+        DFParser::parse_sql(sql).map_err(|e| Error::Usage(format!("SQL does not parse: {e}")))?;
     if statements.len() != 1 {
-        return Err(Error::Usage(format!("give exactly one statement, found {}", statements.len())));
+        return Err(Error::Usage(format!(
+            "give exactly one statement, found {}",
+            statements.len()
+        )));
     }
     match &statements[0] {
         DFStatement::Statement(s) => match s.as_ref() {
@@ -37,7 +41,12 @@ pub fn check_read_only(sql: &str) -> Result<()> {
     }
 }
 
-pub async fn run_query(ctx: &SessionContext, sql: &str, format: Format, out: &mut dyn std::io::Write) -> Result<u64> {
+pub async fn run_query(
+    ctx: &SessionContext,
+    sql: &str,
+    format: Format,
+    out: &mut dyn std::io::Write,
+) -> Result<u64> {
     check_read_only(sql)?;
     let df = ctx.sql(sql).await?;
     let mut stream = df.execute_stream().await?;
@@ -57,7 +66,9 @@ pub async fn run_query(ctx: &SessionContext, sql: &str, format: Format, out: &mu
             writeln!(out, "({rows} row{})", if rows == 1 { "" } else { "s" }).map_err(io)?;
         }
         Format::Csv => {
-            let mut w = datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(out);
+            let mut w = datafusion::arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(out);
             while let Some(b) = stream.try_next().await? {
                 rows += b.num_rows() as u64;
                 w.write(&b)?;
@@ -77,19 +88,52 @@ pub async fn run_query(ctx: &SessionContext, sql: &str, format: Format, out: &mu
 
 /// One line per table: layer, name, version, rows, partition columns, files, size.
 pub async fn tables(lake: &Lake) -> Result<String> {
-    let mut rows: Vec<[String; 6]> = vec![["table".into(), "version".into(), "rows".into(), "partitioned by".into(), "files".into(), "size".into()]];
+    let mut rows: Vec<[String; 6]> = vec![[
+        "table".into(),
+        "version".into(),
+        "rows".into(),
+        "partitioned by".into(),
+        "files".into(),
+        "size".into(),
+    ]];
     for (schema, folder) in SCHEMAS {
         for name in lake.list_folders(folder).await? {
-            let Some(table) = crate::delta::open(&lake.url(&format!("{folder}/{name}")), lake.storage_options()).await? else { continue };
+            let Some(table) = crate::delta::open(
+                &lake.url(&format!("{folder}/{name}")),
+                lake.storage_options(),
+            )
+            .await?
+            else {
+                continue;
+            };
             let (count, files, bytes) = crate::delta::row_count(&table).await?;
             let parts = table.snapshot()?.metadata().partition_columns().join(", ");
-            rows.push([format!("{schema}.{name}"), table.version().unwrap_or(0).to_string(), count.to_string(), parts, files.to_string(), human_bytes(bytes)]);
+            rows.push([
+                format!("{schema}.{name}"),
+                table.version().unwrap_or(0).to_string(),
+                count.to_string(),
+                parts,
+                files.to_string(),
+                human_bytes(bytes),
+            ]);
         }
     }
-    let widths: Vec<usize> = (0..6).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..6)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
     let mut out = String::new();
     for r in &rows {
-        let line: Vec<String> = r.iter().enumerate().map(|(i, c)| if matches!(i, 1 | 2 | 4 | 5) { format!("{:>w$}", c, w = widths[i]) } else { format!("{:<w$}", c, w = widths[i]) }).collect();
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if matches!(i, 1 | 2 | 4 | 5) {
+                    format!("{:>w$}", c, w = widths[i])
+                } else {
+                    format!("{:<w$}", c, w = widths[i])
+                }
+            })
+            .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
@@ -104,7 +148,11 @@ fn human_bytes(b: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{b} B") } else { format!("{v:.1} {}", units[u]) }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
 }
 
 #[cfg(test)]
@@ -115,7 +163,13 @@ mod tests {
     fn only_queries_pass() {
         assert!(check_read_only("SELECT 1").is_ok());
         assert!(check_read_only("WITH a AS (SELECT 1) SELECT * FROM a").is_ok());
-        for bad in ["DROP TABLE gold.x", "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/etc/passwd'", "INSERT INTO gold.x VALUES (1)", "COPY (SELECT 1) TO '/tmp/x.csv'", "SELECT 1; SELECT 2"] {
+        for bad in [
+            "DROP TABLE gold.x",
+            "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/etc/passwd'",
+            "INSERT INTO gold.x VALUES (1)",
+            "COPY (SELECT 1) TO '/tmp/x.csv'",
+            "SELECT 1; SELECT 2",
+        ] {
             assert!(check_read_only(bad).is_err(), "{bad} was accepted");
         }
     }

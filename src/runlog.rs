@@ -17,7 +17,11 @@ use crate::runner::RunReport;
 use crate::storage::Lake;
 
 fn ts(name: &str) -> Field {
-    Field::new(name, DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true)
+    Field::new(
+        name,
+        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        true,
+    )
 }
 
 fn runs_schema() -> SchemaRef {
@@ -63,10 +67,18 @@ fn expectations_schema() -> SchemaRef {
 fn batch(schema: &SchemaRef, rows: &[Value]) -> Result<RecordBatch> {
     let mut decoder = ReaderBuilder::new(schema.clone()).build_decoder()?;
     decoder.serialize(rows)?;
-    Ok(decoder.flush()?.unwrap_or_else(|| RecordBatch::new_empty(schema.clone())))
+    Ok(decoder
+        .flush()?
+        .unwrap_or_else(|| RecordBatch::new_empty(schema.clone())))
 }
 
-async fn append(lake: &Lake, name: &str, schema: SchemaRef, rows: Vec<Value>, run_id: &str) -> Result<()> {
+async fn append(
+    lake: &Lake,
+    name: &str,
+    schema: SchemaRef,
+    rows: Vec<Value>,
+    run_id: &str,
+) -> Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -81,7 +93,10 @@ async fn append(lake: &Lake, name: &str, schema: SchemaRef, rows: Vec<Value>, ru
     let url = lake.url(&format!("_lakehouse/{name}"));
     let table = delta::ensure_table(&url, lake.storage_options(), &schema, &spec).await?;
     let b = batch(&schema, &rows)?;
-    let stream = Box::pin(RecordBatchStreamAdapter::new(schema.clone(), futures::stream::iter(vec![Ok(b)])));
+    let stream = Box::pin(RecordBatchStreamAdapter::new(
+        schema.clone(),
+        futures::stream::iter(vec![Ok(b)]),
+    ));
     delta::write(table, vec![stream], &spec).await?;
     Ok(())
 }

@@ -50,7 +50,10 @@ impl RunReport {
 fn spinner(label: &str) -> ProgressBar {
     if console_is_terminal() {
         let bar = ProgressBar::new_spinner();
-        bar.set_style(ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
         bar.set_message(label.to_string());
         bar.enable_steady_tick(std::time::Duration::from_millis(120));
         bar
@@ -68,26 +71,56 @@ fn console_is_terminal() -> bool {
 pub async fn run(lake: &Lake, pipeline: &Pipeline, options: &SessionOptions) -> Result<RunReport> {
     let started = Instant::now();
     let started_at = chrono::Utc::now();
-    let run_id = format!("{}-{}", started_at.format("%Y%m%dT%H%M%SZ"), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let run_id = format!(
+        "{}-{}",
+        started_at.format("%Y%m%dT%H%M%SZ"),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
     let span = tracing::info_span!("run", run_id = %run_id);
     let _guard = span.enter();
-    let mut report = RunReport { run_id: run_id.clone(), started_at, sources: vec![], models: vec![], errors: vec![], seconds: 0.0 };
+    let mut report = RunReport {
+        run_id: run_id.clone(),
+        started_at,
+        sources: vec![],
+        models: vec![],
+        errors: vec![],
+        seconds: 0.0,
+    };
 
     for source in &pipeline.sources {
         let t = Instant::now();
-        let bar = spinner(&format!("bronze.{}: ingesting {}", source.name, source.csv.files));
+        let bar = spinner(&format!(
+            "bronze.{}: ingesting {}",
+            source.name, source.csv.files
+        ));
         let outcome = ingest::ingest_source(lake, source, &run_id, started_at).await;
         bar.finish_and_clear();
         let seconds = t.elapsed().as_secs_f64();
         match outcome {
             Ok(r) => {
-                let refused: Vec<String> = r.files.iter().filter_map(|f| f.refused.as_ref().map(|m| format!("bronze.{}: file {} refused: {m}", source.name, f.file))).collect();
+                let refused: Vec<String> = r
+                    .files
+                    .iter()
+                    .filter_map(|f| {
+                        f.refused.as_ref().map(|m| {
+                            format!("bronze.{}: file {} refused: {m}", source.name, f.file)
+                        })
+                    })
+                    .collect();
                 report.errors.extend(refused.iter().cloned());
                 tracing::info!(source = %source.name, rows = r.rows, rejected = r.rejected, files = r.files.len(), skipped = r.files_skipped, "ingested");
                 report.sources.push(SourceStep {
                     name: source.name.clone(),
-                    status: if refused.is_empty() { "succeeded".into() } else { "partial".into() },
-                    message: if refused.is_empty() { None } else { Some(refused.join("; ")) },
+                    status: if refused.is_empty() {
+                        "succeeded".into()
+                    } else {
+                        "partial".into()
+                    },
+                    message: if refused.is_empty() {
+                        None
+                    } else {
+                        Some(refused.join("; "))
+                    },
                     report: r,
                     seconds,
                 });
@@ -95,7 +128,13 @@ pub async fn run(lake: &Lake, pipeline: &Pipeline, options: &SessionOptions) -> 
             Err(e) => {
                 tracing::error!(source = %source.name, error = %e, "ingest failed");
                 report.errors.push(e.to_string());
-                report.sources.push(SourceStep { name: source.name.clone(), status: "failed".into(), message: Some(e.to_string()), report: SourceReport::default(), seconds });
+                report.sources.push(SourceStep {
+                    name: source.name.clone(),
+                    status: "failed".into(),
+                    message: Some(e.to_string()),
+                    report: SourceReport::default(),
+                    seconds,
+                });
             }
         }
     }
@@ -106,7 +145,14 @@ pub async fn run(lake: &Lake, pipeline: &Pipeline, options: &SessionOptions) -> 
         let table = m.table();
         if let Some(up) = m.inputs.iter().find(|i| failed.contains(*i)) {
             failed.insert(table.clone());
-            report.models.push(ModelStep { status: "not run".into(), message: Some(format!("{up} failed")), report: ModelReport { table, ..Default::default() } });
+            report.models.push(ModelStep {
+                status: "not run".into(),
+                message: Some(format!("{up} failed")),
+                report: ModelReport {
+                    table,
+                    ..Default::default()
+                },
+            });
             continue;
         }
         let bar = spinner(&format!("{table}: running {}", m.sql_file.display()));
@@ -119,14 +165,29 @@ pub async fn run(lake: &Lake, pipeline: &Pipeline, options: &SessionOptions) -> 
         match outcome {
             Ok(r) => {
                 tracing::info!(model = %table, rows = r.rows_written, quarantined = r.quarantined, duplicates = r.duplicates, skipped = r.skipped, "model done");
-                report.models.push(ModelStep { status: if r.skipped { "unchanged".into() } else { "succeeded".into() }, message: None, report: r });
+                report.models.push(ModelStep {
+                    status: if r.skipped {
+                        "unchanged".into()
+                    } else {
+                        "succeeded".into()
+                    },
+                    message: None,
+                    report: r,
+                });
             }
             Err(e) => {
                 let e = e.in_model(&table);
                 tracing::error!(model = %table, error = %e, "model failed");
                 report.errors.push(e.to_string());
                 failed.insert(table.clone());
-                report.models.push(ModelStep { status: "failed".into(), message: Some(e.to_string()), report: ModelReport { table, ..Default::default() } });
+                report.models.push(ModelStep {
+                    status: "failed".into(),
+                    message: Some(e.to_string()),
+                    report: ModelReport {
+                        table,
+                        ..Default::default()
+                    },
+                });
             }
         }
         catalog.refresh().await?;
@@ -140,12 +201,24 @@ pub async fn run(lake: &Lake, pipeline: &Pipeline, options: &SessionOptions) -> 
 
 /// The one-screen summary printed at the end of a run.
 pub fn summary(report: &RunReport) -> String {
-    let mut rows: Vec<[String; 7]> = vec![["table".into(), "status".into(), "rows in".into(), "written".into(), "rejected".into(), "duplicates".into(), "time".into()]];
+    let mut rows: Vec<[String; 7]> = vec![[
+        "table".into(),
+        "status".into(),
+        "rows in".into(),
+        "written".into(),
+        "rejected".into(),
+        "duplicates".into(),
+        "time".into(),
+    ]];
     for s in &report.sources {
         let files = s.report.files.len();
         rows.push([
             format!("bronze.{}", s.name),
-            if files == 0 && s.status == "succeeded" { format!("no new files ({} seen)", s.report.files_seen) } else { format!("{} ({files} new files)", s.status) },
+            if files == 0 && s.status == "succeeded" {
+                format!("no new files ({} seen)", s.report.files_seen)
+            } else {
+                format!("{} ({files} new files)", s.status)
+            },
             (s.report.rows + s.report.rejected).to_string(),
             s.report.rows.to_string(),
             s.report.rejected.to_string(),
@@ -155,28 +228,61 @@ pub fn summary(report: &RunReport) -> String {
     }
     for m in &report.models {
         let r = &m.report;
-        rows.push([r.table.clone(), m.status.clone(), r.rows_in.to_string(), r.rows_written.to_string(), r.quarantined.to_string(), r.duplicates.to_string(), format!("{:.1}s", r.seconds)]);
+        rows.push([
+            r.table.clone(),
+            m.status.clone(),
+            r.rows_in.to_string(),
+            r.rows_written.to_string(),
+            r.quarantined.to_string(),
+            r.duplicates.to_string(),
+            format!("{:.1}s", r.seconds),
+        ]);
     }
-    let widths: Vec<usize> = (0..7).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..7)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
     let mut out = String::new();
     for (n, r) in rows.iter().enumerate() {
-        let line: Vec<String> = r.iter().enumerate().map(|(i, c)| if i >= 2 { format!("{:>w$}", c, w = widths[i]) } else { format!("{:<w$}", c, w = widths[i]) }).collect();
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i >= 2 {
+                    format!("{:>w$}", c, w = widths[i])
+                } else {
+                    format!("{:<w$}", c, w = widths[i])
+                }
+            })
+            .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
         if n == 0 {
-            out.push_str(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
+            out.push_str(
+                &widths
+                    .iter()
+                    .map(|w| "-".repeat(*w))
+                    .collect::<Vec<_>>()
+                    .join("  "),
+            );
             out.push('\n');
         }
     }
     for m in &report.models {
         for rule in m.report.rules.iter().filter(|r| r.failed > 0) {
-            out.push_str(&format!("  {}: expectation {} ({}) failed on {} rows\n", m.report.table, rule.name, rule.action, rule.failed));
+            out.push_str(&format!(
+                "  {}: expectation {} ({}) failed on {} rows\n",
+                m.report.table, rule.name, rule.action, rule.failed
+            ));
         }
     }
     out.push_str(&format!(
         "run {} {} in {:.1}s\n",
         report.run_id,
-        if report.succeeded() { "succeeded" } else { "FAILED" },
+        if report.succeeded() {
+            "succeeded"
+        } else {
+            "FAILED"
+        },
         report.seconds
     ));
     for e in &report.errors {

@@ -28,21 +28,33 @@ impl Default for SessionOptions {
     fn default() -> Self {
         Self {
             memory_limit: 2 << 30,
-            target_partitions: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            target_partitions: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
         }
     }
 }
 
 /// A session over `lake`, and the catalog (to refresh its table lists).
-pub async fn build(lake: &Lake, options: &SessionOptions) -> Result<(SessionContext, Arc<LakeCatalog>)> {
+pub async fn build(
+    lake: &Lake,
+    options: &SessionOptions,
+) -> Result<(SessionContext, Arc<LakeCatalog>)> {
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_pool(Arc::new(FairSpillPool::new(options.memory_limit)))
         .with_disk_manager_builder(DiskManagerBuilder::default())
         .build_arc()?;
     if lake.root().scheme() != "file" {
         let root = lake.root();
-        let bucket = url::Url::parse(&format!("{}://{}", root.scheme(), &root[url::Position::BeforeHost..url::Position::AfterPort]))
-            .map_err(|e| crate::error::Error::Lake { uri: root.to_string(), message: e.to_string() })?;
+        let bucket = url::Url::parse(&format!(
+            "{}://{}",
+            root.scheme(),
+            &root[url::Position::BeforeHost..url::Position::AfterPort]
+        ))
+        .map_err(|e| crate::error::Error::Lake {
+            uri: root.to_string(),
+            message: e.to_string(),
+        })?;
         runtime.register_object_store(&bucket, lake.store());
     }
     let config = SessionConfig::new()

@@ -75,8 +75,17 @@ impl Lake {
 
     /// Object-store path of `relative` under the lake root.
     pub fn path(&self, relative: &str) -> Path {
-        let mut parts: Vec<String> = self.root_path.parts().map(|p| p.as_ref().to_string()).collect();
-        parts.extend(relative.split('/').filter(|s| !s.is_empty()).map(String::from));
+        let mut parts: Vec<String> = self
+            .root_path
+            .parts()
+            .map(|p| p.as_ref().to_string())
+            .collect();
+        parts.extend(
+            relative
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .map(String::from),
+        );
         Path::from_iter(parts)
     }
 
@@ -104,15 +113,36 @@ impl Lake {
             let literal = literal_prefix(pattern);
             let base = parse_location(&literal, false)?;
             let (store, base_path) = store_for(&base, &self.storage_options)?;
-            (store, base.to_string(), base_path, pattern[literal.len()..].to_string(), false)
+            (
+                store,
+                base.to_string(),
+                base_path,
+                pattern[literal.len()..].to_string(),
+                false,
+            )
         } else {
             let literal = literal_prefix(pattern);
             let base_path = self.path(&literal);
-            (self.store.clone(), String::new(), base_path, pattern.to_string(), true)
+            (
+                self.store.clone(),
+                String::new(),
+                base_path,
+                pattern.to_string(),
+                true,
+            )
         };
-        let store_is_local = if inside { self.root.scheme() == "file" } else { pattern.starts_with('/') || pattern.starts_with("file://") };
-        let matcher = glob::Pattern::new(rel_pattern.trim_start_matches('/')).map_err(|e| Error::Usage(format!("invalid glob `{pattern}`: {e}")))?;
-        let root_parts = if inside { self.root_path.parts().count() } else { base_path.parts().count() };
+        let store_is_local = if inside {
+            self.root.scheme() == "file"
+        } else {
+            pattern.starts_with('/') || pattern.starts_with("file://")
+        };
+        let matcher = glob::Pattern::new(rel_pattern.trim_start_matches('/'))
+            .map_err(|e| Error::Usage(format!("invalid glob `{pattern}`: {e}")))?;
+        let root_parts = if inside {
+            self.root_path.parts().count()
+        } else {
+            base_path.parts().count()
+        };
         let metas: Vec<ObjectMeta> = store
             .list(Some(&base_path))
             .try_collect()
@@ -120,13 +150,29 @@ impl Lake {
             .map_err(|e| self.store_error(pattern, e))?;
         let mut files = Vec::new();
         for meta in metas {
-            let rel: Vec<String> = meta.location.parts().skip(root_parts).map(|p| p.as_ref().to_string()).collect();
+            let rel: Vec<String> = meta
+                .location
+                .parts()
+                .skip(root_parts)
+                .map(|p| p.as_ref().to_string())
+                .collect();
             let rel = rel.join("/");
-            if !matcher.matches_with(&rel, glob::MatchOptions { require_literal_separator: true, ..Default::default() }) {
+            if !matcher.matches_with(
+                &rel,
+                glob::MatchOptions {
+                    require_literal_separator: true,
+                    ..Default::default()
+                },
+            ) {
                 continue;
             }
-            let name = if inside { rel } else { format!("{}/{}", base_url.trim_end_matches('/'), rel) };
-            let local_path = (store_is_local).then(|| std::path::PathBuf::from(format!("/{}", meta.location)));
+            let name = if inside {
+                rel
+            } else {
+                format!("{}/{}", base_url.trim_end_matches('/'), rel)
+            };
+            let local_path =
+                (store_is_local).then(|| std::path::PathBuf::from(format!("/{}", meta.location)));
             files.push(LandedFile {
                 local_path,
                 name,
@@ -144,7 +190,9 @@ impl Lake {
     fn store_error(&self, what: &str, e: object_store::Error) -> Error {
         Error::Lake {
             uri: format!("{}{}", self.root, what),
-            message: format!("{e}. Check that the location exists and that the credentials allow listing it."),
+            message: format!(
+                "{e}. Check that the location exists and that the credentials allow listing it."
+            ),
         }
     }
 }
@@ -167,7 +215,10 @@ fn literal_prefix(pattern: &str) -> String {
 /// `file://` URLs (created first when `create` is set).
 pub fn parse_location(uri: &str, create: bool) -> Result<Url> {
     if uri.contains("://") {
-        let mut url = Url::parse(uri).map_err(|e| Error::Lake { uri: uri.into(), message: e.to_string() })?;
+        let mut url = Url::parse(uri).map_err(|e| Error::Lake {
+            uri: uri.into(),
+            message: e.to_string(),
+        })?;
         if !url.path().ends_with('/') {
             let p = format!("{}/", url.path());
             url.set_path(&p);
@@ -176,27 +227,38 @@ pub fn parse_location(uri: &str, create: bool) -> Result<Url> {
     }
     let path = FsPath::new(uri);
     if create {
-        std::fs::create_dir_all(path).map_err(|e| Error::io(format!("create lake folder {uri}"), e))?;
+        std::fs::create_dir_all(path)
+            .map_err(|e| Error::io(format!("create lake folder {uri}"), e))?;
     }
     let abs = if path.exists() {
-        path.canonicalize().map_err(|e| Error::io(format!("resolve {uri}"), e))?
+        path.canonicalize()
+            .map_err(|e| Error::io(format!("resolve {uri}"), e))?
     } else {
-        std::env::current_dir().map_err(|e| Error::io("current directory", e))?.join(path)
+        std::env::current_dir()
+            .map_err(|e| Error::io("current directory", e))?
+            .join(path)
     };
-    Url::from_directory_path(&abs).map_err(|_| Error::Lake { uri: uri.into(), message: "not a valid folder path".into() })
+    Url::from_directory_path(&abs).map_err(|_| Error::Lake {
+        uri: uri.into(),
+        message: "not a valid folder path".into(),
+    })
 }
 
 fn store_for(url: &Url, options: &HashMap<String, String>) -> Result<(Arc<dyn ObjectStore>, Path)> {
     if url.scheme() == "file" {
         // A store rooted at `/` so that paths from different globs share it.
         let store = object_store::local::LocalFileSystem::new();
-        let path = Path::from_url_path(url.path()).map_err(|e| Error::Lake { uri: url.to_string(), message: e.to_string() })?;
+        let path = Path::from_url_path(url.path()).map_err(|e| Error::Lake {
+            uri: url.to_string(),
+            message: e.to_string(),
+        })?;
         return Ok((Arc::new(store), path));
     }
-    let (store, path) = object_store::parse_url_opts(url, options.iter()).map_err(|e| Error::Lake {
-        uri: url.to_string(),
-        message: format!("{e}. Check the URI scheme and the storage settings."),
-    })?;
+    let (store, path) =
+        object_store::parse_url_opts(url, options.iter()).map_err(|e| Error::Lake {
+            uri: url.to_string(),
+            message: format!("{e}. Check the URI scheme and the storage settings."),
+        })?;
     Ok((Arc::from(store), path))
 }
 
@@ -216,14 +278,38 @@ mod tests {
     async fn glob_matches_relative_names_without_crossing_folders() {
         let dir = tempfile::tempdir().unwrap();
         let lake = Lake::open(dir.path().to_str().unwrap(), HashMap::new()).unwrap();
-        for f in ["landing/orders/a.csv", "landing/orders/b.csv", "landing/orders/sub/c.csv", "landing/stores.csv"] {
+        for f in [
+            "landing/orders/a.csv",
+            "landing/orders/b.csv",
+            "landing/orders/sub/c.csv",
+            "landing/stores.csv",
+        ] {
             let p = dir.path().join(f);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(&p, "x\n").unwrap();
         }
-        let names: Vec<String> = lake.glob("landing/orders/*.csv").await.unwrap().into_iter().map(|f| f.name).collect();
+        let names: Vec<String> = lake
+            .glob("landing/orders/*.csv")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
         assert_eq!(names, vec!["landing/orders/a.csv", "landing/orders/b.csv"]);
-        let names: Vec<String> = lake.glob("landing/orders/**/*.csv").await.unwrap().into_iter().map(|f| f.name).collect();
-        assert_eq!(names, vec!["landing/orders/a.csv", "landing/orders/b.csv", "landing/orders/sub/c.csv"]);
+        let names: Vec<String> = lake
+            .glob("landing/orders/**/*.csv")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                "landing/orders/a.csv",
+                "landing/orders/b.csv",
+                "landing/orders/sub/c.csv"
+            ]
+        );
     }
 }

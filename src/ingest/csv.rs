@@ -54,7 +54,11 @@ pub struct CsvReader<R> {
 
 enum Step {
     Done(usize),
-    Malformed { end: usize, reason: String, first_line_only: bool },
+    Malformed {
+        end: usize,
+        reason: String,
+        first_line_only: bool,
+    },
     NeedMore,
 }
 
@@ -62,7 +66,17 @@ const CHUNK: usize = 1 << 20;
 
 impl<R: Read> CsvReader<R> {
     pub fn new(input: R, opts: CsvOptions) -> Self {
-        Self { input, opts, buf: Vec::with_capacity(CHUNK), pos: 0, eof: false, base: 0, line: 1, started: false, blank_lines: 0 }
+        Self {
+            input,
+            opts,
+            buf: Vec::with_capacity(CHUNK),
+            pos: 0,
+            eof: false,
+            base: 0,
+            line: 1,
+            started: false,
+            blank_lines: 0,
+        }
     }
 
     fn fill(&mut self) -> std::io::Result<()> {
@@ -128,7 +142,11 @@ impl<R: Read> CsvReader<R> {
                             self.fill()?;
                             continue;
                         }
-                        self.pos = if self.buf.get(i + 1) == Some(&b'\n') { i + 2 } else { i + 1 };
+                        self.pos = if self.buf.get(i + 1) == Some(&b'\n') {
+                            i + 2
+                        } else {
+                            i + 1
+                        };
                     }
                     _ => break,
                 }
@@ -147,8 +165,16 @@ impl<R: Read> CsvReader<R> {
                     self.finish(rec, end);
                     return Ok(true);
                 }
-                Step::Malformed { end, reason, first_line_only } => {
-                    let end = if first_line_only { self.line_end(self.pos) } else { end };
+                Step::Malformed {
+                    end,
+                    reason,
+                    first_line_only,
+                } => {
+                    let end = if first_line_only {
+                        self.line_end(self.pos)
+                    } else {
+                        end
+                    };
                     self.finish(rec, end);
                     rec.error = Some(reason);
                     return Ok(true);
@@ -182,7 +208,13 @@ impl<R: Read> CsvReader<R> {
         while i < b.len() {
             match b[i] {
                 b'\n' => return i + 1,
-                b'\r' => return if b.get(i + 1) == Some(&b'\n') { i + 2 } else { i + 1 },
+                b'\r' => {
+                    return if b.get(i + 1) == Some(&b'\n') {
+                        i + 2
+                    } else {
+                        i + 1
+                    }
+                }
                 _ => i += 1,
             }
         }
@@ -191,7 +223,11 @@ impl<R: Read> CsvReader<R> {
 
     fn parse(&self, rec: &mut Record) -> Step {
         let b = &self.buf;
-        let (d, q, max) = (self.opts.delimiter, self.opts.quote, self.opts.max_field_bytes);
+        let (d, q, max) = (
+            self.opts.delimiter,
+            self.opts.quote,
+            self.opts.max_field_bytes,
+        );
         let mut i = self.pos;
         loop {
             // At the start of a field.
@@ -201,7 +237,11 @@ impl<R: Read> CsvReader<R> {
                 loop {
                     if i >= b.len() {
                         if self.eof {
-                            return Step::Malformed { end: i, reason: "unterminated quoted field".into(), first_line_only: true };
+                            return Step::Malformed {
+                                end: i,
+                                reason: "unterminated quoted field".into(),
+                                first_line_only: true,
+                            };
                         }
                         return Step::NeedMore;
                     }
@@ -221,7 +261,13 @@ impl<R: Read> CsvReader<R> {
                     rec.data.push(c);
                     i += 1;
                     if rec.data.len() - start_len > max {
-                        return Step::Malformed { end: i, reason: format!("unterminated quoted field or field longer than {max} bytes"), first_line_only: true };
+                        return Step::Malformed {
+                            end: i,
+                            reason: format!(
+                                "unterminated quoted field or field longer than {max} bytes"
+                            ),
+                            first_line_only: true,
+                        };
                     }
                 }
                 rec.ends.push(rec.data.len());
@@ -244,14 +290,25 @@ impl<R: Read> CsvReader<R> {
                         if i + 1 == b.len() && !self.eof {
                             return Step::NeedMore;
                         }
-                        return Step::Done(if b.get(i + 1) == Some(&b'\n') { i + 2 } else { i + 1 });
+                        return Step::Done(if b.get(i + 1) == Some(&b'\n') {
+                            i + 2
+                        } else {
+                            i + 1
+                        });
                     }
                     _ => {
                         let end = self.line_end(i);
                         if end == b.len() && !self.eof {
                             return Step::NeedMore;
                         }
-                        return Step::Malformed { end, reason: format!("unexpected text after a closing quote in field {}", rec.ends.len()), first_line_only: false };
+                        return Step::Malformed {
+                            end,
+                            reason: format!(
+                                "unexpected text after a closing quote in field {}",
+                                rec.ends.len()
+                            ),
+                            first_line_only: false,
+                        };
                     }
                 }
             }
@@ -272,7 +329,11 @@ impl<R: Read> CsvReader<R> {
                 if end == b.len() && !self.eof {
                     return Step::NeedMore;
                 }
-                return Step::Malformed { end, reason: format!("field {} is longer than {max} bytes", rec.ends.len() + 1), first_line_only: false };
+                return Step::Malformed {
+                    end,
+                    reason: format!("field {} is longer than {max} bytes", rec.ends.len() + 1),
+                    first_line_only: false,
+                };
             }
             rec.data.extend_from_slice(&b[start..i]);
             rec.ends.push(rec.data.len());
@@ -295,7 +356,11 @@ impl<R: Read> CsvReader<R> {
                     if i + 1 == b.len() && !self.eof {
                         return Step::NeedMore;
                     }
-                    return Step::Done(if b.get(i + 1) == Some(&b'\n') { i + 2 } else { i + 1 });
+                    return Step::Done(if b.get(i + 1) == Some(&b'\n') {
+                        i + 2
+                    } else {
+                        i + 1
+                    });
                 }
                 _ => {
                     // A quote inside an unquoted field.
@@ -303,7 +368,11 @@ impl<R: Read> CsvReader<R> {
                     if end == b.len() && !self.eof {
                         return Step::NeedMore;
                     }
-                    return Step::Malformed { end, reason: format!("stray quote in unquoted field {}", rec.ends.len()), first_line_only: false };
+                    return Step::Malformed {
+                        end,
+                        reason: format!("stray quote in unquoted field {}", rec.ends.len()),
+                        first_line_only: false,
+                    };
                 }
             }
         }
@@ -315,13 +384,22 @@ mod tests {
     use super::*;
 
     fn read_all(input: &[u8]) -> Vec<(u64, Result<Vec<String>, String>)> {
-        let mut r = CsvReader::new(input, CsvOptions { delimiter: b',', quote: b'"', max_field_bytes: 64 });
+        let mut r = CsvReader::new(
+            input,
+            CsvOptions {
+                delimiter: b',',
+                quote: b'"',
+                max_field_bytes: 64,
+            },
+        );
         let mut rec = Record::default();
         let mut out = Vec::new();
         while r.next(&mut rec).unwrap() {
             let v = match &rec.error {
                 Some(e) => Err(e.clone()),
-                None => Ok((0..rec.len()).map(|i| String::from_utf8_lossy(rec.field(i)).into_owned()).collect()),
+                None => Ok((0..rec.len())
+                    .map(|i| String::from_utf8_lossy(rec.field(i)).into_owned())
+                    .collect()),
             };
             out.push((rec.line, v));
         }
@@ -335,22 +413,46 @@ mod tests {
     #[test]
     fn plain_crlf_bom_blank_lines_and_no_trailing_newline() {
         let got = read_all(b"\xEF\xBB\xBFa,b\r\n1,2\r\n\r\n   \n3,\r4,5");
-        assert_eq!(got, vec![(1, ok(&["a", "b"])), (2, ok(&["1", "2"])), (5, ok(&["3", ""])), (6, ok(&["4", "5"]))]);
+        assert_eq!(
+            got,
+            vec![
+                (1, ok(&["a", "b"])),
+                (2, ok(&["1", "2"])),
+                (5, ok(&["3", ""])),
+                (6, ok(&["4", "5"]))
+            ]
+        );
     }
 
     #[test]
     fn quoted_fields_keep_delimiters_quotes_and_newlines() {
         let got = read_all(b"id,note\n1,\"a, \"\"b\"\"\nc\"\n2,x\n");
-        assert_eq!(got, vec![(1, ok(&["id", "note"])), (2, ok(&["1", "a, \"b\"\nc"])), (4, ok(&["2", "x"]))]);
+        assert_eq!(
+            got,
+            vec![
+                (1, ok(&["id", "note"])),
+                (2, ok(&["1", "a, \"b\"\nc"])),
+                (4, ok(&["2", "x"]))
+            ]
+        );
     }
 
     #[test]
     fn stray_and_unterminated_quotes_reject_only_their_line() {
         let got = read_all(b"a,b\n1,x\"y\n2,\"ok\"z\n3,\"never closed\n4,fine\n");
         assert_eq!(got[0], (1, ok(&["a", "b"])));
-        assert!(matches!(&got[1], (2, Err(e)) if e.contains("stray quote")), "{got:?}");
-        assert!(matches!(&got[2], (3, Err(e)) if e.contains("after a closing quote")), "{got:?}");
-        assert!(matches!(&got[3], (4, Err(e)) if e.contains("unterminated")), "{got:?}");
+        assert!(
+            matches!(&got[1], (2, Err(e)) if e.contains("stray quote")),
+            "{got:?}"
+        );
+        assert!(
+            matches!(&got[2], (3, Err(e)) if e.contains("after a closing quote")),
+            "{got:?}"
+        );
+        assert!(
+            matches!(&got[3], (4, Err(e)) if e.contains("unterminated")),
+            "{got:?}"
+        );
         assert_eq!(got[4], (5, ok(&["4", "fine"])));
         assert_eq!(got.len(), 5);
     }

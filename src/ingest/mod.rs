@@ -12,7 +12,10 @@ mod reader;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayBuilder, ArrayRef, BinaryBuilder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondArray};
+use datafusion::arrow::array::{
+    ArrayBuilder, ArrayRef, BinaryBuilder, Int64Builder, RecordBatch, StringBuilder,
+    TimestampMicrosecondArray,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -68,11 +71,18 @@ fn app_id(file: &str) -> String {
 }
 
 fn ts_field(name: &str) -> Field {
-    Field::new(name, DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true)
+    Field::new(
+        name,
+        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        true,
+    )
 }
 
 pub fn bronze_schema(columns: &[String]) -> SchemaRef {
-    let mut fields: Vec<Field> = columns.iter().map(|c| Field::new(c, DataType::Utf8, true)).collect();
+    let mut fields: Vec<Field> = columns
+        .iter()
+        .map(|c| Field::new(c, DataType::Utf8, true))
+        .collect();
     fields.push(Field::new(SOURCE_FILE, DataType::Utf8, true));
     fields.push(Field::new(SOURCE_LINE, DataType::Int64, true));
     fields.push(ts_field(INGESTED_AT));
@@ -94,7 +104,12 @@ pub fn reject_schema() -> SchemaRef {
 }
 
 /// Ingests every new file of `source` into bronze.
-pub async fn ingest_source(lake: &Lake, source: &Source, run_id: &str, ingested_at: chrono::DateTime<chrono::Utc>) -> Result<SourceReport> {
+pub async fn ingest_source(
+    lake: &Lake,
+    source: &Source,
+    run_id: &str,
+    ingested_at: chrono::DateTime<chrono::Utc>,
+) -> Result<SourceReport> {
     let files = lake.glob(&source.csv.files).await?;
     let opts = lake.storage_options().clone();
     let bronze_url = lake.url(&bronze_table(&source.name));
@@ -102,7 +117,10 @@ pub async fn ingest_source(lake: &Lake, source: &Source, run_id: &str, ingested_
     let bronze = delta::open(&bronze_url, &opts).await?;
     let rejects = delta::open(&reject_url, &opts).await?;
 
-    let mut report = SourceReport { files_seen: files.len(), ..Default::default() };
+    let mut report = SourceReport {
+        files_seen: files.len(),
+        ..Default::default()
+    };
     let mut todo = Vec::new();
     for file in files {
         let id = app_id(&file.name);
@@ -136,7 +154,14 @@ pub async fn ingest_source(lake: &Lake, source: &Source, run_id: &str, ingested_
         metadata: run_metadata(run_id, "ingest"),
         description: source.csv.description.clone(),
     };
-    let reject_spec = WriteSpec { table_name: format!("quarantine.bronze_{}", source.name), description: Some(format!("Rows of bronze.{} that could not be read, with the reason", source.name)), ..bronze_spec.clone() };
+    let reject_spec = WriteSpec {
+        table_name: format!("quarantine.bronze_{}", source.name),
+        description: Some(format!(
+            "Rows of bronze.{} that could not be read, with the reason",
+            source.name
+        )),
+        ..bronze_spec.clone()
+    };
     let bronze = delta::ensure_table(&bronze_url, &opts, &schema, &bronze_spec).await?;
     let rejects = delta::ensure_table(&reject_url, &opts, &reject_schema(), &reject_spec).await?;
 
@@ -160,15 +185,21 @@ pub async fn ingest_source(lake: &Lake, source: &Source, run_id: &str, ingested_
         delta::stage(&bronze, vec![rows_stream], &bronze_spec.table_name),
         delta::stage(&rejects, vec![rej_stream], &reject_spec.table_name),
     )?;
-    let file_reports = parse
-        .await
-        .map_err(|e| Error::Ingest { source_name: source.name.clone(), message: format!("parser thread failed: {e}") })??;
+    let file_reports = parse.await.map_err(|e| Error::Ingest {
+        source_name: source.name.clone(),
+        message: format!("parser thread failed: {e}"),
+    })??;
 
-    let ingested: Vec<&FileReport> = file_reports.iter().filter(|f| f.refused.is_none()).collect();
+    let ingested: Vec<&FileReport> = file_reports
+        .iter()
+        .filter(|f| f.refused.is_none())
+        .collect();
     let txns = |only_new_rejects: bool| -> Vec<Transaction> {
         todo.iter()
             .zip(file_reports.iter())
-            .filter(|((_, rejects_done), r)| r.refused.is_none() && !(only_new_rejects && *rejects_done))
+            .filter(|((_, rejects_done), r)| {
+                r.refused.is_none() && !(only_new_rejects && *rejects_done)
+            })
             .map(|((f, _), _)| Transaction::new(app_id(&f.name), f.size as i64))
             .collect()
     };
@@ -191,20 +222,35 @@ pub async fn ingest_source(lake: &Lake, source: &Source, run_id: &str, ingested_
 
 pub fn run_metadata(run_id: &str, step: &str) -> HashMap<String, serde_json::Value> {
     HashMap::from([
-        ("lakehouse.runId".to_string(), serde_json::Value::String(run_id.to_string())),
-        ("lakehouse.step".to_string(), serde_json::Value::String(step.to_string())),
+        (
+            "lakehouse.runId".to_string(),
+            serde_json::Value::String(run_id.to_string()),
+        ),
+        (
+            "lakehouse.step".to_string(),
+            serde_json::Value::String(step.to_string()),
+        ),
     ])
 }
 
 async fn already(table: &Option<DeltaTable>, app_id: &str) -> Result<bool> {
     match table {
         None => Ok(false),
-        Some(t) => Ok(t.snapshot()?.transaction_version(t.log_store().as_ref(), app_id).await?.is_some()),
+        Some(t) => Ok(t
+            .snapshot()?
+            .transaction_version(t.log_store().as_ref(), app_id)
+            .await?
+            .is_some()),
     }
 }
 
-fn channel_stream(schema: SchemaRef, rx: mpsc::Receiver<datafusion::error::Result<RecordBatch>>) -> SendableRecordBatchStream {
-    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+fn channel_stream(
+    schema: SchemaRef,
+    rx: mpsc::Receiver<datafusion::error::Result<RecordBatch>>,
+) -> SendableRecordBatchStream {
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
     Box::pin(RecordBatchStreamAdapter::new(schema, stream))
 }
 
@@ -213,23 +259,42 @@ async fn first_header(file: &LandedFile, source: &Source) -> Result<Vec<String>>
     let source = source.clone();
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
-        let input = reader::open(&file, handle).map_err(|e| Error::Ingest { source_name: source.name.clone(), message: format!("{}: {e}", file.name) })?;
+        let input = reader::open(&file, handle).map_err(|e| Error::Ingest {
+            source_name: source.name.clone(),
+            message: format!("{}: {e}", file.name),
+        })?;
         let mut csv = CsvReader::new(input, options(&source));
         let mut rec = Record::default();
-        if !csv.next(&mut rec).map_err(|e| Error::Ingest { source_name: source.name.clone(), message: format!("{}: {e}", file.name) })? || rec.error.is_some() {
+        if !csv.next(&mut rec).map_err(|e| Error::Ingest {
+            source_name: source.name.clone(),
+            message: format!("{}: {e}", file.name),
+        })? || rec.error.is_some()
+        {
             return Err(Error::Ingest {
                 source_name: source.name.clone(),
-                message: format!("{}: no readable header line; declare `columns = [...]` in the source settings", file.name),
+                message: format!(
+                    "{}: no readable header line; declare `columns = [...]` in the source settings",
+                    file.name
+                ),
             });
         }
-        Ok((0..rec.len()).map(|i| String::from_utf8_lossy(rec.field(i)).trim().to_string()).collect())
+        Ok((0..rec.len())
+            .map(|i| String::from_utf8_lossy(rec.field(i)).trim().to_string())
+            .collect())
     })
     .await
-    .map_err(|e| Error::Ingest { source_name: "?".into(), message: e.to_string() })?
+    .map_err(|e| Error::Ingest {
+        source_name: "?".into(),
+        message: e.to_string(),
+    })?
 }
 
 fn options(source: &Source) -> CsvOptions {
-    CsvOptions { delimiter: source.csv.delimiter, quote: source.csv.quote, max_field_bytes: source.csv.max_field_bytes }
+    CsvOptions {
+        delimiter: source.csv.delimiter,
+        quote: source.csv.quote,
+        max_field_bytes: source.csv.max_field_bytes,
+    }
 }
 
 struct ParseJob {
@@ -254,19 +319,36 @@ impl ParseJob {
                     // Rows already sent cannot be taken back from this write:
                     // abort the whole source so nothing is committed.
                     let msg = format!("{}: {e}", file.name);
-                    let _ = rows.blocking_send(Err(datafusion::error::DataFusionError::Execution(msg.clone())));
-                    return Err(Error::Ingest { source_name: self.source.name.clone(), message: msg });
+                    let _ = rows.blocking_send(Err(datafusion::error::DataFusionError::Execution(
+                        msg.clone(),
+                    )));
+                    return Err(Error::Ingest {
+                        source_name: self.source.name.clone(),
+                        message: msg,
+                    });
                 }
             }
         }
         Ok(reports)
     }
 
-    fn parse_file(&self, file: &LandedFile, rejects_done: bool, rows_tx: &Tx, rej_tx: &Tx) -> std::io::Result<FileReport> {
+    fn parse_file(
+        &self,
+        file: &LandedFile,
+        rejects_done: bool,
+        rows_tx: &Tx,
+        rej_tx: &Tx,
+    ) -> std::io::Result<FileReport> {
         let input = reader::open(file, self.handle.clone())?;
         let mut csv = CsvReader::new(input, options(&self.source));
         let mut rec = Record::default();
-        let mut report = FileReport { file: file.name.clone(), rows: 0, rejected: 0, blank_lines: 0, refused: None };
+        let mut report = FileReport {
+            file: file.name.clone(),
+            rows: 0,
+            rejected: 0,
+            blank_lines: 0,
+            refused: None,
+        };
         let ncols = self.columns.len();
         // Which record field feeds each bronze column.
         let mut mapping: Vec<Option<usize>> = (0..ncols).map(Some).collect();
@@ -278,11 +360,18 @@ impl ParseJob {
                 return Ok(report);
             }
             if let Some(err) = &rec.error {
-                report.refused = Some(format!("the header line is malformed ({err}); fix the file's first line"));
+                report.refused = Some(format!(
+                    "the header line is malformed ({err}); fix the file's first line"
+                ));
                 return Ok(report);
             }
-            let names: Vec<String> = (0..rec.len()).map(|i| String::from_utf8_lossy(rec.field(i)).trim().to_lowercase()).collect();
-            let unknown: Vec<&String> = names.iter().filter(|n| !self.columns.iter().any(|c| c.to_lowercase() == **n)).collect();
+            let names: Vec<String> = (0..rec.len())
+                .map(|i| String::from_utf8_lossy(rec.field(i)).trim().to_lowercase())
+                .collect();
+            let unknown: Vec<&String> = names
+                .iter()
+                .filter(|n| !self.columns.iter().any(|c| c.to_lowercase() == **n))
+                .collect();
             if !unknown.is_empty() {
                 report.refused = Some(format!(
                     "the header has column(s) {unknown:?} that bronze.{} does not declare; add them to `columns` in {} or fix the file",
@@ -291,7 +380,11 @@ impl ParseJob {
                 ));
                 return Ok(report);
             }
-            mapping = self.columns.iter().map(|c| names.iter().position(|n| *n == c.to_lowercase())).collect();
+            mapping = self
+                .columns
+                .iter()
+                .map(|c| names.iter().position(|n| *n == c.to_lowercase()))
+                .collect();
             expected_fields = names.len();
             header = Some((0..rec.len()).map(|i| rec.field(i).to_vec()).collect());
         }
@@ -303,12 +396,19 @@ impl ParseJob {
             let problem = if let Some(err) = rec.error.take() {
                 Some(err)
             } else if rec.len() != expected_fields {
-                Some(format!("expected {expected_fields} fields, found {}", rec.len()))
+                Some(format!(
+                    "expected {expected_fields} fields, found {}",
+                    rec.len()
+                ))
             } else if let Some(i) = (0..rec.len()).find(|&i| rec.field(i).contains(&0)) {
                 Some(format!("NUL byte in field {}", i + 1))
-            } else if let Some(i) = (0..rec.len()).find(|&i| std::str::from_utf8(rec.field(i)).is_err()) {
+            } else if let Some(i) =
+                (0..rec.len()).find(|&i| std::str::from_utf8(rec.field(i)).is_err())
+            {
                 Some(format!("invalid UTF-8 in field {}", i + 1))
-            } else if header.as_ref().is_some_and(|h| h.len() == rec.len() && (0..rec.len()).all(|i| h[i] == rec.field(i))) {
+            } else if header.as_ref().is_some_and(|h| {
+                h.len() == rec.len() && (0..rec.len()).all(|i| h[i] == rec.field(i))
+            }) {
                 Some("repeated header line".to_string())
             } else {
                 None
@@ -328,19 +428,27 @@ impl ParseJob {
                     for (col, m) in mapping.iter().enumerate() {
                         match m {
                             // Checked as UTF-8 above.
-                            Some(i) => b.cols[col].append_value(std::str::from_utf8(rec.field(*i)).unwrap_or_default()),
+                            Some(i) => b.cols[col].append_value(
+                                std::str::from_utf8(rec.field(*i)).unwrap_or_default(),
+                            ),
                             None => b.cols[col].append_null(),
                         }
                     }
                     b.lines.append_value(rec.line as i64);
                     if b.lines.len() >= BATCH_ROWS {
-                        send(rows_tx, b.finish(&self.schema, name, &self.run_id, self.ingested_at)?)?;
+                        send(
+                            rows_tx,
+                            b.finish(&self.schema, name, &self.run_id, self.ingested_at)?,
+                        )?;
                     }
                 }
             }
         }
         if b.lines.len() > 0 {
-            send(rows_tx, b.finish(&self.schema, name, &self.run_id, self.ingested_at)?)?;
+            send(
+                rows_tx,
+                b.finish(&self.schema, name, &self.run_id, self.ingested_at)?,
+            )?;
         }
         if r.len() > 0 {
             send(rej_tx, r.finish(&self.run_id, self.ingested_at))?;
@@ -351,7 +459,8 @@ impl ParseJob {
 }
 
 fn send(tx: &Tx, batch: RecordBatch) -> std::io::Result<()> {
-    tx.blocking_send(Ok(batch)).map_err(|_| std::io::Error::other("the bronze writer stopped"))
+    tx.blocking_send(Ok(batch))
+        .map_err(|_| std::io::Error::other("the bronze writer stopped"))
 }
 
 struct Builders {
@@ -361,16 +470,37 @@ struct Builders {
 
 impl Builders {
     fn new(n: usize) -> Self {
-        Self { cols: (0..n).map(|_| StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 8)).collect(), lines: Int64Builder::with_capacity(BATCH_ROWS) }
+        Self {
+            cols: (0..n)
+                .map(|_| StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 8))
+                .collect(),
+            lines: Int64Builder::with_capacity(BATCH_ROWS),
+        }
     }
 
-    fn finish(&mut self, schema: &SchemaRef, file: &str, run_id: &str, at: i64) -> std::io::Result<RecordBatch> {
+    fn finish(
+        &mut self,
+        schema: &SchemaRef,
+        file: &str,
+        run_id: &str,
+        at: i64,
+    ) -> std::io::Result<RecordBatch> {
         let n = self.lines.len();
-        let mut arrays: Vec<ArrayRef> = self.cols.iter_mut().map(|c| Arc::new(c.finish()) as ArrayRef).collect();
-        arrays.push(Arc::new(datafusion::arrow::array::StringArray::from(vec![file; n])));
+        let mut arrays: Vec<ArrayRef> = self
+            .cols
+            .iter_mut()
+            .map(|c| Arc::new(c.finish()) as ArrayRef)
+            .collect();
+        arrays.push(Arc::new(datafusion::arrow::array::StringArray::from(
+            vec![file; n],
+        )));
         arrays.push(Arc::new(self.lines.finish()));
-        arrays.push(Arc::new(TimestampMicrosecondArray::from(vec![at; n]).with_timezone("UTC")));
-        arrays.push(Arc::new(datafusion::arrow::array::StringArray::from(vec![run_id; n])));
+        arrays.push(Arc::new(
+            TimestampMicrosecondArray::from(vec![at; n]).with_timezone("UTC"),
+        ));
+        arrays.push(Arc::new(datafusion::arrow::array::StringArray::from(
+            vec![run_id; n],
+        )));
         RecordBatch::try_new(schema.clone(), arrays).map_err(std::io::Error::other)
     }
 }
@@ -396,7 +526,8 @@ impl RejectBuilders {
         self.offsets.append_value(rec.offset as i64);
         self.reasons.append_value(reason);
         self.raw.append_value(&rec.raw);
-        self.raw_text.append_value(String::from_utf8_lossy(&rec.raw));
+        self.raw_text
+            .append_value(String::from_utf8_lossy(&rec.raw));
     }
 
     fn finish(&mut self, run_id: &str, at: i64) -> RecordBatch {
@@ -411,6 +542,7 @@ impl RejectBuilders {
             Arc::new(TimestampMicrosecondArray::from(vec![at; n]).with_timezone("UTC")),
             Arc::new(datafusion::arrow::array::StringArray::from(vec![run_id; n])),
         ];
-        RecordBatch::try_new(reject_schema(), arrays).expect("reject batch matches its schema by construction")
+        RecordBatch::try_new(reject_schema(), arrays)
+            .expect("reject batch matches its schema by construction")
     }
 }

@@ -11,7 +11,10 @@ use tokio::sync::mpsc;
 
 use crate::storage::LandedFile;
 
-pub fn open(file: &LandedFile, handle: tokio::runtime::Handle) -> std::io::Result<Box<dyn Read + Send>> {
+pub fn open(
+    file: &LandedFile,
+    handle: tokio::runtime::Handle,
+) -> std::io::Result<Box<dyn Read + Send>> {
     let raw: Box<dyn Read + Send> = match &file.local_path {
         Some(path) => Box::new(std::fs::File::open(path)?),
         None => {
@@ -35,12 +38,17 @@ pub fn open(file: &LandedFile, handle: tokio::runtime::Handle) -> std::io::Resul
                     }
                 }
             });
-            Box::new(ChannelReader { rx, current: Bytes::new() })
+            Box::new(ChannelReader {
+                rx,
+                current: Bytes::new(),
+            })
         }
     };
     let lower = file.name.to_lowercase();
     Ok(if lower.ends_with(".gz") {
-        Box::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(raw)))
+        Box::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(
+            raw,
+        )))
     } else if lower.ends_with(".zst") || lower.ends_with(".zstd") {
         Box::new(zstd::Decoder::new(raw)?)
     } else if lower.ends_with(".bz2") {

@@ -11,7 +11,11 @@ use crate::error::{Error, Result};
 /// stable from run to run.
 pub fn run_order(mut models: Vec<Model>) -> Result<Vec<Model>> {
     models.sort_by(|a, b| (layer_rank(&a.layer), &a.name).cmp(&(layer_rank(&b.layer), &b.name)));
-    let index: HashMap<String, usize> = models.iter().enumerate().map(|(i, m)| (m.table(), i)).collect();
+    let index: HashMap<String, usize> = models
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.table(), i))
+        .collect();
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
         New,
@@ -34,9 +38,12 @@ pub fn run_order(mut models: Vec<Model>) -> Result<Vec<Model>> {
             Mark::Done => return Ok(()),
             Mark::Active => {
                 let start = stack.iter().position(|&s| s == i).unwrap_or(0);
-                let mut names: Vec<String> = stack[start..].iter().map(|&s| models[s].table()).collect();
+                let mut names: Vec<String> =
+                    stack[start..].iter().map(|&s| models[s].table()).collect();
                 names.push(models[i].table());
-                return Err(Error::DependencyCycle { cycle: names.join(" -> ") });
+                return Err(Error::DependencyCycle {
+                    cycle: names.join(" -> "),
+                });
             }
             Mark::New => {}
         }
@@ -61,5 +68,8 @@ pub fn run_order(mut models: Vec<Model>) -> Result<Vec<Model>> {
 }
 
 fn layer_rank(layer: &str) -> usize {
-    super::LAYERS.iter().position(|l| *l == layer).unwrap_or(usize::MAX)
+    super::LAYERS
+        .iter()
+        .position(|l| *l == layer)
+        .unwrap_or(usize::MAX)
 }

@@ -88,8 +88,12 @@ impl Pipeline {
                 .collect();
             entries.sort();
             for path in entries {
-                let Some(ext) = path.extension().and_then(|e| e.to_str()) else { continue };
-                let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else { continue };
+                let Some(ext) = path.extension().and_then(|e| e.to_str()) else {
+                    continue;
+                };
+                let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
+                    continue;
+                };
                 validate_name(&path, stem)?;
                 match (layer, ext) {
                     ("bronze", "toml") => sources.push(Source {
@@ -127,12 +131,18 @@ impl Pipeline {
                     ));
                 }
                 if *input == m.table() {
-                    return Err(Error::DependencyCycle { cycle: format!("{} -> {}", input, input) });
+                    return Err(Error::DependencyCycle {
+                        cycle: format!("{} -> {}", input, input),
+                    });
                 }
             }
         }
         let models = run_order(models)?;
-        Ok(Self { root: root.to_path_buf(), sources, models })
+        Ok(Self {
+            root: root.to_path_buf(),
+            sources,
+            models,
+        })
     }
 
     pub fn source(&self, name: &str) -> Option<&Source> {
@@ -146,7 +156,9 @@ fn read(path: &Path) -> Result<String> {
 
 fn validate_name(path: &Path, stem: &str) -> Result<()> {
     let ok = !stem.is_empty()
-        && stem.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && stem
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && !stem.starts_with(|c: char| c.is_ascii_digit());
     if ok {
         Ok(())
@@ -156,7 +168,11 @@ fn validate_name(path: &Path, stem: &str) -> Result<()> {
 }
 
 pub(crate) fn file_error(path: &Path, line: usize, message: impl Into<String>) -> Error {
-    Error::PipelineFile { file: path.to_path_buf(), line, message: message.into() }
+    Error::PipelineFile {
+        file: path.to_path_buf(),
+        line,
+        message: message.into(),
+    }
 }
 
 fn load_model(layer: &str, name: &str, sql_file: &Path) -> Result<Model> {
@@ -171,7 +187,14 @@ fn load_model(layer: &str, name: &str, sql_file: &Path) -> Result<Model> {
     for e in &settings.expectations {
         parse_expression(&settings_file, &e.check, e.line)?;
     }
-    Ok(Model { layer: layer.to_string(), name: name.to_string(), sql_file: sql_file.to_path_buf(), sql, settings, inputs })
+    Ok(Model {
+        layer: layer.to_string(),
+        name: name.to_string(),
+        sql_file: sql_file.to_path_buf(),
+        sql,
+        settings,
+        inputs,
+    })
 }
 
 /// Parses one SELECT and returns the tables it reads (CTE names excluded).
@@ -185,12 +208,25 @@ pub fn tables_read(file: &Path, sql: &str) -> Result<Vec<String>> {
         file_error(file, line, format!("SQL does not parse: {msg}"))
     })?;
     if statements.len() != 1 {
-        return Err(file_error(file, 1, format!("a model holds exactly one SELECT statement, found {}", statements.len())));
+        return Err(file_error(
+            file,
+            1,
+            format!(
+                "a model holds exactly one SELECT statement, found {}",
+                statements.len()
+            ),
+        ));
     }
     let statement = statements.pop_front().expect("one statement checked above");
     match &statement {
         DFStatement::Statement(s) if matches!(**s, Statement::Query(_)) => {}
-        _ => return Err(file_error(file, 1, "a model must be a SELECT query (the runner writes its result; no DDL or DML here)")),
+        _ => {
+            return Err(file_error(
+                file,
+                1,
+                "a model must be a SELECT query (the runner writes its result; no DDL or DML here)",
+            ))
+        }
     }
     let (refs, _ctes) = datafusion::sql::resolve::resolve_table_references(&statement, true)
         .map_err(|e| file_error(file, 1, e.to_string()))?;
@@ -198,7 +234,15 @@ pub fn tables_read(file: &Path, sql: &str) -> Result<Vec<String>> {
     for r in refs {
         let Some(schema) = r.schema() else {
             let line = line_of(sql, r.table());
-            return Err(file_error(file, line, format!("table `{}` must be qualified with its layer, e.g. `bronze.{}`", r.table(), r.table())));
+            return Err(file_error(
+                file,
+                line,
+                format!(
+                    "table `{}` must be qualified with its layer, e.g. `bronze.{}`",
+                    r.table(),
+                    r.table()
+                ),
+            ));
         };
         let name = format!("{}.{}", schema, r.table());
         if !out.contains(&name) {
@@ -214,13 +258,19 @@ fn parse_expression(file: &Path, expr: &str, line: usize) -> Result<()> {
     let mut parser = datafusion::sql::sqlparser::parser::Parser::new(&dialect)
         .try_with_sql(expr)
         .map_err(|e| file_error(file, line, format!("check `{expr}` does not parse: {e}")))?;
-    parser.parse_expr().map_err(|e| file_error(file, line, format!("check `{expr}` does not parse: {e}")))?;
+    parser
+        .parse_expr()
+        .map_err(|e| file_error(file, line, format!("check `{expr}` does not parse: {e}")))?;
     Ok(())
 }
 
 fn line_in_message(msg: &str) -> Option<usize> {
     let at = msg.find("Line: ")?;
-    msg[at + 6..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    msg[at + 6..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// 1-based line of the first case-insensitive occurrence of `needle`.

@@ -139,7 +139,11 @@ pub fn parse_source(file: &Path, text: &str) -> Result<CsvSource> {
     let raw: RawSource = toml::from_str(text).map_err(|e| toml_error(file, text, e))?;
     if let Some(f) = &raw.format {
         if f.get_ref() != "csv" {
-            return Err(file_error(file, line_at(text, f.span().start), format!("format `{}` is not supported; only `csv` is", f.get_ref())));
+            return Err(file_error(
+                file,
+                line_at(text, f.span().start),
+                format!("format `{}` is not supported; only `csv` is", f.get_ref()),
+            ));
         }
     }
     let one_byte = |v: &Option<Spanned<String>>, what: &str, default: u8| -> Result<u8> {
@@ -151,7 +155,11 @@ pub fn parse_source(file: &Path, text: &str) -> Result<CsvSource> {
                 if value.len() == 1 && value.is_ascii() {
                     Ok(value.as_bytes()[0])
                 } else {
-                    Err(file_error(file, line_at(text, s.span().start), format!("{what} must be a single ASCII character, got `{value}`")))
+                    Err(file_error(
+                        file,
+                        line_at(text, s.span().start),
+                        format!("{what} must be a single ASCII character, got `{value}`"),
+                    ))
                 }
             }
         }
@@ -159,7 +167,11 @@ pub fn parse_source(file: &Path, text: &str) -> Result<CsvSource> {
     let delimiter = one_byte(&raw.delimiter, "delimiter", b',')?;
     let quote = one_byte(&raw.quote, "quote", b'"')?;
     if !raw.header && raw.columns.is_none() {
-        return Err(file_error(file, 1, "a source without a header row needs `columns = [...]`"));
+        return Err(file_error(
+            file,
+            1,
+            "a source without a header row needs `columns = [...]`",
+        ));
     }
     if let Some(cols) = &raw.columns {
         for c in cols {
@@ -186,22 +198,47 @@ pub fn parse_model(file: &Path, text: &str) -> Result<ModelSettings> {
         let line = line_at(text, e.span().start);
         let e = e.into_inner();
         if expectations.iter().any(|x: &Expectation| x.name == e.name) {
-            return Err(file_error(file, line, format!("expectation `{}` is declared twice", e.name)));
+            return Err(file_error(
+                file,
+                line,
+                format!("expectation `{}` is declared twice", e.name),
+            ));
         }
-        expectations.push(Expectation { name: e.name, check: e.check, action: e.action, line });
+        expectations.push(Expectation {
+            name: e.name,
+            check: e.check,
+            action: e.action,
+            line,
+        });
     }
     if raw.mode == WriteMode::Merge && raw.unique_key.is_empty() {
-        return Err(file_error(file, 1, "mode = \"merge\" needs `unique_key = [...]`, the columns that identify a row"));
+        return Err(file_error(
+            file,
+            1,
+            "mode = \"merge\" needs `unique_key = [...]`, the columns that identify a row",
+        ));
     }
     if !raw.sequence_by.is_empty() && raw.unique_key.is_empty() {
-        return Err(file_error(file, 1, "`sequence_by` only applies with `unique_key`"));
+        return Err(file_error(
+            file,
+            1,
+            "`sequence_by` only applies with `unique_key`",
+        ));
     }
     if raw.mode == WriteMode::ReplacePartitions && raw.partition_by.is_empty() {
-        return Err(file_error(file, 1, "mode = \"replace_partitions\" needs `partition_by = [...]`"));
+        return Err(file_error(
+            file,
+            1,
+            "mode = \"replace_partitions\" needs `partition_by = [...]`",
+        ));
     }
     let max_quarantine_pct = match raw.max_quarantine_pct {
         Some(p) if !(0.0..=100.0).contains(p.get_ref()) => {
-            return Err(file_error(file, line_at(text, p.span().start), "max_quarantine_pct must be between 0 and 100"))
+            return Err(file_error(
+                file,
+                line_at(text, p.span().start),
+                "max_quarantine_pct must be between 0 and 100",
+            ))
         }
         Some(p) => Some(p.into_inner()),
         None => None,

@@ -32,13 +32,19 @@ pub struct Expected {
 
 fn parse_ts(s: &str) -> Option<NaiveDateTime> {
     let s = s.trim();
-    NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S").or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S")).ok()
+    NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S")
+        .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S"))
+        .ok()
 }
 
 fn parse_qty(s: &str) -> Option<i64> {
     let s = s.trim();
     let digits = s.trim_start_matches(['+', '-']);
-    if digits.is_empty() || digits.len() > 9 || !digits.bytes().all(|b| b.is_ascii_digit()) || s.len() - digits.len() > 1 {
+    if digits.is_empty()
+        || digits.len() > 9
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+        || s.len() - digits.len() > 1
+    {
         return None;
     }
     s.parse().ok()
@@ -68,12 +74,18 @@ fn read_csv(path: &Path) -> Vec<(u64, Vec<String>)> {
     if bytes.starts_with(b"\xEF\xBB\xBF") {
         bytes.drain(..3);
     }
-    let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(bytes.as_slice());
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(bytes.as_slice());
     let mut out = Vec::new();
     for rec in reader.byte_records() {
         let rec = rec.unwrap();
         let line = rec.position().unwrap().line();
-        let fields: Vec<String> = rec.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect();
+        let fields: Vec<String> = rec
+            .iter()
+            .map(|f| String::from_utf8_lossy(f).into_owned())
+            .collect();
         if fields.len() == 1 && fields[0].trim().is_empty() {
             continue; // blank or whitespace-only line
         }
@@ -108,12 +120,20 @@ pub fn compute(lake: &Path) -> Expected {
     }
     let mut latest: HashMap<String, Row> = HashMap::new();
     let mut valid = 0u64;
-    let mut files: Vec<_> = std::fs::read_dir(landing.join("orders")).unwrap().map(|d| d.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(landing.join("orders"))
+        .unwrap()
+        .map(|d| d.unwrap().path())
+        .collect();
     files.sort();
     for path in files {
-        let name = format!("landing/orders/{}", path.file_name().unwrap().to_string_lossy());
+        let name = format!(
+            "landing/orders/{}",
+            path.file_name().unwrap().to_string_lossy()
+        );
         let rows = read_csv(&path);
-        let Some((_, header)) = rows.first() else { continue };
+        let Some((_, header)) = rows.first() else {
+            continue;
+        };
         let header = header.clone();
         for (line, f) in rows.into_iter().skip(1) {
             e.landed_rows += 1;
@@ -158,7 +178,9 @@ pub fn compute(lake: &Path) -> Expected {
             };
             let newer = match latest.get(order_id) {
                 None => true,
-                Some(old) => (row.updated, &row.file, row.line) > (old.updated, &old.file, old.line),
+                Some(old) => {
+                    (row.updated, &row.file, row.line) > (old.updated, &old.file, old.line)
+                }
             };
             if newer {
                 latest.insert(order_id.to_string(), row);
@@ -170,14 +192,20 @@ pub fn compute(lake: &Path) -> Expected {
     let mut seen = HashSet::new();
     for row in latest.values() {
         e.silver_amount_cents += row.amount;
-        let d = e.daily.entry((row.date.clone(), row.region.clone())).or_default();
+        let d = e
+            .daily
+            .entry((row.date.clone(), row.region.clone()))
+            .or_default();
         d.orders += 1;
         match row.status.as_str() {
             "completed" => {
                 d.units += row.quantity;
                 d.revenue_cents += row.amount;
                 d.completed += 1;
-                let c = e.category.entry((row.date.clone(), row.region.clone(), row.category.clone())).or_default();
+                let c = e
+                    .category
+                    .entry((row.date.clone(), row.region.clone(), row.category.clone()))
+                    .or_default();
                 c.0 += row.amount;
                 c.1 += row.quantity;
             }

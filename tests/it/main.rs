@@ -30,14 +30,25 @@ pub fn lakehouse(args: &[&str], cwd: &Path) -> Output {
 }
 
 pub fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// Runs SQL over the lake through the library's one session builder.
 pub async fn sql(lake: &Path, query: &str) -> Vec<RecordBatch> {
     let lake = lakehouse::storage::Lake::open(lake.to_str().unwrap(), Default::default()).unwrap();
-    let (ctx, _) = lakehouse::session::build(&lake, &Default::default()).await.unwrap();
-    ctx.sql(query).await.unwrap_or_else(|e| panic!("{query}: {e}")).collect().await.unwrap_or_else(|e| panic!("{query}: {e}"))
+    let (ctx, _) = lakehouse::session::build(&lake, &Default::default())
+        .await
+        .unwrap();
+    ctx.sql(query)
+        .await
+        .unwrap_or_else(|e| panic!("{query}: {e}"))
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("{query}: {e}"))
 }
 
 /// Every row of a query whose columns are all BIGINT.
@@ -49,9 +60,17 @@ pub async fn ints(lake: &Path, query: &str) -> Vec<Vec<i64>> {
                 b.columns()
                     .iter()
                     .map(|c| {
-                        let c = datafusion::arrow::compute::cast(c, &datafusion::arrow::datatypes::DataType::Int64).unwrap();
+                        let c = datafusion::arrow::compute::cast(
+                            c,
+                            &datafusion::arrow::datatypes::DataType::Int64,
+                        )
+                        .unwrap();
                         let c = c.as_primitive::<Int64Type>();
-                        if c.is_null(r) { i64::MIN } else { c.value(r) }
+                        if c.is_null(r) {
+                            i64::MIN
+                        } else {
+                            c.value(r)
+                        }
                     })
                     .collect(),
             );
@@ -75,9 +94,17 @@ pub async fn strings(lake: &Path, query: &str) -> Vec<Vec<String>> {
                 b.columns()
                     .iter()
                     .map(|c| {
-                        let c = datafusion::arrow::compute::cast(c, &datafusion::arrow::datatypes::DataType::Utf8).unwrap();
+                        let c = datafusion::arrow::compute::cast(
+                            c,
+                            &datafusion::arrow::datatypes::DataType::Utf8,
+                        )
+                        .unwrap();
                         let c = c.as_string::<i32>();
-                        if c.is_null(r) { "NULL".to_string() } else { c.value(r).to_string() }
+                        if c.is_null(r) {
+                            "NULL".to_string()
+                        } else {
+                            c.value(r).to_string()
+                        }
                     })
                     .collect(),
             );
@@ -88,5 +115,10 @@ pub async fn strings(lake: &Path, query: &str) -> Vec<Vec<String>> {
 
 /// `one` for synchronous tests.
 pub fn block_on_one(lake: &Path, query: &str) -> i64 {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap().block_on(one(lake, query))
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(one(lake, query))
 }

@@ -17,7 +17,8 @@ pub fn setup(root: &Path, landing: &str, files: &[(&str, &str)]) {
     }
 }
 
-pub const SOURCE: &str = "files = \"landing/events_*.csv\"\ncolumns = [\"id\", \"day\", \"v\", \"updated\"]\n";
+pub const SOURCE: &str =
+    "files = \"landing/events_*.csv\"\ncolumns = [\"id\", \"day\", \"v\", \"updated\"]\n";
 
 fn run(root: &Path) -> std::process::Output {
     lakehouse(&["run", "--lake", "lake", "--pipeline", "sql"], root)
@@ -26,11 +27,24 @@ fn run(root: &Path) -> std::process::Output {
 #[test]
 fn a_model_reading_a_missing_table_names_the_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
-    setup(dir.path(), "id,day,v,updated\n1,d1,5,1\n", &[("bronze/events.toml", SOURCE), ("silver/e.sql", "SELECT id\nFROM bronze.events\nJOIN bronze.nope USING (id)\n")]);
+    setup(
+        dir.path(),
+        "id,day,v,updated\n1,d1,5,1\n",
+        &[
+            ("bronze/events.toml", SOURCE),
+            (
+                "silver/e.sql",
+                "SELECT id\nFROM bronze.events\nJOIN bronze.nope USING (id)\n",
+            ),
+        ],
+    );
     let out = run(dir.path());
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let t = text(&out);
-    assert!(t.contains("silver/e.sql:3: reads table `bronze.nope`, which no source or model defines"), "{t}");
+    assert!(
+        t.contains("silver/e.sql:3: reads table `bronze.nope`, which no source or model defines"),
+        "{t}"
+    );
 }
 
 #[test]
@@ -39,10 +53,18 @@ fn a_dependency_cycle_is_named() {
     setup(
         dir.path(),
         "id,day,v,updated\n1,d1,5,1\n",
-        &[("bronze/events.toml", SOURCE), ("silver/a.sql", "SELECT * FROM silver.b"), ("silver/b.sql", "SELECT * FROM gold.c"), ("gold/c.sql", "SELECT * FROM silver.a")],
+        &[
+            ("bronze/events.toml", SOURCE),
+            ("silver/a.sql", "SELECT * FROM silver.b"),
+            ("silver/b.sql", "SELECT * FROM gold.c"),
+            ("gold/c.sql", "SELECT * FROM silver.a"),
+        ],
     );
     let t = text(&run(dir.path()));
-    assert!(t.contains("dependency cycle between models: silver.a -> silver.b -> gold.c -> silver.a"), "{t}");
+    assert!(
+        t.contains("dependency cycle between models: silver.a -> silver.b -> gold.c -> silver.a"),
+        "{t}"
+    );
 }
 
 #[test]
@@ -53,8 +75,14 @@ fn a_failing_expectation_commits_nothing_and_shows_an_offending_row() {
         "id,day,v,updated\n1,d1,5,1\n2,d1,-7,1\n",
         &[
             ("bronze/events.toml", SOURCE),
-            ("silver/e.sql", "SELECT id, day, CAST(v AS INT) AS v FROM bronze.events"),
-            ("silver/e.toml", "[[expect]]\nname = \"v_positive\"\ncheck = \"v > 0\"\naction = \"fail\"\n"),
+            (
+                "silver/e.sql",
+                "SELECT id, day, CAST(v AS INT) AS v FROM bronze.events",
+            ),
+            (
+                "silver/e.toml",
+                "[[expect]]\nname = \"v_positive\"\ncheck = \"v > 0\"\naction = \"fail\"\n",
+            ),
         ],
     );
     let out = run(dir.path());
@@ -66,10 +94,19 @@ fn a_failing_expectation_commits_nothing_and_shows_an_offending_row() {
     // The table exists (created empty) but holds no rows from this run.
     let silver = dir.path().join("lake/silver/e");
     if silver.exists() {
-        assert_eq!(crate::block_on_one(&dir.path().join("lake"), "SELECT count(*) FROM silver.e"), 0);
+        assert_eq!(
+            crate::block_on_one(&dir.path().join("lake"), "SELECT count(*) FROM silver.e"),
+            0
+        );
     }
     // Bronze was committed: the ingest does not depend on the model.
-    assert_eq!(crate::block_on_one(&dir.path().join("lake"), "SELECT count(*) FROM bronze.events"), 2);
+    assert_eq!(
+        crate::block_on_one(
+            &dir.path().join("lake"),
+            "SELECT count(*) FROM bronze.events"
+        ),
+        2
+    );
 }
 
 #[test]
@@ -86,30 +123,80 @@ fn too_many_quarantined_rows_fail_the_model() {
     );
     let out = run(dir.path());
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).contains("2 of 3 rows were quarantined, above the limit of 50%"), "{}", text(&out));
+    assert!(
+        text(&out).contains("2 of 3 rows were quarantined, above the limit of 50%"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
 fn an_unknown_setting_names_the_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
-    setup(dir.path(), "id\n1\n", &[("bronze/events.toml", SOURCE), ("silver/e.sql", "SELECT id FROM bronze.events"), ("silver/e.toml", "mode = \"merge\"\nunique_key = [\"id\"]\npartition = [\"day\"]\n")]);
+    setup(
+        dir.path(),
+        "id\n1\n",
+        &[
+            ("bronze/events.toml", SOURCE),
+            ("silver/e.sql", "SELECT id FROM bronze.events"),
+            (
+                "silver/e.toml",
+                "mode = \"merge\"\nunique_key = [\"id\"]\npartition = [\"day\"]\n",
+            ),
+        ],
+    );
     let t = text(&run(dir.path()));
-    assert!(t.contains("silver/e.toml:3: unknown setting `partition`"), "{t}");
+    assert!(
+        t.contains("silver/e.toml:3: unknown setting `partition`"),
+        "{t}"
+    );
 }
 
 #[test]
 fn query_refuses_statements_that_write_or_read_files() {
     let dir = tempfile::tempdir().unwrap();
-    setup(dir.path(), "id,day,v,updated\n1,d1,5,1\n", &[("bronze/events.toml", SOURCE)]);
+    setup(
+        dir.path(),
+        "id,day,v,updated\n1,d1,5,1\n",
+        &[("bronze/events.toml", SOURCE)],
+    );
     assert!(run(dir.path()).status.success());
-    for bad in ["CREATE EXTERNAL TABLE p STORED AS CSV LOCATION '/etc/passwd'", "DROP TABLE bronze.events", "COPY (SELECT 1) TO '/tmp/out.csv'"] {
+    for bad in [
+        "CREATE EXTERNAL TABLE p STORED AS CSV LOCATION '/etc/passwd'",
+        "DROP TABLE bronze.events",
+        "COPY (SELECT 1) TO '/tmp/out.csv'",
+    ] {
         let out = lakehouse(&["query", "--lake", "lake", bad], dir.path());
         assert_eq!(out.status.code(), Some(2), "{bad}");
-        assert!(text(&out).contains("only queries are allowed"), "{bad}: {}", text(&out));
+        assert!(
+            text(&out).contains("only queries are allowed"),
+            "{bad}: {}",
+            text(&out)
+        );
     }
-    let out = lakehouse(&["query", "--lake", "lake", "--format", "csv", "SELECT id, v FROM bronze.events"], dir.path());
+    let out = lakehouse(
+        &[
+            "query",
+            "--lake",
+            "lake",
+            "--format",
+            "csv",
+            "SELECT id, v FROM bronze.events",
+        ],
+        dir.path(),
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "id,v\n1,5\n");
-    let out = lakehouse(&["query", "--lake", "lake", "--format", "json", "SELECT count(*) AS n FROM bronze.events"], dir.path());
+    let out = lakehouse(
+        &[
+            "query",
+            "--lake",
+            "lake",
+            "--format",
+            "json",
+            "SELECT count(*) AS n FROM bronze.events",
+        ],
+        dir.path(),
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[{\"n\":1}]");
 }
 
@@ -119,9 +206,29 @@ async fn bronze_keeps_rejected_lines_with_their_reason_and_position() {
     setup(dir.path(), "\u{feff}id,day,v,updated\r\n1,d1,5,1\r\n2,d1\r\n3,\"d,2\",\"a \"\"b\"\"\",1\r\n\r\n4,d\"3,1,1\r\n", &[("bronze/events.toml", SOURCE)]);
     assert!(run(dir.path()).status.success());
     let lake = dir.path().join("lake");
-    let kept = crate::strings(&lake, "SELECT id, day, v, CAST(_source_line AS VARCHAR) AS line FROM bronze.events ORDER BY id").await;
-    assert_eq!(kept, vec![vec!["1", "d1", "5", "2"], vec!["3", "d,2", "a \"b\"", "4"]]);
+    let kept = crate::strings(
+        &lake,
+        "SELECT id, day, v, CAST(_source_line AS VARCHAR) AS line FROM bronze.events ORDER BY id",
+    )
+    .await;
+    assert_eq!(
+        kept,
+        vec![vec!["1", "d1", "5", "2"], vec!["3", "d,2", "a \"b\"", "4"]]
+    );
     let rejected = crate::strings(&lake, "SELECT CAST(_source_line AS VARCHAR) AS line, _reason, _raw_text FROM quarantine.bronze_events ORDER BY line").await;
-    assert_eq!(rejected, vec![vec!["3", "expected 4 fields, found 2", "2,d1"], vec!["6", "stray quote in unquoted field 2", "4,d\"3,1,1"]]);
-    assert_eq!(one(&lake, "SELECT count(*) FROM bronze.events WHERE _source_file = 'landing/events_1.csv'").await, 2);
+    assert_eq!(
+        rejected,
+        vec![
+            vec!["3", "expected 4 fields, found 2", "2,d1"],
+            vec!["6", "stray quote in unquoted field 2", "4,d\"3,1,1"]
+        ]
+    );
+    assert_eq!(
+        one(
+            &lake,
+            "SELECT count(*) FROM bronze.events WHERE _source_file = 'landing/events_1.csv'"
+        )
+        .await,
+        2
+    );
 }

@@ -28,21 +28,46 @@ async fn merge_by_key_keeps_the_latest_row_across_runs() {
     let out = run();
     assert!(out.status.success(), "{}", text(&out));
     let lake = dir.path().join("lake");
-    let q = "SELECT CAST(id AS VARCHAR) AS id, day, CAST(v AS VARCHAR) AS v FROM silver.e ORDER BY id";
-    assert_eq!(strings(&lake, q).await, vec![vec!["1", "d1", "10"], vec!["2", "d1", "21"]]);
+    let q =
+        "SELECT CAST(id AS VARCHAR) AS id, day, CAST(v AS VARCHAR) AS v FROM silver.e ORDER BY id";
+    assert_eq!(
+        strings(&lake, q).await,
+        vec![vec!["1", "d1", "10"], vec!["2", "d1", "21"]]
+    );
 
     // A later file: id 1 newer (and moves to another day), id 2 older (ignored), id 3 new.
-    std::fs::write(lake.join("landing/events_2.csv"), "id,day,v,updated\n1,d2,11,9\n2,d1,99,1\n3,d2,30,1\n").unwrap();
+    std::fs::write(
+        lake.join("landing/events_2.csv"),
+        "id,day,v,updated\n1,d2,11,9\n2,d1,99,1\n3,d2,30,1\n",
+    )
+    .unwrap();
     let out = run();
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(strings(&lake, q).await, vec![vec!["1", "d2", "11"], vec!["2", "d1", "21"], vec!["3", "d2", "30"]]);
+    assert_eq!(
+        strings(&lake, q).await,
+        vec![
+            vec!["1", "d2", "11"],
+            vec!["2", "d1", "21"],
+            vec!["3", "d2", "30"]
+        ]
+    );
 }
 
 fn batch(rows: &[(&str, i64)]) -> RecordBatch {
-    let schema = Arc::new(Schema::new(vec![Field::new("day", DataType::Utf8, true), Field::new("v", DataType::Int64, true)]));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("day", DataType::Utf8, true),
+        Field::new("v", DataType::Int64, true),
+    ]));
     RecordBatch::try_new(
         schema,
-        vec![Arc::new(StringArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())), Arc::new(Int64Array::from(rows.iter().map(|r| r.1).collect::<Vec<_>>()))],
+        vec![
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from(
+                rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+            )),
+        ],
     )
     .unwrap()
 }
@@ -51,7 +76,13 @@ fn files_of(dir: &std::path::Path) -> Vec<String> {
     let mut out = Vec::new();
     for entry in walk(dir) {
         if entry.extension().is_some_and(|e| e == "parquet") {
-            out.push(entry.strip_prefix(dir).unwrap().to_string_lossy().into_owned());
+            out.push(
+                entry
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+            );
         }
     }
     out.sort();
@@ -62,7 +93,11 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
-        if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+        if p.is_dir() {
+            out.extend(walk(&p))
+        } else {
+            out.push(p)
+        }
     }
     out
 }
@@ -72,20 +107,35 @@ async fn replacing_partitions_leaves_other_partitions_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("t");
     let url = url::Url::from_directory_path(&root).unwrap();
-    let spec = WriteSpec { table_name: "t".into(), partition_by: vec!["day".into()], replace: Replace::PartitionsWritten, transactions: vec![], metadata: HashMap::new(), description: None };
+    let spec = WriteSpec {
+        table_name: "t".into(),
+        partition_by: vec!["day".into()],
+        replace: Replace::PartitionsWritten,
+        transactions: vec![],
+        metadata: HashMap::new(),
+        description: None,
+    };
     let write = |rows: Vec<(&'static str, i64)>| {
         let url = url.clone();
         let spec = spec.clone();
         async move {
             let b = batch(&rows);
-            let table = delta::ensure_table(&url, &HashMap::new(), &b.schema(), &spec).await.unwrap();
-            let stream = Box::pin(RecordBatchStreamAdapter::new(b.schema(), futures::stream::iter(vec![Ok(b)])));
+            let table = delta::ensure_table(&url, &HashMap::new(), &b.schema(), &spec)
+                .await
+                .unwrap();
+            let stream = Box::pin(RecordBatchStreamAdapter::new(
+                b.schema(),
+                futures::stream::iter(vec![Ok(b)]),
+            ));
             delta::write(table, vec![stream], &spec).await.unwrap().1
         }
     };
     let w = write(vec![("d1", 1), ("d1", 2), ("d2", 3)]).await;
     assert_eq!((w.files_added, w.files_removed, w.partitions), (2, 0, 2));
-    let d1_files: Vec<String> = files_of(&root).into_iter().filter(|f| f.starts_with("day=d1")).collect();
+    let d1_files: Vec<String> = files_of(&root)
+        .into_iter()
+        .filter(|f| f.starts_with("day=d1"))
+        .collect();
 
     let w = write(vec![("d2", 30), ("d3", 40)]).await;
     assert_eq!((w.files_added, w.files_removed, w.partitions), (2, 1, 2));
@@ -93,15 +143,33 @@ async fn replacing_partitions_leaves_other_partitions_untouched() {
     let table = delta::open(&url, &HashMap::new()).await.unwrap().unwrap();
     let ctx = datafusion::prelude::SessionContext::new();
     table.update_datafusion_session(&ctx.state()).unwrap();
-    ctx.register_table("t", table.table_provider().await.unwrap()).unwrap();
-    let rows = ctx.sql("SELECT day, v FROM t ORDER BY day, v").await.unwrap().collect().await.unwrap();
-    let text = datafusion::arrow::util::pretty::pretty_format_batches(&rows).unwrap().to_string();
-    assert_eq!(text.lines().filter(|l| l.starts_with("| d") && !l.contains("day")).map(|l| l.replace(' ', "")).collect::<Vec<_>>(), vec!["|d1|1|", "|d1|2|", "|d2|30|", "|d3|40|"]);
+    ctx.register_table("t", table.table_provider().await.unwrap())
+        .unwrap();
+    let rows = ctx
+        .sql("SELECT day, v FROM t ORDER BY day, v")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&rows)
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("| d") && !l.contains("day"))
+            .map(|l| l.replace(' ', ""))
+            .collect::<Vec<_>>(),
+        vec!["|d1|1|", "|d1|2|", "|d2|30|", "|d3|40|"]
+    );
     // d1's file is the very same file as before.
     let (rows, files, _) = delta::row_count(&table).await.unwrap();
     assert_eq!((rows, files), (4, 3));
     let active: Vec<String> = table.get_file_uris().unwrap().collect();
     for f in &d1_files {
-        assert!(active.iter().any(|a| a.ends_with(f.as_str())), "{f} is still active: {active:?}");
+        assert!(
+            active.iter().any(|a| a.ends_with(f.as_str())),
+            "{f} is still active: {active:?}"
+        );
     }
 }

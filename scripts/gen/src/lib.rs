@@ -21,7 +21,14 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { rows: 1_000_000, files: 20, seed: 42, days: 365, dirty: 0.05, resend: 0.05 }
+        Self {
+            rows: 1_000_000,
+            files: 20,
+            seed: 42,
+            days: 365,
+            dirty: 0.05,
+            resend: 0.05,
+        }
     }
 }
 
@@ -48,7 +55,16 @@ impl Rng {
 }
 
 pub const REGIONS: [&str; 5] = ["north", "south", "east", "west", "central"];
-pub const CATEGORIES: [&str; 8] = ["grocery", "electronics", "clothing", "home", "toys", "sports", "beauty", "garden"];
+pub const CATEGORIES: [&str; 8] = [
+    "grocery",
+    "electronics",
+    "clothing",
+    "home",
+    "toys",
+    "sports",
+    "beauty",
+    "garden",
+];
 pub const STORES: u64 = 40;
 pub const PRODUCTS: u64 = 500;
 
@@ -73,7 +89,12 @@ fn timestamp(secs: i64, t_sep: bool) -> String {
     let (y, m, d) = civil(secs.div_euclid(86_400));
     let s = secs.rem_euclid(86_400);
     let sep = if t_sep { 'T' } else { ' ' };
-    format!("{y:04}-{m:02}-{d:02}{sep}{:02}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}{sep}{:02}:{:02}:{:02}",
+        s / 3600,
+        (s / 60) % 60,
+        s % 60
+    )
 }
 
 struct Order {
@@ -88,14 +109,19 @@ struct Order {
     status: &'static str,
 }
 
-const HEADER: &str = "order_id,order_ts,updated_at,customer_id,store_id,product_id,quantity,unit_price,status";
+const HEADER: &str =
+    "order_id,order_ts,updated_at,customer_id,store_id,product_id,quantity,unit_price,status";
 
 fn line(o: &Order, rng: &mut Rng) -> String {
     let t_sep = rng.chance(0.5);
     let store = format!("S{:03}", o.store);
     let product = format!("P{:04}", o.product);
     // Some exports quote fields; quoting must not change the values.
-    let customer = if rng.chance(0.02) { format!("\"C{:06}\"", o.customer) } else { format!("C{:06}", o.customer) };
+    let customer = if rng.chance(0.02) {
+        format!("\"C{:06}\"", o.customer)
+    } else {
+        format!("C{:06}", o.customer)
+    };
     format!(
         "O{:09},{},{},{},{},{},{},{}.{:02},{}",
         o.id,
@@ -117,18 +143,33 @@ fn dirty(o: &Order, rng: &mut Rng) -> String {
     let f: Vec<&str> = clean.split(',').collect();
     let mut f: Vec<String> = f.iter().map(|s| s.to_string()).collect();
     match rng.below(10) {
-        0 => f[0] = String::new(),                                                       // missing order_id
-        1 => f[3] = if rng.chance(0.5) { String::new() } else { "   ".into() },       // missing customer_id
-        2 => f[1] = ["2025-13-45 10:00:00", "not a date", "03/15/2025 10:00", "2025-02-30T08:00:00", ""][rng.below(5) as usize].into(), // bad order_ts
-        3 => f[6] = ["0", "-2", "abc", "2.5", ""][rng.below(5) as usize].into(),     // bad quantity
+        0 => f[0] = String::new(), // missing order_id
+        1 => {
+            f[3] = if rng.chance(0.5) {
+                String::new()
+            } else {
+                "   ".into()
+            }
+        } // missing customer_id
+        2 => {
+            f[1] = [
+                "2025-13-45 10:00:00",
+                "not a date",
+                "03/15/2025 10:00",
+                "2025-02-30T08:00:00",
+                "",
+            ][rng.below(5) as usize]
+                .into()
+        } // bad order_ts
+        3 => f[6] = ["0", "-2", "abc", "2.5", ""][rng.below(5) as usize].into(), // bad quantity
         4 => f[7] = ["\"12,50\"", "-3.00", "abc", "1e3", ""][rng.below(5) as usize].into(), // bad unit_price
-        5 => f[4] = "S999".into(),                                                       // unknown store
+        5 => f[4] = "S999".into(), // unknown store
         6 => {
             f.pop(); // ragged: a field short
         }
-        7 => f.push("extra".into()), // ragged: a field too many
+        7 => f.push("extra".into()),      // ragged: a field too many
         8 => f[8] = "compl\"eted".into(), // stray quote
-        _ => f[5] = "P9999".into(),     // unknown product: valid row, category NULL
+        _ => f[5] = "P9999".into(),       // unknown product: valid row, category NULL
     }
     f.join(",")
 }
@@ -144,7 +185,11 @@ pub fn generate(root: &Path, opts: &Options) -> std::io::Result<()> {
     writeln!(stores, "store_id,store_name,region,opened_on")?;
     for s in 1..=STORES {
         let region = REGIONS[(s % REGIONS.len() as u64) as usize];
-        writeln!(stores, "S{s:03},\"Store {s}, {region}\",{region},2019-{:02}-01", 1 + s % 12)?;
+        writeln!(
+            stores,
+            "S{s:03},\"Store {s}, {region}\",{region},2019-{:02}-01",
+            1 + s % 12
+        )?;
     }
     stores.flush()?;
 
@@ -152,7 +197,12 @@ pub fn generate(root: &Path, opts: &Options) -> std::io::Result<()> {
     writeln!(products, "product_id,product_name,category,unit_cost")?;
     for p in 1..=PRODUCTS {
         let category = CATEGORIES[(p % CATEGORIES.len() as u64) as usize];
-        writeln!(products, "P{p:04},Product {p},{category},{}.{:02}", 1 + p % 90, p % 100)?;
+        writeln!(
+            products,
+            "P{p:04},Product {p},{category},{}.{:02}",
+            1 + p % 90,
+            p % 100
+        )?;
     }
     products.flush()?;
 
@@ -170,7 +220,11 @@ pub fn generate(root: &Path, opts: &Options) -> std::io::Result<()> {
             out.write_all(b"\xEF\xBB\xBF")?; // a BOM
         }
         write!(out, "{HEADER}{eol}")?;
-        let rows = if n + 1 == files { opts.rows - per_file * (files - 1) } else { per_file };
+        let rows = if n + 1 == files {
+            opts.rows - per_file * (files - 1)
+        } else {
+            per_file
+        };
         for _ in 0..rows {
             let resend = !sent.is_empty() && rng.chance(opts.resend);
             let order = if resend {
@@ -201,12 +255,22 @@ pub fn generate(root: &Path, opts: &Options) -> std::io::Result<()> {
                     product: 1 + rng.below(PRODUCTS),
                     quantity: 1 + rng.below(5) as i64,
                     price_cents: 99 + rng.below(20_000) as i64,
-                    status: if rng.chance(0.85) { "completed" } else if rng.chance(0.5) { "returned" } else { "cancelled" },
+                    status: if rng.chance(0.85) {
+                        "completed"
+                    } else if rng.chance(0.5) {
+                        "returned"
+                    } else {
+                        "cancelled"
+                    },
                 };
                 next_id += 1;
                 o
             };
-            let text = if rng.chance(opts.dirty) { dirty(&order, &mut rng) } else { line(&order, &mut rng) };
+            let text = if rng.chance(opts.dirty) {
+                dirty(&order, &mut rng)
+            } else {
+                line(&order, &mut rng)
+            };
             // Keep a bounded pool of orders that may be re-sent later.
             if !resend {
                 if sent.len() < 200_000 {
@@ -226,6 +290,9 @@ pub fn generate(root: &Path, opts: &Options) -> std::io::Result<()> {
     }
     // An empty file and a header-only file.
     File::create(orders_dir.join("orders_empty.csv"))?;
-    fs::write(orders_dir.join("orders_header_only.csv"), format!("{HEADER}\n"))?;
+    fs::write(
+        orders_dir.join("orders_header_only.csv"),
+        format!("{HEADER}\n"),
+    )?;
     Ok(())
 }

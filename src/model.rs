@@ -149,6 +149,7 @@ pub async fn run_model(
         &table_name,
         df.schema(),
         &settings.expectations,
+        settings.max_quarantine_pct,
         run_id,
         at.timestamp_micros(),
     )?);
@@ -176,13 +177,20 @@ pub async fn run_model(
             "Rows of {table_name} that failed a `drop` expectation, with the rule as _reason"
         )),
     };
-    let quarantine_table = delta::ensure_table(
-        &lake.url(&quarantine_folder(model)),
-        &opts,
-        &checker.quarantine_schema(),
-        &quarantine_spec,
-    )
-    .await?;
+    // A model without `drop` rules never quarantines: it gets no table.
+    let quarantine_table = if checker.quarantines() {
+        Some(
+            delta::ensure_table(
+                &lake.url(&quarantine_folder(model)),
+                &opts,
+                &checker.quarantine_schema(),
+                &quarantine_spec,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
 
     let mut metadata = crate::ingest::run_metadata(run_id, &table_name);
     metadata.insert("lakehouse.inputs".into(), json!(inputs));
@@ -200,11 +208,14 @@ pub async fn run_model(
         description: settings.description.clone(),
     };
     let result_schema: SchemaRef = Arc::new(result.schema().as_arrow().clone());
-    let quarantine_stage = delta::stage(
-        &quarantine_table,
-        vec![quarantine_stream],
-        &quarantine_spec.table_name,
-    );
+    let quarantine_stage = async {
+        match &quarantine_table {
+            Some(t) => delta::stage(t, vec![quarantine_stream], &quarantine_spec.table_name)
+                .await
+                .map(Some),
+            None => Ok(None),
+        }
+    };
 
     let merge_into = match (settings.mode, existing) {
         (WriteMode::Merge, Some(t)) => Some(t),
@@ -217,8 +228,7 @@ pub async fn run_model(
             Ok::<_, Error>((table, metrics))
         })
         .map_err(|e| checker.take_failure().unwrap_or(e))?;
-        check_threshold(&checker, model)?;
-        delta::commit(quarantine_table, staged_q, &quarantine_spec).await?;
+        commit_quarantine(quarantine_table, staged_q, &quarantine_spec).await?;
         let (table, rows) = merged;
         (table.version().map(|v| v as i64), rows, 0usize)
     } else {
@@ -227,9 +237,8 @@ pub async fn run_model(
         let (staged_q, staged) =
             tokio::try_join!(quarantine_stage, delta::stage(&table, streams, &table_name))
                 .map_err(|e| checker.take_failure().unwrap_or(e))?;
-        check_threshold(&checker, model)?;
         let rows = staged.rows();
-        delta::commit(quarantine_table, staged_q, &quarantine_spec).await?;
+        commit_quarantine(quarantine_table, staged_q, &quarantine_spec).await?;
         let (_, written) = delta::commit(table, staged, &spec).await?;
         (written.version, rows, written.files_added)
     };
@@ -250,18 +259,13 @@ pub async fn run_model(
     Ok(report)
 }
 
-fn check_threshold(checker: &Checker, model: &Model) -> Result<()> {
-    if let Some(limit) = model.settings.max_quarantine_pct {
-        let total = checker.rows_in();
-        let bad = checker.rows_quarantined();
-        if total > 0 && (bad as f64) * 100.0 / (total as f64) > limit {
-            return Err(Error::QuarantineThreshold {
-                model: model.table(),
-                quarantined: bad,
-                total,
-                limit_pct: limit,
-            });
-        }
+async fn commit_quarantine(
+    table: Option<DeltaTable>,
+    staged: Option<delta::Staged>,
+    spec: &WriteSpec,
+) -> Result<()> {
+    if let (Some(table), Some(staged)) = (table, staged) {
+        delta::commit(table, staged, spec).await?;
     }
     Ok(())
 }
@@ -270,16 +274,16 @@ fn check_threshold(checker: &Checker, model: &Model) -> Result<()> {
 pub fn latest_per_key(df: DataFrame, keys: &[String], sequence_by: &[String]) -> Result<DataFrame> {
     use datafusion::functions_window::expr_fn::row_number;
     use datafusion::logical_expr::ExprFunctionExt;
-    let window = row_number()
-        .partition_by(keys.iter().map(|k| ident(k.as_str())).collect())
-        .order_by(
+    let mut window = row_number().partition_by(keys.iter().map(|k| ident(k.as_str())).collect());
+    if !sequence_by.is_empty() {
+        window = window.order_by(
             sequence_by
                 .iter()
                 .map(|s| ident(s.as_str()).sort(false, false))
                 .collect(),
-        )
-        .build()?
-        .alias("__lakehouse_rank");
+        );
+    }
+    let window = window.build()?.alias("__lakehouse_rank");
     Ok(df
         .window(vec![window])?
         .filter(ident("__lakehouse_rank").eq(lit(1u64)))?

@@ -62,6 +62,9 @@ pub struct Checker {
     quarantine_schema: SchemaRef,
     run_id: String,
     at: i64,
+    max_quarantine_pct: Option<f64>,
+    partitions: std::sync::atomic::AtomicUsize,
+    partitions_done: std::sync::atomic::AtomicUsize,
 }
 
 /// The schema of a model's quarantine table: the result's columns, then the
@@ -88,6 +91,7 @@ impl Checker {
         model: &str,
         schema: &DFSchema,
         expectations: &[Expectation],
+        max_quarantine_pct: Option<f64>,
         run_id: &str,
         at: i64,
     ) -> Result<Self> {
@@ -123,6 +127,9 @@ impl Checker {
             quarantine_schema: quarantine_schema(schema.as_arrow()),
             run_id: run_id.to_string(),
             at,
+            max_quarantine_pct,
+            partitions: Default::default(),
+            partitions_done: Default::default(),
         })
     }
 
@@ -136,6 +143,38 @@ impl Checker {
 
     pub fn rows_quarantined(&self) -> u64 {
         self.rows_quarantined.load(Ordering::Relaxed)
+    }
+
+    /// Whether any rule can quarantine rows.
+    pub fn quarantines(&self) -> bool {
+        self.rules.iter().any(|r| r.spec.action == Action::Drop)
+    }
+
+    /// Called when one partition of the result ends; after the last one the
+    /// quarantine share is final and checked, so that a model over its
+    /// limit fails before any writer (MERGE included) can commit.
+    fn partition_done(&self) -> DfResult<()> {
+        let done = self.partitions_done.fetch_add(1, Ordering::SeqCst) + 1;
+        if done < self.partitions.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        if let Some(limit) = self.max_quarantine_pct {
+            let total = self.rows_in();
+            let bad = self.rows_quarantined();
+            if total > 0 && (bad as f64) * 100.0 / (total as f64) > limit {
+                let err = Error::QuarantineThreshold {
+                    model: self.model.clone(),
+                    quarantined: bad,
+                    total,
+                    limit_pct: limit,
+                };
+                *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(err);
+                return Err(DataFusionError::Execution(
+                    "too many rows quarantined".into(),
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub fn take_failure(&self) -> Option<Error> {
@@ -338,7 +377,17 @@ impl PartitionStream for CheckedPartition {
                 Ok(kept)
             }
         });
-        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
+        let checker = self.checker.clone();
+        let schema = self.schema.clone();
+        let end = futures::stream::once(async move {
+            checker
+                .partition_done()
+                .map(|_| RecordBatch::new_empty(schema))
+        });
+        Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            stream.chain(end),
+        ))
     }
 }
 
@@ -350,6 +399,7 @@ pub fn checked(
 ) -> Result<(Arc<StreamingTable>, SendableRecordBatchStream)> {
     let schema = plan.schema();
     let partitions = plan.properties().partitioning.partition_count();
+    checker.partitions.store(partitions, Ordering::SeqCst);
     let (tx, rx) = mpsc::channel::<DfResult<RecordBatch>>(4);
     let streams: Vec<Arc<dyn PartitionStream>> = (0..partitions)
         .map(|index| {

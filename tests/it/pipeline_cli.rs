@@ -232,3 +232,52 @@ async fn bronze_keeps_rejected_lines_with_their_reason_and_position() {
         2
     );
 }
+
+/// Regression: in merge mode MERGE commits by itself, so the quarantine
+/// limit must stop the stream before it can, not be checked afterwards.
+#[test]
+fn the_quarantine_limit_stops_a_merge_before_it_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(
+        dir.path(),
+        "id,day,v,updated\n1,d1,5,1\n",
+        &[
+            ("bronze/events.toml", SOURCE),
+            ("silver/e.sql", "SELECT id, try_cast(v AS INT) AS v FROM bronze.events"),
+            ("silver/e.toml", "mode = \"merge\"\nunique_key = [\"id\"]\nmax_quarantine_pct = 50\n[[expect]]\nname = \"v_is_int\"\ncheck = \"v IS NOT NULL\"\naction = \"drop\"\n"),
+        ],
+    );
+    assert!(run(dir.path()).status.success());
+    let lake = dir.path().join("lake");
+    let log = lake.join("silver/e/_delta_log");
+    let commits = || {
+        std::fs::read_dir(&log)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "json")
+            })
+            .count()
+    };
+    let before = commits();
+    std::fs::write(
+        lake.join("landing/events_2.csv"),
+        "id,day,v,updated\n2,d1,6,1\n3,d1,x,1\n4,d1,y,1\n5,d1,z,1\n",
+    )
+    .unwrap();
+    let out = run(dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("3 of 5 rows were quarantined, above the limit of 50%"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(commits(), before, "the merge committed nothing");
+    assert_eq!(
+        crate::block_on_one(&lake, "SELECT count(*) FROM silver.e"),
+        1
+    );
+}

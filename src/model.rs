@@ -239,6 +239,17 @@ pub async fn run_model(
                 .map_err(|e| checker.take_failure().unwrap_or(e))?;
         let rows = staged.rows();
         commit_quarantine(quarantine_table, staged_q, &quarantine_spec).await?;
+        let mut spec = spec;
+        let quarantined = checker.rows_quarantined();
+        spec.metadata.insert(
+            "lakehouse.metrics".into(),
+            json!({
+                "rowsIn": checker.rows_in(),
+                "rowsQuarantined": quarantined,
+                "duplicatesCollapsed": checker.rows_in().saturating_sub(quarantined + rows),
+                "rules": checker.results(),
+            }),
+        );
         let (_, written) = delta::commit(table, staged, &spec).await?;
         (written.version, rows, written.files_added)
     };

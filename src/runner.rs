@@ -93,7 +93,15 @@ pub async fn run(lake: &Lake, pipeline: &Pipeline, options: &SessionOptions) -> 
             "bronze.{}: ingesting {}",
             source.name, source.csv.files
         ));
-        let outcome = ingest::ingest_source(lake, source, &run_id, started_at).await;
+        if !bar.is_hidden() {
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} {elapsed:>4} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+        }
+        let outcome = ingest::ingest_source(lake, source, &run_id, started_at, &bar).await;
         bar.finish_and_clear();
         let seconds = t.elapsed().as_secs_f64();
         match outcome {

@@ -109,6 +109,7 @@ pub async fn ingest_source(
     source: &Source,
     run_id: &str,
     ingested_at: chrono::DateTime<chrono::Utc>,
+    progress: &indicatif::ProgressBar,
 ) -> Result<SourceReport> {
     let files = lake.glob(&source.csv.files).await?;
     let opts = lake.storage_options().clone();
@@ -165,6 +166,8 @@ pub async fn ingest_source(
     let bronze = delta::ensure_table(&bronze_url, &opts, &schema, &bronze_spec).await?;
     let rejects = delta::ensure_table(&reject_url, &opts, &reject_schema(), &reject_spec).await?;
 
+    progress.set_length(todo.iter().map(|(f, _)| f.size).sum());
+    progress.set_position(0);
     let (row_tx, row_rx) = mpsc::channel::<datafusion::error::Result<RecordBatch>>(4);
     let (rej_tx, rej_rx) = mpsc::channel::<datafusion::error::Result<RecordBatch>>(4);
     let parse = {
@@ -176,6 +179,7 @@ pub async fn ingest_source(
             run_id: run_id.to_string(),
             ingested_at: ingested_at.timestamp_micros(),
             handle: tokio::runtime::Handle::current(),
+            progress: progress.clone(),
         };
         tokio::task::spawn_blocking(move || job.run(row_tx, rej_tx))
     };
@@ -305,6 +309,7 @@ struct ParseJob {
     run_id: String,
     ingested_at: i64,
     handle: tokio::runtime::Handle,
+    progress: indicatif::ProgressBar,
 }
 
 type Tx = mpsc::Sender<datafusion::error::Result<RecordBatch>>;
@@ -312,7 +317,10 @@ type Tx = mpsc::Sender<datafusion::error::Result<RecordBatch>>;
 impl ParseJob {
     fn run(self, rows: Tx, rejects: Tx) -> Result<Vec<FileReport>> {
         let mut reports = Vec::new();
+        let mut done_bytes = 0;
         for (file, rejects_done) in &self.files {
+            self.progress.set_position(done_bytes);
+            done_bytes += file.size;
             match self.parse_file(file, *rejects_done, &rows, &rejects) {
                 Ok(r) => reports.push(r),
                 Err(e) => {

@@ -62,6 +62,9 @@ pub struct Written {
     pub files_removed: usize,
     pub bytes: u64,
     pub partitions: usize,
+    /// Rows in the added files by their Parquet statistics (as recorded in
+    /// the Delta log): an independent count of `rows` for reconciliation.
+    pub rows_in_files: u64,
 }
 
 /// Opens the table at `url`; `None` when no Delta table is there yet.
@@ -329,6 +332,7 @@ pub async fn commit(
         bytes: adds.iter().map(|a| a.size.max(0) as u64).sum(),
         partitions: written_partitions.len(),
         version: None,
+        rows_in_files: adds.iter().map(file_rows).sum(),
     };
     if adds.is_empty() && removes.is_empty() && spec.transactions.is_empty() {
         return Ok((table, written));
@@ -374,6 +378,14 @@ pub async fn commit(
     written.version = Some(commit.version() as i64);
     table.update_state().await?;
     Ok((table, written))
+}
+
+fn file_rows(add: &deltalake::kernel::Add) -> u64 {
+    add.stats
+        .as_deref()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+        .and_then(|v| v.get("numRecords").and_then(|n| n.as_u64()))
+        .unwrap_or(0)
 }
 
 async fn drain(

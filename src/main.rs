@@ -7,7 +7,9 @@ use tracing_subscriber::EnvFilter;
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-            EnvFilter::new("warn,lakehouse=info,deltalake_core::operations::merge=error")
+            EnvFilter::new(
+            "warn,lakehouse=info,deltalake_core::operations::merge=error,deltalake_core::writer::stats=error",
+        )
         }))
         .with_writer(std::io::stderr)
         .with_target(false)

@@ -41,6 +41,9 @@ pub struct ModelReport {
     pub version: Option<i64>,
     pub seconds: f64,
     pub rules: Vec<RuleResult>,
+    /// Rows in = written + quarantined + duplicates, and the written and
+    /// quarantined counts match the rows the Delta log records.
+    pub reconciled: bool,
 }
 
 pub fn quarantine_folder(model: &Model) -> String {
@@ -107,6 +110,7 @@ pub async fn run_model(
             let same_def = info.get("lakehouse.definition") == Some(&json!(hash));
             if same_inputs && same_def {
                 report.skipped = true;
+                report.reconciled = true;
                 report.seconds = started.elapsed().as_secs_f64();
                 return Ok(report);
             }
@@ -228,9 +232,14 @@ pub async fn run_model(
             Ok::<_, Error>((table, metrics))
         })
         .map_err(|e| checker.take_failure().unwrap_or(e))?;
-        commit_quarantine(quarantine_table, staged_q, &quarantine_spec).await?;
+        let q_rows = commit_quarantine(quarantine_table, staged_q, &quarantine_spec).await?;
         let (table, rows) = merged;
-        (table.version().map(|v| v as i64), rows, 0usize)
+        (
+            table.version().map(|v| v as i64),
+            rows,
+            0usize,
+            q_rows == checker.rows_quarantined(),
+        )
     } else {
         let table = delta::ensure_table(&url, &opts, &result_schema, &spec).await?;
         let streams = write_streams(ctx, result, &settings.partition_by).await?;
@@ -238,7 +247,7 @@ pub async fn run_model(
             tokio::try_join!(quarantine_stage, delta::stage(&table, streams, &table_name))
                 .map_err(|e| checker.take_failure().unwrap_or(e))?;
         let rows = staged.rows();
-        commit_quarantine(quarantine_table, staged_q, &quarantine_spec).await?;
+        let q_rows = commit_quarantine(quarantine_table, staged_q, &quarantine_spec).await?;
         let mut spec = spec;
         let quarantined = checker.rows_quarantined();
         spec.metadata.insert(
@@ -251,7 +260,12 @@ pub async fn run_model(
             }),
         );
         let (_, written) = delta::commit(table, staged, &spec).await?;
-        (written.version, rows, written.files_added)
+        (
+            written.version,
+            rows,
+            written.files_added,
+            q_rows == checker.rows_quarantined() && written.rows_in_files == rows,
+        )
     };
     if let Some(failure) = checker.take_failure() {
         return Err(failure);
@@ -266,6 +280,17 @@ pub async fn run_model(
         .rows_in
         .saturating_sub(report.quarantined + report.rows_written);
     report.rules = checker.results();
+    report.reconciled =
+        outcome.3 && report.rows_in == report.rows_written + report.quarantined + report.duplicates;
+    if !report.reconciled {
+        return Err(Error::Table {
+            table: table_name.clone(),
+            message: format!(
+                "reconciliation failed: rows in {} != written {} + quarantined {} + duplicates {}, or the Delta log disagrees with these counts. This is a bug: please report it with the lake's _delta_log",
+                report.rows_in, report.rows_written, report.quarantined, report.duplicates
+            ),
+        });
+    }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -274,11 +299,12 @@ async fn commit_quarantine(
     table: Option<DeltaTable>,
     staged: Option<delta::Staged>,
     spec: &WriteSpec,
-) -> Result<()> {
+) -> Result<u64> {
+    // Returns the rows the committed files hold, by the Delta log.
     if let (Some(table), Some(staged)) = (table, staged) {
-        delta::commit(table, staged, spec).await?;
+        return Ok(delta::commit(table, staged, spec).await?.1.rows_in_files);
     }
-    Ok(())
+    Ok(0)
 }
 
 /// Keeps, per key, the row with the greatest `sequence_by` (NULLs lowest).

@@ -41,10 +41,13 @@ fn steps_schema() -> SchemaRef {
         Field::new("kind", DataType::Utf8, true),
         Field::new("status", DataType::Utf8, true),
         Field::new("files_ingested", DataType::Int64, true),
+        Field::new("files_refused", DataType::Int64, true),
+        Field::new("lines_landed", DataType::Int64, true),
         Field::new("rows_in", DataType::Int64, true),
         Field::new("rows_written", DataType::Int64, true),
         Field::new("rows_rejected", DataType::Int64, true),
         Field::new("duplicates", DataType::Int64, true),
+        Field::new("reconciled", DataType::Boolean, true),
         Field::new("version", DataType::Int64, true),
         Field::new("seconds", DataType::Float64, true),
         Field::new("message", DataType::Utf8, true),
@@ -117,6 +120,8 @@ pub async fn record(lake: &Lake, report: &RunReport) -> Result<()> {
         steps.push(json!({
             "run_id": run, "step": format!("bronze.{}", s.name), "kind": "source", "status": s.status,
             "files_ingested": s.report.files.iter().filter(|f| f.refused.is_none()).count(),
+            "files_refused": s.report.files.iter().filter(|f| f.refused.is_some()).count(),
+            "lines_landed": s.report.lines, "reconciled": s.report.reconciled,
             "rows_in": s.report.rows + s.report.rejected, "rows_written": s.report.rows, "rows_rejected": s.report.rejected,
             "duplicates": 0, "version": s.report.version, "seconds": s.seconds, "message": s.message,
         }));
@@ -126,7 +131,7 @@ pub async fn record(lake: &Lake, report: &RunReport) -> Result<()> {
         let r = &m.report;
         steps.push(json!({
             "run_id": run, "step": r.table, "kind": "model", "status": m.status,
-            "files_ingested": null, "rows_in": r.rows_in, "rows_written": r.rows_written, "rows_rejected": r.quarantined,
+            "files_ingested": null, "files_refused": null, "lines_landed": null, "reconciled": r.reconciled, "rows_in": r.rows_in, "rows_written": r.rows_written, "rows_rejected": r.quarantined,
             "duplicates": r.duplicates, "version": r.version, "seconds": r.seconds, "message": m.message,
         }));
         for rule in &r.rules {

@@ -106,6 +106,12 @@ pub async fn run(lake: &Lake, pipeline: &Pipeline, options: &SessionOptions) -> 
         let seconds = t.elapsed().as_secs_f64();
         match outcome {
             Ok(r) => {
+                if !r.reconciled {
+                    report.errors.push(format!(
+                        "bronze.{}: reconciliation failed: {} lines read, {} rows + {} rejected, or the Delta log disagrees. This is a bug: please report it",
+                        source.name, r.lines, r.rows, r.rejected
+                    ));
+                }
                 let refused: Vec<String> = r
                     .files
                     .iter()
@@ -227,7 +233,7 @@ pub fn summary(report: &RunReport) -> String {
             } else {
                 format!("{} ({files} new files)", s.status)
             },
-            (s.report.rows + s.report.rejected).to_string(),
+            s.report.lines.to_string(),
             s.report.rows.to_string(),
             s.report.rejected.to_string(),
             "-".into(),
@@ -273,6 +279,19 @@ pub fn summary(report: &RunReport) -> String {
                     .join("  "),
             );
             out.push('\n');
+        }
+    }
+    for s in &report.sources {
+        for f in &s.report.files {
+            if !f.missing_columns.is_empty() && f.refused.is_none() {
+                out.push_str(&format!(
+                    "  bronze.{}: {} lacks column(s) {} (NULL for its {} rows)\n",
+                    s.name,
+                    f.file,
+                    f.missing_columns.join(", "),
+                    f.rows
+                ));
+            }
         }
     }
     for m in &report.models {

@@ -8,6 +8,7 @@
 
 pub mod csv;
 mod reader;
+pub mod sniff;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,9 +26,10 @@ use tokio::sync::mpsc;
 
 use crate::delta::{self, Replace, WriteSpec};
 use crate::error::{Error, Result};
-use crate::pipeline::Source;
+use crate::pipeline::{SchemaChange, Source};
 use crate::storage::{Lake, LandedFile};
 use csv::{CsvOptions, CsvReader, Record};
+use sniff::Sniffed;
 
 pub const SOURCE_FILE: &str = "_source_file";
 pub const SOURCE_LINE: &str = "_source_line";
@@ -36,7 +38,7 @@ pub const RUN_ID: &str = "_run_id";
 const BATCH_ROWS: usize = 32 * 1024;
 
 /// What ingesting one file did.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct FileReport {
     pub file: String,
     pub rows: u64,
@@ -44,6 +46,10 @@ pub struct FileReport {
     pub blank_lines: u64,
     /// Why the file was refused as a whole (then nothing of it was taken).
     pub refused: Option<String>,
+    /// Data lines read (header and blank lines excluded).
+    pub lines: u64,
+    /// Bronze columns the file's header lacks (NULL for its rows).
+    pub missing_columns: Vec<String>,
 }
 
 /// What ingesting one source did.
@@ -56,6 +62,11 @@ pub struct SourceReport {
     pub rejected: u64,
     pub version: Option<i64>,
     pub data_files: usize,
+    /// Data lines read (header and blank lines excluded).
+    pub lines: u64,
+    /// Lines = bronze rows + rejected rows, and both counts match the rows
+    /// the Delta log records for the files written.
+    pub reconciled: bool,
 }
 
 pub fn bronze_table(source: &str) -> String {
@@ -133,19 +144,91 @@ pub async fn ingest_source(
         todo.push((file, rejects_done));
     }
     if todo.is_empty() {
+        report.reconciled = true;
         return Ok(report);
     }
 
-    let columns = match (&source.csv.columns, &bronze) {
-        (Some(cols), _) => cols.clone(),
-        (None, Some(table)) => delta::table_arrow_schema(table)?
+    // Look at every new file first: refuse the unreadable ones and settle
+    // bronze's columns before any row is taken.
+    let sniffed = {
+        let files: Vec<LandedFile> = todo.iter().map(|(f, _)| f.clone()).collect();
+        let csv = source.csv.clone();
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || -> std::io::Result<Vec<Sniffed>> {
+            files
+                .iter()
+                .map(|f| sniff::sniff(f, &csv, handle.clone()))
+                .collect()
+        })
+        .await
+        .map_err(|e| Error::Ingest {
+            source_name: source.name.clone(),
+            message: format!("file check failed: {e}"),
+        })?
+        .map_err(|e| Error::Ingest {
+            source_name: source.name.clone(),
+            message: e.to_string(),
+        })?
+    };
+    let existing: Vec<String> = match &bronze {
+        Some(table) => delta::table_arrow_schema(table)?
             .fields()
             .iter()
             .map(|f| f.name().clone())
             .filter(|n| !n.starts_with('_'))
             .collect(),
-        (None, None) => first_header(&todo[0].0, source).await?,
+        None => vec![],
     };
+    let mut columns = existing.clone();
+    for c in source.csv.columns.iter().flatten() {
+        if !columns.contains(&c.to_lowercase()) {
+            columns.push(c.to_lowercase());
+        }
+    }
+    let mut sniffed = sniffed;
+    for s in sniffed.iter_mut() {
+        let Some(header) = &s.header else { continue };
+        if s.refused.is_some() {
+            continue;
+        }
+        let new: Vec<&String> = header.iter().filter(|n| !columns.contains(n)).collect();
+        if new.is_empty() {
+            continue;
+        }
+        if columns.is_empty() || source.csv.on_schema_change == SchemaChange::AppendNewColumns {
+            let new: Vec<String> = new.into_iter().cloned().collect();
+            columns.extend(new);
+        } else {
+            s.refused = Some(format!(
+                "its header has column(s) {new:?} that bronze.{} does not have, and on_schema_change = \"fail\" in {}. Add them to `columns`, map them with `rename`, or set on_schema_change = \"append_new_columns\"",
+                source.name,
+                source.file.display()
+            ));
+        }
+    }
+    if columns.is_empty() {
+        return Err(Error::Ingest {
+            source_name: source.name.clone(),
+            message: "no columns: declare `columns = [...]` in the source settings, or land a file with a header".into(),
+        });
+    }
+    if let Some(table) = &bronze {
+        let added: Vec<deltalake::kernel::StructField> = columns
+            .iter()
+            .filter(|c| !existing.contains(c))
+            .map(|c| {
+                deltalake::kernel::StructField::new(
+                    c.clone(),
+                    deltalake::kernel::DataType::STRING,
+                    true,
+                )
+            })
+            .collect();
+        if !added.is_empty() {
+            tracing::info!(source = %source.name, columns = ?added.iter().map(|f| f.name().clone()).collect::<Vec<_>>(), "adding new columns to bronze");
+            table.clone().add_columns().with_fields(added).await?;
+        }
+    }
     let schema = bronze_schema(&columns);
     let bronze_spec = WriteSpec {
         table_name: format!("bronze.{}", source.name),
@@ -173,6 +256,7 @@ pub async fn ingest_source(
     let parse = {
         let job = ParseJob {
             files: todo.clone(),
+            sniffed,
             columns: columns.clone(),
             schema: schema.clone(),
             source: source.clone(),
@@ -211,15 +295,25 @@ pub async fn ingest_source(
     // re-reads the files but, seeing their rejects recorded, skips them.
     let mut reject_spec = reject_spec;
     reject_spec.transactions = txns(true);
-    delta::commit(rejects, staged_rejects, &reject_spec).await?;
+    let (_, rejects_written) = delta::commit(rejects, staged_rejects, &reject_spec).await?;
     let mut bronze_spec = bronze_spec;
     bronze_spec.transactions = txns(false);
     let (_, written) = delta::commit(bronze, staged_rows, &bronze_spec).await?;
+    let rejects_expected: u64 = todo
+        .iter()
+        .zip(file_reports.iter())
+        .filter(|((_, done), r)| !done && r.refused.is_none())
+        .map(|(_, r)| r.rejected)
+        .sum();
 
     report.rows = ingested.iter().map(|f| f.rows).sum();
     report.rejected = ingested.iter().map(|f| f.rejected).sum();
     report.version = written.version;
     report.data_files = written.files_added;
+    report.lines = ingested.iter().map(|f| f.lines).sum();
+    report.reconciled = report.lines == report.rows + report.rejected
+        && written.rows_in_files == report.rows
+        && rejects_written.rows_in_files == rejects_expected;
     report.files = file_reports;
     Ok(report)
 }
@@ -258,41 +352,6 @@ fn channel_stream(
     Box::pin(RecordBatchStreamAdapter::new(schema, stream))
 }
 
-async fn first_header(file: &LandedFile, source: &Source) -> Result<Vec<String>> {
-    let file = file.clone();
-    let source = source.clone();
-    let handle = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
-        let input = reader::open(&file, handle).map_err(|e| Error::Ingest {
-            source_name: source.name.clone(),
-            message: format!("{}: {e}", file.name),
-        })?;
-        let mut csv = CsvReader::new(input, options(&source));
-        let mut rec = Record::default();
-        if !csv.next(&mut rec).map_err(|e| Error::Ingest {
-            source_name: source.name.clone(),
-            message: format!("{}: {e}", file.name),
-        })? || rec.error.is_some()
-        {
-            return Err(Error::Ingest {
-                source_name: source.name.clone(),
-                message: format!(
-                    "{}: no readable header line; declare `columns = [...]` in the source settings",
-                    file.name
-                ),
-            });
-        }
-        Ok((0..rec.len())
-            .map(|i| String::from_utf8_lossy(rec.field(i)).trim().to_string())
-            .collect())
-    })
-    .await
-    .map_err(|e| Error::Ingest {
-        source_name: "?".into(),
-        message: e.to_string(),
-    })?
-}
-
 fn options(source: &Source) -> CsvOptions {
     CsvOptions {
         delimiter: source.csv.delimiter,
@@ -303,6 +362,7 @@ fn options(source: &Source) -> CsvOptions {
 
 struct ParseJob {
     files: Vec<(LandedFile, bool)>,
+    sniffed: Vec<Sniffed>,
     columns: Vec<String>,
     schema: SchemaRef,
     source: Source,
@@ -318,9 +378,18 @@ impl ParseJob {
     fn run(self, rows: Tx, rejects: Tx) -> Result<Vec<FileReport>> {
         let mut reports = Vec::new();
         let mut done_bytes = 0;
-        for (file, rejects_done) in &self.files {
+        for ((file, rejects_done), sniffed) in self.files.iter().zip(&self.sniffed) {
             self.progress.set_position(done_bytes);
             done_bytes += file.size;
+            if let Some(why) = &sniffed.refused {
+                tracing::warn!(file = %file.name, "refused: {why}");
+                reports.push(FileReport {
+                    file: file.name.clone(),
+                    refused: Some(why.clone()),
+                    ..Default::default()
+                });
+                continue;
+            }
             match self.parse_file(file, *rejects_done, &rows, &rejects) {
                 Ok(r) => reports.push(r),
                 Err(e) => {
@@ -352,10 +421,7 @@ impl ParseJob {
         let mut rec = Record::default();
         let mut report = FileReport {
             file: file.name.clone(),
-            rows: 0,
-            rejected: 0,
-            blank_lines: 0,
-            refused: None,
+            ..Default::default()
         };
         let ncols = self.columns.len();
         // Which record field feeds each bronze column.
@@ -373,25 +439,23 @@ impl ParseJob {
                 ));
                 return Ok(report);
             }
-            let names: Vec<String> = (0..rec.len())
-                .map(|i| String::from_utf8_lossy(rec.field(i)).trim().to_lowercase())
-                .collect();
-            let unknown: Vec<&String> = names
-                .iter()
-                .filter(|n| !self.columns.iter().any(|c| c.to_lowercase() == **n))
-                .collect();
-            if !unknown.is_empty() {
-                report.refused = Some(format!(
-                    "the header has column(s) {unknown:?} that bronze.{} does not declare; add them to `columns` in {} or fix the file",
-                    self.source.name,
-                    self.source.file.display()
-                ));
+            let names = sniff::normalise_header(&rec, &self.source.csv);
+            if let Some(unknown) = names.iter().find(|n| !self.columns.contains(n)) {
+                // The file check settled the columns; a header that differs now
+                // means the file changed while it was being read.
+                report.refused = Some(format!("its header column `{unknown}` appeared after the file was checked; the file changed while being read"));
                 return Ok(report);
             }
+            report.missing_columns = self
+                .columns
+                .iter()
+                .filter(|c| !names.contains(c))
+                .cloned()
+                .collect();
             mapping = self
                 .columns
                 .iter()
-                .map(|c| names.iter().position(|n| *n == c.to_lowercase()))
+                .map(|c| names.iter().position(|n| n == c))
                 .collect();
             expected_fields = names.len();
             header = Some((0..rec.len()).map(|i| rec.field(i).to_vec()).collect());
@@ -401,6 +465,7 @@ impl ParseJob {
         let mut r = RejectBuilders::default();
         let name = file.name.as_str();
         while csv.next(&mut rec)? {
+            report.lines += 1;
             let problem = if let Some(err) = rec.error.take() {
                 Some(err)
             } else if rec.len() != expected_fields {

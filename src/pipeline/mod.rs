@@ -19,7 +19,7 @@ mod dag;
 mod settings;
 
 pub use dag::run_order;
-pub use settings::{Action, CsvSource, Expectation, ModelSettings, WriteMode};
+pub use settings::{Action, CsvSource, Expectation, ModelSettings, SchemaChange, WriteMode};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -60,6 +60,21 @@ pub struct ModelSettings {
     pub description: Option<String>,
 }
 
+/// What a source does with a file whose header differs from bronze's columns
+/// (dbt's `on_schema_change`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SchemaChange {
+    /// New columns are added to bronze (earlier rows read NULL); columns a
+    /// file lacks are NULL for its rows and counted. The default: bronze's
+    /// job is to keep everything that landed.
+    #[default]
+    AppendNewColumns,
+    /// A file with a column bronze does not have is refused by name (the run
+    /// continues with the other files and exits 1); missing columns are NULL.
+    Fail,
+}
+
 #[derive(Debug, Clone)]
 pub struct CsvSource {
     /// Glob of landed files, relative to the lake root, or an absolute path/URI.
@@ -72,6 +87,9 @@ pub struct CsvSource {
     pub columns: Option<Vec<String>>,
     pub max_field_bytes: usize,
     pub description: Option<String>,
+    /// Header name (case-insensitive) -> bronze column name.
+    pub rename: Vec<(String, String)>,
+    pub on_schema_change: SchemaChange,
 }
 
 #[derive(Deserialize)]
@@ -92,6 +110,10 @@ struct RawSource {
     max_field_bytes: Option<usize>,
     #[serde(default)]
     description: Option<String>,
+    #[serde(default)]
+    rename: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    on_schema_change: SchemaChange,
 }
 
 fn yes() -> bool {
@@ -188,6 +210,8 @@ pub fn parse_source(file: &Path, text: &str) -> Result<CsvSource> {
         columns: raw.columns,
         max_field_bytes: raw.max_field_bytes.unwrap_or(1 << 20),
         description: raw.description,
+        rename: raw.rename.into_iter().collect(),
+        on_schema_change: raw.on_schema_change,
     })
 }
 

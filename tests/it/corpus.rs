@@ -1,0 +1,249 @@
+//! The malformed-file corpus (tests/corpus/): every file is its own source;
+//! each is read correctly, rejected row by row with the reason and line, or
+//! refused as a whole by name, and one bad file never stops the others.
+
+use std::path::Path;
+
+use crate::{lakehouse, one, repo, strings, text};
+
+/// (source, file glob under landing/, extra settings)
+const CASES: &[(&str, &str, &str)] = &[
+    ("c01", "01_bom.csv", ""),
+    ("c02", "02_crlf.csv", ""),
+    ("c03", "03_mixed_line_ends.csv", ""),
+    ("c04", "04_blank_lines.csv", ""),
+    ("c05", "05_no_trailing_newline.csv", ""),
+    ("c06", "06_quoted_fields.csv", ""),
+    ("c07", "07_ragged_short.csv", ""),
+    ("c08", "08_ragged_long.csv", ""),
+    ("c09", "09_unterminated_quote.csv", ""),
+    ("c10", "10_repeated_header.csv", ""),
+    ("c11", "11_nul_byte.csv", ""),
+    ("c12", "12_invalid_utf8.csv", ""),
+    ("c13", "13_field_too_long.csv", "max_field_bytes = 16\n"),
+    ("c14", "14_empty.csv", ""),
+    ("c15", "15_header_only.csv", ""),
+    ("c16", "16_reordered_columns.csv", ""),
+    ("c17", "17_gzip.csv.gz", ""),
+    ("c18", "18_zstd.csv.zst", ""),
+    ("c19", "19_bzip2.csv.bz2", ""),
+    ("c20", "20_*.csv", ""),
+    ("c21", "21_missing_column.csv", ""),
+    ("c22", "22_*.csv", "on_schema_change = \"fail\"\n"),
+    ("c23", "23_binary.csv", ""),
+    ("c24", "24_semicolon.csv", ""),
+    ("c25", "25_truncated.csv.gz", ""),
+    ("c26", "26_stray_quote.csv", ""),
+    ("c27", "27_text_after_quote.csv", ""),
+    ("c28", "28_combination.csv", ""),
+    ("c29", "29_tab_delimited.tsv", "delimiter = \"\\t\"\n"),
+    (
+        "c30",
+        "30_renamed_headers.csv",
+        "[rename]\nID = \"id\"\n\"Customer Name\" = \"name\"\nAMT = \"amount\"\n",
+    ),
+];
+
+fn build(root: &Path) -> std::process::Output {
+    let landing = root.join("lake/landing");
+    std::fs::create_dir_all(&landing).unwrap();
+    std::fs::create_dir_all(root.join("sql/bronze")).unwrap();
+    for entry in std::fs::read_dir(repo().join("tests/corpus")).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, landing.join(p.file_name().unwrap())).unwrap();
+    }
+    for (name, glob, extra) in CASES {
+        std::fs::write(
+            root.join(format!("sql/bronze/{name}.toml")),
+            format!(
+                "files = \"landing/{glob}\"\ncolumns = [\"id\", \"name\", \"amount\"]\n{extra}"
+            ),
+        )
+        .unwrap();
+    }
+    lakehouse(&["run", "--lake", "lake", "--pipeline", "sql"], root)
+}
+
+async fn rows(lake: &Path, source: &str) -> Vec<Vec<String>> {
+    strings(lake, &format!("SELECT id, name, amount, CAST(_source_line AS VARCHAR) AS line FROM bronze.{source} ORDER BY _source_file, _source_line")).await
+}
+
+async fn rejects(lake: &Path, source: &str) -> Vec<Vec<String>> {
+    strings(lake, &format!("SELECT CAST(_source_line AS VARCHAR) AS line, _reason FROM quarantine.bronze_{source} ORDER BY _source_line")).await
+}
+
+fn r(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_corpus_file_is_read_rejected_or_refused_as_expected() {
+    assert!(CASES.len() >= 25);
+    let dir = tempfile::tempdir().unwrap();
+    let out = build(dir.path());
+    let summary = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "refused files make the run fail, after the good ones: {summary}"
+    );
+    let lake = dir.path().join("lake");
+
+    let two = vec![r(&["1", "a", "10", "2"]), r(&["2", "b", "20", "3"])];
+    for source in ["c01", "c05", "c17", "c18", "c19", "c30"] {
+        assert_eq!(rows(&lake, source).await, two, "{source}");
+        assert!(rejects(&lake, source).await.is_empty(), "{source}");
+    }
+    let three = vec![
+        r(&["1", "a", "10", "2"]),
+        r(&["2", "b", "20", "3"]),
+        r(&["3", "c", "30", "4"]),
+    ];
+    assert_eq!(rows(&lake, "c02").await, three);
+    assert_eq!(
+        rows(&lake, "c03").await,
+        three,
+        "LF, CRLF and a lone CR all end a line"
+    );
+    assert_eq!(
+        rows(&lake, "c04").await,
+        vec![r(&["1", "a", "10", "3"]), r(&["2", "b", "20", "6"])],
+        "blank lines are skipped and counted as lines"
+    );
+    assert_eq!(
+        rows(&lake, "c06").await,
+        vec![
+            r(&["1", "a, with comma", "10", "2"]),
+            r(&["2", "say \"hi\"", "20", "3"]),
+            r(&["3", "two\nlines", "30", "4"])
+        ]
+    );
+
+    let one_bad = |line: &str, reason: &str| vec![r(&[line, reason])];
+    let kept_1_3 = vec![r(&["1", "a", "10", "2"]), r(&["3", "c", "30", "4"])];
+    for (source, reason) in [
+        ("c07", "expected 3 fields, found 2"),
+        ("c08", "expected 3 fields, found 4"),
+        ("c11", "NUL byte in field 2"),
+        ("c12", "invalid UTF-8 in field 2"),
+        ("c13", "field 2 is longer than 16 bytes"),
+        ("c26", "stray quote in unquoted field 2"),
+        ("c27", "unexpected text after a closing quote in field 2"),
+    ] {
+        assert_eq!(rows(&lake, source).await, kept_1_3, "{source}");
+        assert_eq!(
+            rejects(&lake, source).await,
+            one_bad("3", reason),
+            "{source}"
+        );
+    }
+    // The raw bytes of a rejected line are kept exactly, even when not UTF-8.
+    let raw = strings(&lake, "SELECT encode(_raw, 'hex') AS raw, CAST(_byte_offset AS VARCHAR) AS o FROM quarantine.bronze_c12").await;
+    assert_eq!(raw, vec![r(&["322c636166e92c3230", "22"])]);
+
+    assert_eq!(
+        rows(&lake, "c09").await,
+        vec![
+            r(&["1", "a", "10", "2"]),
+            r(&["3", "c", "30", "4"]),
+            r(&["4", "d", "40", "5"])
+        ]
+    );
+    assert_eq!(
+        rejects(&lake, "c09").await,
+        one_bad("3", "unterminated quoted field")
+    );
+    assert_eq!(
+        rows(&lake, "c10").await,
+        vec![r(&["1", "a", "10", "2"]), r(&["2", "b", "20", "4"])]
+    );
+    assert_eq!(
+        rejects(&lake, "c10").await,
+        one_bad("3", "repeated header line")
+    );
+
+    for source in ["c14", "c15"] {
+        assert_eq!(
+            one(&lake, &format!("SELECT count(*) FROM bronze.{source}")).await,
+            0,
+            "{source}"
+        );
+    }
+    assert_eq!(
+        rows(&lake, "c16").await,
+        two,
+        "columns are matched by header name"
+    );
+
+    // Schema drift: a new column is added, earlier rows read NULL.
+    let drift = strings(&lake, "SELECT id, channel FROM bronze.c20 ORDER BY id").await;
+    assert_eq!(drift, vec![r(&["1", "NULL"]), r(&["2", "web"])]);
+    assert_eq!(
+        rows(&lake, "c21").await,
+        vec![r(&["1", "a", "NULL", "2"]), r(&["2", "b", "NULL", "3"])]
+    );
+    assert!(
+        summary.contains("21_missing_column.csv lacks column(s) amount (NULL for its 2 rows)"),
+        "{summary}"
+    );
+    // ... or, with on_schema_change = "fail", the file is refused and the others go in.
+    assert_eq!(one(&lake, "SELECT count(*) FROM bronze.c22").await, 1);
+    assert!(
+        summary
+            .contains("22_b_strict_new_column.csv refused: its header has column(s) [\"channel\"]"),
+        "{summary}"
+    );
+
+    assert!(
+        summary.contains("23_binary.csv refused: looks like a binary file, not CSV"),
+        "{summary}"
+    );
+    assert!(summary.contains("24_semicolon.csv refused: its header is a single column `id;name;amount`: the file looks `;`-delimited. Set delimiter = \";\""), "{summary}");
+    assert!(
+        summary.contains("25_truncated.csv.gz refused: cannot be"),
+        "{summary}"
+    );
+    assert!(summary.contains("archive"), "{summary}");
+    for refused in ["c23", "c24", "c25"] {
+        assert_eq!(one(&lake, &format!("SELECT count(*) FROM system.steps WHERE step = 'bronze.{refused}' AND files_refused = 1")).await, 1);
+    }
+
+    assert_eq!(
+        rows(&lake, "c28").await,
+        vec![
+            r(&["1", "multi\r\nline", "10", "2"]),
+            r(&["4", "d", "40", "7"])
+        ]
+    );
+    assert_eq!(
+        rejects(&lake, "c28").await,
+        vec![
+            r(&["5", "expected 3 fields, found 2"]),
+            r(&["6", "NUL byte in field 2"])
+        ]
+    );
+    assert_eq!(
+        rows(&lake, "c29").await,
+        vec![r(&["1", "a,b", "10", "2"]), r(&["2", "b", "20", "3"])]
+    );
+
+    // Every source reconciles: lines landed = bronze rows + rejected rows.
+    assert_eq!(
+        one(
+            &lake,
+            "SELECT count(*) FROM system.steps WHERE kind = 'source' AND NOT reconciled"
+        )
+        .await,
+        0
+    );
+    assert_eq!(one(&lake, "SELECT count(*) FROM system.steps WHERE kind = 'source' AND lines_landed <> rows_written + rows_rejected").await, 0);
+
+    // A second run takes nothing again and refuses the same files again.
+    let again = build(dir.path());
+    assert_eq!(again.status.code(), Some(1));
+    assert_eq!(rows(&lake, "c28").await.len(), 2);
+    assert_eq!(
+        one(&lake, "SELECT count(*) FROM quarantine.bronze_c07").await,
+        1
+    );
+}

@@ -474,3 +474,102 @@ mod tests {
         assert_eq!(got[123_457], (123_458, ok(&["123456", "q\"123456"])));
     }
 }
+
+/// Properties of the reader over generated input. The suite runs a bounded
+/// number of cases; `scripts/fuzz-csv` runs many more.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn quote(field: &str) -> String {
+        if field.contains([',', '"', '\n', '\r']) || field.trim() != field || field.is_empty() {
+            format!("\"{}\"", field.replace('"', "\"\""))
+        } else {
+            field.to_string()
+        }
+    }
+
+    fn read(input: &[u8], max: usize) -> Vec<Record> {
+        let mut r = CsvReader::new(
+            input,
+            CsvOptions {
+                delimiter: b',',
+                quote: b'"',
+                max_field_bytes: max,
+            },
+        );
+        let mut out = Vec::new();
+        loop {
+            let mut rec = Record::default();
+            if !r.next(&mut rec).unwrap() {
+                break;
+            }
+            out.push(rec);
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(512),
+            ..ProptestConfig::default()
+        })]
+
+        /// Valid CSV, whatever its values, comes back exactly, at the right lines.
+        #[test]
+        fn valid_csv_round_trips(
+            rows in prop::collection::vec(prop::collection::vec("[a-z,\" \\n\\r\u{e9}]{0,8}", 1..5), 1..20),
+            crlf in any::<bool>(),
+        ) {
+            let eol = if crlf { "\r\n" } else { "\n" };
+            let mut text = String::new();
+            let mut lines = Vec::new();
+            let mut line = 1u64;
+            for row in &rows {
+                let encoded: Vec<String> = row.iter().map(|f| quote(f)).collect();
+                let rec = encoded.join(",");
+                lines.push(line);
+                line += 1 + rec.matches('\n').count() as u64 + rec.matches('\r').filter(|_| true).count() as u64
+                    - rec.matches("\r\n").count() as u64;
+                text.push_str(&rec);
+                text.push_str(eol);
+            }
+            let got = read(text.as_bytes(), 1 << 20);
+            prop_assert_eq!(got.len(), rows.len());
+            for ((rec, row), want_line) in got.iter().zip(&rows).zip(&lines) {
+                prop_assert!(rec.error.is_none(), "{:?}", rec.error);
+                let fields: Vec<String> = (0..rec.len()).map(|i| String::from_utf8(rec.field(i).to_vec()).unwrap()).collect();
+                prop_assert_eq!(&fields, row);
+                prop_assert_eq!(rec.line, *want_line);
+            }
+        }
+
+        /// Any bytes at all: no panic, and every record is an exact slice of
+        /// the input at its offset, in order, at a line that exists.
+        #[test]
+        fn arbitrary_bytes_never_panic_and_every_record_is_traceable(
+            input in prop::collection::vec(prop_oneof![
+                4 => prop::sample::select(b"ab,\"\n\r \t".to_vec()),
+                1 => any::<u8>(),
+            ], 0..400),
+            max in 1usize..64,
+        ) {
+            let got = read(&input, max);
+            let lines = 1 + input.iter().filter(|&&b| b == b'\n' || b == b'\r').count() as u64;
+            let mut last_end = 0u64;
+            for rec in &got {
+                let start = rec.offset as usize;
+                prop_assert!(rec.offset >= last_end, "records overlap");
+                prop_assert_eq!(&input[start..start + rec.raw.len()], &rec.raw[..]);
+                prop_assert!(rec.line >= 1 && rec.line <= lines);
+                last_end = rec.offset + rec.raw.len() as u64;
+                if rec.error.is_none() {
+                    for i in 0..rec.len() {
+                        prop_assert!(rec.field(i).len() <= max);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -11,10 +11,26 @@ products AS (
     FROM bronze.products
     GROUP BY trim(product_id)
 ),
+-- Both order sources, with each one's timestamp format.
+landed AS (
+    SELECT order_id, customer_id, store_id, product_id, quantity, unit_price, status,
+           order_ts, updated_at,
+           try_to_timestamp(order_ts, '%Y-%m-%dT%H:%M:%S', '%Y-%m-%d %H:%M:%S') AS parsed_order_ts,
+           try_to_timestamp(updated_at, '%Y-%m-%dT%H:%M:%S', '%Y-%m-%d %H:%M:%S') AS parsed_updated_at,
+           _source_file, _source_line
+    FROM bronze.orders
+    UNION ALL
+    SELECT order_id, customer_id, store_id, product_id, quantity, unit_price, status,
+           order_ts, updated_at,
+           try_to_timestamp(order_ts, '%d/%m/%Y %H:%M') AS parsed_order_ts,
+           try_to_timestamp(updated_at, '%d/%m/%Y %H:%M') AS parsed_updated_at,
+           _source_file, _source_line
+    FROM bronze.branch_orders
+),
 typed AS (
     SELECT
         nullif(trim(o.order_id), '') AS order_id,
-        try_to_timestamp(o.order_ts, '%Y-%m-%dT%H:%M:%S', '%Y-%m-%d %H:%M:%S') AS order_ts,
+        o.parsed_order_ts AS order_ts,
         nullif(trim(o.customer_id), '') AS customer_id,
         nullif(trim(o.store_id), '') AS store_id,
         nullif(trim(o.product_id), '') AS product_id,
@@ -23,14 +39,14 @@ typed AS (
         CASE WHEN trim(o.unit_price) ~ '^-?[0-9]{1,10}(\.[0-9]+)?$'
              THEN CAST(trim(o.unit_price) AS DECIMAL(12, 2)) END AS unit_price,
         trim(o.status) AS status,
-        try_to_timestamp(o.updated_at, '%Y-%m-%dT%H:%M:%S', '%Y-%m-%d %H:%M:%S') AS updated_at,
+        o.parsed_updated_at AS updated_at,
         o.order_ts AS _raw_order_ts,
         o.quantity AS _raw_quantity,
         o.unit_price AS _raw_unit_price,
         o.updated_at AS _raw_updated_at,
         o._source_file,
         o._source_line
-    FROM bronze.orders o
+    FROM landed o
 )
 SELECT
     t.order_id,

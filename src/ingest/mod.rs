@@ -144,6 +144,20 @@ pub async fn ingest_source(
         todo.push((file, rejects_done));
     }
     if todo.is_empty() {
+        // Nothing landed yet: with declared columns, an empty bronze table
+        // lets the models that read this source run.
+        if let (None, Some(cols)) = (&bronze, &source.csv.columns) {
+            let cols: Vec<String> = cols.iter().map(|c| c.to_lowercase()).collect();
+            let spec = WriteSpec {
+                table_name: format!("bronze.{}", source.name),
+                partition_by: vec![],
+                replace: Replace::Nothing,
+                transactions: vec![],
+                metadata: run_metadata(run_id, "ingest"),
+                description: source.csv.description.clone(),
+            };
+            delta::ensure_table(&bronze_url, &opts, &bronze_schema(&cols), &spec).await?;
+        }
         report.reconciled = true;
         return Ok(report);
     }

@@ -182,7 +182,7 @@ fn settings_that_cannot_work_are_refused() {
 #[test]
 fn the_shipped_example_pipeline_loads() {
     let p = Pipeline::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("sql")).unwrap();
-    assert_eq!(p.sources.len(), 3);
+    assert_eq!(p.sources.len(), 4);
     let order: Vec<String> = p.models.iter().map(|m| m.table()).collect();
     assert_eq!(
         order,

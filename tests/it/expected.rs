@@ -21,6 +21,8 @@ pub struct Expected {
     pub landed_rows: u64,
     pub bronze_rows: u64,
     pub bronze_rejects: u64,
+    pub branch_bronze_rows: u64,
+    pub branch_rejects: u64,
     pub quarantine: BTreeMap<String, u64>,
     pub duplicates: u64,
     pub silver_rows: u64,
@@ -35,6 +37,11 @@ fn parse_ts(s: &str) -> Option<NaiveDateTime> {
     NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S")
         .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S"))
         .ok()
+}
+
+/// The branch exports' format: DD/MM/YYYY HH:MM.
+fn parse_branch_ts(s: &str) -> Option<NaiveDateTime> {
+    NaiveDateTime::parse_from_str(s.trim(), "%d/%m/%Y %H:%M").ok()
 }
 
 fn parse_qty(s: &str) -> Option<i64> {
@@ -120,70 +127,90 @@ pub fn compute(lake: &Path) -> Expected {
     }
     let mut latest: HashMap<String, Row> = HashMap::new();
     let mut valid = 0u64;
-    let mut files: Vec<_> = std::fs::read_dir(landing.join("orders"))
-        .unwrap()
-        .map(|d| d.unwrap().path())
-        .collect();
-    files.sort();
-    for path in files {
-        let name = format!(
-            "landing/orders/{}",
-            path.file_name().unwrap().to_string_lossy()
-        );
-        let rows = read_csv(&path);
-        let Some((_, header)) = rows.first() else {
+    // (folder, field count, timestamp parser, positions of the nine standard columns)
+    let sources: [(&str, usize, fn(&str) -> Option<NaiveDateTime>); 2] = [
+        ("orders", 9, parse_ts),
+        ("branch_orders", 10, parse_branch_ts),
+    ];
+    for (folder, width, ts_of) in sources {
+        let dir = landing.join(folder);
+        if !dir.is_dir() {
             continue;
-        };
-        let header = header.clone();
-        for (line, f) in rows.into_iter().skip(1) {
-            e.landed_rows += 1;
-            if f.len() != 9 || f.iter().any(|v| v.contains('"')) || f == header {
-                e.bronze_rejects += 1;
+        }
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|d| d.unwrap().path())
+            .collect();
+        files.sort();
+        for path in files {
+            let name = format!(
+                "landing/{folder}/{}",
+                path.file_name().unwrap().to_string_lossy()
+            );
+            let rows = read_csv(&path);
+            let Some((_, header)) = rows.first() else {
                 continue;
-            }
-            e.bronze_rows += 1;
-            let order_id = f[0].trim();
-            let reason = if order_id.is_empty() {
-                Some("missing_order_id")
-            } else if f[3].trim().is_empty() {
-                Some("missing_customer_id")
-            } else if parse_ts(&f[1]).is_none() {
-                Some("bad_order_ts")
-            } else if parse_qty(&f[6]).is_none_or(|q| q <= 0) {
-                Some("bad_quantity")
-            } else if parse_price_cents(&f[7]).is_none_or(|p| p < 0) {
-                Some("bad_unit_price")
-            } else if !stores.contains_key(f[4].trim()) {
-                Some("unknown_store_id")
-            } else {
-                None
             };
-            if let Some(r) = reason {
-                *e.quarantine.entry(r.to_string()).or_default() += 1;
-                continue;
-            }
-            valid += 1;
-            let ts = parse_ts(&f[1]).unwrap();
-            let quantity = parse_qty(&f[6]).unwrap();
-            let row = Row {
-                updated: parse_ts(&f[2]),
-                file: name.clone(),
-                line,
-                date: ts.date().format("%Y-%m-%d").to_string(),
-                region: stores[f[4].trim()].clone(),
-                category: categories.get(f[5].trim()).cloned().unwrap_or_default(),
-                quantity,
-                amount: quantity as i128 * parse_price_cents(&f[7]).unwrap(),
-                status: f[8].trim().to_string(),
-            };
-            let newer = match latest.get(order_id) {
-                None => true,
-                Some(old) => {
-                    (row.updated, &row.file, row.line) > (old.updated, &old.file, old.line)
+            let header = header.clone();
+            for (line, f) in rows.into_iter().skip(1) {
+                e.landed_rows += 1;
+                if f.len() != width || f.iter().any(|v| v.contains('"')) || f == header {
+                    if width == 9 {
+                        e.bronze_rejects += 1
+                    } else {
+                        e.branch_rejects += 1
+                    }
+                    continue;
                 }
-            };
-            if newer {
-                latest.insert(order_id.to_string(), row);
+                if width == 9 {
+                    e.bronze_rows += 1
+                } else {
+                    e.branch_bronze_rows += 1
+                }
+                // Both layouts put the nine standard columns first, in the same order.
+                let order_id = f[0].trim();
+                let reason = if order_id.is_empty() {
+                    Some("missing_order_id")
+                } else if f[3].trim().is_empty() {
+                    Some("missing_customer_id")
+                } else if ts_of(&f[1]).is_none() {
+                    Some("bad_order_ts")
+                } else if parse_qty(&f[6]).is_none_or(|q| q <= 0) {
+                    Some("bad_quantity")
+                } else if parse_price_cents(&f[7]).is_none_or(|p| p < 0) {
+                    Some("bad_unit_price")
+                } else if !stores.contains_key(f[4].trim()) {
+                    Some("unknown_store_id")
+                } else {
+                    None
+                };
+                if let Some(r) = reason {
+                    *e.quarantine.entry(r.to_string()).or_default() += 1;
+                    continue;
+                }
+                valid += 1;
+                let ts = ts_of(&f[1]).unwrap();
+                let quantity = parse_qty(&f[6]).unwrap();
+                let row = Row {
+                    updated: ts_of(&f[2]),
+                    file: name.clone(),
+                    line,
+                    date: ts.date().format("%Y-%m-%d").to_string(),
+                    region: stores[f[4].trim()].clone(),
+                    category: categories.get(f[5].trim()).cloned().unwrap_or_default(),
+                    quantity,
+                    amount: quantity as i128 * parse_price_cents(&f[7]).unwrap(),
+                    status: f[8].trim().to_string(),
+                };
+                let newer = match latest.get(order_id) {
+                    None => true,
+                    Some(old) => {
+                        (row.updated, &row.file, row.line) > (old.updated, &old.file, old.line)
+                    }
+                };
+                if newer {
+                    latest.insert(order_id.to_string(), row);
+                }
             }
         }
     }

@@ -20,7 +20,20 @@ async fn assert_figures(lake: &Path, e: &Expected) {
         e.bronze_rejects,
         "bronze rejects"
     );
-    assert_eq!(e.bronze_rows + e.bronze_rejects, e.landed_rows);
+    assert_eq!(
+        one(lake, "SELECT count(*) FROM bronze.branch_orders").await as u64,
+        e.branch_bronze_rows,
+        "bronze.branch_orders rows"
+    );
+    assert_eq!(
+        one(lake, "SELECT count(*) FROM quarantine.bronze_branch_orders").await as u64,
+        e.branch_rejects,
+        "branch rejects"
+    );
+    assert_eq!(
+        e.bronze_rows + e.bronze_rejects + e.branch_bronze_rows + e.branch_rejects,
+        e.landed_rows
+    );
 
     let by_reason: BTreeMap<String, u64> = strings(
         lake,
@@ -41,9 +54,14 @@ async fn assert_figures(lake: &Path, e: &Expected) {
     assert_eq!(silver[0][2] as u64, e.silver_rows, "one row per order_id");
     let quarantined: u64 = e.quarantine.values().sum();
     assert_eq!(
-        e.bronze_rows,
+        e.bronze_rows + e.branch_bronze_rows,
         e.silver_rows + quarantined + e.duplicates,
         "bronze = silver + quarantine + duplicates"
+    );
+    // The branch's extra column is kept in bronze.
+    assert_eq!(
+        one(lake, "SELECT count(*) FROM bronze.branch_orders WHERE channel IN ('store', 'web', 'phone')").await as u64,
+        e.branch_bronze_rows
     );
 
     // gold.daily_region_sales, row by row.
@@ -129,12 +147,16 @@ async fn example_pipeline_matches_an_independent_computation_and_reruns_change_n
         files: 6,
         days: 20,
         seed: 11,
+        branch_rows: 3_000,
         ..Default::default()
     };
     gen::generate(&lake, &opts).unwrap();
     let expected = compute(&lake);
     assert!(
-        expected.bronze_rejects > 0 && expected.duplicates > 0 && expected.quarantine.len() == 6,
+        expected.bronze_rejects > 0
+            && expected.duplicates > 0
+            && expected.quarantine.len() == 6
+            && expected.branch_bronze_rows > 2_000,
         "the generated data is dirty in every way: {expected:?}"
     );
 
@@ -157,6 +179,7 @@ async fn example_pipeline_matches_an_independent_computation_and_reruns_change_n
     assert!(second.status.success(), "{}", text(&second));
     let out = text(&second);
     assert!(out.contains("no new files (8 seen)"), "{out}");
+    assert!(out.contains("no new files (1 seen)"), "{out}");
     assert!(out.contains("unchanged"), "{out}");
     assert_eq!(versions(&lake).await, before, "a re-run commits nothing");
     assert_figures(&lake, &expected).await;

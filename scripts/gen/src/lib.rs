@@ -17,6 +17,9 @@ pub struct Options {
     pub dirty: f64,
     /// Share of order rows that re-send an earlier order.
     pub resend: f64,
+    /// Rows of the regional branch's exports (landing/branch_orders/), which
+    /// use other column names, DD/MM/YYYY HH:MM dates and an extra column.
+    pub branch_rows: u64,
 }
 
 impl Default for Options {
@@ -28,6 +31,7 @@ impl Default for Options {
             days: 365,
             dirty: 0.05,
             resend: 0.05,
+            branch_rows: 0,
         }
     }
 }
@@ -288,11 +292,90 @@ pub fn generate(root: &Path, opts: &Options) -> std::io::Result<()> {
         }
         out.flush()?;
     }
+    if opts.branch_rows > 0 {
+        branch(root, opts, &mut rng)?;
+    }
     // An empty file and a header-only file.
     File::create(orders_dir.join("orders_empty.csv"))?;
     fs::write(
         orders_dir.join("orders_header_only.csv"),
         format!("{HEADER}\n"),
     )?;
+    Ok(())
+}
+
+pub const BRANCH_HEADER: &str =
+    "OrderNo,Created,LastModified,ClientId,ShopId,ArticleNo,Qty,Price,State,SalesChannel";
+
+fn branch_ts(secs: i64) -> String {
+    let (y, m, d) = civil(secs.div_euclid(86_400));
+    let s = secs.rem_euclid(86_400);
+    format!("{d:02}/{m:02}/{y:04} {:02}:{:02}", s / 3600, (s / 60) % 60)
+}
+
+/// The branch's exports: own order numbers (B...), times to the minute.
+fn branch(root: &Path, opts: &Options, rng: &mut Rng) -> std::io::Result<()> {
+    let dir = root.join("landing").join("branch_orders");
+    fs::create_dir_all(&dir)?;
+    let files = (opts.branch_rows / 100_000).max(1);
+    let per_file = opts.branch_rows / files;
+    let horizon = opts.days.max(1) as u64 * 86_400;
+    let mut next = 1u64;
+    for n in 0..files {
+        let mut out = BufWriter::new(File::create(dir.join(format!("branch_{:04}.csv", n + 1)))?);
+        writeln!(out, "{BRANCH_HEADER}")?;
+        let rows = if n + 1 == files {
+            opts.branch_rows - per_file * (files - 1)
+        } else {
+            per_file
+        };
+        for _ in 0..rows {
+            let ts = START_DAY * 86_400 + (rng.below(horizon) / 60 * 60) as i64;
+            let resend = next > 1 && rng.chance(opts.resend);
+            let id = if resend {
+                1 + rng.below(next - 1)
+            } else {
+                next
+            };
+            if !resend {
+                next += 1;
+            }
+            let updated = if resend {
+                ts + 86_400 * 30 + rng.below(86_400) as i64 / 60 * 60
+            } else {
+                ts + 60 * rng.below(30) as i64
+            };
+            let mut f = vec![
+                format!("B{id:08}"),
+                branch_ts(ts),
+                branch_ts(updated),
+                format!("C{:06}", 1 + rng.below(50_000)),
+                format!("S{:03}", 1 + rng.below(STORES)),
+                format!("P{:04}", 1 + rng.below(PRODUCTS)),
+                (1 + rng.below(5)).to_string(),
+                format!("{}.{:02}", 1 + rng.below(200), rng.below(100)),
+                [
+                    "completed",
+                    "completed",
+                    "completed",
+                    "returned",
+                    "cancelled",
+                ][rng.below(5) as usize]
+                    .to_string(),
+                ["store", "web", "phone"][rng.below(3) as usize].to_string(),
+            ];
+            if rng.chance(opts.dirty) {
+                match rng.below(5) {
+                    0 => f[0] = String::new(),
+                    1 => f[1] = "31/02/2025 10:00".into(),
+                    2 => f[6] = "0".into(),
+                    3 => f[4] = "S999".into(),
+                    _ => f[7] = "\"1,5\"".into(),
+                }
+            }
+            writeln!(out, "{}", f.join(","))?;
+        }
+        out.flush()?;
+    }
     Ok(())
 }

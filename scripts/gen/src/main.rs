@@ -20,9 +20,10 @@ fn main() {
             "--days" => opts.days = num(&value) as u32,
             "--dirty" => opts.dirty = num(&value),
             "--resend" => opts.resend = num(&value),
+            "--branch-rows" => opts.branch_rows = num(&value) as u64,
             "--out" => out = PathBuf::from(&value),
             "-h" | "--help" => {
-                println!("usage: retail-gen [--out LAKE] [--rows N] [--files N] [--seed N] [--days N] [--dirty 0.05] [--resend 0.05]\nwrites LAKE/landing/{{stores,products}}.csv and LAKE/landing/orders/*.csv");
+                println!("usage: retail-gen [--out LAKE] [--rows N] [--files N] [--seed N] [--days N] [--dirty 0.05] [--resend 0.05] [--branch-rows 0]\nwrites LAKE/landing/{{stores,products}}.csv, LAKE/landing/orders/*.csv and, with --branch-rows, LAKE/landing/branch_orders/*.csv");
                 return;
             }
             other => {

@@ -15,7 +15,7 @@ use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
-use datafusion::prelude::{ident, lit, DataFrame, SessionContext};
+use datafusion::prelude::{DataFrame, SessionContext};
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::DeltaTable;
 use futures::TryStreamExt;
@@ -161,7 +161,9 @@ pub async fn run_model(
     let (checked, quarantine_stream) = quality::checked(plan, checker.clone())?;
     let mut result = ctx.read_table(checked)?;
     if !settings.unique_key.is_empty() {
-        result = latest_per_key(result, &settings.unique_key, &settings.sequence_by)?;
+        result =
+            crate::dedup::latest_per_key(ctx, result, &settings.unique_key, &settings.sequence_by)
+                .await?;
     }
     let visible: Vec<&str> = columns
         .iter()
@@ -305,26 +307,6 @@ async fn commit_quarantine(
         return Ok(delta::commit(table, staged, spec).await?.1.rows_in_files);
     }
     Ok(0)
-}
-
-/// Keeps, per key, the row with the greatest `sequence_by` (NULLs lowest).
-pub fn latest_per_key(df: DataFrame, keys: &[String], sequence_by: &[String]) -> Result<DataFrame> {
-    use datafusion::functions_window::expr_fn::row_number;
-    use datafusion::logical_expr::ExprFunctionExt;
-    let mut window = row_number().partition_by(keys.iter().map(|k| ident(k.as_str())).collect());
-    if !sequence_by.is_empty() {
-        window = window.order_by(
-            sequence_by
-                .iter()
-                .map(|s| ident(s.as_str()).sort(false, false))
-                .collect(),
-        );
-    }
-    let window = window.build()?.alias("__lakehouse_rank");
-    Ok(df
-        .window(vec![window])?
-        .filter(ident("__lakehouse_rank").eq(lit(1u64)))?
-        .drop_columns(&["__lakehouse_rank"])?)
 }
 
 /// Executes the result as streams for the Delta writer. Partitioned results

@@ -62,6 +62,7 @@ fn expectations_schema() -> SchemaRef {
         Field::new("action", DataType::Utf8, true),
         Field::new("check", DataType::Utf8, true),
         Field::new("evaluated", DataType::Int64, true),
+        Field::new("passed", DataType::Int64, true),
         Field::new("failed", DataType::Int64, true),
         Field::new("quarantined", DataType::Int64, true),
     ]))
@@ -137,7 +138,7 @@ pub async fn record(lake: &Lake, report: &RunReport) -> Result<()> {
         for rule in &r.rules {
             rules.push(json!({
                 "run_id": run, "model": r.table, "rule": rule.name, "action": rule.action, "check": rule.check,
-                "evaluated": rule.evaluated, "failed": rule.failed, "quarantined": rule.quarantined,
+                "evaluated": rule.evaluated, "passed": rule.evaluated - rule.failed, "failed": rule.failed, "quarantined": rule.quarantined,
             }));
         }
     }

@@ -8,6 +8,7 @@ mod expected;
 mod gen;
 mod pipeline_cli;
 mod retail;
+mod scale;
 mod write_modes;
 
 use std::path::{Path, PathBuf};

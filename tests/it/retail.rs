@@ -60,7 +60,11 @@ async fn assert_figures(lake: &Path, e: &Expected) {
     );
     // The branch's extra column is kept in bronze.
     assert_eq!(
-        one(lake, "SELECT count(*) FROM bronze.branch_orders WHERE channel IN ('store', 'web', 'phone')").await as u64,
+        one(
+            lake,
+            "SELECT count(*) FROM bronze.branch_orders WHERE channel IN ('store', 'web', 'phone')"
+        )
+        .await as u64,
         e.branch_bronze_rows
     );
 

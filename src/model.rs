@@ -329,7 +329,10 @@ async fn write_streams(
                     as Arc<dyn datafusion::physical_expr::PhysicalExpr>)
             })
             .collect::<Result<_>>()?;
-        let n = ctx.state().config().target_partitions().max(1);
+        // Writing a partition is mostly waiting on the store (create, write,
+        // close one small file), so more writers than cores hide that wait;
+        // each holds one partition's buffer at a time.
+        let n = ctx.state().config().target_partitions().max(1) * 4;
         plan = Arc::new(RepartitionExec::try_new(
             plan,
             Partitioning::Hash(exprs.clone(), n),

@@ -36,6 +36,9 @@ pub enum Command {
         /// The pipeline folder (bronze/, silver/, gold/).
         #[arg(long, env = "LAKEHOUSE_PIPELINE", default_value = "sql")]
         pipeline: PathBuf,
+        /// If another run holds the lake, wait for it instead of exiting.
+        #[arg(long)]
+        wait: bool,
     },
     /// Run one SQL query over bronze.*, silver.*, gold.*, quarantine.* and system.*.
     Query {
@@ -69,10 +72,14 @@ pub async fn dispatch(cli: Cli) -> Result<bool> {
         ..Default::default()
     };
     match cli.command {
-        Command::Run { pipeline } => {
+        Command::Run { pipeline, wait } => {
             let pipeline = Pipeline::load(&pipeline)?;
             let lake = Lake::open(&cli.lake, Default::default())?;
-            let report = crate::runner::run(&lake, &pipeline, &options).await?;
+            let run_id = crate::runner::new_run_id();
+            let lock = crate::lock::RunLock::acquire(&lake, &run_id, wait).await?;
+            let report = crate::runner::run(&lake, &pipeline, &options, &run_id).await;
+            lock.release().await;
+            let report = report?;
             print!("{}", crate::runner::summary(&report));
             Ok(report.succeeded())
         }

@@ -8,6 +8,7 @@ pub mod delta;
 pub mod error;
 pub mod functions;
 pub mod ingest;
+pub mod lock;
 pub mod model;
 pub mod pipeline;
 pub mod quality;

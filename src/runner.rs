@@ -68,14 +68,24 @@ fn console_is_terminal() -> bool {
     std::io::stderr().is_terminal()
 }
 
-pub async fn run(lake: &Lake, pipeline: &Pipeline, options: &SessionOptions) -> Result<RunReport> {
+/// A run id: sortable by time, unique.
+pub fn new_run_id() -> String {
+    format!(
+        "{}-{}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+pub async fn run(
+    lake: &Lake,
+    pipeline: &Pipeline,
+    options: &SessionOptions,
+    run_id: &str,
+) -> Result<RunReport> {
+    let run_id = run_id.to_string();
     let started = Instant::now();
     let started_at = chrono::Utc::now();
-    let run_id = format!(
-        "{}-{}",
-        started_at.format("%Y%m%dT%H%M%SZ"),
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
     let span = tracing::info_span!("run", run_id = %run_id);
     let _guard = span.enter();
     let mut report = RunReport {

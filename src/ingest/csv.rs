@@ -250,6 +250,15 @@ impl<R: Read> CsvReader<R> {
                         if i + 1 < b.len() && b[i + 1] == q {
                             rec.data.push(q);
                             i += 2;
+                            // Escaped quotes count toward the limit too
+                            // (found by the property test).
+                            if rec.data.len() - start_len > max {
+                                return Step::Malformed {
+                                    end: i,
+                                    reason: format!("unterminated quoted field or field longer than {max} bytes"),
+                                    first_line_only: true,
+                                };
+                            }
                             continue;
                         }
                         if i + 1 == b.len() && !self.eof {
@@ -461,6 +470,39 @@ mod tests {
     fn trailing_delimiter_makes_an_empty_last_field() {
         assert_eq!(read_all(b"a,b,\n"), vec![(1, ok(&["a", "b", ""]))]);
         assert_eq!(read_all(b"a,b,"), vec![(1, ok(&["a", "b", ""]))]);
+    }
+
+    #[test]
+    fn escaped_quotes_count_toward_the_field_limit() {
+        let mut r = CsvReader::new(
+            &b"a,\"aaaa\n\na\"\"\",\nb,c\n"[..],
+            CsvOptions {
+                delimiter: b',',
+                quote: b'"',
+                max_field_bytes: 7,
+            },
+        );
+        let mut rec = Record::default();
+        let mut out = Vec::new();
+        while r.next(&mut rec).unwrap() {
+            if rec.error.is_none() {
+                assert!(
+                    (0..rec.len()).all(|i| rec.field(i).len() <= 7),
+                    "a field over the limit was accepted"
+                );
+            }
+            out.push((rec.line, rec.error.is_some()));
+        }
+        assert_eq!(
+            out[0],
+            (1, true),
+            "the over-long quoted field rejects its line"
+        );
+        assert_eq!(
+            out.last(),
+            Some(&(4, false)),
+            "reading resumes after it: {out:?}"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! the results back with SQL (and with Python readers in `retail`).
 
 mod corpus;
+mod crash;
 mod expected;
 #[path = "../../scripts/gen/src/lib.rs"]
 mod gen;

@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::expected::{compute, Expected};
 use crate::{gen, ints, lakehouse, one, repo, strings, text};
 
-async fn assert_figures(lake: &Path, e: &Expected) {
+pub(crate) async fn assert_figures(lake: &Path, e: &Expected) {
     assert_eq!(
         one(lake, "SELECT count(*) FROM bronze.orders").await as u64,
         e.bronze_rows,

@@ -148,14 +148,7 @@ pub async fn ingest_source(
         // lets the models that read this source run.
         if let (None, Some(cols)) = (&bronze, &source.csv.columns) {
             let cols: Vec<String> = cols.iter().map(|c| c.to_lowercase()).collect();
-            let spec = WriteSpec {
-                table_name: format!("bronze.{}", source.name),
-                partition_by: vec![],
-                replace: Replace::Nothing,
-                transactions: vec![],
-                metadata: run_metadata(run_id, "ingest"),
-                description: source.csv.description.clone(),
-            };
+            let spec = bronze_spec(source, run_id);
             delta::ensure_table(&bronze_url, &opts, &bronze_schema(&cols), &spec).await?;
         }
         report.reconciled = true;
@@ -244,14 +237,7 @@ pub async fn ingest_source(
         }
     }
     let schema = bronze_schema(&columns);
-    let bronze_spec = WriteSpec {
-        table_name: format!("bronze.{}", source.name),
-        partition_by: vec![],
-        replace: Replace::Nothing,
-        transactions: vec![],
-        metadata: run_metadata(run_id, "ingest"),
-        description: source.csv.description.clone(),
-    };
+    let bronze_spec = bronze_spec(source, run_id);
     let reject_spec = WriteSpec {
         table_name: format!("quarantine.bronze_{}", source.name),
         description: Some(format!(
@@ -330,6 +316,18 @@ pub async fn ingest_source(
         && rejects_written.rows_in_files == rejects_expected;
     report.files = file_reports;
     Ok(report)
+}
+
+/// How bronze is written: appended, unpartitioned, with the run's metadata.
+fn bronze_spec(source: &Source, run_id: &str) -> WriteSpec {
+    WriteSpec {
+        table_name: format!("bronze.{}", source.name),
+        partition_by: vec![],
+        replace: Replace::Nothing,
+        transactions: vec![],
+        metadata: run_metadata(run_id, "ingest"),
+        description: source.csv.description.clone(),
+    }
 }
 
 pub fn run_metadata(run_id: &str, step: &str) -> HashMap<String, serde_json::Value> {

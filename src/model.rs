@@ -228,13 +228,31 @@ pub async fn run_model(
         _ => None,
     };
     let outcome = if let Some(target) = merge_into {
-        // MERGE reads its source itself; the quarantine is staged alongside.
-        let (staged_q, merged) = tokio::try_join!(quarantine_stage, async {
+        // MERGE reads its whole source and then commits by itself. The
+        // quarantine stream ends when the source has been read, before MERGE
+        // can commit, so its commit goes first: a crash between the two then
+        // leaves the model unrecorded, and the next run recomputes both.
+        let checker_q = checker.clone();
+        let quarantine_spec_q = quarantine_spec.clone();
+        let quarantine_table_q = quarantine_table.clone();
+        let quarantine = async move {
+            let staged = quarantine_stage.await?;
+            if quarantine_table_q.is_none() {
+                return Ok::<_, Error>(Some(0)); // no drop rules: nothing to wait for
+            }
+            if !checker_q.completed() {
+                return Ok::<_, Error>(None); // the model failed: commit nothing
+            }
+            Ok(Some(
+                commit_quarantine(quarantine_table_q, staged, &quarantine_spec_q).await?,
+            ))
+        };
+        let (q_rows, merged) = tokio::try_join!(quarantine, async {
             let (table, metrics) = merge(ctx, target, result, settings, metadata.clone()).await?;
             Ok::<_, Error>((table, metrics))
         })
         .map_err(|e| checker.take_failure().unwrap_or(e))?;
-        let q_rows = commit_quarantine(quarantine_table, staged_q, &quarantine_spec).await?;
+        let q_rows = q_rows.unwrap_or(u64::MAX);
         let (table, rows) = merged;
         (
             table.version().map(|v| v as i64),

@@ -145,6 +145,18 @@ impl Checker {
         self.rows_quarantined.load(Ordering::Relaxed)
     }
 
+    /// Every partition of the result was read to its end with no rule
+    /// failing and the quarantine limit respected.
+    pub fn completed(&self) -> bool {
+        let done =
+            self.partitions_done.load(Ordering::SeqCst) == self.partitions.load(Ordering::SeqCst);
+        done && self
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+    }
+
     /// Whether any rule can quarantine rows.
     pub fn quarantines(&self) -> bool {
         self.rules.iter().any(|r| r.spec.action == Action::Drop)

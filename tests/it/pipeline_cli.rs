@@ -249,8 +249,7 @@ fn the_quarantine_limit_stops_a_merge_before_it_commits() {
     );
     assert!(run(dir.path()).status.success());
     let lake = dir.path().join("lake");
-    let log = lake.join("silver/e/_delta_log");
-    let commits = || {
+    let commits_of = |log: std::path::PathBuf| {
         std::fs::read_dir(&log)
             .unwrap()
             .filter(|e| {
@@ -262,7 +261,10 @@ fn the_quarantine_limit_stops_a_merge_before_it_commits() {
             })
             .count()
     };
+    let commits = || commits_of(lake.join("silver/e/_delta_log"));
+    let quarantine_commits = || commits_of(lake.join("quarantine/silver_e/_delta_log"));
     let before = commits();
+    let quarantine_before = quarantine_commits();
     std::fs::write(
         lake.join("landing/events_2.csv"),
         "id,day,v,updated\n2,d1,6,1\n3,d1,x,1\n4,d1,y,1\n5,d1,z,1\n",
@@ -276,6 +278,11 @@ fn the_quarantine_limit_stops_a_merge_before_it_commits() {
         text(&out)
     );
     assert_eq!(commits(), before, "the merge committed nothing");
+    assert_eq!(
+        quarantine_commits(),
+        quarantine_before,
+        "nor did its quarantine"
+    );
     assert_eq!(
         crate::block_on_one(&lake, "SELECT count(*) FROM silver.e"),
         1

@@ -128,7 +128,7 @@ impl RunLock {
                 }
                 continue;
             }
-            let h = current.expect("a lock that is not stale was read");
+            let Some(h) = current else { continue }; // unreadable locks are stale, handled above
             let msg = format!(
                 "another run holds this lake: run {} on host {} (pid {}), started {}",
                 h.run_id, h.host, h.pid, h.acquired_at

@@ -39,6 +39,14 @@ pub enum Command {
         /// If another run holds the lake, wait for it instead of exiting.
         #[arg(long)]
         wait: bool,
+        /// Run only this model (`silver.orders`), or it and everything
+        /// downstream (`silver.orders+`). Repeatable. Sources are always ingested.
+        #[arg(long, value_name = "MODEL")]
+        select: Vec<String>,
+        /// Rebuild the models from their inputs (no skipping; merge, append
+        /// and replace_partitions models are replaced whole).
+        #[arg(long)]
+        full_refresh: bool,
     },
     /// Run one SQL query over bronze.*, silver.*, gold.*, quarantine.* and system.*.
     Query {
@@ -72,12 +80,23 @@ pub async fn dispatch(cli: Cli) -> Result<bool> {
         ..Default::default()
     };
     match cli.command {
-        Command::Run { pipeline, wait } => {
+        Command::Run {
+            pipeline,
+            wait,
+            select,
+            full_refresh,
+        } => {
             let pipeline = Pipeline::load(&pipeline)?;
+            let run_options = crate::runner::RunOptions {
+                select,
+                full_refresh,
+            };
+            crate::runner::selected(&pipeline, &run_options.select)?;
             let lake = Lake::open(&cli.lake, Default::default())?;
             let run_id = crate::runner::new_run_id();
             let lock = crate::lock::RunLock::acquire(&lake, &run_id, wait).await?;
-            let report = crate::runner::run(&lake, &pipeline, &options, &run_id).await;
+            let report =
+                crate::runner::run(&lake, &pipeline, &options, &run_id, &run_options).await;
             lock.release().await;
             let report = report?;
             print!("{}", crate::runner::summary(&report));

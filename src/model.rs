@@ -92,6 +92,7 @@ pub async fn run_model(
     model: &Model,
     run_id: &str,
     at: chrono::DateTime<chrono::Utc>,
+    full_refresh: bool,
 ) -> Result<ModelReport> {
     let started = Instant::now();
     let table_name = model.table();
@@ -104,7 +105,7 @@ pub async fn run_model(
     let inputs = input_versions(lake, model).await?;
     let hash = definition_hash(model);
     let existing = delta::open(&url, &opts).await?;
-    if let Some(table) = &existing {
+    if let Some(table) = existing.as_ref().filter(|_| !full_refresh) {
         if let Some(info) = last_commit_info(table).await? {
             let same_inputs = info.get("lakehouse.inputs") == Some(&json!(inputs));
             let same_def = info.get("lakehouse.definition") == Some(&json!(hash));
@@ -204,7 +205,9 @@ pub async fn run_model(
     let spec = WriteSpec {
         table_name: table_name.clone(),
         partition_by: settings.partition_by.clone(),
+        // A full refresh rebuilds the table from its inputs whatever the mode.
         replace: match settings.mode {
+            _ if full_refresh => Replace::All,
             WriteMode::Overwrite => Replace::All,
             WriteMode::Append | WriteMode::Merge => Replace::Nothing,
             WriteMode::ReplacePartitions => Replace::PartitionsWritten,
@@ -224,7 +227,7 @@ pub async fn run_model(
     };
 
     let merge_into = match (settings.mode, existing) {
-        (WriteMode::Merge, Some(t)) => Some(t),
+        (WriteMode::Merge, Some(t)) if !full_refresh => Some(t),
         _ => None,
     };
     let outcome = if let Some(target) = merge_into {

@@ -77,12 +77,58 @@ pub fn new_run_id() -> String {
     )
 }
 
+/// Which models a run runs, and how.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// `layer.name` runs that model; `layer.name+` also everything downstream
+    /// of it. Empty: every model. Sources are always ingested.
+    pub select: Vec<String>,
+    /// Rebuild the selected models from their inputs: no skipping, and merge,
+    /// append and replace_partitions models are replaced whole.
+    pub full_refresh: bool,
+}
+
+/// The models `select` names, with everything downstream for `name+`.
+pub fn selected(pipeline: &Pipeline, select: &[String]) -> Result<HashSet<String>> {
+    let all: Vec<String> = pipeline.models.iter().map(|m| m.table()).collect();
+    if select.is_empty() {
+        return Ok(all.into_iter().collect());
+    }
+    let mut chosen = HashSet::new();
+    for s in select {
+        let (name, downstream) = match s.strip_suffix('+') {
+            Some(n) => (n, true),
+            None => (s.as_str(), false),
+        };
+        if !all.iter().any(|m| m == name) {
+            return Err(crate::error::Error::Usage(format!(
+                "--select {s}: no model `{name}`. Models: {}",
+                all.join(", ")
+            )));
+        }
+        let mut picked = vec![name.to_string()];
+        if downstream {
+            // Models come in dependency order, so one pass finds every
+            // model that reads a picked one, directly or not.
+            for m in &pipeline.models {
+                if m.inputs.iter().any(|i| picked.contains(i)) {
+                    picked.push(m.table());
+                }
+            }
+        }
+        chosen.extend(picked);
+    }
+    Ok(chosen)
+}
+
 pub async fn run(
     lake: &Lake,
     pipeline: &Pipeline,
     options: &SessionOptions,
     run_id: &str,
+    run_options: &RunOptions,
 ) -> Result<RunReport> {
+    let chosen = selected(pipeline, &run_options.select)?;
     let run_id = run_id.to_string();
     let started = Instant::now();
     let started_at = chrono::Utc::now();
@@ -165,7 +211,11 @@ pub async fn run(
 
     let (ctx, catalog) = session::build(lake, options).await?;
     let mut failed: HashSet<String> = HashSet::new();
-    for m in &pipeline.models {
+    for m in pipeline
+        .models
+        .iter()
+        .filter(|m| chosen.contains(&m.table()))
+    {
         let table = m.table();
         if let Some(up) = m.inputs.iter().find(|i| failed.contains(*i)) {
             failed.insert(table.clone());
@@ -183,7 +233,7 @@ pub async fn run(
         let span = tracing::info_span!("model", model = %table);
         let outcome = {
             let _g = span.enter();
-            model::run_model(&ctx, lake, m, &run_id, started_at).await
+            model::run_model(&ctx, lake, m, &run_id, started_at, run_options.full_refresh).await
         };
         bar.finish_and_clear();
         match outcome {

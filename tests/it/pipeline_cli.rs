@@ -288,3 +288,99 @@ fn the_quarantine_limit_stops_a_merge_before_it_commits() {
         1
     );
 }
+
+#[test]
+fn select_runs_part_of_the_graph_and_full_refresh_rebuilds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(
+        dir.path(),
+        "id,day,v,updated\n1,d1,5,1\n2,d1,7,1\n2,d1,8,2\n",
+        &[
+            ("bronze/events.toml", SOURCE),
+            ("silver/a.sql", "SELECT id, CAST(v AS INT) AS v, CAST(updated AS INT) AS updated FROM bronze.events"),
+            ("silver/a.toml", "mode = \"merge\"\nunique_key = [\"id\"]\nsequence_by = [\"updated\"]\n"),
+            ("gold/b.sql", "SELECT sum(v) AS total FROM silver.a"),
+            ("gold/c.sql", "SELECT count(*) AS n FROM bronze.events"),
+        ],
+    );
+    assert!(run(dir.path()).status.success());
+    let lake = dir.path().join("lake");
+    assert_eq!(crate::block_on_one(&lake, "SELECT total FROM gold.b"), 13);
+
+    let out = lakehouse(
+        &[
+            "run",
+            "--lake",
+            "lake",
+            "--pipeline",
+            "sql",
+            "--select",
+            "silver.a",
+        ],
+        dir.path(),
+    );
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("silver.a") && t.contains("unchanged"), "{t}");
+    assert!(
+        !t.contains("gold.b") && !t.contains("gold.c"),
+        "only the selected model runs: {t}"
+    );
+
+    let out = lakehouse(
+        &[
+            "run",
+            "--lake",
+            "lake",
+            "--pipeline",
+            "sql",
+            "--select",
+            "silver.a+",
+            "--full-refresh",
+        ],
+        dir.path(),
+    );
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let line = |table: &str| {
+        t.lines()
+            .find(|l| l.starts_with(table))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        line("silver.a").contains("succeeded"),
+        "rebuilt, not skipped: {t}"
+    );
+    assert!(
+        line("gold.b").contains("succeeded"),
+        "downstream included: {t}"
+    );
+    assert!(!t.contains("gold.c"), "{t}");
+    assert_eq!(
+        crate::block_on_one(&lake, "SELECT count(*) FROM silver.a"),
+        2
+    );
+    assert_eq!(crate::block_on_one(&lake, "SELECT total FROM gold.b"), 13);
+
+    let out = lakehouse(
+        &[
+            "run",
+            "--lake",
+            "lake",
+            "--pipeline",
+            "sql",
+            "--select",
+            "silver.nope",
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains(
+            "--select silver.nope: no model `silver.nope`. Models: silver.a, gold.b, gold.c"
+        ),
+        "{}",
+        text(&out)
+    );
+}

@@ -28,6 +28,7 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use futures::StreamExt;
 
 use crate::error::{Error, Result};
+use crate::quality::error_stream;
 
 /// `df` with one row per `keys`: the greatest by `sequence_by` (in order,
 /// NULLs lowest); without `sequence_by`, the first one read.
@@ -111,13 +112,11 @@ impl PartitionStream for FirstOfRun {
     }
 
     fn execute(&self, ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let schema = self.schema.clone();
-        let fail = |msg: String| -> SendableRecordBatchStream {
-            let err = datafusion::error::DataFusionError::Internal(msg);
-            Box::pin(RecordBatchStreamAdapter::new(
-                schema.clone(),
-                futures::stream::once(async move { Err(err) }),
-            ))
+        let fail = |msg: String| {
+            error_stream(
+                self.schema.clone(),
+                datafusion::error::DataFusionError::Internal(msg),
+            )
         };
         {
             let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());

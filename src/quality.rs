@@ -356,25 +356,19 @@ impl PartitionStream for CheckedPartition {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+        if tx.is_none() {
+            return error_stream(
+                self.schema.clone(),
+                DataFusionError::Internal(
+                    "a checked model result was read twice; it can be read only once".into(),
+                ),
+            );
+        }
         let checker = self.checker.clone();
         let inner = match self.plan.execute(self.index, ctx) {
             Ok(s) => s,
-            Err(e) => {
-                return Box::pin(RecordBatchStreamAdapter::new(
-                    self.schema.clone(),
-                    futures::stream::once(async move { Err(e) }),
-                ))
-            }
+            Err(e) => return error_stream(self.schema.clone(), e),
         };
-        if tx.is_none() {
-            let err = DataFusionError::Internal(
-                "a checked model result was read twice; it can be read only once".into(),
-            );
-            return Box::pin(RecordBatchStreamAdapter::new(
-                self.schema.clone(),
-                futures::stream::once(async move { Err(err) }),
-            ));
-        }
         let stream = inner.then(move |batch| {
             let checker = checker.clone();
             let tx = tx.clone();
@@ -401,6 +395,15 @@ impl PartitionStream for CheckedPartition {
             stream.chain(end),
         ))
     }
+}
+
+/// A stream that yields one error: how a single-pass partition reports a
+/// failure from `PartitionStream::execute`, which cannot return a `Result`.
+pub(crate) fn error_stream(schema: SchemaRef, err: DataFusionError) -> SendableRecordBatchStream {
+    Box::pin(RecordBatchStreamAdapter::new(
+        schema,
+        futures::stream::once(async move { Err(err) }),
+    ))
 }
 
 /// Wraps a model's physical plan: returns a table of the rows that pass,

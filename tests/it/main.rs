@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::datatypes::Int64Type;
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -54,32 +53,23 @@ pub async fn sql(lake: &Path, query: &str) -> Vec<RecordBatch> {
         .unwrap_or_else(|e| panic!("{query}: {e}"))
 }
 
-/// Every row of a query whose columns are all BIGINT.
+/// Every row of a query whose columns are all integers (NULL as i64::MIN).
 pub async fn ints(lake: &Path, query: &str) -> Vec<Vec<i64>> {
-    let mut rows = Vec::new();
-    for b in sql(lake, query).await {
-        for r in 0..b.num_rows() {
-            rows.push(
-                b.columns()
-                    .iter()
-                    .map(|c| {
-                        let c = datafusion::arrow::compute::cast(
-                            c,
-                            &datafusion::arrow::datatypes::DataType::Int64,
-                        )
-                        .unwrap();
-                        let c = c.as_primitive::<Int64Type>();
-                        if c.is_null(r) {
-                            i64::MIN
-                        } else {
-                            c.value(r)
-                        }
-                    })
-                    .collect(),
-            );
-        }
-    }
-    rows
+    strings(lake, query)
+        .await
+        .into_iter()
+        .map(|row| {
+            row.iter()
+                .map(|v| {
+                    if v == "NULL" {
+                        i64::MIN
+                    } else {
+                        v.parse().unwrap_or_else(|e| panic!("{query}: `{v}`: {e}"))
+                    }
+                })
+                .collect()
+        })
+        .collect()
 }
 
 pub async fn one(lake: &Path, query: &str) -> i64 {

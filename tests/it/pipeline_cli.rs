@@ -21,7 +21,13 @@ pub const SOURCE: &str =
     "files = \"landing/events_*.csv\"\ncolumns = [\"id\", \"day\", \"v\", \"updated\"]\n";
 
 fn run(root: &Path) -> std::process::Output {
-    lakehouse(&["run", "--lake", "lake", "--pipeline", "sql"], root)
+    run_with(root, &[])
+}
+
+fn run_with(root: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["run", "--lake", "lake", "--pipeline", "sql"];
+    args.extend_from_slice(extra);
+    lakehouse(&args, root)
 }
 
 #[test]
@@ -307,18 +313,7 @@ fn select_runs_part_of_the_graph_and_full_refresh_rebuilds_it() {
     let lake = dir.path().join("lake");
     assert_eq!(crate::block_on_one(&lake, "SELECT total FROM gold.b"), 13);
 
-    let out = lakehouse(
-        &[
-            "run",
-            "--lake",
-            "lake",
-            "--pipeline",
-            "sql",
-            "--select",
-            "silver.a",
-        ],
-        dir.path(),
-    );
+    let out = run_with(dir.path(), &["--select", "silver.a"]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert!(t.contains("silver.a") && t.contains("unchanged"), "{t}");
@@ -327,19 +322,7 @@ fn select_runs_part_of_the_graph_and_full_refresh_rebuilds_it() {
         "only the selected model runs: {t}"
     );
 
-    let out = lakehouse(
-        &[
-            "run",
-            "--lake",
-            "lake",
-            "--pipeline",
-            "sql",
-            "--select",
-            "silver.a+",
-            "--full-refresh",
-        ],
-        dir.path(),
-    );
+    let out = run_with(dir.path(), &["--select", "silver.a+", "--full-refresh"]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     let line = |table: &str| {
@@ -363,18 +346,7 @@ fn select_runs_part_of_the_graph_and_full_refresh_rebuilds_it() {
     );
     assert_eq!(crate::block_on_one(&lake, "SELECT total FROM gold.b"), 13);
 
-    let out = lakehouse(
-        &[
-            "run",
-            "--lake",
-            "lake",
-            "--pipeline",
-            "sql",
-            "--select",
-            "silver.nope",
-        ],
-        dir.path(),
-    );
+    let out = run_with(dir.path(), &["--select", "silver.nope"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out).contains(

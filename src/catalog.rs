@@ -3,6 +3,12 @@
 //! rejected rows and `system` for the job's own records. A table is the Delta
 //! table in the matching folder; each lookup opens its latest version, so a
 //! long-lived session sees every commit without restarting.
+//!
+//! Time travel: `schema."table@v3"` is version 3 of the table and
+//! `schema."table@2026-11-20T10:00:00Z"` (or `@2026-11-20`, midnight UTC) the
+//! version that was current at that instant. Table names are plain
+//! identifiers (letters, digits, `_`): anything else is no table, so a name
+//! can never reach outside its layer's folder.
 //! Owns names and folders; must not write tables.
 
 use std::collections::HashMap;
@@ -13,6 +19,7 @@ use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::runtime_env::RuntimeEnv;
 
+use crate::delta::At;
 use crate::error::Result;
 use crate::storage::Lake;
 
@@ -38,6 +45,9 @@ pub fn table_folder(schema: &str, table: &str) -> Option<String> {
 #[derive(Debug)]
 pub struct LakeCatalog {
     schemas: HashMap<String, Arc<FolderSchema>>,
+    /// Schemas that are not lake folders, such as the `pg_catalog` the
+    /// Postgres endpoint registers.
+    extra: RwLock<HashMap<String, Arc<dyn SchemaProvider>>>,
 }
 
 impl LakeCatalog {
@@ -56,7 +66,10 @@ impl LakeCatalog {
                 )
             })
             .collect();
-        Self { schemas }
+        Self {
+            schemas,
+            extra: RwLock::new(HashMap::new()),
+        }
     }
 
     /// Re-lists the table folders so that `SHOW TABLES` and
@@ -72,13 +85,37 @@ impl LakeCatalog {
 
 impl CatalogProvider for LakeCatalog {
     fn schema_names(&self) -> Vec<String> {
-        SCHEMAS.iter().map(|(s, _)| s.to_string()).collect()
+        let mut names: Vec<String> = SCHEMAS.iter().map(|(s, _)| s.to_string()).collect();
+        names.extend(self.extra.read().unwrap_or_else(|p| p.into_inner()).keys().cloned());
+        names
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
-        self.schemas
+        if let Some(s) = self.schemas.get(name) {
+            return Some(s.clone() as Arc<dyn SchemaProvider>);
+        }
+        self.extra
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
             .get(name)
-            .map(|s| s.clone() as Arc<dyn SchemaProvider>)
+            .cloned()
+    }
+
+    fn register_schema(
+        &self,
+        name: &str,
+        schema: Arc<dyn SchemaProvider>,
+    ) -> DfResult<Option<Arc<dyn SchemaProvider>>> {
+        if self.schemas.contains_key(name) {
+            return Err(DataFusionError::Plan(format!(
+                "schema `{name}` is a lake layer and cannot be replaced"
+            )));
+        }
+        Ok(self
+            .extra
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), schema))
     }
 }
 
@@ -97,10 +134,19 @@ impl SchemaProvider for FolderSchema {
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        let url = self.lake.url(&format!("{}/{}", self.folder, name));
-        let table = crate::delta::open(&url, self.lake.storage_options())
+        let Some((base, at)) = parse_table_name(name)? else {
+            return Ok(None);
+        };
+        let url = self.lake.url(&format!("{}/{}", self.folder, base));
+        let table = crate::delta::open_at(&url, self.lake.storage_options(), &at)
             .await
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            .map_err(|e| match at {
+                At::Latest => DataFusionError::External(Box::new(e)),
+                _ => DataFusionError::Plan(format!(
+                    "table `{base}` has no version for `{name}`: {e}. \
+                     `lakehouse tables` shows the current version; versions start at 0."
+                )),
+            })?;
         let Some(table) = table else { return Ok(None) };
         // Scans resolve files through the session's object store registry.
         let root = table.log_store().root_url().clone();
@@ -125,5 +171,57 @@ impl SchemaProvider for FolderSchema {
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .any(|n| n == name)
+    }
+}
+
+/// Splits `table@v3` / `table@2026-11-20T10:00:00Z` / `table@2026-11-20`
+/// into the table and the version wanted. `None` for a name that cannot be
+/// a lake table (anything but letters, digits and `_`).
+pub fn parse_table_name(name: &str) -> DfResult<Option<(&str, At)>> {
+    let (base, at) = match name.split_once('@') {
+        None => (name, At::Latest),
+        Some((base, spec)) => (base, parse_at(spec).ok_or_else(|| {
+            DataFusionError::Plan(format!(
+                "`{name}`: after `@` give a version (`@v3`) or an instant \
+                 (`@2026-11-20T10:00:00Z` or `@2026-11-20`)"
+            ))
+        })?),
+    };
+    if base.is_empty() || !base.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Ok(None);
+    }
+    Ok(Some((base, at)))
+}
+
+fn parse_at(spec: &str) -> Option<At> {
+    if let Some(v) = spec.strip_prefix('v').or_else(|| spec.strip_prefix('V')) {
+        return v.parse::<u64>().ok().map(At::Version);
+    }
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(spec) {
+        return Some(At::Timestamp(t.with_timezone(&chrono::Utc)));
+    }
+    chrono::NaiveDate::parse_from_str(spec, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| At::Timestamp(t.and_utc()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_and_versions() {
+        assert_eq!(parse_table_name("orders").unwrap(), Some(("orders", At::Latest)));
+        assert_eq!(parse_table_name("orders@v3").unwrap(), Some(("orders", At::Version(3))));
+        let Some((_, At::Timestamp(t))) = parse_table_name("orders@2026-11-20T10:00:00+01:00").unwrap() else {
+            panic!("not a timestamp")
+        };
+        assert_eq!(t.to_rfc3339(), "2026-11-20T09:00:00+00:00");
+        assert!(matches!(parse_table_name("orders@2026-11-20").unwrap(), Some((_, At::Timestamp(_)))));
+        assert!(parse_table_name("orders@yesterday").is_err());
+        for bad in ["../../etc", "a/b", "", "x.y", "..", "%2e%2e"] {
+            assert_eq!(parse_table_name(bad).unwrap(), None, "{bad}");
+        }
     }
 }

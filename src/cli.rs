@@ -25,6 +25,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "LAKEHOUSE_MEMORY_LIMIT", default_value = "2G", value_parser = parse_size)]
     pub memory_limit: usize,
 
+    /// Config file with a `[serve]` table [default: ./lakehouse.toml if present].
+    #[arg(long, global = true, env = "LAKEHOUSE_CONFIG")]
+    pub config: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -57,6 +61,112 @@ pub enum Command {
     },
     /// List every table with its version, rows, partition columns, files and size.
     Tables,
+    /// Answer SQL over every table on Postgres wire, Arrow Flight SQL and HTTP (read-only).
+    Serve(ServeArgs),
+}
+
+/// Settings of `lakehouse serve`. Each comes from its flag, else its
+/// environment variable, else the `[serve]` table of the config file, else
+/// the default shown.
+#[derive(Debug, clap::Args, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeArgs {
+    /// Postgres wire address, or `off` [default: 127.0.0.1:5432].
+    #[arg(long, env = "LAKEHOUSE_PG_ADDR")]
+    pub pg_addr: Option<String>,
+    /// Arrow Flight SQL address, or `off` [default: 127.0.0.1:50051].
+    #[arg(long, env = "LAKEHOUSE_FLIGHT_ADDR")]
+    pub flight_addr: Option<String>,
+    /// HTTP address, or `off` [default: 127.0.0.1:8080].
+    #[arg(long, env = "LAKEHOUSE_HTTP_ADDR")]
+    pub http_addr: Option<String>,
+    /// The user clients log in as [default: lakehouse].
+    #[arg(long, env = "LAKEHOUSE_USER")]
+    pub user: Option<String>,
+    /// The password clients log in with. Without one, only loopback addresses are served.
+    #[arg(long, env = "LAKEHOUSE_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// A fixed bearer token for HTTP and Flight SQL (besides the ones the Flight handshake issues).
+    #[arg(long, env = "LAKEHOUSE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM certificate for TLS on Postgres wire (with --tls-key).
+    #[arg(long, env = "LAKEHOUSE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS on Postgres wire.
+    #[arg(long, env = "LAKEHOUSE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Longest a query may run, waiting for a slot included, e.g. 30s, 5m [default: 5m].
+    #[arg(long, env = "LAKEHOUSE_QUERY_TIMEOUT")]
+    pub query_timeout: Option<String>,
+    /// Memory one query may use before it must spill or fail, e.g. 512M [default: 1G].
+    #[arg(long, env = "LAKEHOUSE_QUERY_MEMORY")]
+    pub query_memory: Option<String>,
+    /// Queries running at once; more wait for a slot [default: 16].
+    #[arg(long, env = "LAKEHOUSE_MAX_QUERIES")]
+    pub max_queries: Option<usize>,
+}
+
+impl ServeArgs {
+    /// Fills what the flags and environment left open from `other` (the config file).
+    fn or(self, other: ServeArgs) -> ServeArgs {
+        ServeArgs {
+            pg_addr: self.pg_addr.or(other.pg_addr),
+            flight_addr: self.flight_addr.or(other.flight_addr),
+            http_addr: self.http_addr.or(other.http_addr),
+            user: self.user.or(other.user),
+            password: self.password.or(other.password),
+            token: self.token.or(other.token),
+            tls_cert: self.tls_cert.or(other.tls_cert),
+            tls_key: self.tls_key.or(other.tls_key),
+            query_timeout: self.query_timeout.or(other.query_timeout),
+            query_memory: self.query_memory.or(other.query_memory),
+            max_queries: self.max_queries.or(other.max_queries),
+        }
+    }
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    serve: ServeArgs,
+}
+
+/// Reads the config file: `--config`, else `lakehouse.toml` in the current
+/// folder if there is one.
+fn load_config(path: Option<&std::path::Path>) -> Result<ConfigFile> {
+    let (path, required) = match path {
+        Some(p) => (p.to_path_buf(), true),
+        None => (PathBuf::from("lakehouse.toml"), false),
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(ConfigFile::default())
+        }
+        Err(e) => return Err(Error::io(format!("read config file {}", path.display()), e)),
+    };
+    toml::from_str(&text).map_err(|e| Error::PipelineFile {
+        file: path.clone(),
+        line: e.span().map(|s| text[..s.start].lines().count().max(1)).unwrap_or(1),
+        message: e.message().to_string(),
+    })
+}
+
+/// `30s`, `5m`, `500ms`, `1h`, or plain seconds.
+pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration like 30s, 5m or 500ms"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("`{s}` is not a duration like 30s, 5m or 500ms")),
+    };
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 fn parse_size(s: &str) -> std::result::Result<usize, String> {
@@ -113,6 +223,41 @@ pub async fn dispatch(cli: Cli) -> Result<bool> {
         Command::Tables => {
             let lake = open_existing(&cli.lake)?;
             print!("{}", crate::query::tables(&lake).await?);
+            Ok(true)
+        }
+        Command::Serve(args) => {
+            let args = args.or(load_config(cli.config.as_deref())?.serve);
+            let usage = Error::Usage;
+            let limits = crate::limits::QueryLimits {
+                timeout: parse_duration(args.query_timeout.as_deref().unwrap_or("5m")).map_err(usage)?,
+                memory: parse_size(args.query_memory.as_deref().unwrap_or("1G")).map_err(usage)?,
+                max_concurrent: args.max_queries.unwrap_or(16).max(1),
+            };
+            let options = SessionOptions {
+                limits: Some(limits),
+                ..options
+            };
+            let lake = open_existing(&cli.lake)?;
+            let engine = crate::serve::Engine::new(lake, &options).await?;
+            crate::serve::pg::install_catalog(&engine.ctx)?;
+            let auth = crate::serve::Auth::new(
+                args.user.unwrap_or_else(|| "lakehouse".into()),
+                args.password,
+                args.token,
+            );
+            let serve_options = crate::serve::ServeOptions {
+                pg_addr: Some(args.pg_addr.unwrap_or_else(|| "127.0.0.1:5432".into())),
+                flight_addr: Some(args.flight_addr.unwrap_or_else(|| "127.0.0.1:50051".into())),
+                http_addr: Some(args.http_addr.unwrap_or_else(|| "127.0.0.1:8080".into())),
+                tls_cert: args.tls_cert,
+                tls_key: args.tls_key,
+            };
+            crate::serve::serve(
+                std::sync::Arc::new(engine),
+                std::sync::Arc::new(auth),
+                serve_options,
+            )
+            .await?;
             Ok(true)
         }
     }

@@ -72,6 +72,23 @@ pub async fn open(
     url: &Url,
     storage_options: &HashMap<String, String>,
 ) -> Result<Option<DeltaTable>> {
+    open_at(url, storage_options, &At::Latest).await
+}
+
+/// Which version of a table to open: the latest, a version number, or the
+/// version that was current at an instant (time travel).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum At {
+    Latest,
+    Version(u64),
+    Timestamp(chrono::DateTime<chrono::Utc>),
+}
+
+pub async fn open_at(
+    url: &Url,
+    storage_options: &HashMap<String, String>,
+    at: &At,
+) -> Result<Option<DeltaTable>> {
     if url.scheme() == "file" {
         let log = std::path::Path::new(url.path()).join("_delta_log");
         if !log.is_dir() {
@@ -81,7 +98,12 @@ pub async fn open(
     let mut table = DeltaTableBuilder::from_url(url.clone())?
         .with_storage_options(storage_options.clone())
         .build()?;
-    match table.load().await {
+    let loaded = match at {
+        At::Latest => table.load().await,
+        At::Version(v) => table.load_version(*v).await,
+        At::Timestamp(t) => table.load_with_datetime(*t).await,
+    };
+    match loaded {
         Ok(()) => Ok(Some(table)),
         Err(deltalake::DeltaTableError::NotATable(_)) => Ok(None),
         Err(e)
@@ -468,4 +490,24 @@ pub async fn row_count(table: &DeltaTable) -> Result<(u64, usize, u64)> {
         count += 1;
     }
     Ok((rows, count, bytes))
+}
+
+/// Rows, files and bytes of each partition (partition values in column order).
+pub async fn partition_stats(table: &DeltaTable) -> Result<Vec<(Vec<Option<String>>, u64, usize, u64)>> {
+    let snapshot = table.snapshot()?;
+    let columns = snapshot.metadata().partition_columns().to_vec();
+    let log_store = table.log_store();
+    let mut files = snapshot.snapshot().file_views(log_store.as_ref(), None);
+    let mut parts: std::collections::BTreeMap<Vec<Option<String>>, (u64, usize, u64)> =
+        Default::default();
+    while let Some(f) = files.next().await {
+        let f = f?;
+        let values = f.partition_values_map();
+        let key = columns.iter().map(|c| values.get(c).cloned().flatten()).collect();
+        let e = parts.entry(key).or_default();
+        e.0 += f.num_records().unwrap_or(0) as u64;
+        e.1 += 1;
+        e.2 += f.size().max(0) as u64;
+    }
+    Ok(parts.into_iter().map(|(k, (r, n, b))| (k, r, n, b)).collect())
 }

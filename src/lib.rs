@@ -8,6 +8,7 @@ pub mod delta;
 pub mod error;
 pub mod functions;
 pub mod ingest;
+pub mod limits;
 pub mod lock;
 pub mod model;
 pub mod pipeline;
@@ -15,6 +16,7 @@ pub mod quality;
 pub mod query;
 pub mod runlog;
 pub mod runner;
+pub mod serve;
 pub mod session;
 pub mod storage;
 

@@ -3,8 +3,6 @@
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::prelude::SessionContext;
-use datafusion::sql::parser::{DFParser, Statement as DFStatement};
-use datafusion::sql::sqlparser::ast::Statement;
 use futures::TryStreamExt;
 
 use crate::catalog::SCHEMAS;
@@ -18,27 +16,10 @@ pub enum Format {
     Json,
 }
 
-/// Refuses anything but a read-only query (SELECT, WITH, SHOW, EXPLAIN, DESCRIBE).
+/// Refuses anything but a read-only query (SELECT, WITH, SHOW, EXPLAIN of a
+/// query), with the same rules as the server.
 pub fn check_read_only(sql: &str) -> Result<()> {
-    let statements =
-        DFParser::parse_sql(sql).map_err(|e| Error::Usage(format!("SQL does not parse: {e}")))?;
-    if statements.len() != 1 {
-        return Err(Error::Usage(format!(
-            "give exactly one statement, found {}",
-            statements.len()
-        )));
-    }
-    match &statements[0] {
-        DFStatement::Statement(s) => match s.as_ref() {
-            Statement::Query(_) | Statement::ShowTables { .. } | Statement::ShowColumns { .. } | Statement::ExplainTable { .. } | Statement::Explain { .. } => Ok(()),
-            other => Err(Error::Usage(format!(
-                "only queries are allowed here; `{}` would change something. Tables are written by `lakehouse run`.",
-                other.to_string().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-            ))),
-        },
-        DFStatement::Explain(_) => Ok(()),
-        _ => Err(Error::Usage("only queries are allowed here (no CREATE, COPY or other statements)".into())),
-    }
+    crate::serve::check_sql(sql).map_err(|e| Error::Usage(e.message))
 }
 
 pub async fn run_query(
@@ -48,7 +29,7 @@ pub async fn run_query(
     out: &mut dyn std::io::Write,
 ) -> Result<u64> {
     check_read_only(sql)?;
-    let df = ctx.sql(sql).await?;
+    let df = ctx.sql_with_options(sql, crate::serve::read_only_options()).await?;
     let mut stream = df.execute_stream().await?;
     let mut rows = 0u64;
     let io = |e: std::io::Error| Error::io("write output", e);
@@ -86,6 +67,103 @@ pub async fn run_query(
     Ok(rows)
 }
 
+/// What `lakehouse tables` and `GET /tables` say about one table.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TableInfo {
+    pub schema: String,
+    pub name: String,
+    pub version: u64,
+    pub rows: u64,
+    pub files: usize,
+    pub bytes: u64,
+    pub partition_columns: Vec<String>,
+}
+
+async fn table_info(lake: &Lake, schema: &str, folder: &str, name: &str) -> Result<Option<(TableInfo, deltalake::DeltaTable)>> {
+    let Some(table) =
+        crate::delta::open(&lake.url(&format!("{folder}/{name}")), lake.storage_options()).await?
+    else {
+        return Ok(None);
+    };
+    let (rows, files, bytes) = crate::delta::row_count(&table).await?;
+    let partition_columns = table.snapshot()?.metadata().partition_columns().to_vec();
+    let info = TableInfo {
+        schema: schema.to_string(),
+        name: name.to_string(),
+        version: table.version().unwrap_or(0),
+        rows,
+        files,
+        bytes,
+        partition_columns: partition_columns.to_vec(),
+    };
+    Ok(Some((info, table)))
+}
+
+/// Every table of the lake, layer by layer.
+pub async fn table_infos(lake: &Lake) -> Result<Vec<TableInfo>> {
+    let mut out = Vec::new();
+    for (schema, folder) in SCHEMAS {
+        for name in lake.list_folders(folder).await? {
+            if let Some((info, _)) = table_info(lake, schema, folder, &name).await? {
+                out.push(info);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Column {
+    pub name: String,
+    pub r#type: String,
+    pub nullable: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Partition {
+    pub values: Vec<Option<String>>,
+    pub rows: u64,
+    pub files: usize,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TableDetail {
+    #[serde(flatten)]
+    pub info: TableInfo,
+    pub columns: Vec<Column>,
+    pub partitions: Vec<Partition>,
+}
+
+/// One table with its columns and partitions; `None` if there is no such table.
+pub async fn table_detail(lake: &Lake, schema: &str, name: &str) -> Result<Option<TableDetail>> {
+    let Some(folder) = SCHEMAS.iter().find(|(s, _)| *s == schema).map(|(_, f)| *f) else {
+        return Ok(None);
+    };
+    if crate::catalog::parse_table_name(name).ok().flatten().map(|(b, _)| b) != Some(name) {
+        return Ok(None);
+    }
+    let Some((info, table)) = table_info(lake, schema, folder, name).await? else {
+        return Ok(None);
+    };
+    let arrow = table.snapshot()?.snapshot().arrow_schema();
+    let columns = arrow
+        .fields()
+        .iter()
+        .map(|f| Column {
+            name: f.name().clone(),
+            r#type: f.data_type().to_string(),
+            nullable: f.is_nullable(),
+        })
+        .collect();
+    let partitions = crate::delta::partition_stats(&table)
+        .await?
+        .into_iter()
+        .map(|(values, rows, files, bytes)| Partition { values, rows, files, bytes })
+        .collect();
+    Ok(Some(TableDetail { info, columns, partitions }))
+}
+
 /// One line per table: layer, name, version, rows, partition columns, files, size.
 pub async fn tables(lake: &Lake) -> Result<String> {
     let mut rows: Vec<[String; 6]> = vec![[
@@ -96,27 +174,15 @@ pub async fn tables(lake: &Lake) -> Result<String> {
         "files".into(),
         "size".into(),
     ]];
-    for (schema, folder) in SCHEMAS {
-        for name in lake.list_folders(folder).await? {
-            let Some(table) = crate::delta::open(
-                &lake.url(&format!("{folder}/{name}")),
-                lake.storage_options(),
-            )
-            .await?
-            else {
-                continue;
-            };
-            let (count, files, bytes) = crate::delta::row_count(&table).await?;
-            let parts = table.snapshot()?.metadata().partition_columns().join(", ");
-            rows.push([
-                format!("{schema}.{name}"),
-                table.version().unwrap_or(0).to_string(),
-                count.to_string(),
-                parts,
-                files.to_string(),
-                human_bytes(bytes),
-            ]);
-        }
+    for t in table_infos(lake).await? {
+        rows.push([
+            format!("{}.{}", t.schema, t.name),
+            t.version.to_string(),
+            t.rows.to_string(),
+            t.partition_columns.join(", "),
+            t.files.to_string(),
+            human_bytes(t.bytes),
+        ]);
     }
     let widths: Vec<usize> = (0..6)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
@@ -168,6 +234,9 @@ mod tests {
             "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/etc/passwd'",
             "INSERT INTO gold.x VALUES (1)",
             "COPY (SELECT 1) TO '/tmp/x.csv'",
+            "EXPLAIN ANALYZE COPY (SELECT 1) TO '/tmp/x.csv'",
+            "EXPLAIN ANALYZE CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/etc/passwd'",
+            "SET datafusion.execution.target_partitions = 1",
             "SELECT 1; SELECT 2",
         ] {
             assert!(check_read_only(bad).is_err(), "{bad} was accepted");

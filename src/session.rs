@@ -8,12 +8,14 @@ use std::sync::Arc;
 use datafusion::execution::disk_manager::DiskManagerBuilder;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use deltalake::delta_datafusion::planner::DeltaPlanner;
 
 use crate::catalog::{LakeCatalog, CATALOG};
 use crate::error::Result;
+use crate::limits::LimitedPlanner;
 use crate::storage::Lake;
 
 #[derive(Debug, Clone)]
@@ -22,6 +24,8 @@ pub struct SessionOptions {
     pub memory_limit: usize,
     /// Parallelism of plans; defaults to the number of cores.
     pub target_partitions: usize,
+    /// Per-query limits, for sessions that answer other people's queries.
+    pub limits: Option<crate::limits::QueryLimits>,
 }
 
 impl Default for SessionOptions {
@@ -31,6 +35,7 @@ impl Default for SessionOptions {
             target_partitions: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
+            limits: None,
         }
     }
 }
@@ -62,11 +67,16 @@ pub async fn build(
         .with_default_catalog_and_schema(CATALOG, "gold")
         .with_create_default_catalog_and_schema(false)
         .with_target_partitions(options.target_partitions);
+    let planner: Arc<dyn QueryPlanner + Send + Sync> = DeltaPlanner::new();
+    let planner: Arc<dyn QueryPlanner + Send + Sync> = match &options.limits {
+        Some(limits) => Arc::new(LimitedPlanner::new(planner, limits.clone())),
+        None => planner,
+    };
     let state = SessionStateBuilder::new()
         .with_default_features()
         .with_config(config)
         .with_runtime_env(runtime.clone())
-        .with_query_planner(DeltaPlanner::new())
+        .with_query_planner(planner)
         .build();
     let ctx = SessionContext::new_with_state(state);
     let catalog = Arc::new(LakeCatalog::new(lake, runtime));

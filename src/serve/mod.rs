@@ -1,0 +1,392 @@
+//! `lakehouse serve`: the lake's tables over Postgres wire, Arrow Flight SQL
+//! and HTTP from one process and one catalog.
+//!
+//! Every protocol goes through [`Engine`]: one read-only check on the parsed
+//! statement, DataFusion's own refusal of DDL/DML/statements on the plan,
+//! and the per-query limits the session's planner applies to every plan
+//! (`crate::limits`). Tables are opened at their latest Delta version at each
+//! query, so commits made while the server runs are seen by the next query.
+//! Owns the server's lifetime and shared state; protocols live in `pg`,
+//! `flight` and `http`.
+
+pub mod auth;
+pub mod flight;
+pub mod http;
+pub mod pg;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use datafusion::error::DataFusionError;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::prelude::{DataFrame, SessionContext};
+use datafusion::sql::parser::{DFParser, Statement as DFStatement};
+use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use tokio::net::TcpListener;
+
+use crate::catalog::LakeCatalog;
+use crate::error::{Error, Result};
+use crate::session::SessionOptions;
+use crate::storage::Lake;
+
+pub use auth::Auth;
+
+/// Why a query did not run, mapped by each protocol to its own codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Not a query (CREATE, INSERT, COPY, SET of server settings, ...).
+    Refused,
+    /// SQL that does not parse or plan: unknown table, bad column, ...
+    Invalid,
+    /// Every query slot stayed taken.
+    Busy,
+    /// Ran past the time limit.
+    Timeout,
+    /// Went over the per-query memory limit.
+    Memory,
+    /// Failed while running.
+    Failed,
+}
+
+#[derive(Debug, Clone)]
+pub struct QueryError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl std::fmt::Display for QueryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for QueryError {}
+
+impl QueryError {
+    pub fn refused(message: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Refused,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<DataFusionError> for QueryError {
+    fn from(e: DataFusionError) -> Self {
+        Self::from_df(&e)
+    }
+}
+
+impl QueryError {
+    pub fn from_df(e: &DataFusionError) -> Self {
+        let root = e.find_root();
+        let kind = match root {
+            DataFusionError::ResourcesExhausted(m) if m.starts_with("the server is busy") => {
+                ErrorKind::Busy
+            }
+            DataFusionError::ResourcesExhausted(m) if m.starts_with("query cancelled") => {
+                ErrorKind::Timeout
+            }
+            DataFusionError::ResourcesExhausted(_) => ErrorKind::Memory,
+            DataFusionError::SQL(..)
+            | DataFusionError::Plan(_)
+            | DataFusionError::SchemaError(..)
+            | DataFusionError::NotImplemented(_) => ErrorKind::Invalid,
+            _ => ErrorKind::Failed,
+        };
+        let message = match kind {
+            ErrorKind::Failed => e.to_string(),
+            _ => root.to_string(),
+        };
+        Self { kind, message }
+    }
+}
+
+const READ_ONLY: &str = "this server is read-only: only queries (SELECT, WITH, VALUES, EXPLAIN, \
+SHOW) are accepted, and only over the lake's own tables. Tables are written by `lakehouse run`";
+
+/// Whether a parsed statement only reads lake tables. `EXPLAIN` counts as its
+/// inner statement, since `EXPLAIN ANALYZE` runs it.
+pub fn is_read_only(statement: &Statement) -> bool {
+    match statement {
+        Statement::Query(_)
+        | Statement::ShowTables { .. }
+        | Statement::ShowColumns { .. }
+        | Statement::ShowVariable { .. }
+        | Statement::ShowStatus { .. }
+        | Statement::ShowCatalogs { .. }
+        | Statement::ShowSchemas { .. }
+        | Statement::ShowFunctions { .. }
+        | Statement::ExplainTable { .. } => true,
+        Statement::Explain { statement, .. } => is_read_only(statement),
+        _ => false,
+    }
+}
+
+fn first_words(statement: &impl std::fmt::Display) -> String {
+    statement
+        .to_string()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The refusal for a statement that is not a query.
+pub fn refusal(statement: &impl std::fmt::Display) -> QueryError {
+    QueryError::refused(format!("{READ_ONLY}; refused `{}`.", first_words(statement)))
+}
+
+/// Parses exactly one statement and checks that it only reads.
+pub fn check_sql(sql: &str) -> std::result::Result<(), QueryError> {
+    let statements = DFParser::parse_sql_with_dialect(sql, &PostgreSqlDialect {}).map_err(|e| {
+        QueryError {
+            kind: ErrorKind::Invalid,
+            message: format!("SQL does not parse: {e}"),
+        }
+    })?;
+    if statements.len() != 1 {
+        return Err(QueryError {
+            kind: ErrorKind::Invalid,
+            message: format!("send exactly one statement, found {}", statements.len()),
+        });
+    }
+    check_df_statement(&statements[0])
+}
+
+fn check_df_statement(statement: &DFStatement) -> std::result::Result<(), QueryError> {
+    match statement {
+        DFStatement::Statement(s) if is_read_only(s) => Ok(()),
+        DFStatement::Explain(e) => check_df_statement(&e.statement),
+        other => Err(refusal(other)),
+    }
+}
+
+/// Read-only plan options: DataFusion itself refuses DDL, DML and
+/// statements, whatever the parser check let through.
+pub fn read_only_options() -> datafusion::execution::context::SQLOptions {
+    datafusion::execution::context::SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
+
+/// The shared query engine of every protocol.
+pub struct Engine {
+    pub ctx: SessionContext,
+    pub lake: Lake,
+    catalog: Arc<LakeCatalog>,
+    refreshed: Mutex<Instant>,
+}
+
+/// How long table listings (`information_schema`, `pg_catalog`, `\dt`) may
+/// lag behind tables appearing or disappearing. Queries naming a table never
+/// lag: each opens its latest version.
+const LISTING_TTL: Duration = Duration::from_secs(2);
+
+impl Engine {
+    pub async fn new(lake: Lake, options: &SessionOptions) -> Result<Self> {
+        let (ctx, catalog) = crate::session::build(&lake, options).await?;
+        Ok(Self {
+            ctx,
+            lake,
+            catalog,
+            refreshed: Mutex::new(Instant::now()),
+        })
+    }
+
+    /// Re-lists table folders if the listing is older than [`LISTING_TTL`].
+    pub async fn refresh(&self) {
+        let stale = {
+            let mut at = self.refreshed.lock().unwrap_or_else(|p| p.into_inner());
+            if at.elapsed() >= LISTING_TTL {
+                *at = Instant::now();
+                true
+            } else {
+                false
+            }
+        };
+        if stale {
+            if let Err(e) = self.catalog.refresh().await {
+                tracing::warn!("could not re-list the lake's tables: {e}");
+            }
+        }
+    }
+
+    /// Plans one read-only statement.
+    pub async fn plan(&self, sql: &str) -> std::result::Result<DataFrame, QueryError> {
+        check_sql(sql)?;
+        self.refresh().await;
+        Ok(self.ctx.sql_with_options(sql, read_only_options()).await?)
+    }
+
+    /// Plans and starts one read-only statement.
+    pub async fn sql(&self, sql: &str) -> std::result::Result<SendableRecordBatchStream, QueryError> {
+        let df = self.plan(sql).await?;
+        Ok(df.execute_stream().await?)
+    }
+}
+
+/// Addresses and settings of `lakehouse serve`.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub pg_addr: Option<String>,
+    pub flight_addr: Option<String>,
+    pub http_addr: Option<String>,
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
+async fn bind(what: &str, addr: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        Error::Usage(format!(
+            "cannot listen for {what} on {addr}: {e}. Pick another address with --{}-addr, or `off`.",
+            what.split_whitespace().next().unwrap_or(what).to_lowercase()
+        ))
+    })
+}
+
+/// Binds every endpoint, prints where each listens, serves until SIGINT or
+/// SIGTERM, then stops accepting and lets running queries finish (up to a
+/// grace period).
+pub async fn serve(engine: Arc<Engine>, auth: Arc<Auth>, options: ServeOptions) -> Result<()> {
+    let enabled = |a: &Option<String>| a.as_deref().filter(|a| !a.eq_ignore_ascii_case("off")).map(str::to_string);
+    let pg = match enabled(&options.pg_addr) {
+        Some(a) => Some(bind("postgres", &a).await?),
+        None => None,
+    };
+    let flight = match enabled(&options.flight_addr) {
+        Some(a) => Some(bind("flight", &a).await?),
+        None => None,
+    };
+    let http = match enabled(&options.http_addr) {
+        Some(a) => Some(bind("http", &a).await?),
+        None => None,
+    };
+    let mut addrs = Vec::new();
+    for (name, l) in [("postgres", &pg), ("flight", &flight), ("http", &http)] {
+        if let Some(l) = l {
+            let a = l.local_addr().map_err(|e| Error::io("read listening address", e))?;
+            addrs.push((name, a));
+        }
+    }
+    if addrs.is_empty() {
+        return Err(Error::Usage("every endpoint is `off`; enable at least one of --pg-addr, --flight-addr, --http-addr".into()));
+    }
+    if !auth.required() {
+        if let Some((name, a)) = addrs.iter().find(|(_, a)| !is_loopback(a)) {
+            return Err(Error::Usage(format!(
+                "refusing to serve {name} on {a} without a password: anyone on the network could read the lake. \
+                 Set LAKEHOUSE_PASSWORD (and LAKEHOUSE_USER), or listen on 127.0.0.1."
+            )));
+        }
+        tracing::warn!("no password set (LAKEHOUSE_PASSWORD): accepting every local client without authentication");
+    }
+    let tls = match (&options.tls_cert, &options.tls_key) {
+        (Some(c), Some(k)) => Some(pg::tls_acceptor(c, k)?),
+        (None, None) => None,
+        _ => return Err(Error::Usage("give both --tls-cert and --tls-key, or neither".into())),
+    };
+
+    let shutdown = Shutdown::new();
+    let mut tasks = Vec::new();
+    if let Some(l) = pg {
+        tasks.push(tokio::spawn(pg::serve(
+            l,
+            engine.clone(),
+            auth.clone(),
+            tls,
+            shutdown.clone(),
+        )));
+    }
+    if let Some(l) = flight {
+        tasks.push(tokio::spawn(flight::serve(
+            l,
+            engine.clone(),
+            auth.clone(),
+            shutdown.clone(),
+        )));
+    }
+    if let Some(l) = http {
+        tasks.push(tokio::spawn(http::serve(
+            l,
+            engine.clone(),
+            auth.clone(),
+            shutdown.clone(),
+        )));
+    }
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        for (name, a) in &addrs {
+            let _ = writeln!(out, "{name:<9} listening on {a}");
+        }
+        let _ = writeln!(out, "serving lake {}", engine.lake.root());
+        let _ = out.flush();
+    }
+    wait_for_signal().await;
+    tracing::info!("shutting down: no new connections; running queries get 10 s to finish");
+    shutdown.trigger();
+    let all = futures::future::join_all(tasks);
+    if tokio::time::timeout(Duration::from_secs(10), all).await.is_err() {
+        tracing::warn!("some queries were still running after 10 s; stopping anyway");
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// A shutdown signal every server task can wait on.
+#[derive(Clone)]
+pub struct Shutdown {
+    tx: Arc<tokio::sync::watch::Sender<bool>>,
+    rx: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Shutdown {
+    pub fn new() -> Self {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        Self { tx: Arc::new(tx), rx }
+    }
+
+    pub fn trigger(&self) {
+        let _ = self.tx.send(true);
+    }
+
+    pub async fn wait(&self) {
+        let mut rx = self.rx.clone();
+        let _ = rx.wait_for(|v| *v).await;
+    }
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,369 @@
+//! Postgres wire protocol, for psql, DBeaver, Superset, Metabase, Power BI
+//! and every Postgres driver. Query handling, `pg_catalog` and type mapping
+//! come from datafusion-postgres; this file adds what a shared, read-only
+//! server needs: SCRAM-SHA-256 password authentication, optional TLS, a
+//! guard that refuses anything but queries before it reaches the engine
+//! (and keeps clients from changing the shared session's settings), SQLSTATE
+//! codes for the limits, and graceful shutdown.
+
+use std::fmt::Debug;
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::common::ParamValues;
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::sqlparser::ast::{Set, Statement};
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
+use datafusion_postgres::hooks::set_show::SetShowHook;
+use datafusion_postgres::hooks::transactions::TransactionStatementHook;
+use datafusion_postgres::hooks::HookClient;
+use datafusion_postgres::pgwire;
+use datafusion_postgres::{DfSessionService, QueryHook};
+use futures::Sink;
+use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::auth::sasl::scram::{gen_salted_password, ScramAuth};
+use pgwire::api::auth::sasl::SASLAuthStartupHandler;
+use pgwire::api::auth::{
+    AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
+};
+use pgwire::api::cancel::DefaultCancelHandler;
+use pgwire::api::results::{Response, Tag};
+use pgwire::api::{ClientInfo, ConnectionManager, ErrorHandler, PgWireServerHandlers};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use tokio::net::TcpListener;
+
+use super::{is_read_only, refusal, Auth, Engine, ErrorKind, QueryError, Shutdown};
+use crate::catalog::CATALOG;
+use crate::error::{Error, Result};
+
+/// Adds `pg_catalog` (and the Postgres functions clients call) to the
+/// engine's session, inside the `lakehouse` catalog.
+pub fn install_catalog(ctx: &SessionContext) -> Result<()> {
+    setup_pg_catalog(ctx, CATALOG, EmptyContextProvider)
+        .map_err(|e| Error::Usage(format!("cannot set up pg_catalog: {e}")))
+}
+
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<pgwire::tokio::TlsAcceptor> {
+    use tokio_rustls::rustls;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let open = |p: &Path| {
+        std::fs::File::open(p)
+            .map(std::io::BufReader::new)
+            .map_err(|e| Error::io(format!("open TLS file {}", p.display()), e))
+    };
+    let certs = rustls_pemfile::certs(&mut open(cert)?)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::io(format!("read certificates from {}", cert.display()), e))?;
+    if certs.is_empty() {
+        return Err(Error::Usage(format!("{} holds no PEM certificate", cert.display())));
+    }
+    let key = rustls_pemfile::private_key(&mut open(key)?)
+        .map_err(|e| Error::io(format!("read private key from {}", key.display()), e))?
+        .ok_or_else(|| Error::Usage(format!("{} holds no PEM private key", key.display())))?;
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| Error::Usage(format!("TLS certificate and key do not work together: {e}")))?;
+    Ok(pgwire::tokio::TlsAcceptor::from(Arc::new(config)))
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    auth: Arc<Auth>,
+    tls: Option<pgwire::tokio::TlsAcceptor>,
+    shutdown: Shutdown,
+) {
+    let handlers = Arc::new(PgHandlers::new(engine, auth));
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    let handlers = handlers.clone();
+                    let tls = tls.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
+                            tracing::debug!("postgres connection from {peer} ended: {e}");
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!("postgres accept failed: {e}"),
+            }
+        }
+    }
+}
+
+struct PgHandlers {
+    service: Arc<DfSessionService>,
+    auth: Arc<Auth>,
+    connections: Arc<ConnectionManager>,
+    params: Arc<DefaultServerParameterProvider>,
+    scram_source: Arc<ScramSource>,
+}
+
+impl PgHandlers {
+    fn new(engine: Arc<Engine>, auth: Arc<Auth>) -> Self {
+        let ctx = Arc::new(engine.ctx.clone());
+        let hooks: Vec<Arc<dyn QueryHook>> = vec![
+            Arc::new(Guard { engine }),
+            Arc::new(SetShowHook),
+            Arc::new(TransactionStatementHook),
+        ];
+        let mut params = DefaultServerParameterProvider::default();
+        params.default_transaction_read_only = true;
+        params.is_superuser = false;
+        params.search_path = "gold".into();
+        params.server_version = format!("16.6 (lakehouse {})", env!("CARGO_PKG_VERSION"));
+        let scram_source = Arc::new(ScramSource::new(&auth));
+        Self {
+            service: Arc::new(DfSessionService::new_with_hooks(ctx, hooks)),
+            auth,
+            connections: Arc::new(ConnectionManager::new()),
+            params: Arc::new(params),
+            scram_source,
+        }
+    }
+}
+
+impl PgWireServerHandlers for PgHandlers {
+    fn simple_query_handler(&self) -> Arc<impl pgwire::api::query::SimpleQueryHandler> {
+        self.service.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl pgwire::api::query::ExtendedQueryHandler> {
+        self.service.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        // One per connection: the SASL exchange keeps state.
+        if self.auth.password().is_some() {
+            let scram = ScramAuth::new(self.scram_source.clone());
+            Arc::new(Startup::Scram(
+                SASLAuthStartupHandler::new(self.params.clone())
+                    .with_scram(scram)
+                    .with_connection_manager(self.connections.clone()),
+            ))
+        } else {
+            Arc::new(Startup::Trust(Trust {
+                connections: self.connections.clone(),
+            }))
+        }
+    }
+
+    fn error_handler(&self) -> Arc<impl ErrorHandler> {
+        Arc::new(SqlStates)
+    }
+
+    fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
+        Arc::new(DefaultCancelHandler::new(self.connections.clone()))
+    }
+}
+
+enum Startup {
+    Trust(Trust),
+    Scram(SASLAuthStartupHandler<DefaultServerParameterProvider>),
+}
+
+#[async_trait]
+impl StartupHandler for Startup {
+    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match self {
+            Startup::Trust(t) => t.on_startup(client, message).await,
+            Startup::Scram(s) => s.on_startup(client, message).await,
+        }
+    }
+}
+
+struct Trust {
+    connections: Arc<ConnectionManager>,
+}
+
+impl NoopStartupHandler for Trust {
+    fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
+        Some(self.connections.clone())
+    }
+}
+
+/// The SCRAM verifier of the one configured user. Any other user name gets a
+/// verifier no password matches, so a wrong user and a wrong password fail
+/// the same way.
+#[derive(Debug)]
+struct ScramSource {
+    user: String,
+    salt: Vec<u8>,
+    salted: Vec<u8>,
+}
+
+const SCRAM_ITERATIONS: usize = 4096;
+
+impl ScramSource {
+    fn new(auth: &Auth) -> Self {
+        let salt = uuid::Uuid::new_v4().as_bytes().to_vec();
+        let salted = gen_salted_password(auth.password().unwrap_or(""), &salt, SCRAM_ITERATIONS);
+        Self {
+            user: auth.user().to_string(),
+            salt,
+            salted,
+        }
+    }
+}
+
+#[async_trait]
+impl AuthSource for ScramSource {
+    async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
+        if login.user() == Some(self.user.as_str()) {
+            Ok(Password::new(Some(self.salt.clone()), self.salted.clone()))
+        } else {
+            let unguessable = uuid::Uuid::new_v4().to_string();
+            Ok(Password::new(
+                Some(self.salt.clone()),
+                gen_salted_password(&unguessable, &self.salt, SCRAM_ITERATIONS),
+            ))
+        }
+    }
+}
+
+/// Session settings a client may change; they only affect its own connection.
+const CLIENT_SETTINGS: [&str; 7] = [
+    "statement_timeout",
+    "datestyle",
+    "bytea_output",
+    "intervalstyle",
+    "application_name",
+    "extra_float_digits",
+    "search_path",
+];
+
+enum Decision {
+    /// Let the next hooks and the engine handle it.
+    Pass,
+    /// Answer `SET` and do nothing: a Postgres setting this server has no use for.
+    IgnoreSet,
+    Refuse(QueryError),
+}
+
+fn decide(statement: &Statement) -> Decision {
+    match statement {
+        s if is_read_only(s) => Decision::Pass,
+        Statement::StartTransaction { .. } | Statement::Commit { .. } | Statement::Rollback { .. } => {
+            Decision::Pass
+        }
+        Statement::Set(Set::SetTimeZone { .. }) => Decision::Pass,
+        Statement::Set(Set::SingleAssignment { variable, .. }) => {
+            let name = variable.to_string().to_lowercase();
+            if CLIENT_SETTINGS.contains(&name.as_str()) {
+                Decision::Pass
+            } else if name.starts_with("datafusion.") {
+                Decision::Refuse(QueryError::refused(format!(
+                    "`{name}` is a server setting; clients cannot change it. \
+                     Ask the operator (lakehouse serve --help lists the limits)."
+                )))
+            } else {
+                Decision::IgnoreSet
+            }
+        }
+        Statement::Set(_) => Decision::IgnoreSet,
+        other => Decision::Refuse(refusal(other)),
+    }
+}
+
+fn pg_error(e: &QueryError) -> PgWireError {
+    let code = match e.kind {
+        ErrorKind::Refused => "25006", // read_only_sql_transaction
+        ErrorKind::Invalid => "42601", // syntax_error (or undefined object; close enough for clients)
+        ErrorKind::Busy => "53300",    // too_many_connections
+        ErrorKind::Timeout => "57014", // query_canceled
+        ErrorKind::Memory => "53200",  // out_of_memory
+        ErrorKind::Failed => "XX000",
+    };
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "ERROR".into(),
+        code.into(),
+        e.message.clone(),
+    )))
+}
+
+/// First hook of every statement: refuses anything but queries and harmless
+/// session statements, and keeps table listings fresh.
+struct Guard {
+    engine: Arc<Engine>,
+}
+
+#[async_trait]
+impl QueryHook for Guard {
+    async fn handle_simple_query(
+        &self,
+        statement: &Statement,
+        _ctx: &SessionContext,
+        _client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        match decide(statement) {
+            Decision::Pass => {
+                self.engine.refresh().await;
+                None
+            }
+            Decision::IgnoreSet => Some(Ok(Response::Execution(Tag::new("SET")))),
+            Decision::Refuse(e) => Some(Err(pg_error(&e))),
+        }
+    }
+
+    async fn handle_extended_parse_query(
+        &self,
+        statement: &Statement,
+        _ctx: &SessionContext,
+        _client: &(dyn ClientInfo + Send + Sync),
+    ) -> Option<PgWireResult<LogicalPlan>> {
+        match decide(statement) {
+            Decision::Pass | Decision::IgnoreSet => {
+                self.engine.refresh().await;
+                None
+            }
+            Decision::Refuse(e) => Some(Err(pg_error(&e))),
+        }
+    }
+
+    async fn handle_extended_query(
+        &self,
+        statement: &Statement,
+        _plan: &LogicalPlan,
+        _params: &ParamValues,
+        _ctx: &SessionContext,
+        _client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        match decide(statement) {
+            Decision::Pass => None,
+            Decision::IgnoreSet => Some(Ok(Response::Execution(Tag::new("SET")))),
+            Decision::Refuse(e) => Some(Err(pg_error(&e))),
+        }
+    }
+}
+
+/// Gives engine errors their SQLSTATE (timeout 57014, memory 53200, busy
+/// 53300, bad SQL 42601) so drivers and BI tools report them properly.
+struct SqlStates;
+
+impl ErrorHandler for SqlStates {
+    fn on_error<C>(&self, _client: &C, error: &mut PgWireError)
+    where
+        C: ClientInfo,
+    {
+        if let PgWireError::ApiError(inner) = error {
+            if let Some(df) = inner.downcast_ref::<DataFusionError>() {
+                let e = QueryError::from_df(df);
+                tracing::debug!("postgres query failed: {}", e.message);
+                *error = pg_error(&e);
+            }
+        }
+    }
+}

@@ -45,7 +45,149 @@ use crate::error::{Error, Result};
 /// engine's session, inside the `lakehouse` catalog.
 pub fn install_catalog(ctx: &SessionContext) -> Result<()> {
     setup_pg_catalog(ctx, CATALOG, EmptyContextProvider)
-        .map_err(|e| Error::Usage(format!("cannot set up pg_catalog: {e}")))
+        .map_err(|e| Error::Usage(format!("cannot set up pg_catalog: {e}")))?;
+    // Drivers (SQLAlchemy, JDBC) parse `version()` for a Postgres version.
+    let version = format!(
+        "PostgreSQL 16.6 (lakehouse {} on Apache DataFusion {})",
+        env!("CARGO_PKG_VERSION"),
+        datafusion::DATAFUSION_VERSION
+    );
+    ctx.register_udf(datafusion::logical_expr::create_udf(
+        "version",
+        vec![],
+        datafusion::arrow::datatypes::DataType::Utf8,
+        datafusion::logical_expr::Volatility::Immutable,
+        Arc::new(move |_| {
+            Ok(datafusion::logical_expr::ColumnarValue::Scalar(
+                datafusion::scalar::ScalarValue::Utf8(Some(version.clone())),
+            ))
+        }),
+    ));
+    ctx.register_udf(to_regtype());
+    // No column of a lake table is backed by a sequence.
+    ctx.register_udf(datafusion::logical_expr::create_udf(
+        "pg_get_serial_sequence",
+        vec![
+            datafusion::arrow::datatypes::DataType::Utf8,
+            datafusion::arrow::datatypes::DataType::Utf8,
+        ],
+        datafusion::arrow::datatypes::DataType::Utf8,
+        datafusion::logical_expr::Volatility::Immutable,
+        Arc::new(|_| {
+            Ok(datafusion::logical_expr::ColumnarValue::Scalar(
+                datafusion::scalar::ScalarValue::Utf8(None),
+            ))
+        }),
+    ));
+    ctx.add_optimizer_rule(Arc::new(LikeEscape));
+    Ok(())
+}
+
+/// `LIKE pattern ESCAPE '/'` with a constant pattern becomes the same match
+/// with DataFusion's backslash escape (SQLAlchemy reflection sends `ESCAPE '/'`).
+#[derive(Debug)]
+struct LikeEscape;
+
+impl datafusion::optimizer::OptimizerRule for LikeEscape {
+    fn name(&self) -> &str {
+        "lakehouse_like_escape"
+    }
+
+    fn apply_order(&self) -> Option<datafusion::optimizer::ApplyOrder> {
+        Some(datafusion::optimizer::ApplyOrder::BottomUp)
+    }
+
+    fn supports_rewrite(&self) -> bool {
+        true
+    }
+
+    fn rewrite(
+        &self,
+        plan: LogicalPlan,
+        _config: &dyn datafusion::optimizer::OptimizerConfig,
+    ) -> datafusion::error::Result<datafusion::common::tree_node::Transformed<LogicalPlan>> {
+        use datafusion::common::tree_node::{Transformed, TreeNode};
+        use datafusion::logical_expr::Expr;
+        use datafusion::scalar::ScalarValue;
+        plan.map_expressions(|e| {
+            e.transform(|e| match e {
+                Expr::Like(mut like)
+                    if like.escape_char.is_some_and(|c| c != '\\') =>
+                {
+                    let escape = like.escape_char.unwrap_or('\\');
+                    match like.pattern.as_ref() {
+                        Expr::Literal(ScalarValue::Utf8(Some(p)), _)
+                        | Expr::Literal(ScalarValue::LargeUtf8(Some(p)), _)
+                        | Expr::Literal(ScalarValue::Utf8View(Some(p)), _) => {
+                            let mut out = String::with_capacity(p.len());
+                            let mut chars = p.chars();
+                            while let Some(ch) = chars.next() {
+                                if ch == escape {
+                                    out.push('\\');
+                                    if let Some(next) = chars.next() {
+                                        out.push(next);
+                                    }
+                                } else if ch == '\\' {
+                                    out.push_str("\\\\");
+                                } else {
+                                    out.push(ch);
+                                }
+                            }
+                            like.pattern = Box::new(Expr::Literal(ScalarValue::Utf8(Some(out)), None));
+                            like.escape_char = None;
+                            Ok(Transformed::yes(Expr::Like(like)))
+                        }
+                        _ => Ok(Transformed::no(Expr::Like(like))),
+                    }
+                }
+                other => Ok(Transformed::no(other)),
+            })
+        })
+    }
+}
+
+/// `to_regtype(name)`: the OID of a built-in type, NULL for any other name
+/// (drivers probe for extension types such as hstore this way).
+fn to_regtype() -> datafusion::logical_expr::ScalarUDF {
+    use datafusion::arrow::array::Int32Array;
+    use datafusion::arrow::datatypes::DataType;
+    use datafusion::logical_expr::ColumnarValue;
+    fn oid(name: &str) -> Option<i32> {
+        Some(match name.trim().trim_start_matches("pg_catalog.").to_ascii_lowercase().as_str() {
+            "bool" | "boolean" => 16,
+            "bytea" => 17,
+            "int8" | "bigint" => 20,
+            "int2" | "smallint" => 21,
+            "int4" | "integer" | "int" => 23,
+            "text" => 25,
+            "oid" => 26,
+            "json" => 114,
+            "float4" | "real" => 700,
+            "float8" | "double precision" => 701,
+            "varchar" | "character varying" => 1043,
+            "date" => 1082,
+            "time" => 1083,
+            "timestamp" | "timestamp without time zone" => 1114,
+            "timestamptz" | "timestamp with time zone" => 1184,
+            "interval" => 1186,
+            "numeric" | "decimal" => 1700,
+            "uuid" => 2950,
+            "jsonb" => 3802,
+            _ => return None,
+        })
+    }
+    datafusion::logical_expr::create_udf(
+        "to_regtype",
+        vec![DataType::Utf8],
+        DataType::Int32,
+        datafusion::logical_expr::Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let names = datafusion::common::cast::as_string_array(&arrays[0])?;
+            let out: Int32Array = names.iter().map(|n| n.and_then(oid)).collect();
+            Ok(ColumnarValue::Array(Arc::new(out)))
+        }),
+    )
 }
 
 pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<pgwire::tokio::TlsAcceptor> {
@@ -250,6 +392,9 @@ enum Decision {
     Pass,
     /// Answer `SET` and do nothing: a Postgres setting this server has no use for.
     IgnoreSet,
+    /// Answer with this tag and do nothing: savepoints and session resets,
+    /// which mean nothing on a read-only server but which drivers send.
+    Acknowledge(&'static str),
     Refuse(QueryError),
 }
 
@@ -274,6 +419,9 @@ fn decide(statement: &Statement) -> Decision {
             }
         }
         Statement::Set(_) => Decision::IgnoreSet,
+        Statement::Savepoint { .. } => Decision::Acknowledge("SAVEPOINT"),
+        Statement::ReleaseSavepoint { .. } => Decision::Acknowledge("RELEASE"),
+        Statement::Discard { .. } => Decision::Acknowledge("DISCARD ALL"),
         other => Decision::Refuse(refusal(other)),
     }
 }
@@ -314,6 +462,7 @@ impl QueryHook for Guard {
                 None
             }
             Decision::IgnoreSet => Some(Ok(Response::Execution(Tag::new("SET")))),
+            Decision::Acknowledge(tag) => Some(Ok(Response::Execution(Tag::new(tag)))),
             Decision::Refuse(e) => Some(Err(pg_error(&e))),
         }
     }
@@ -329,6 +478,12 @@ impl QueryHook for Guard {
                 self.engine.refresh().await;
                 None
             }
+            Decision::Acknowledge(_) => Some(Ok(LogicalPlan::EmptyRelation(
+                datafusion::logical_expr::EmptyRelation {
+                    produce_one_row: false,
+                    schema: Arc::new(datafusion::common::DFSchema::empty()),
+                },
+            ))),
             Decision::Refuse(e) => Some(Err(pg_error(&e))),
         }
     }
@@ -344,6 +499,7 @@ impl QueryHook for Guard {
         match decide(statement) {
             Decision::Pass => None,
             Decision::IgnoreSet => Some(Ok(Response::Execution(Tag::new("SET")))),
+            Decision::Acknowledge(tag) => Some(Ok(Response::Execution(Tag::new(tag)))),
             Decision::Refuse(e) => Some(Err(pg_error(&e))),
         }
     }

@@ -515,11 +515,20 @@ impl ErrorHandler for SqlStates {
         C: ClientInfo,
     {
         if let PgWireError::ApiError(inner) = error {
-            if let Some(df) = inner.downcast_ref::<DataFusionError>() {
-                let e = QueryError::from_df(df);
-                tracing::debug!("postgres query failed: {}", e.message);
-                *error = pg_error(&e);
-            }
+            let e = if let Some(df) = inner.downcast_ref::<DataFusionError>() {
+                QueryError::from_df(df)
+            } else if let Some(p) =
+                inner.downcast_ref::<datafusion::sql::sqlparser::parser::ParserError>()
+            {
+                QueryError {
+                    kind: ErrorKind::Invalid,
+                    message: format!("SQL does not parse: {p}"),
+                }
+            } else {
+                return;
+            };
+            tracing::debug!("postgres query failed: {}", e.message);
+            *error = pg_error(&e);
         }
     }
 }

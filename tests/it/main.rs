@@ -10,6 +10,7 @@ mod gen;
 mod pipeline_cli;
 mod retail;
 mod scale;
+mod serve;
 mod write_modes;
 
 use std::path::{Path, PathBuf};
@@ -114,4 +115,18 @@ pub fn block_on_one(lake: &Path, query: &str) -> i64 {
         .build()
         .unwrap()
         .block_on(one(lake, query))
+}
+
+/// The Python interpreter that has duckdb, polars and deltalake (installed by
+/// scripts/setup into .venv).
+pub fn python() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("LAKEHOUSE_PYTHON") {
+        return p.into();
+    }
+    let venv = repo().join(".venv/bin/python");
+    if venv.exists() {
+        venv
+    } else {
+        "python3".into()
+    }
 }

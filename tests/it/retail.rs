@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::expected::{compute, Expected};
-use crate::{gen, ints, lakehouse, one, repo, strings, text};
+use crate::{gen, ints, lakehouse, one, python, repo, strings, text};
 
 pub(crate) async fn assert_figures(lake: &Path, e: &Expected) {
     assert_eq!(
@@ -203,20 +203,6 @@ async fn example_pipeline_matches_an_independent_computation_and_reruns_change_n
     )
     .await as u64;
     assert_eq!(q, expected.quarantine.values().sum::<u64>());
-}
-
-/// The Python interpreter that has duckdb, polars and deltalake (installed by
-/// scripts/setup into .venv).
-fn python() -> std::path::PathBuf {
-    if let Ok(p) = std::env::var("LAKEHOUSE_PYTHON") {
-        return p.into();
-    }
-    let venv = repo().join(".venv/bin/python");
-    if venv.exists() {
-        venv
-    } else {
-        "python3".into()
-    }
 }
 
 fn readers_agree(lake: &Path, e: &Expected) {

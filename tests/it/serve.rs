@@ -1,0 +1,500 @@
+//! `lakehouse serve` with real clients: tokio-postgres and psql on Postgres
+//! wire, the arrow-flight Flight SQL client (and ADBC, psycopg, SQLAlchemy
+//! from Python), an HTTP client for every format. The server is the real
+//! binary on port 0 over a lake built by the example pipeline.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use datafusion::arrow::array::RecordBatch;
+use futures::TryStreamExt;
+
+use super::{lakehouse, repo, strings, text};
+
+const PASSWORD: &str = "correct horse";
+
+/// A lake built from the committed sample landing files by the example pipeline.
+fn example_lake(root: &Path) -> PathBuf {
+    let lake = root.join("lake");
+    copy_dir(&repo().join("lake/landing"), &lake.join("landing"));
+    let out = lakehouse(
+        &["--lake", lake.to_str().unwrap(), "run", "--pipeline", repo().join("sql").to_str().unwrap()],
+        root,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    lake
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+struct Server {
+    child: Child,
+    pg: String,
+    flight: String,
+    http: String,
+}
+
+impl Server {
+    fn start(lake: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lakehouse"))
+            .args(["--lake", lake.to_str().unwrap(), "serve"])
+            .args(["--pg-addr", "127.0.0.1:0", "--flight-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(extra)
+            .env("LAKEHOUSE_USER", "analyst")
+            .env("LAKEHOUSE_PASSWORD", PASSWORD)
+            .env("RUST_LOG", "warn")
+            .current_dir(lake)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("serve starts");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut pg, mut flight, mut http) = (None, None, None);
+        while pg.is_none() || flight.is_none() || http.is_none() {
+            let line = lines
+                .next()
+                .expect("serve printed its addresses before exiting")
+                .unwrap();
+            let addr = line.rsplit(' ').next().unwrap().to_string();
+            match line.split_whitespace().next() {
+                Some("postgres") => pg = Some(addr),
+                Some("flight") => flight = Some(addr),
+                Some("http") => http = Some(addr),
+                _ => {}
+            }
+        }
+        // Keep reading stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            pg: pg.unwrap(),
+            flight: flight.unwrap(),
+            http: http.unwrap(),
+        }
+    }
+
+    fn pg_config(&self, password: &str) -> String {
+        let (host, port) = self.pg.rsplit_once(':').unwrap();
+        format!("host={host} port={port} user=analyst password='{password}' dbname=lakehouse")
+    }
+
+    async fn pg(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.pg_config(PASSWORD), tokio_postgres::NoTls)
+            .await
+            .expect("connects with the right password");
+        tokio::spawn(conn);
+        client
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn pg_text(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<String>> {
+    client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("NULL").to_string())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+fn pg_code(e: &tokio_postgres::Error) -> (String, String) {
+    let db = e.as_db_error().unwrap_or_else(|| panic!("not a server error: {e}"));
+    (db.code().code().to_string(), db.message().to_string())
+}
+
+const BY_REGION: &str =
+    "SELECT region, sum(revenue) AS revenue, sum(orders) AS orders FROM gold.daily_region_sales GROUP BY region ORDER BY region";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_wire_answers_clients_and_refuses_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = example_lake(dir.path());
+    let expected = strings(&lake, BY_REGION).await;
+    assert_eq!(expected.len(), 5);
+    let server = Server::start(&lake, &[]);
+
+    // Wrong password and wrong user fail the same way.
+    for config in [server.pg_config("wrong"), server.pg_config(PASSWORD).replace("user=analyst", "user=admin")] {
+        let e = tokio_postgres::connect(&config, tokio_postgres::NoTls)
+            .await
+            .err()
+            .expect("a wrong password is refused");
+        let message = e.as_db_error().map(|d| d.message().to_lowercase()).unwrap_or_default();
+        assert!(message.contains("password authentication failed"), "{e:?}");
+    }
+
+    let client = server.pg().await;
+    // Simple protocol (text) and extended protocol (binary, with a parameter).
+    assert_eq!(pg_text(&client, BY_REGION).await, expected);
+    let rows = client
+        .query(
+            "SELECT CAST(sum(orders) AS BIGINT) FROM gold.daily_region_sales WHERE region = $1",
+            &[&"east"],
+        )
+        .await
+        .unwrap();
+    let east: i64 = rows[0].get(0);
+    assert_eq!(east.to_string(), expected.iter().find(|r| r[0] == "east").unwrap()[2]);
+
+    // Types: dates, decimals and UTC timestamps keep their Postgres types.
+    let stmt = client
+        .prepare("SELECT order_date, amount, updated_at FROM silver.orders LIMIT 1")
+        .await
+        .unwrap();
+    let types: Vec<String> = stmt.columns().iter().map(|c| c.type_().name().to_string()).collect();
+    assert_eq!(types, ["date", "numeric", "timestamptz"]);
+
+    // Session statements drivers send are accepted.
+    for ok in ["BEGIN READ ONLY", "SET application_name = 'test'", "SET client_encoding = 'UTF8'", "SHOW TIME ZONE", "COMMIT"] {
+        client.simple_query(ok).await.unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+
+    // Anything but a query is refused before it reaches the engine.
+    for bad in [
+        "CREATE TABLE gold.x (a INT)",
+        "CREATE EXTERNAL TABLE pw STORED AS CSV LOCATION '/etc/passwd'",
+        "INSERT INTO gold.daily_region_sales SELECT * FROM gold.daily_region_sales",
+        "UPDATE gold.daily_region_sales SET orders = 0",
+        "DELETE FROM gold.daily_region_sales",
+        "DROP TABLE gold.daily_region_sales",
+        "COPY (SELECT 1) TO '/tmp/lakehouse-copy.csv'",
+        "EXPLAIN ANALYZE COPY (SELECT 1) TO '/tmp/lakehouse-copy.csv'",
+        "SET datafusion.execution.target_partitions = 1",
+    ] {
+        let e = client.simple_query(bad).await.err().unwrap_or_else(|| panic!("{bad} was accepted"));
+        let (code, message) = pg_code(&e);
+        assert!(code == "25006" || code == "42601", "{bad}: {code} {message}");
+        assert!(
+            message.contains("read-only") || message.contains("server setting") || message.contains("parse"),
+            "{bad}: {message}"
+        );
+    }
+    assert!(!Path::new("/tmp/lakehouse-copy.csv").exists());
+    // Files outside the lake cannot be read by naming them.
+    for read in ["SELECT * FROM '/etc/passwd'", "SELECT * FROM bronze.\"../../../etc/passwd\""] {
+        let e = client.simple_query(read).await.err().unwrap_or_else(|| panic!("{read} was accepted"));
+        assert!(pg_code(&e).1.contains("not found"), "{read}: {e}");
+    }
+
+    // Time travel: version 0 of a gold table is its empty creation commit.
+    let v = pg_text(&client, "SELECT count(*) FROM gold.\"daily_region_sales@v0\"").await;
+    assert_eq!(v, [["0"]]);
+    let v1 = pg_text(&client, "SELECT count(*) FROM gold.\"daily_region_sales@v1\"").await;
+    let now = pg_text(&client, "SELECT count(*) FROM gold.daily_region_sales").await;
+    assert_eq!(v1, now);
+    let e = client.simple_query("SELECT * FROM gold.\"daily_region_sales@v99\"").await.unwrap_err();
+    assert!(pg_code(&e).1.contains("no version"), "{e}");
+
+    // psql: \dt and \d work on the catalog, and a gold query.
+    let psql = |args: &[&str]| {
+        let (host, port) = server.pg.rsplit_once(':').unwrap();
+        let out = Command::new("psql")
+            .args(["-h", host, "-p", port, "-U", "analyst", "-d", "lakehouse", "-X", "-c"])
+            .args(args)
+            .env("PGPASSWORD", PASSWORD)
+            .output()
+            .expect("psql is installed (scripts/setup installs postgresql-client)");
+        assert!(out.status.success(), "psql {args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let dt = psql(&["\\dt gold.*"]);
+    assert!(dt.contains("daily_region_sales") && dt.contains("category_daily"), "{dt}");
+    let d = psql(&["\\d gold.daily_region_sales"]);
+    for col in ["order_date", "date", "revenue", "numeric", "region"] {
+        assert!(d.contains(col), "\\d lacks {col}: {d}");
+    }
+    let q = psql(&["SELECT region, orders FROM gold.daily_region_sales WHERE region = 'east' ORDER BY order_date LIMIT 1"]);
+    assert!(q.contains("east") && q.contains("(1 row)"), "{q}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_answers_in_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = example_lake(dir.path());
+    let expected = strings(&lake, BY_REGION).await;
+    let server = Server::start(&lake, &[]);
+    let http = reqwest::Client::new();
+    let url = |p: &str| format!("http://{}{p}", server.http);
+    let post = |accept: &'static str, sql: &'static str| {
+        http.post(url("/sql"))
+            .basic_auth("analyst", Some(PASSWORD))
+            .header("accept", accept)
+            .body(sql)
+            .send()
+    };
+
+    let health = http.get(url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let no_auth = http.post(url("/sql")).body("SELECT 1").send().await.unwrap();
+    assert_eq!(no_auth.status(), 401);
+    let wrong = http.post(url("/sql")).basic_auth("analyst", Some("nope")).body("SELECT 1").send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    let bad_token = http.post(url("/sql")).bearer_auth("nope").body("SELECT 1").send().await.unwrap();
+    assert_eq!(bad_token.status(), 401);
+
+    // JSON
+    let r = post("application/json", BY_REGION).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(rows.len(), 5);
+    for (row, e) in rows.iter().zip(&expected) {
+        assert_eq!(row["region"], e[0].as_str());
+        assert_eq!(row["revenue"].to_string(), e[1]);
+    }
+    // CSV
+    let csv = post("text/csv", BY_REGION).await.unwrap().text().await.unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "region,revenue,orders");
+    assert_eq!(lines[1], expected[0].join(","));
+    assert_eq!(lines.len(), 6);
+    // NDJSON
+    let nd = post("application/x-ndjson", BY_REGION).await.unwrap().text().await.unwrap();
+    assert_eq!(nd.lines().count(), 5);
+    // Arrow IPC stream
+    let ipc = post("application/vnd.apache.arrow.stream", BY_REGION).await.unwrap().bytes().await.unwrap();
+    let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(ipc), None).unwrap();
+    let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().unwrap();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 5);
+    // Parquet
+    let pq = post("application/vnd.apache.parquet", BY_REGION).await.unwrap().bytes().await.unwrap();
+    let reader = datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(pq)
+        .unwrap()
+        .build()
+        .unwrap();
+    let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().unwrap();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 5);
+    // An empty result in CSV still has its header, in JSON is [].
+    let empty = post("text/csv", "SELECT region FROM gold.daily_region_sales WHERE region = 'nowhere'").await.unwrap();
+    assert_eq!(empty.text().await.unwrap().trim(), "region");
+    let empty = post("application/json", "SELECT region FROM gold.daily_region_sales WHERE region = 'nowhere'").await.unwrap();
+    assert_eq!(empty.text().await.unwrap().trim(), "[]");
+    // Unsupported Accept.
+    assert_eq!(post("image/png", "SELECT 1").await.unwrap().status(), 406);
+
+    // Refusals and errors carry a status and a message.
+    let r = post("application/json", "DROP TABLE gold.daily_region_sales").await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("read-only"));
+    let r = post("application/json", "CREATE EXTERNAL TABLE pw STORED AS CSV LOCATION '/etc/passwd'").await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = post("application/json", "SELECT * FROM '/etc/passwd'").await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = post("application/json", "SELECT nope FROM gold.daily_region_sales").await.unwrap();
+    assert_eq!(r.status(), 400);
+
+    // Tables.
+    let tables: Vec<serde_json::Value> = http
+        .get(url("/tables"))
+        .basic_auth("analyst", Some(PASSWORD))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .map(|b| serde_json::from_slice(&b).unwrap())
+        .unwrap();
+    let gold: Vec<&serde_json::Value> = tables.iter().filter(|t| t["schema"] == "gold").collect();
+    assert_eq!(gold.len(), 2, "{tables:?}");
+    let t: serde_json::Value = http
+        .get(url("/tables/gold/daily_region_sales"))
+        .basic_auth("analyst", Some(PASSWORD))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .map(|b| serde_json::from_slice(&b).unwrap())
+        .unwrap();
+    assert_eq!(t["partition_columns"], serde_json::json!(["order_date", "region"]));
+    let rows: u64 = t["partitions"].as_array().unwrap().iter().map(|p| p["rows"].as_u64().unwrap()).sum();
+    assert_eq!(rows, t["rows"].as_u64().unwrap());
+    assert!(t["version"].as_u64().unwrap() >= 1);
+    let missing = http
+        .get(url("/tables/gold/nothing"))
+        .basic_auth("analyst", Some(PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flight_sql_streams_arrow_to_authenticated_clients() {
+    use arrow_flight::sql::client::FlightSqlServiceClient;
+    let dir = tempfile::tempdir().unwrap();
+    let lake = example_lake(dir.path());
+    let expected = strings(&lake, BY_REGION).await;
+    let server = Server::start(&lake, &[]);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.flight))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+
+    let mut anonymous = FlightSqlServiceClient::new(channel.clone());
+    let e = anonymous.execute(BY_REGION.into(), None).await.unwrap_err();
+    assert!(e.to_string().contains("authentication required"), "{e}");
+    let e = anonymous.handshake("analyst", "wrong").await.unwrap_err();
+    assert!(e.to_string().contains("wrong user, password or token"), "{e}");
+
+    let mut client = FlightSqlServiceClient::new(channel);
+    client.handshake("analyst", PASSWORD).await.unwrap();
+    let info = client.execute(BY_REGION.into(), None).await.unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let batches: Vec<RecordBatch> = client.do_get(ticket).await.unwrap().try_collect().await.unwrap();
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows, expected.len());
+    let regions = datafusion::arrow::compute::cast(batches[0].column(0), &datafusion::arrow::datatypes::DataType::Utf8).unwrap();
+    let regions = regions.as_any().downcast_ref::<datafusion::arrow::array::StringArray>().unwrap();
+    assert_eq!(regions.value(0), expected[0][0]);
+
+    let e = client.execute("DELETE FROM gold.daily_region_sales".into(), None).await.unwrap_err();
+    assert!(e.to_string().contains("read-only"), "{e}");
+
+    // ADBC (the Flight SQL driver data teams use from Python), psycopg and
+    // SQLAlchemy's reflection, in one script.
+    let out = Command::new(super::python())
+        .arg(repo().join("tests/clients.py"))
+        .args([&server.flight, &server.pg, "analyst", PASSWORD])
+        .output()
+        .expect("python runs");
+    assert!(out.status.success(), "tests/clients.py failed:\n{}", text(&out));
+    let answers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let revenue: Vec<String> = expected.iter().map(|r| r[1].clone()).collect();
+    assert_eq!(answers["adbc_revenue"], serde_json::json!(revenue));
+    assert_eq!(answers["psycopg_revenue"], serde_json::json!(revenue));
+    assert_eq!(answers["sqlalchemy_schemas"], serde_json::json!(["bronze", "gold", "quarantine", "silver", "system"]));
+    assert_eq!(answers["sqlalchemy_gold_tables"], serde_json::json!(["category_daily", "daily_region_sales"]));
+    assert!(answers["adbc_refused"].as_str().unwrap().contains("read-only"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_fail_one_query_and_the_server_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = example_lake(dir.path());
+    let server = Server::start(&lake, &["--query-timeout", "1s", "--query-memory", "8M", "--max-queries", "4"]);
+    let client = server.pg().await;
+
+    let slow = "SELECT sum(value) FROM generate_series(1, 100000000000)";
+    let started = std::time::Instant::now();
+    let e = client.simple_query(slow).await.unwrap_err();
+    let (code, message) = pg_code(&e);
+    assert_eq!(code, "57014", "{message}");
+    assert!(message.contains("time limit of 1000 ms"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+
+    let hungry = "SELECT array_agg(value) FROM generate_series(1, 10000000)";
+    let e = client.simple_query(hungry).await.unwrap_err();
+    let (code, message) = pg_code(&e);
+    assert_eq!(code, "53200", "{message}");
+    assert!(message.contains("per-query memory limit of 8 MiB"), "{message}");
+
+    // The same connection and others still answer.
+    assert_eq!(pg_text(&client, "SELECT count(*) FROM gold.category_daily").await.len(), 1);
+    let http = reqwest::Client::new()
+        .post(format!("http://{}/sql", server.http))
+        .basic_auth("analyst", Some(PASSWORD))
+        .body(slow)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(http.status(), 504);
+}
+
+/// 32 clients query while `lakehouse run` commits new data: no errors, and
+/// every answer is the figure of a committed version (before or after).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_during_a_run_see_committed_versions_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = example_lake(dir.path());
+    let total = "SELECT CAST(sum(orders) AS BIGINT) FROM gold.daily_region_sales";
+    let before = super::one(&lake, total).await;
+    let server = Server::start(&lake, &["--max-queries", "8"]);
+
+    // New orders land: a copy of a landing file under a new name, its
+    // order ids shifted so they are new orders.
+    let landing = lake.join("landing/orders");
+    let src = landing.join("orders_00001.csv");
+    let body = std::fs::read_to_string(&src).unwrap();
+    let mut lines = body.lines();
+    let header = lines.next().unwrap();
+    let mut shifted = String::from(header);
+    shifted.push('\n');
+    for l in lines {
+        let (id, rest) = l.split_once(',').unwrap();
+        shifted.push_str(&format!("X{id},{rest}\n"));
+    }
+    std::fs::write(landing.join("orders_late_batch.csv"), shifted).unwrap();
+
+    let mut clients = Vec::new();
+    for _ in 0..32 {
+        let (client, conn) = tokio_postgres::connect(&server.pg_config(PASSWORD), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        clients.push(client);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for client in clients {
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || seen.is_empty() {
+                let rows = client.query(total, &[]).await.expect("no query fails during a run");
+                seen.push(rows[0].get::<_, i64>(0));
+            }
+            seen
+        }));
+    }
+    let lake2 = lake.clone();
+    let run = tokio::task::spawn_blocking(move || {
+        lakehouse(
+            &["--lake", lake2.to_str().unwrap(), "run", "--pipeline", repo().join("sql").to_str().unwrap()],
+            &lake2,
+        )
+    })
+    .await
+    .unwrap();
+    assert!(run.status.success(), "{}", text(&run));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let after = super::one(&lake, total).await;
+    assert!(after > before, "the run added orders ({before} -> {after})");
+    let mut answers = 0;
+    for t in tasks {
+        for v in t.await.unwrap() {
+            assert!(v == before || v == after, "{v} is neither {before} nor {after}");
+            answers += 1;
+        }
+    }
+    assert!(answers >= 32);
+    // The next query sees the new version without a restart.
+    let client = server.pg().await;
+    assert_eq!(pg_text(&client, total).await, [[after.to_string()]]);
+}

@@ -104,8 +104,8 @@ impl QueryError {
     }
 }
 
-const READ_ONLY: &str = "this server is read-only: only queries (SELECT, WITH, VALUES, EXPLAIN, \
-SHOW) are accepted, and only over the lake's own tables. Tables are written by `lakehouse run`";
+const READ_ONLY: &str = "the lake is read-only here: only queries are allowed (SELECT, WITH, \
+VALUES, EXPLAIN, SHOW), over the lake's own tables; tables are written by `lakehouse run`";
 
 /// Whether a parsed statement only reads lake tables. `EXPLAIN` counts as its
 /// inner statement, since `EXPLAIN ANALYZE` runs it.

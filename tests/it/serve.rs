@@ -498,3 +498,47 @@ async fn queries_during_a_run_see_committed_versions_only() {
     let client = server.pg().await;
     assert_eq!(pg_text(&client, total).await, [[after.to_string()]]);
 }
+
+#[test]
+fn no_password_is_refused_off_loopback_and_tls_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = example_lake(dir.path());
+
+    // Without a password, a non-loopback address is refused at start.
+    let out = Command::new(env!("CARGO_BIN_EXE_lakehouse"))
+        .args(["--lake", lake.to_str().unwrap(), "serve"])
+        .args(["--pg-addr", "0.0.0.0:0", "--flight-addr", "off", "--http-addr", "off"])
+        .env_remove("LAKEHOUSE_PASSWORD")
+        .env_remove("LAKEHOUSE_TOKEN")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("without a password"), "{}", text(&out));
+
+    // TLS on Postgres wire with a self-signed certificate.
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    let gen = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl makes a test certificate");
+    assert!(gen.status.success(), "{}", text(&gen));
+    let server = Server::start(
+        &lake,
+        &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
+    );
+    let (host, port) = server.pg.rsplit_once(':').unwrap();
+    let out = Command::new("psql")
+        .arg(format!("host={host} port={port} user=analyst dbname=lakehouse sslmode=require"))
+        .args(["-X", "-A", "-t", "-c", "SELECT count(*) FROM gold.daily_region_sales"])
+        .env("PGPASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "psql over TLS: {}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).trim().parse::<u64>().unwrap() > 0);
+}

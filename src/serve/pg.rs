@@ -64,6 +64,18 @@ pub fn install_catalog(ctx: &SessionContext) -> Result<()> {
         }),
     ));
     ctx.register_udf(to_regtype());
+    ctx.register_udf(datafusion::logical_expr::create_udf(
+        "pg_collation_is_visible",
+        vec![datafusion::arrow::datatypes::DataType::Int64],
+        datafusion::arrow::datatypes::DataType::Boolean,
+        datafusion::logical_expr::Volatility::Immutable,
+        Arc::new(|_| {
+            Ok(datafusion::logical_expr::ColumnarValue::Scalar(
+                datafusion::scalar::ScalarValue::Boolean(Some(true)),
+            ))
+        }),
+    ));
+    ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(JsonBuildObject::new()));
     // No column of a lake table is backed by a sequence.
     ctx.register_udf(datafusion::logical_expr::create_udf(
         "pg_get_serial_sequence",
@@ -143,6 +155,78 @@ impl datafusion::optimizer::OptimizerRule for LikeEscape {
                 other => Ok(Transformed::no(other)),
             })
         })
+    }
+}
+
+/// `json_build_object(k1, v1, k2, v2, ...)` as JSON text (SQLAlchemy's
+/// column reflection builds identity-column details with it).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct JsonBuildObject {
+    signature: datafusion::logical_expr::Signature,
+}
+
+impl JsonBuildObject {
+    fn new() -> Self {
+        Self {
+            signature: datafusion::logical_expr::Signature::variadic_any(
+                datafusion::logical_expr::Volatility::Immutable,
+            ),
+        }
+    }
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for JsonBuildObject {
+    fn name(&self) -> &str {
+        "json_build_object"
+    }
+
+    fn signature(&self) -> &datafusion::logical_expr::Signature {
+        &self.signature
+    }
+
+    fn return_type(
+        &self,
+        _args: &[datafusion::arrow::datatypes::DataType],
+    ) -> datafusion::error::Result<datafusion::arrow::datatypes::DataType> {
+        Ok(datafusion::arrow::datatypes::DataType::Utf8)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> datafusion::error::Result<datafusion::logical_expr::ColumnarValue> {
+        use datafusion::arrow::array::StringBuilder;
+        use datafusion::scalar::ScalarValue;
+        if args.args.len() % 2 != 0 {
+            return Err(DataFusionError::Plan(
+                "json_build_object takes key/value pairs".into(),
+            ));
+        }
+        let arrays = datafusion::logical_expr::ColumnarValue::values_to_arrays(&args.args)?;
+        let mut out = StringBuilder::new();
+        for row in 0..args.number_rows {
+            let mut object = serde_json::Map::new();
+            for pair in arrays.chunks(2) {
+                let key = ScalarValue::try_from_array(&pair[0], row)?;
+                let value = ScalarValue::try_from_array(&pair[1], row)?;
+                let json = if value.is_null() {
+                    serde_json::Value::Null
+                } else {
+                    match &value {
+                        ScalarValue::Boolean(Some(b)) => serde_json::Value::Bool(*b),
+                        v if v.data_type().is_numeric() => v
+                            .to_string()
+                            .parse::<serde_json::Number>()
+                            .map(serde_json::Value::Number)
+                            .unwrap_or_else(|_| serde_json::Value::String(v.to_string())),
+                        v => serde_json::Value::String(v.to_string()),
+                    }
+                };
+                object.insert(key.to_string(), json);
+            }
+            out.append_value(serde_json::Value::Object(object).to_string());
+        }
+        Ok(datafusion::logical_expr::ColumnarValue::Array(Arc::new(out.finish())))
     }
 }
 

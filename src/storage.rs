@@ -254,6 +254,27 @@ fn store_for(url: &Url, options: &HashMap<String, String>) -> Result<(Arc<dyn Ob
         })?;
         return Ok((Arc::new(store), path));
     }
+    if matches!(url.scheme(), "s3" | "s3a") {
+        // The standard AWS chain (AWS_ACCESS_KEY_ID, AWS_SESSION_TOKEN,
+        // AWS_REGION, AWS_ENDPOINT_URL, AWS_ALLOW_HTTP, profiles via
+        // AWS_PROFILE web identity, instance metadata), then the explicit
+        // storage options.
+        let mut builder = object_store::aws::AmazonS3Builder::from_env().with_url(url.as_str());
+        for (k, v) in options {
+            if let Ok(key) = k.to_ascii_lowercase().parse::<object_store::aws::AmazonS3ConfigKey>() {
+                builder = builder.with_config(key, v);
+            }
+        }
+        let store = builder.build().map_err(|e| Error::Lake {
+            uri: url.to_string(),
+            message: format!("{e}. Check AWS_REGION, AWS_ENDPOINT_URL and the credentials."),
+        })?;
+        let path = Path::from_url_path(url.path()).map_err(|e| Error::Lake {
+            uri: url.to_string(),
+            message: e.to_string(),
+        })?;
+        return Ok((Arc::new(store), path));
+    }
     let (store, path) =
         object_store::parse_url_opts(url, options.iter()).map_err(|e| Error::Lake {
             uri: url.to_string(),

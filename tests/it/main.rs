@@ -10,6 +10,7 @@ mod gen;
 mod pipeline_cli;
 mod retail;
 mod scale;
+mod s3;
 mod serve;
 mod write_modes;
 

@@ -127,6 +127,15 @@ async fn example_pipeline_on_s3_gives_the_local_figures() {
         assert!(l.lines().count() > 1);
     }
 
+    // The server answers over the S3 lake.
+    let server = super::serve::Server::start_uri(&uri, dir.path(), &[], &aws_env());
+    let client = server.pg().await;
+    let q = "SELECT CAST(sum(orders) AS BIGINT) FROM gold.daily_region_sales";
+    let local_total = ok(lakehouse_s3(&["--lake", local.to_str().unwrap(), "query", "--format", "csv", q], dir.path()));
+    let served = super::serve::pg_text(&client, q).await;
+    assert_eq!(served[0][0], local_total.lines().nth(1).unwrap());
+    drop(server);
+
     // A re-run with nothing new changes no data table.
     let data_tables = |t: &str| -> Vec<String> {
         t.lines()

@@ -39,7 +39,7 @@ pub(crate) fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
     pg: String,
     flight: String,
@@ -47,15 +47,20 @@ struct Server {
 }
 
 impl Server {
-    fn start(lake: &Path, extra: &[&str]) -> Server {
+    pub(crate) fn start(lake: &Path, extra: &[&str]) -> Server {
+        Self::start_uri(lake.to_str().unwrap(), lake, extra, &[])
+    }
+
+    pub(crate) fn start_uri(uri: &str, cwd: &Path, extra: &[&str], env: &[(&str, String)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_lakehouse"))
-            .args(["--lake", lake.to_str().unwrap(), "serve"])
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .args(["--lake", uri, "serve"])
             .args(["--pg-addr", "127.0.0.1:0", "--flight-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
             .args(extra)
             .env("LAKEHOUSE_USER", "analyst")
             .env("LAKEHOUSE_PASSWORD", PASSWORD)
             .env("RUST_LOG", "warn")
-            .current_dir(lake)
+            .current_dir(cwd)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -90,7 +95,7 @@ impl Server {
         format!("host={host} port={port} user=analyst password='{password}' dbname=lakehouse")
     }
 
-    async fn pg(&self) -> tokio_postgres::Client {
+    pub(crate) async fn pg(&self) -> tokio_postgres::Client {
         let (client, conn) = tokio_postgres::connect(&self.pg_config(PASSWORD), tokio_postgres::NoTls)
             .await
             .expect("connects with the right password");
@@ -106,7 +111,7 @@ impl Drop for Server {
     }
 }
 
-async fn pg_text(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<String>> {
+pub(crate) async fn pg_text(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<String>> {
     client
         .simple_query(sql)
         .await

@@ -130,6 +130,12 @@ impl ServeArgs {
 struct ConfigFile {
     #[serde(default)]
     serve: ServeArgs,
+    /// Object-store settings, passed to the lake's store and to Delta: S3
+    /// keys such as `aws_endpoint_url`, `aws_region`, `aws_allow_http`, and
+    /// retries: `max_retries`, `retry_timeout`, `backoff_config.init_backoff`,
+    /// `backoff_config.max_backoff`.
+    #[serde(default)]
+    storage: std::collections::HashMap<String, String>,
 }
 
 /// Reads the config file: `--config`, else `lakehouse.toml` in the current
@@ -189,6 +195,7 @@ pub async fn dispatch(cli: Cli) -> Result<bool> {
         memory_limit: cli.memory_limit,
         ..Default::default()
     };
+    let mut config = load_config(cli.config.as_deref())?;
     match cli.command {
         Command::Run {
             pipeline,
@@ -202,7 +209,7 @@ pub async fn dispatch(cli: Cli) -> Result<bool> {
                 full_refresh,
             };
             crate::runner::selected(&pipeline, &run_options.select)?;
-            let lake = Lake::open(&cli.lake, Default::default())?;
+            let lake = Lake::open(&cli.lake, config.storage.clone())?;
             let run_id = crate::runner::new_run_id();
             let lock = crate::lock::RunLock::acquire(&lake, &run_id, wait).await?;
             let report =
@@ -213,7 +220,7 @@ pub async fn dispatch(cli: Cli) -> Result<bool> {
             Ok(report.succeeded())
         }
         Command::Query { format, sql } => {
-            let lake = open_existing(&cli.lake)?;
+            let lake = open_existing(&cli.lake, &config)?;
             let (ctx, _) = crate::session::build(&lake, &options).await?;
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
@@ -221,12 +228,12 @@ pub async fn dispatch(cli: Cli) -> Result<bool> {
             Ok(true)
         }
         Command::Tables => {
-            let lake = open_existing(&cli.lake)?;
+            let lake = open_existing(&cli.lake, &config)?;
             print!("{}", crate::query::tables(&lake).await?);
             Ok(true)
         }
         Command::Serve(args) => {
-            let args = args.or(load_config(cli.config.as_deref())?.serve);
+            let args = args.or(std::mem::take(&mut config.serve));
             let usage = Error::Usage;
             let limits = crate::limits::QueryLimits {
                 timeout: parse_duration(args.query_timeout.as_deref().unwrap_or("5m")).map_err(usage)?,
@@ -237,7 +244,7 @@ pub async fn dispatch(cli: Cli) -> Result<bool> {
                 limits: Some(limits),
                 ..options
             };
-            let lake = open_existing(&cli.lake)?;
+            let lake = open_existing(&cli.lake, &config)?;
             let engine = crate::serve::Engine::new(lake, &options).await?;
             crate::serve::pg::install_catalog(&engine.ctx)?;
             let auth = crate::serve::Auth::new(
@@ -263,9 +270,9 @@ pub async fn dispatch(cli: Cli) -> Result<bool> {
     }
 }
 
-fn open_existing(uri: &str) -> Result<Lake> {
+fn open_existing(uri: &str, config: &ConfigFile) -> Result<Lake> {
     if !uri.contains("://") && !std::path::Path::new(uri).is_dir() {
         return Err(Error::Lake { uri: uri.into(), message: "no such folder. Run `lakehouse run` first, or pass --lake pointing at an existing lake.".into() });
     }
-    Lake::open(uri, Default::default())
+    Lake::open(uri, config.storage.clone())
 }

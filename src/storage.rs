@@ -244,6 +244,32 @@ pub fn parse_location(uri: &str, create: bool) -> Result<Url> {
     })
 }
 
+/// Retries of transient store errors (5xx, throttling, resets, timeouts),
+/// from the same keys Delta reads: `max_retries` (default 10),
+/// `retry_timeout` (3m), `backoff_config.init_backoff` (100ms),
+/// `backoff_config.max_backoff` (15s), `backoff_config.base` (2).
+pub fn retry_config(url: &Url, options: &HashMap<String, String>) -> Result<object_store::RetryConfig> {
+    let mut config = object_store::RetryConfig::default();
+    let bad = |k: &str, v: &str| Error::Lake {
+        uri: url.to_string(),
+        message: format!("storage option {k} = {v:?} is not valid (a count, or a duration like 30s / 500ms)"),
+    };
+    let duration = |k: &str, v: &str| {
+        crate::cli::parse_duration(v).map_err(|_| bad(k, v))
+    };
+    for (k, v) in options {
+        match k.to_ascii_lowercase().as_str() {
+            "max_retries" => config.max_retries = v.parse().map_err(|_| bad(k, v))?,
+            "retry_timeout" => config.retry_timeout = duration(k, v)?,
+            "backoff_config.init_backoff" => config.backoff.init_backoff = duration(k, v)?,
+            "backoff_config.max_backoff" => config.backoff.max_backoff = duration(k, v)?,
+            "backoff_config.base" => config.backoff.base = v.parse().map_err(|_| bad(k, v))?,
+            _ => {}
+        }
+    }
+    Ok(config)
+}
+
 fn store_for(url: &Url, options: &HashMap<String, String>) -> Result<(Arc<dyn ObjectStore>, Path)> {
     if url.scheme() == "file" {
         // A store rooted at `/` so that paths from different globs share it.
@@ -265,6 +291,7 @@ fn store_for(url: &Url, options: &HashMap<String, String>) -> Result<(Arc<dyn Ob
                 builder = builder.with_config(key, v);
             }
         }
+        builder = builder.with_retry(retry_config(url, options)?);
         let store = builder.build().map_err(|e| Error::Lake {
             uri: url.to_string(),
             message: format!("{e}. Check AWS_REGION, AWS_ENDPOINT_URL and the credentials."),

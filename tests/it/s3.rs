@@ -213,3 +213,119 @@ async fn concurrent_commits_on_s3_all_land() {
     let (rows, files, _) = lakehouse::delta::row_count(&table).await.unwrap();
     assert_eq!((rows, files, table.version()), (500, 5, Some(4)));
 }
+
+/// Counts of the requests a proxy passed on, by kind, and how many it failed.
+#[derive(Default, Debug)]
+pub struct Counts {
+    pub get: std::sync::atomic::AtomicU64,
+    pub put: std::sync::atomic::AtomicU64,
+    pub list: std::sync::atomic::AtomicU64,
+    pub other: std::sync::atomic::AtomicU64,
+    pub failed: std::sync::atomic::AtomicU64,
+}
+
+/// An HTTP proxy in front of the S3 test server that answers `503 SlowDown`
+/// (before forwarding, as S3 does when throttling) to one request in
+/// `fail_one_in`, and counts the requests by kind.
+async fn faulty_proxy(fail_one_in: u64) -> (String, Arc<Counts>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let counts = Arc::new(Counts::default());
+    let upstream = endpoint();
+    let client = reqwest::Client::new();
+    let c = counts.clone();
+    let seq = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let (client, upstream, c, seq) = (client.clone(), upstream.clone(), c.clone(), seq.clone());
+        async move {
+            let n = seq.fetch_add(1, Relaxed);
+            // A fixed pseudo-random pattern: reproducible, about 1 in `fail_one_in`.
+            let roll = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+            if fail_one_in > 0 && roll % fail_one_in == 0 {
+                c.failed.fetch_add(1, Relaxed);
+                return axum::response::Response::builder()
+                    .status(503)
+                    .body(axum::body::Body::from(
+                        "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>",
+                    ))
+                    .unwrap();
+            }
+            let (parts, body) = req.into_parts();
+            let query = parts.uri.query().unwrap_or("");
+            match parts.method.as_str() {
+                "GET" if query.contains("list-type") => &c.list,
+                "GET" | "HEAD" => &c.get,
+                "PUT" | "POST" => &c.put,
+                _ => &c.other,
+            }
+            .fetch_add(1, Relaxed);
+            let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+            let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes()).unwrap();
+            let mut r = client.request(method, format!("{upstream}{}", parts.uri));
+            for (k, v) in parts.headers.iter() {
+                if k.as_str() != "host" && k.as_str() != "content-length" {
+                    r = r.header(k.as_str(), v.as_bytes());
+                }
+            }
+            let resp = r.body(bytes.to_vec()).send().await.unwrap();
+            let mut out = axum::response::Response::builder().status(resp.status().as_u16());
+            for (k, v) in resp.headers().iter() {
+                if k.as_str() != "transfer-encoding" && k.as_str() != "content-length" {
+                    out = out.header(k.as_str(), v.as_bytes());
+                }
+            }
+            out.body(axum::body::Body::from(resp.bytes().await.unwrap())).unwrap()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), counts)
+}
+
+/// One request in ten fails with 503: the run retries them and ends with the
+/// same figures as a run without faults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenth_of_s3_requests_failing_changes_nothing() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = repo().join("sql");
+    let pipeline = pipeline.to_str().unwrap();
+    let local = dir.path().join("lake");
+    super::serve::copy_dir(&repo().join("lake/landing"), &local.join("landing"));
+    ok(lakehouse_s3(&["--lake", local.to_str().unwrap(), "run", "--pipeline", pipeline], dir.path()));
+
+    let bucket = bucket().await;
+    upload_dir(store(&bucket).as_ref(), &repo().join("lake/landing"), "retail/landing").await;
+    let uri = format!("s3://{bucket}/retail");
+    let (proxy, counts) = faulty_proxy(10).await;
+    let run = |args: Vec<String>| {
+        let proxy = proxy.clone();
+        let dir = dir.path().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_lakehouse"));
+            c.args(&args).current_dir(&dir).env("RUST_LOG", "warn");
+            for (k, v) in aws_env() {
+                c.env(k, v);
+            }
+            c.env("AWS_ENDPOINT_URL", proxy);
+            c.output().unwrap()
+        })
+    };
+    let out = run(vec!["--lake".into(), uri.clone(), "run".into(), "--pipeline".into(), pipeline.into()]).await.unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let failed = counts.failed.load(Relaxed);
+    let passed = counts.get.load(Relaxed) + counts.put.load(Relaxed) + counts.list.load(Relaxed) + counts.other.load(Relaxed);
+    assert!(failed * 20 > passed, "the proxy failed {failed} of {} requests", failed + passed);
+    eprintln!(
+        "faulty run: {} GET/HEAD, {} PUT/POST, {} LIST, {} other passed; {failed} failed with 503",
+        counts.get.load(Relaxed),
+        counts.put.load(Relaxed),
+        counts.list.load(Relaxed),
+        counts.other.load(Relaxed)
+    );
+    for q in FIGURES {
+        let l = ok(lakehouse_s3(&["--lake", local.to_str().unwrap(), "query", "--format", "csv", q], dir.path()));
+        let s = ok(lakehouse_s3(&["--lake", &uri, "query", "--format", "csv", q], dir.path()));
+        assert_eq!(s, l, "{q}");
+    }
+}

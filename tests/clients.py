@@ -25,6 +25,7 @@ out = {}
 with flightsql.connect(
     f"grpc://{flight}", db_kwargs={"username": user, "password": password}
 ) as conn:
+    out["adbc_vendor"] = conn.adbc_get_info().get("vendor_name")
     with conn.cursor() as cur:
         cur.execute(BY_REGION)
         table = cur.fetch_arrow_table()

@@ -57,7 +57,7 @@ pub struct FlightSql {
     auth: Arc<Auth>,
 }
 
-static SQL_INFO: LazyLock<SqlInfoData> = LazyLock::new(|| {
+static SQL_INFO: LazyLock<Result<SqlInfoData, String>> = LazyLock::new(|| {
     let mut b = SqlInfoDataBuilder::new();
     b.append(SqlInfo::FlightSqlServerName, "lakehouse");
     b.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
@@ -68,9 +68,12 @@ static SQL_INFO: LazyLock<SqlInfoData> = LazyLock::new(|| {
     b.append(SqlInfo::FlightSqlServerTransaction, 0i32);
     b.append(SqlInfo::FlightSqlServerCancel, false);
     b.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
-    // Built from constants; a failure here is a programming error caught by the tests.
-    b.build().unwrap_or_else(|e| panic!("static SqlInfo does not build: {e}"))
+    b.build().map_err(|e| format!("SqlInfo does not build: {e}"))
 });
+
+fn sql_info() -> Result<&'static SqlInfoData, Status> {
+    SQL_INFO.as_ref().map_err(|e| Status::internal(e.clone()))
+}
 
 pub fn status(e: &QueryError) -> Status {
     match e.kind {
@@ -391,7 +394,7 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.authorize(request.metadata())?;
-        let schema = query.clone().into_builder(&SQL_INFO).schema();
+        let schema = query.clone().into_builder(sql_info()?).schema();
         self.info(&schema, query.as_any().encode_to_vec(), request.into_inner())
     }
 
@@ -401,7 +404,7 @@ impl FlightSqlService for FlightSql {
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         self.authorize(request.metadata())?;
-        Self::one_batch(query.into_builder(&SQL_INFO).build())
+        Self::one_batch(query.into_builder(sql_info()?).build())
     }
 
     async fn do_get_fallback(

@@ -397,6 +397,7 @@ async fn flight_sql_streams_arrow_to_authenticated_clients() {
     assert_eq!(answers["sqlalchemy_schemas"], serde_json::json!(["bronze", "gold", "quarantine", "silver", "system"]));
     assert_eq!(answers["sqlalchemy_gold_tables"], serde_json::json!(["category_daily", "daily_region_sales"]));
     assert!(answers["adbc_refused"].as_str().unwrap().contains("read-only"));
+    assert_eq!(answers["adbc_vendor"], "lakehouse");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

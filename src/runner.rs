@@ -45,6 +45,13 @@ impl RunReport {
     pub fn succeeded(&self) -> bool {
         self.errors.is_empty()
     }
+
+    /// Succeeded without ingesting a file or running a model.
+    pub fn changed_nothing(&self) -> bool {
+        self.succeeded()
+            && self.sources.iter().all(|s| s.report.files.is_empty())
+            && self.models.iter().all(|m| m.report.skipped)
+    }
 }
 
 fn spinner(label: &str) -> ProgressBar {
@@ -267,6 +274,12 @@ pub async fn run(
         catalog.refresh().await?;
     }
     report.seconds = started.elapsed().as_secs_f64();
+    if report.changed_nothing() {
+        // Nothing new landed and every model was up to date: a no-op run
+        // leaves the lake exactly as it was, system tables included.
+        tracing::info!("nothing new: no table changed, nothing committed");
+        return Ok(report);
+    }
     if let Err(e) = crate::runlog::record(lake, &report).await {
         tracing::warn!(error = %e, "could not record the run in the system tables");
     }
@@ -363,14 +376,19 @@ pub fn summary(report: &RunReport) -> String {
         }
     }
     out.push_str(&format!(
-        "run {} {} in {:.1}s\n",
+        "run {} {} in {:.1}s{}\n",
         report.run_id,
         if report.succeeded() {
             "succeeded"
         } else {
             "FAILED"
         },
-        report.seconds
+        report.seconds,
+        if report.changed_nothing() {
+            ": nothing new, nothing committed"
+        } else {
+            ""
+        }
     ));
     for e in &report.errors {
         out.push_str(&format!("error: {e}\n"));

@@ -188,14 +188,16 @@ async fn example_pipeline_matches_an_independent_computation_and_reruns_change_n
     assert_eq!(versions(&lake).await, before, "a re-run commits nothing");
     assert_figures(&lake, &expected).await;
 
-    // The run is recorded, queryable with SQL.
+    // The first run is recorded, queryable with SQL; the no-op re-run
+    // committed nothing, not even its record.
+    assert!(out.contains("nothing committed"), "{out}");
     assert_eq!(
         one(
             &lake,
             "SELECT count(*) FROM system.runs WHERE status = 'succeeded'"
         )
         .await,
-        2
+        1
     );
     let q = one(
         &lake,

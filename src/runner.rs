@@ -367,6 +367,15 @@ pub fn summary(report: &RunReport) -> String {
             }
         }
     }
+    for src in &report.sources {
+        for (name, then, now) in &src.report.changed {
+            out.push_str(&format!(
+                "  bronze.{}: {name} changed after it was ingested ({then} -> {now} bytes); \
+                 its earlier rows stay, the new content is not ingested. Land corrected data under a new file name.\n",
+                src.name
+            ));
+        }
+    }
     for m in &report.models {
         for rule in m.report.rules.iter().filter(|r| r.failed > 0) {
             out.push_str(&format!(

@@ -57,6 +57,9 @@ pub struct FileReport {
 pub struct SourceReport {
     pub files_seen: usize,
     pub files_skipped: usize,
+    /// Files ingested earlier whose size has changed since: (name, bytes
+    /// then, bytes now). Reported, not re-ingested.
+    pub changed: Vec<(String, u64, u64)>,
     pub files: Vec<FileReport>,
     pub rows: u64,
     pub rejected: u64,
@@ -136,11 +139,15 @@ pub async fn ingest_source(
     let mut todo = Vec::new();
     for file in files {
         let id = app_id(&file.name);
-        if already(&bronze, &id).await? {
+        if let Some(size_then) = ingested_size(&bronze, &id).await? {
             report.files_skipped += 1;
+            if size_then != file.size as i64 {
+                tracing::warn!(file = %file.name, size_then, size_now = file.size, "file changed after it was ingested; not re-ingested");
+                report.changed.push((file.name.clone(), size_then.max(0) as u64, file.size));
+            }
             continue;
         }
-        let rejects_done = already(&rejects, &id).await?;
+        let rejects_done = ingested_size(&rejects, &id).await?.is_some();
         todo.push((file, rejects_done));
     }
     if todo.is_empty() {
@@ -343,14 +350,14 @@ pub fn run_metadata(run_id: &str, step: &str) -> HashMap<String, serde_json::Val
     ])
 }
 
-async fn already(table: &Option<DeltaTable>, app_id: &str) -> Result<bool> {
+/// The size a file had when it was ingested (its `txn` version), if it was.
+async fn ingested_size(table: &Option<DeltaTable>, app_id: &str) -> Result<Option<i64>> {
     match table {
-        None => Ok(false),
+        None => Ok(None),
         Some(t) => Ok(t
             .snapshot()?
             .transaction_version(t.log_store().as_ref(), app_id)
-            .await?
-            .is_some()),
+            .await?),
     }
 }
 

@@ -356,3 +356,29 @@ fn select_runs_part_of_the_graph_and_full_refresh_rebuilds_it() {
         text(&out)
     );
 }
+
+#[tokio::test]
+async fn a_file_changed_after_ingest_is_reported_not_ingested_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(
+        dir.path(),
+        "id,day,v,updated\n1,d1,5,1\n",
+        &[("bronze/events.toml", SOURCE)],
+    );
+    assert!(run(dir.path()).status.success());
+    // The exporter rewrites the same file with one more row.
+    std::fs::write(
+        dir.path().join("lake/landing/events_1.csv"),
+        "id,day,v,updated\n1,d1,5,1\n2,d1,6,1\n",
+    )
+    .unwrap();
+    let out = run(dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("landing/events_1.csv changed after it was ingested (26 -> 35 bytes)"),
+        "{t}"
+    );
+    let lake = dir.path().join("lake");
+    assert_eq!(one(&lake, "SELECT count(*) FROM bronze.events").await, 1);
+}

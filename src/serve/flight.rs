@@ -42,7 +42,8 @@ pub async fn serve(listener: TcpListener, engine: Arc<Engine>, auth: Arc<Auth>, 
     let service = FlightServiceServer::new(FlightSql { engine, auth })
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    // Small answers must not wait for Nagle and delayed ACKs.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let result = tonic::transport::Server::builder()
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, async move { shutdown.wait().await })

@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 pub const TARGET_FILE_SIZE: u64 = 128 * 1024 * 1024;
 
 /// What a write replaces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Replace {
     /// Nothing: the rows are added.
     Nothing,
@@ -38,6 +38,10 @@ pub enum Replace {
     All,
     /// The files of the partitions the write produced rows for.
     PartitionsWritten,
+    /// The files of these partitions (sorted `(column, value)` pairs), and of
+    /// the partitions written: a partition that is recomputed empty loses its
+    /// rows too.
+    Partitions(BTreeSet<Vec<(String, Option<String>)>>),
 }
 
 /// Settings of one write.
@@ -333,11 +337,12 @@ pub async fn commit(
             let file = file?;
             let hit = match spec.replace {
                 Replace::All => true,
-                Replace::PartitionsWritten => {
+                Replace::PartitionsWritten | Replace::Partitions(_) => {
                     let mut key: Vec<(String, Option<String>)> =
                         file.partition_values_map().into_iter().collect();
                     key.sort();
                     written_partitions.contains(&key)
+                        || matches!(&spec.replace, Replace::Partitions(p) if p.contains(&key))
                 }
                 Replace::Nothing => false,
             };
@@ -510,4 +515,62 @@ pub async fn partition_stats(table: &DeltaTable) -> Result<Vec<(Vec<Option<Strin
         e.2 += f.size().max(0) as u64;
     }
     Ok(parts.into_iter().map(|(k, (r, n, b))| (k, r, n, b)).collect())
+}
+
+/// What the commits after version `since`, up to and including `until`, did
+/// to a table's data, read from their commit files.
+#[derive(Debug, Default, Clone)]
+pub struct Changes {
+    /// Files added with new data (compaction's rewrites, `dataChange:
+    /// false`, are not new data and are left out).
+    pub added: Vec<deltalake::kernel::Add>,
+    /// Files whose data was removed.
+    pub removed: usize,
+    /// Partition values of every file added or removed with a data change.
+    pub partitions: BTreeSet<Vec<(String, Option<String>)>>,
+    /// Some removed file did not record its partition values.
+    pub partitions_unknown: bool,
+}
+
+/// The data changes between two versions, or `None` when they cannot be
+/// known exactly (a commit file is gone, or a commit changed the schema or
+/// protocol): the caller then reads the table whole.
+pub async fn changes(table: &DeltaTable, since: i64, until: i64) -> Result<Option<Changes>> {
+    let mut out = Changes::default();
+    let log = table.log_store();
+    let key = |m: &HashMap<String, Option<String>>| {
+        let mut v: Vec<(String, Option<String>)> =
+            m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        v.sort();
+        v
+    };
+    for version in (since + 1)..=until {
+        let Some(bytes) = log.read_commit_entry(version as _).await? else {
+            return Ok(None);
+        };
+        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let action: Action = serde_json::from_slice(line).map_err(|e| Error::Table {
+                table: table.log_store().root_url().to_string(),
+                message: format!("commit {version} of the Delta log does not parse: {e}"),
+            })?;
+            match action {
+                Action::Add(add) if add.data_change => {
+                    out.partitions.insert(key(&add.partition_values));
+                    out.added.push(add);
+                }
+                Action::Remove(remove) if remove.data_change => {
+                    out.removed += 1;
+                    match &remove.partition_values {
+                        Some(p) => {
+                            out.partitions.insert(key(p));
+                        }
+                        None => out.partitions_unknown = true,
+                    }
+                }
+                Action::Metadata(_) | Action::Protocol(_) if version > 0 => return Ok(None),
+                _ => {}
+            }
+        }
+    }
+    Ok(Some(out))
 }

@@ -8,7 +8,7 @@ async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| {
             EnvFilter::new(
-            "warn,lakehouse=info,deltalake_core::operations::merge=error,deltalake_core::writer::stats=error",
+            "warn,lakehouse=info,deltalake_core::operations::merge=error,deltalake_core::writer::stats=error,delta_kernel::snapshot=off,buoyant_kernel::snapshot=off",
         )
         }))
         .with_writer(std::io::stderr)

@@ -4,11 +4,17 @@
 //! to the model's quarantine table first. A model whose inputs and SQL have
 //! not changed since its last commit is skipped, so a re-run changes nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::TableProvider;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::ScalarValue;
+use datafusion::datasource::provider_as_source;
+use datafusion::logical_expr::{EmptyRelation, Expr, Filter, LogicalPlan, TableScan, TableScanBuilder};
+use datafusion::prelude::lit;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
@@ -40,6 +46,8 @@ pub struct ModelReport {
     pub files: usize,
     pub version: Option<i64>,
     pub seconds: f64,
+    /// How the model ran: `full (why)` or `incremental (what)`.
+    pub strategy: String,
     pub rules: Vec<RuleResult>,
     /// Rows in = written + quarantined + duplicates, and the written and
     /// quarantined counts match the rows the Delta log records.
@@ -86,6 +94,147 @@ async fn last_commit_info(table: &DeltaTable) -> Result<Option<serde_json::Map<S
     }
 }
 
+/// How a model runs this time.
+#[derive(Debug, Clone)]
+enum Strategy {
+    /// Read every input whole and replace the table and its quarantine.
+    Full(String),
+    /// Read only the files the stream inputs gained since the last run:
+    /// input -> files added (empty: nothing new in that input).
+    Stream(BTreeMap<String, Vec<deltalake::kernel::Add>>),
+    /// Recompute only these partitions of the model (sorted `(column,
+    /// value)` pairs), reading only them from inputs partitioned alike.
+    Partitions(BTreeSet<Vec<(String, Option<String>)>>),
+}
+
+impl Strategy {
+    fn describe(&self) -> String {
+        match self {
+            Strategy::Full(why) => format!("full ({why})"),
+            Strategy::Stream(files) => {
+                let n: usize = files.values().map(|f| f.len()).sum();
+                format!("incremental ({n} new input files)")
+            }
+            Strategy::Partitions(p) => format!("incremental ({} partitions)", p.len()),
+        }
+    }
+}
+
+async fn open_input(lake: &Lake, input: &str) -> Result<Option<DeltaTable>> {
+    let (schema, table) = input.split_once('.').unwrap_or(("", input));
+    let folder = table_folder(schema, table)
+        .ok_or_else(|| Error::Usage(format!("unknown schema in `{input}`")))?;
+    delta::open(&lake.url(&folder), lake.storage_options()).await
+}
+
+/// Decides between a full and an incremental run from the inputs' versions
+/// at the model's last commit and the Delta log of what changed since.
+async fn decide(
+    lake: &Lake,
+    model: &Model,
+    last: Option<&serde_json::Map<String, Value>>,
+    quarantine_last: Option<&serde_json::Map<String, Value>>,
+    inputs: &BTreeMap<String, i64>,
+    hash: &str,
+) -> Result<Strategy> {
+    let settings = &model.settings;
+    let Some(last) = last else {
+        return Ok(Strategy::Full("first run".into()));
+    };
+    if last.get("lakehouse.definition") != Some(&json!(hash)) {
+        return Ok(Strategy::Full("SQL or settings changed".into()));
+    }
+    let Some(before) = last
+        .get("lakehouse.inputs")
+        .and_then(|v| serde_json::from_value::<BTreeMap<String, i64>>(v.clone()).ok())
+    else {
+        return Ok(Strategy::Full("the last commit records no input versions".into()));
+    };
+    let has_quarantine = settings
+        .expectations
+        .iter()
+        .any(|e| e.action == crate::pipeline::Action::Drop);
+    let changed: Vec<(&String, i64, i64)> = inputs
+        .iter()
+        .filter_map(|(name, now)| {
+            let then = before.get(name).copied().unwrap_or(-2);
+            (then != *now).then_some((name, then, *now))
+        })
+        .collect();
+    match settings.mode {
+        WriteMode::Overwrite => Ok(Strategy::Full("inputs changed".into())),
+        WriteMode::Merge | WriteMode::Append => {
+            if settings.incremental_inputs.is_empty() {
+                return Ok(Strategy::Full("inputs changed; no incremental_inputs".into()));
+            }
+            if has_quarantine && quarantine_last.and_then(|q| q.get("lakehouse.inputs")) != last.get("lakehouse.inputs") {
+                return Ok(Strategy::Full(
+                    "the last run stopped between its quarantine and table commits".into(),
+                ));
+            }
+            let mut files = BTreeMap::new();
+            for input in &settings.incremental_inputs {
+                files.insert(input.clone(), vec![]);
+            }
+            for (name, then, now) in changed {
+                if !settings.incremental_inputs.contains(name) {
+                    return Ok(Strategy::Full(format!("{name} changed")));
+                }
+                let Some(table) = open_input(lake, name).await? else {
+                    return Ok(Strategy::Full(format!("{name} is gone")));
+                };
+                match delta::changes(&table, then, now).await? {
+                    Some(c) if c.removed == 0 && then >= 0 => {
+                        files.insert(name.clone(), c.added);
+                    }
+                    _ => {
+                        return Ok(Strategy::Full(format!(
+                            "{name} had rows replaced or its schema changed"
+                        )))
+                    }
+                }
+            }
+            Ok(Strategy::Stream(files))
+        }
+        WriteMode::ReplacePartitions => {
+            if has_quarantine {
+                return Ok(Strategy::Full("inputs changed; drop rules need a full run".into()));
+            }
+            let mut touched = BTreeSet::new();
+            for (name, then, now) in changed {
+                let Some(table) = open_input(lake, name).await? else {
+                    return Ok(Strategy::Full(format!("{name} is gone")));
+                };
+                let parts = table.snapshot()?.metadata().partition_columns().to_vec();
+                if then < 0 || !settings.partition_by.iter().all(|c| parts.contains(c)) {
+                    return Ok(Strategy::Full(format!(
+                        "{name} changed and is not partitioned by {}",
+                        settings.partition_by.join(", ")
+                    )));
+                }
+                match delta::changes(&table, then, now).await? {
+                    Some(c) if !c.partitions_unknown => {
+                        for key in c.partitions {
+                            let mut k: Vec<(String, Option<String>)> = key
+                                .into_iter()
+                                .filter(|(c, _)| settings.partition_by.contains(c))
+                                .collect();
+                            k.sort();
+                            touched.insert(k);
+                        }
+                    }
+                    _ => {
+                        return Ok(Strategy::Full(format!(
+                            "what changed in {name} is not in its log"
+                        )))
+                    }
+                }
+            }
+            Ok(Strategy::Partitions(touched))
+        }
+    }
+}
+
 pub async fn run_model(
     ctx: &SessionContext,
     lake: &Lake,
@@ -105,21 +254,44 @@ pub async fn run_model(
     let inputs = input_versions(lake, model).await?;
     let hash = definition_hash(model);
     let existing = delta::open(&url, &opts).await?;
-    if let Some(table) = existing.as_ref().filter(|_| !full_refresh) {
-        if let Some(info) = last_commit_info(table).await? {
+    let last = match existing.as_ref() {
+        Some(t) => last_commit_info(t).await?,
+        None => None,
+    };
+    if !full_refresh {
+        if let Some(info) = &last {
             let same_inputs = info.get("lakehouse.inputs") == Some(&json!(inputs));
             let same_def = info.get("lakehouse.definition") == Some(&json!(hash));
             if same_inputs && same_def {
                 report.skipped = true;
                 report.reconciled = true;
+                report.strategy = "unchanged".into();
                 report.seconds = started.elapsed().as_secs_f64();
                 return Ok(report);
             }
         }
     }
+    let quarantine_last = match delta::open(&lake.url(&quarantine_folder(model)), &opts).await? {
+        Some(q) => last_commit_info(&q).await?,
+        None => None,
+    };
+    let strategy = if full_refresh {
+        Strategy::Full("--full-refresh".into())
+    } else {
+        decide(lake, model, last.as_ref(), quarantine_last.as_ref(), &inputs, &hash).await?
+    };
+    tracing::info!(model = %table_name, strategy = %strategy.describe(), "planning");
+    report.strategy = strategy.describe();
 
-    let df = ctx.sql(&model.sql).await?;
+    let mut df = ctx.sql(&model.sql).await?;
     let settings = &model.settings;
+    match &strategy {
+        Strategy::Full(_) => {}
+        Strategy::Stream(files) => df = restrict_to_files(lake, df, files).await?,
+        Strategy::Partitions(touched) => {
+            df = restrict_to_partitions(df, touched, &settings.partition_by)?
+        }
+    }
     let columns: Vec<String> = df
         .schema()
         .fields()
@@ -176,10 +348,20 @@ pub async fn run_model(
     let quarantine_spec = WriteSpec {
         table_name: format!("quarantine.{}_{}", model.layer, model.name),
         partition_by: vec![],
-        // Models read their inputs in full, so the quarantine is rebuilt with them.
-        replace: Replace::All,
-        transactions: vec![],
-        metadata: crate::ingest::run_metadata(run_id, &table_name),
+        // A full run rebuilds the quarantine with the table; an incremental
+        // one adds the rows of the new input. It always commits, recording
+        // the input versions, so that a run that stopped between this commit
+        // and the table's is recognised and redone in full.
+        replace: match strategy {
+            Strategy::Full(_) => Replace::All,
+            _ => Replace::Nothing,
+        },
+        transactions: vec![model_txn(&table_name, at)],
+        metadata: {
+            let mut m = crate::ingest::run_metadata(run_id, &table_name);
+            m.insert("lakehouse.inputs".into(), json!(inputs));
+            m
+        },
         description: Some(format!(
             "Rows of {table_name} that failed a `drop` expectation, with the rule as _reason"
         )),
@@ -205,14 +387,13 @@ pub async fn run_model(
     let spec = WriteSpec {
         table_name: table_name.clone(),
         partition_by: settings.partition_by.clone(),
-        // A full refresh rebuilds the table from its inputs whatever the mode.
-        replace: match settings.mode {
-            _ if full_refresh => Replace::All,
-            WriteMode::Overwrite => Replace::All,
-            WriteMode::Append | WriteMode::Merge => Replace::Nothing,
-            WriteMode::ReplacePartitions => Replace::PartitionsWritten,
+        // A full run rebuilds the table from its inputs whatever the mode.
+        replace: match &strategy {
+            Strategy::Full(_) => Replace::All,
+            Strategy::Stream(_) => Replace::Nothing,
+            Strategy::Partitions(p) => Replace::Partitions(p.clone()),
         },
-        transactions: vec![],
+        transactions: vec![model_txn(&table_name, at)],
         metadata: metadata.clone(),
         description: settings.description.clone(),
     };
@@ -226,8 +407,8 @@ pub async fn run_model(
         }
     };
 
-    let merge_into = match (settings.mode, existing) {
-        (WriteMode::Merge, Some(t)) if !full_refresh => Some(t),
+    let merge_into = match (settings.mode, existing, &strategy) {
+        (WriteMode::Merge, Some(t), Strategy::Stream(_)) => Some(t),
         _ => None,
     };
     let outcome = if let Some(target) = merge_into {
@@ -251,7 +432,14 @@ pub async fn run_model(
             ))
         };
         let (q_rows, merged) = tokio::try_join!(quarantine, async {
-            let (table, metrics) = merge(ctx, target, result, settings, metadata.clone()).await?;
+            let before = target.version();
+            let (mut table, metrics) =
+                merge(ctx, target, result, settings, metadata.clone()).await?;
+            if table.version() == before && checker.completed() {
+                // MERGE had nothing to change: record the run anyway, so the
+                // table's input versions match its quarantine's.
+                table = delta::commit(table, delta::Staged::default(), &spec).await?.0;
+            }
             Ok::<_, Error>((table, metrics))
         })
         .map_err(|e| checker.take_failure().unwrap_or(e))?;
@@ -390,13 +578,16 @@ async fn merge(
         .iter()
         .map(|f| f.name().clone())
         .collect();
-    // Only the first sequence column can live in the table; later ones
-    // (lineage columns) break ties within one run only.
-    let newer = settings
+    // The stored sequence columns (those before the first lineage column)
+    // compared in order, NULL lowest. On a tie the incoming row wins: it was
+    // ingested later, which is how a single full run orders ties when
+    // `_ingested_at` comes first among the lineage columns.
+    let stored: Vec<&String> = settings
         .sequence_by
         .iter()
-        .find(|c| !c.starts_with('_'))
-        .map(|c| format!("t.\"{c}\" IS NULL OR s.\"{c}\" > t.\"{c}\""));
+        .take_while(|c| !c.starts_with('_'))
+        .collect();
+    let newer = newer_predicate(&stored);
     let cols_update = columns.clone();
     let cols_insert = columns.clone();
     let (table, metrics) = target
@@ -425,4 +616,168 @@ async fn merge(
         .await?;
     // Rows offered to the table after deduplication.
     Ok((table, metrics.num_source_rows as u64))
+}
+
+/// `s` is newer than or as new as `t` by `columns` in order, NULL lowest.
+fn newer_predicate(columns: &[&String]) -> Option<String> {
+    let (c, rest) = columns.split_first()?;
+    let c = format!("\"{c}\"");
+    Some(match newer_predicate(rest) {
+        None => format!("(t.{c} IS NULL OR s.{c} >= t.{c})"),
+        Some(tail) => format!(
+            "((t.{c} IS NULL AND s.{c} IS NOT NULL) OR s.{c} > t.{c} OR \
+             (((t.{c} IS NULL AND s.{c} IS NULL) OR s.{c} = t.{c}) AND {tail}))"
+        ),
+    })
+}
+
+/// The app transaction every model commit carries: it makes a commit with
+/// no data (an incremental run with nothing to change) still a commit.
+fn model_txn(table: &str, at: chrono::DateTime<chrono::Utc>) -> deltalake::kernel::Transaction {
+    deltalake::kernel::Transaction::new(format!("lakehouse-model:{table}"), at.timestamp_millis())
+}
+
+fn scan_is(scan: &TableScan, input: &str) -> bool {
+    let (schema, table) = input.split_once('.').unwrap_or(("", input));
+    scan.table_name.table() == table && scan.table_name.schema() == Some(schema)
+}
+
+/// Replaces the scans of each stream input by a scan of only its new files.
+async fn restrict_to_files(
+    lake: &Lake,
+    df: DataFrame,
+    files: &BTreeMap<String, Vec<deltalake::kernel::Add>>,
+) -> Result<DataFrame> {
+    let mut providers: BTreeMap<&String, Option<Arc<dyn TableProvider>>> = BTreeMap::new();
+    for (input, adds) in files {
+        if adds.is_empty() {
+            providers.insert(input, None);
+            continue;
+        }
+        let table = open_input(lake, input).await?.ok_or_else(|| Error::Usage(format!("{input} is gone")))?;
+        let provider = table.table_provider().with_adds(adds.iter().cloned()).await?;
+        providers.insert(input, Some(provider));
+    }
+    let (state, plan) = df.into_parts();
+    let plan = plan
+        .transform_up(|node| {
+            let LogicalPlan::TableScan(scan) = &node else {
+                return Ok(Transformed::no(node));
+            };
+            let Some((_, provider)) = providers.iter().find(|(i, _)| scan_is(scan, i)) else {
+                return Ok(Transformed::no(node));
+            };
+            let new = match provider {
+                None => LogicalPlan::EmptyRelation(EmptyRelation {
+                    produce_one_row: false,
+                    schema: scan.projected_schema.clone(),
+                }),
+                Some(p) => LogicalPlan::TableScan(
+                    TableScanBuilder::new(scan.table_name.clone(), provider_as_source(p.clone()))
+                        .with_projection(scan.projection.clone())
+                        .with_filters(scan.filters.clone())
+                        .with_fetch(scan.fetch)
+                        .build()?,
+                ),
+            };
+            Ok(Transformed::yes(new))
+        })?
+        .data;
+    Ok(DataFrame::new(state, plan))
+}
+
+/// `(c1 = v AND c2 IN (...)) OR ...` over the touched partitions, typed by
+/// `schema`; columns qualified by `qualifier` when given.
+fn partition_predicate(
+    touched: &BTreeSet<Vec<(String, Option<String>)>>,
+    columns: &[String],
+    schema: &datafusion::common::DFSchema,
+    qualifier: Option<&datafusion::common::TableReference>,
+) -> Result<Expr> {
+    let column = |name: &str| Expr::Column(datafusion::common::Column::new(qualifier.cloned(), name));
+    let value = |name: &str, v: &Option<String>| -> Result<Expr> {
+        let c = column(name);
+        let Some(v) = v else { return Ok(c.is_null()) };
+        let (_, field) = schema.qualified_field_with_name(qualifier, name)?;
+        let t = match field.data_type() {
+            DataType::Dictionary(_, v) => v.as_ref().clone(),
+            t => t.clone(),
+        };
+        Ok(c.eq(lit(ScalarValue::try_from_string(v.clone(), &t)?)))
+    };
+    // Grouped by the first partition column to keep the predicate short.
+    let mut groups: BTreeMap<Option<String>, Vec<Vec<(String, Option<String>)>>> = BTreeMap::new();
+    for key in touched {
+        let first = key.iter().find(|(c, _)| *c == columns[0]).and_then(|(_, v)| v.clone());
+        groups.entry(first).or_default().push(key.clone());
+    }
+    let mut any: Option<Expr> = None;
+    for (first, keys) in groups {
+        let mut all = value(&columns[0], &first)?;
+        for c in &columns[1..] {
+            let values: BTreeSet<Option<String>> = keys
+                .iter()
+                .map(|k| k.iter().find(|(n, _)| n == c).and_then(|(_, v)| v.clone()))
+                .collect();
+            let mut one: Option<Expr> = None;
+            for v in &values {
+                let e = value(c, v)?;
+                one = Some(match one {
+                    None => e,
+                    Some(o) => o.or(e),
+                });
+            }
+            if let Some(one) = one {
+                all = all.and(one);
+            }
+        }
+        any = Some(match any {
+            None => all,
+            Some(a) => a.or(all),
+        });
+    }
+    Ok(any.unwrap_or_else(|| lit(false)))
+}
+
+/// Keeps only the touched partitions: in every input scan that has all of
+/// the model's partition columns, and in the model's result.
+fn restrict_to_partitions(
+    df: DataFrame,
+    touched: &BTreeSet<Vec<(String, Option<String>)>>,
+    partition_by: &[String],
+) -> Result<DataFrame> {
+    if columns_exact(touched, partition_by) {
+        let (state, plan) = df.into_parts();
+        let plan = plan
+            .transform_up(|node| {
+                let LogicalPlan::TableScan(scan) = &node else {
+                    return Ok(Transformed::no(node));
+                };
+                let schema = scan.projected_schema.clone();
+                if !partition_by
+                    .iter()
+                    .all(|c| schema.has_column_with_unqualified_name(c))
+                {
+                    return Ok(Transformed::no(node));
+                }
+                let predicate =
+                    partition_predicate(touched, partition_by, &schema, Some(&scan.table_name))
+                        .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+                let node = LogicalPlan::Filter(Filter::try_new(predicate, Arc::new(node))?);
+                Ok(Transformed::yes(node))
+            })?
+            .data;
+        let df = DataFrame::new(state, plan);
+        let predicate = partition_predicate(touched, partition_by, df.schema(), None)?;
+        return Ok(df.filter(predicate)?);
+    }
+    Err(Error::Usage(format!(
+        "internal: touched partitions do not name the columns {partition_by:?}"
+    )))
+}
+
+fn columns_exact(touched: &BTreeSet<Vec<(String, Option<String>)>>, columns: &[String]) -> bool {
+    touched.iter().all(|k| {
+        k.len() == columns.len() && columns.iter().all(|c| k.iter().any(|(n, _)| n == c))
+    })
 }

@@ -317,7 +317,11 @@ pub fn summary(report: &RunReport) -> String {
         let r = &m.report;
         rows.push([
             r.table.clone(),
-            m.status.clone(),
+            if m.status == "succeeded" && !r.strategy.is_empty() {
+                format!("succeeded: {}", r.strategy)
+            } else {
+                m.status.clone()
+            },
             r.rows_in.to_string(),
             r.rows_written.to_string(),
             r.quarantined.to_string(),

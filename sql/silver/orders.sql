@@ -17,14 +17,14 @@ landed AS (
            order_ts, updated_at,
            try_to_timestamp(order_ts, '%Y-%m-%dT%H:%M:%S', '%Y-%m-%d %H:%M:%S') AS parsed_order_ts,
            try_to_timestamp(updated_at, '%Y-%m-%dT%H:%M:%S', '%Y-%m-%d %H:%M:%S') AS parsed_updated_at,
-           _source_file, _source_line
+           _source_file, _source_line, _ingested_at
     FROM bronze.orders
     UNION ALL
     SELECT order_id, customer_id, store_id, product_id, quantity, unit_price, status,
            order_ts, updated_at,
            try_to_timestamp(order_ts, '%d/%m/%Y %H:%M') AS parsed_order_ts,
            try_to_timestamp(updated_at, '%d/%m/%Y %H:%M') AS parsed_updated_at,
-           _source_file, _source_line
+           _source_file, _source_line, _ingested_at
     FROM bronze.branch_orders
 ),
 typed AS (
@@ -45,7 +45,8 @@ typed AS (
         o.unit_price AS _raw_unit_price,
         o.updated_at AS _raw_updated_at,
         o._source_file,
-        o._source_line
+        o._source_line,
+        o._ingested_at
     FROM landed o
 )
 SELECT
@@ -68,7 +69,8 @@ SELECT
     t._raw_unit_price,
     t._raw_updated_at,
     t._source_file,
-    t._source_line
+    t._source_line,
+    t._ingested_at
 FROM typed t
 LEFT JOIN stores s ON t.store_id = s.store_id
 LEFT JOIN products p ON t.product_id = p.product_id

@@ -187,6 +187,19 @@ fn load_model(layer: &str, name: &str, sql_file: &Path) -> Result<Model> {
     for e in &settings.expectations {
         parse_expression(&settings_file, &e.check, e.line)?;
     }
+    for i in &settings.incremental_inputs {
+        if !inputs.contains(i) {
+            return Err(file_error(
+                &settings_file,
+                line_of(&read(&settings_file)?, i),
+                format!(
+                    "incremental_inputs names `{i}`, which {} does not read (it reads {})",
+                    sql_file.display(),
+                    inputs.join(", ")
+                ),
+            ));
+        }
+    }
     Ok(Model {
         layer: layer.to_string(),
         name: name.to_string(),

@@ -58,6 +58,11 @@ pub struct ModelSettings {
     /// Fail the model when more than this share (percent) of rows is quarantined.
     pub max_quarantine_pct: Option<f64>,
     pub description: Option<String>,
+    /// Inputs (`layer.table`) read as streams: on an incremental run of an
+    /// `append` or `merge` model only the rows they gained since the model's
+    /// last run are read; other inputs are read whole, and a change to one of
+    /// them rebuilds the model from all of its input.
+    pub incremental_inputs: Vec<String>,
 }
 
 /// What a source does with a file whose header differs from bronze's columns
@@ -135,6 +140,8 @@ struct RawModel {
     max_quarantine_pct: Option<Spanned<f64>>,
     #[serde(default)]
     description: Option<String>,
+    #[serde(default)]
+    incremental_inputs: Vec<String>,
     #[serde(default)]
     expect: Vec<Spanned<RawExpectation>>,
 }
@@ -256,6 +263,15 @@ pub fn parse_model(file: &Path, text: &str) -> Result<ModelSettings> {
             "mode = \"replace_partitions\" needs `partition_by = [...]`",
         ));
     }
+    if !raw.incremental_inputs.is_empty()
+        && !matches!(raw.mode, WriteMode::Merge | WriteMode::Append)
+    {
+        return Err(file_error(
+            file,
+            1,
+            "`incremental_inputs` applies to mode = \"merge\" or \"append\"; a replace_partitions model is incremental by partition without it",
+        ));
+    }
     let max_quarantine_pct = match raw.max_quarantine_pct {
         Some(p) if !(0.0..=100.0).contains(p.get_ref()) => {
             return Err(file_error(
@@ -275,5 +291,6 @@ pub fn parse_model(file: &Path, text: &str) -> Result<ModelSettings> {
         expectations,
         max_quarantine_pct,
         description: raw.description,
+        incremental_inputs: raw.incremental_inputs,
     })
 }

@@ -7,6 +7,7 @@ mod crash;
 mod expected;
 #[path = "../../scripts/gen/src/lib.rs"]
 mod gen;
+mod incremental;
 mod pipeline_cli;
 mod retail;
 mod scale;
@@ -84,16 +85,20 @@ pub async fn one(lake: &Path, query: &str) -> i64 {
 pub async fn strings(lake: &Path, query: &str) -> Vec<Vec<String>> {
     let mut rows = Vec::new();
     for b in sql(lake, query).await {
+        // Each column cast once per batch, not once per row.
+        let columns: Vec<_> = b
+            .columns()
+            .iter()
+            .map(|c| {
+                datafusion::arrow::compute::cast(c, &datafusion::arrow::datatypes::DataType::Utf8)
+                    .unwrap()
+            })
+            .collect();
         for r in 0..b.num_rows() {
             rows.push(
-                b.columns()
+                columns
                     .iter()
                     .map(|c| {
-                        let c = datafusion::arrow::compute::cast(
-                            c,
-                            &datafusion::arrow::datatypes::DataType::Utf8,
-                        )
-                        .unwrap();
                         let c = c.as_string::<i32>();
                         if c.is_null(r) {
                             "NULL".to_string()

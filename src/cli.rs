@@ -51,6 +51,12 @@ pub enum Command {
         /// and replace_partitions models are replaced whole).
         #[arg(long)]
         full_refresh: bool,
+        /// Ingest this landed file again although it was ingested before
+        /// (its name as bronze records it, e.g. landing/orders/day1.csv),
+        /// replacing its earlier rows in bronze and in the reject table in
+        /// the same commit. Repeatable. Models downstream are rebuilt.
+        #[arg(long, value_name = "FILE")]
+        reingest: Vec<String>,
     },
     /// Run one SQL query over bronze.*, silver.*, gold.*, quarantine.* and system.*.
     Query {
@@ -202,11 +208,13 @@ pub async fn dispatch(cli: Cli) -> Result<bool> {
             wait,
             select,
             full_refresh,
+            reingest,
         } => {
             let pipeline = Pipeline::load(&pipeline)?;
             let run_options = crate::runner::RunOptions {
                 select,
                 full_refresh,
+                reingest,
             };
             crate::runner::selected(&pipeline, &run_options.select)?;
             let lake = Lake::open(&cli.lake, config.storage.clone())?;

@@ -42,6 +42,8 @@ pub enum Replace {
     /// the partitions written: a partition that is recomputed empty loses its
     /// rows too.
     Partitions(BTreeSet<Vec<(String, Option<String>)>>),
+    /// Exactly these data files (paths as the log records them).
+    Files(BTreeSet<String>),
 }
 
 /// Settings of one write.
@@ -262,6 +264,12 @@ impl Staged {
     pub fn rows(&self) -> u64 {
         self.rows
     }
+
+    /// Adds `other`'s files to this commit; its rows are not counted in
+    /// [`Staged::rows`] (they are rows carried over, not new ones).
+    pub fn carry(&mut self, other: Staged) {
+        self.adds.extend(other.adds);
+    }
 }
 
 /// Streams `inputs` into new Parquet files of `table` (one writer per input,
@@ -335,7 +343,7 @@ pub async fn commit(
         let mut files = snapshot.snapshot().file_views(log_store.as_ref(), None);
         while let Some(file) = files.next().await {
             let file = file?;
-            let hit = match spec.replace {
+            let hit = match &spec.replace {
                 Replace::All => true,
                 Replace::PartitionsWritten | Replace::Partitions(_) => {
                     let mut key: Vec<(String, Option<String>)> =
@@ -344,6 +352,7 @@ pub async fn commit(
                     written_partitions.contains(&key)
                         || matches!(&spec.replace, Replace::Partitions(p) if p.contains(&key))
                 }
+                Replace::Files(paths) => paths.contains(file.path().as_ref()),
                 Replace::Nothing => false,
             };
             if hit {
@@ -573,4 +582,96 @@ pub async fn changes(table: &DeltaTable, since: i64, until: i64) -> Result<Optio
         }
     }
     Ok(Some(out))
+}
+
+/// The data files of `table` holding rows whose `column` is one of `values`,
+/// how many such rows there are, and a stream of those files' other rows
+/// (to rewrite them without the matching ones). No files: `None`.
+pub async fn rows_other_than(
+    table: &DeltaTable,
+    column: &str,
+    values: &[String],
+) -> Result<Option<(BTreeSet<String>, u64, SendableRecordBatchStream)>> {
+    use datafusion::prelude::SessionContext;
+    if values.is_empty() {
+        return Ok(None);
+    }
+    let ctx = SessionContext::new();
+    let root = table.log_store().root_url().clone();
+    let store_url = format!(
+        "{}://{}",
+        root.scheme(),
+        &root[url::Position::BeforeHost..url::Position::AfterPort]
+    );
+    let store_url = Url::parse(&store_url).map_err(|e| Error::Usage(e.to_string()))?;
+    ctx.runtime_env()
+        .register_object_store(&store_url, table.log_store().root_object_store(None));
+    let list = values
+        .iter()
+        .map(|v| format!("'{}'", v.replace('\'', "''")))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let provider = table.table_provider().with_file_column("__lakehouse_file").await?;
+    ctx.register_table("t", provider)?;
+    let found = ctx
+        .sql(&format!(
+            "SELECT CAST(\"__lakehouse_file\" AS VARCHAR), count(*) FROM t WHERE \"{column}\" IN ({list}) GROUP BY 1"
+        ))
+        .await?
+        .collect()
+        .await?;
+    let mut ids: Vec<String> = vec![];
+    let mut rows = 0u64;
+    for b in &found {
+        let f = cast(b.column(0), &DataType::Utf8)?;
+        let n = cast(b.column(1), &DataType::Int64)?;
+        let f = f.as_any().downcast_ref::<datafusion::arrow::array::StringArray>().expect("utf8");
+        let n = n.as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().expect("int64");
+        for i in 0..b.num_rows() {
+            ids.push(f.value(i).to_string());
+            rows += n.value(i) as u64;
+        }
+    }
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    // File ids are URLs (percent-encoded) or paths; log paths are relative.
+    let decoded: Vec<String> = ids
+        .iter()
+        .map(|i| {
+            percent_encoding::percent_decode_str(i)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect();
+    let snapshot = table.snapshot()?;
+    let log_store = table.log_store();
+    let mut views = snapshot.snapshot().file_views(log_store.as_ref(), None);
+    let mut paths = BTreeSet::new();
+    while let Some(v) = views.next().await {
+        let p = v?.path().to_string();
+        if ids.iter().chain(decoded.iter()).any(|i| i == &p || i.ends_with(&format!("/{p}"))) {
+            paths.insert(p);
+        }
+    }
+    if paths.len() != ids.len() {
+        return Err(Error::Table {
+            table: root.to_string(),
+            message: format!(
+                "could not match the data files {ids:?} to the Delta log ({} matched); nothing was changed",
+                paths.len()
+            ),
+        });
+    }
+    let keep = table
+        .table_provider()
+        .with_file_paths(paths.iter().cloned())
+        .await?;
+    ctx.register_table("k", keep)?;
+    let stream = ctx
+        .sql(&format!("SELECT * FROM k WHERE \"{column}\" NOT IN ({list})"))
+        .await?
+        .execute_stream()
+        .await?;
+    Ok(Some((paths, rows, stream)))
 }

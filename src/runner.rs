@@ -93,6 +93,8 @@ pub struct RunOptions {
     /// Rebuild the selected models from their inputs: no skipping, and merge,
     /// append and replace_partitions models are replaced whole.
     pub full_refresh: bool,
+    /// Landed files to ingest again, replacing their earlier rows.
+    pub reingest: Vec<String>,
 }
 
 /// The models `select` names, with everything downstream for `name+`.
@@ -164,7 +166,7 @@ pub async fn run(
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
         }
-        let outcome = ingest::ingest_source(lake, source, &run_id, started_at, &bar).await;
+        let outcome = ingest::ingest_source(lake, source, &run_id, started_at, &bar, &run_options.reingest).await;
         bar.finish_and_clear();
         let seconds = t.elapsed().as_secs_f64();
         match outcome {
@@ -213,6 +215,14 @@ pub async fn run(
                     seconds,
                 });
             }
+        }
+    }
+
+    for name in &run_options.reingest {
+        if !report.sources.iter().any(|s| s.report.reingested.contains(name)) {
+            report.errors.push(format!(
+                "--reingest {name}: no source found a landed file by that name. Give the name bronze records in _source_file, relative to the lake (like landing/orders/orders_00001.csv)"
+            ));
         }
     }
 
@@ -372,11 +382,19 @@ pub fn summary(report: &RunReport) -> String {
         }
     }
     for src in &report.sources {
-        for (name, then, now) in &src.report.changed {
+        for (name, what) in &src.report.changed {
             out.push_str(&format!(
-                "  bronze.{}: {name} changed after it was ingested ({then} -> {now} bytes); \
-                 its earlier rows stay, the new content is not ingested. Land corrected data under a new file name.\n",
+                "  bronze.{}: {name} changed after it was ingested ({what}); \
+                 its earlier rows stay, the new content is not ingested. Land corrected data under a new file name, or take it again with --reingest {name}\n",
                 src.name
+            ));
+        }
+    }
+    for src in &report.sources {
+        for name in &src.report.reingested {
+            out.push_str(&format!(
+                "  bronze.{}: {name} taken again (--reingest): {} earlier rows (bronze and rejects) replaced\n",
+                src.name, src.report.rows_replaced
             ));
         }
     }

@@ -57,9 +57,13 @@ pub struct FileReport {
 pub struct SourceReport {
     pub files_seen: usize,
     pub files_skipped: usize,
-    /// Files ingested earlier whose size has changed since: (name, bytes
-    /// then, bytes now). Reported, not re-ingested.
-    pub changed: Vec<(String, u64, u64)>,
+    /// Files ingested earlier whose size, modification time or ETag has
+    /// changed since: (name, what changed). Reported, not re-ingested.
+    pub changed: Vec<(String, String)>,
+    /// Files taken again on request (`--reingest`), and the earlier rows of
+    /// theirs that were replaced (bronze and rejects).
+    pub reingested: Vec<String>,
+    pub rows_replaced: u64,
     pub files: Vec<FileReport>,
     pub rows: u64,
     pub rejected: u64,
@@ -82,6 +86,64 @@ pub fn reject_table(source: &str) -> String {
 
 fn app_id(file: &str) -> String {
     format!("lakehouse-ingest:{file}")
+}
+
+fn mtime_app_id(file: &str) -> String {
+    format!("lakehouse-ingest-mtime:{file}")
+}
+
+fn etag_app_id(file: &str) -> String {
+    format!("lakehouse-ingest-etag:{file}")
+}
+
+/// A stable 63-bit fingerprint of an ETag (FNV-1a), storable as a Delta
+/// app transaction version.
+fn etag_hash(e_tag: &str) -> i64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in e_tag.as_bytes() {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    (h >> 1) as i64
+}
+
+/// The app transactions that mark `file` as ingested: its size (the marker
+/// itself), modification time and ETag (to notice a file changed later).
+fn ingest_txns(file: &LandedFile) -> Vec<Transaction> {
+    let mut out = vec![
+        Transaction::new(app_id(&file.name), file.size as i64),
+        Transaction::new(mtime_app_id(&file.name), file.last_modified.timestamp_micros()),
+    ];
+    if let Some(e) = &file.e_tag {
+        out.push(Transaction::new(etag_app_id(&file.name), etag_hash(e)));
+    }
+    out
+}
+
+/// What changed in an ingested file since, if anything: size first, then
+/// the ETag when both runs saw one, else the modification time. Files
+/// ingested before these were recorded are compared by size only.
+async fn what_changed(bronze: &Option<DeltaTable>, file: &LandedFile, size_then: i64) -> Result<Option<String>> {
+    if size_then != file.size as i64 {
+        return Ok(Some(format!("{} -> {} bytes", size_then, file.size)));
+    }
+    if let Some(e) = &file.e_tag {
+        if let Some(then) = ingested_size(bronze, &etag_app_id(&file.name)).await? {
+            return Ok((then != etag_hash(e)).then(|| "its ETag changed".to_string()));
+        }
+    }
+    if let Some(then) = ingested_size(bronze, &mtime_app_id(&file.name)).await? {
+        if then != file.last_modified.timestamp_micros() {
+            let then = chrono::DateTime::from_timestamp_micros(then)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_default();
+            return Ok(Some(format!(
+                "modified {then} -> {}",
+                file.last_modified.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )));
+        }
+    }
+    Ok(None)
 }
 
 fn ts_field(name: &str) -> Field {
@@ -124,6 +186,7 @@ pub async fn ingest_source(
     run_id: &str,
     ingested_at: chrono::DateTime<chrono::Utc>,
     progress: &indicatif::ProgressBar,
+    reingest: &[String],
 ) -> Result<SourceReport> {
     let files = lake.glob(&source.csv.files).await?;
     let opts = lake.storage_options().clone();
@@ -139,11 +202,18 @@ pub async fn ingest_source(
     let mut todo = Vec::new();
     for file in files {
         let id = app_id(&file.name);
+        let again = reingest.contains(&file.name);
+        if again {
+            report.reingested.push(file.name.clone());
+            tracing::info!(file = %file.name, "taking the file again (--reingest)");
+            todo.push((file, false));
+            continue;
+        }
         if let Some(size_then) = ingested_size(&bronze, &id).await? {
             report.files_skipped += 1;
-            if size_then != file.size as i64 {
-                tracing::warn!(file = %file.name, size_then, size_now = file.size, "file changed after it was ingested; not re-ingested");
-                report.changed.push((file.name.clone(), size_then.max(0) as u64, file.size));
+            if let Some(what) = what_changed(&bronze, &file, size_then).await? {
+                tracing::warn!(file = %file.name, change = %what, "file changed after it was ingested; not re-ingested");
+                report.changed.push((file.name.clone(), what));
             }
             continue;
         }
@@ -295,16 +365,48 @@ pub async fn ingest_source(
             .filter(|((_, rejects_done), r)| {
                 r.refused.is_none() && !(only_new_rejects && *rejects_done)
             })
-            .map(|((f, _), _)| Transaction::new(app_id(&f.name), f.size as i64))
+            .flat_map(|((f, _), _)| ingest_txns(f))
             .collect()
     };
+    // Files taken again: their earlier rows leave both tables in the same
+    // commits that add their new rows; the other rows of the data files
+    // holding them are carried over into new files.
+    let replacing: Vec<String> = todo
+        .iter()
+        .zip(file_reports.iter())
+        .filter(|((f, _), r)| r.refused.is_none() && reingest.contains(&f.name))
+        .map(|((f, _), _)| f.name.clone())
+        .collect();
+    let mut staged_rows = staged_rows;
+    let mut staged_rejects = staged_rejects;
+    let (mut carried, mut carried_rejects) = (0u64, 0u64);
+    let mut bronze_replace = Replace::Nothing;
+    let mut reject_replace = Replace::Nothing;
+    if let Some((paths, n, stream)) = delta::rows_other_than(&bronze, SOURCE_FILE, &replacing).await? {
+        let kept = delta::stage(&bronze, vec![stream], &bronze_spec.table_name).await?;
+        carried = kept.rows();
+        staged_rows.carry(kept);
+        bronze_replace = Replace::Files(paths);
+        report.rows_replaced += n;
+    }
+    if let Some((paths, n, stream)) = delta::rows_other_than(&rejects, SOURCE_FILE, &replacing).await? {
+        let kept = delta::stage(&rejects, vec![stream], &reject_spec.table_name).await?;
+        carried_rejects = kept.rows();
+        staged_rejects.carry(kept);
+        reject_replace = Replace::Files(paths);
+        report.rows_replaced += n;
+    }
+
     // Rejects first: if the run dies between the two commits, the next run
     // re-reads the files but, seeing their rejects recorded, skips them.
+    // (A file taken again is taken again whole: run the same --reingest.)
     let mut reject_spec = reject_spec;
+    reject_spec.replace = reject_replace;
     reject_spec.transactions = txns(true);
     let (_, rejects_written) = delta::commit(rejects, staged_rejects, &reject_spec).await?;
     let mut bronze_spec = bronze_spec;
     bronze_spec.transactions = txns(false);
+    bronze_spec.replace = bronze_replace;
     let (_, written) = delta::commit(bronze, staged_rows, &bronze_spec).await?;
     let rejects_expected: u64 = todo
         .iter()
@@ -319,8 +421,8 @@ pub async fn ingest_source(
     report.data_files = written.files_added;
     report.lines = ingested.iter().map(|f| f.lines).sum();
     report.reconciled = report.lines == report.rows + report.rejected
-        && written.rows_in_files == report.rows
-        && rejects_written.rows_in_files == rejects_expected;
+        && written.rows_in_files == report.rows + carried
+        && rejects_written.rows_in_files == rejects_expected + carried_rejects;
     report.files = file_reports;
     Ok(report)
 }

@@ -16,14 +16,25 @@ async fn main() {
         eprintln!("usage: serve_bench pg|flight ADDR USER PASSWORD CLIENTS SECONDS SQL");
         std::process::exit(2);
     }
-    let (proto, addr, user, password) = (args[1].clone(), args[2].clone(), args[3].clone(), args[4].clone());
+    let (proto, addr, user, password) = (
+        args[1].clone(),
+        args[2].clone(),
+        args[3].clone(),
+        args[4].clone(),
+    );
     let clients: usize = args[5].parse().expect("CLIENTS is a number");
     let seconds: u64 = args[6].parse().expect("SECONDS is a number");
     let sql = args[7].clone();
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        let (proto, addr, user, password, sql) = (proto.clone(), addr.clone(), user.clone(), password.clone(), sql.clone());
+        let (proto, addr, user, password, sql) = (
+            proto.clone(),
+            addr.clone(),
+            user.clone(),
+            password.clone(),
+            sql.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             match proto.as_str() {
@@ -67,7 +78,8 @@ async fn main() {
     }
     let elapsed = start.elapsed().as_secs_f64().max(seconds as f64);
     all.sort();
-    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1000.0;
+    let pct =
+        |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1000.0;
     println!(
         "{{\"protocol\":\"{proto}\",\"clients\":{clients},\"queries\":{},\"qps\":{:.1},\"p50_ms\":{:.2},\"p99_ms\":{:.2}}}",
         all.len(),

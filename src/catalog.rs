@@ -86,7 +86,13 @@ impl LakeCatalog {
 impl CatalogProvider for LakeCatalog {
     fn schema_names(&self) -> Vec<String> {
         let mut names: Vec<String> = SCHEMAS.iter().map(|(s, _)| s.to_string()).collect();
-        names.extend(self.extra.read().unwrap_or_else(|p| p.into_inner()).keys().cloned());
+        names.extend(
+            self.extra
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .cloned(),
+        );
         names
     }
 
@@ -180,12 +186,15 @@ impl SchemaProvider for FolderSchema {
 pub fn parse_table_name(name: &str) -> DfResult<Option<(&str, At)>> {
     let (base, at) = match name.split_once('@') {
         None => (name, At::Latest),
-        Some((base, spec)) => (base, parse_at(spec).ok_or_else(|| {
-            DataFusionError::Plan(format!(
-                "`{name}`: after `@` give a version (`@v3`) or an instant \
+        Some((base, spec)) => (
+            base,
+            parse_at(spec).ok_or_else(|| {
+                DataFusionError::Plan(format!(
+                    "`{name}`: after `@` give a version (`@v3`) or an instant \
                  (`@2026-11-20T10:00:00Z` or `@2026-11-20`)"
-            ))
-        })?),
+                ))
+            })?,
+        ),
     };
     if base.is_empty() || !base.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Ok(None);
@@ -212,13 +221,24 @@ mod tests {
 
     #[test]
     fn table_names_and_versions() {
-        assert_eq!(parse_table_name("orders").unwrap(), Some(("orders", At::Latest)));
-        assert_eq!(parse_table_name("orders@v3").unwrap(), Some(("orders", At::Version(3))));
-        let Some((_, At::Timestamp(t))) = parse_table_name("orders@2026-11-20T10:00:00+01:00").unwrap() else {
+        assert_eq!(
+            parse_table_name("orders").unwrap(),
+            Some(("orders", At::Latest))
+        );
+        assert_eq!(
+            parse_table_name("orders@v3").unwrap(),
+            Some(("orders", At::Version(3)))
+        );
+        let Some((_, At::Timestamp(t))) =
+            parse_table_name("orders@2026-11-20T10:00:00+01:00").unwrap()
+        else {
             panic!("not a timestamp")
         };
         assert_eq!(t.to_rfc3339(), "2026-11-20T09:00:00+00:00");
-        assert!(matches!(parse_table_name("orders@2026-11-20").unwrap(), Some((_, At::Timestamp(_)))));
+        assert!(matches!(
+            parse_table_name("orders@2026-11-20").unwrap(),
+            Some((_, At::Timestamp(_)))
+        ));
         assert!(parse_table_name("orders@yesterday").is_err());
         for bad in ["../../etc", "a/b", "", "x.y", "..", "%2e%2e"] {
             assert_eq!(parse_table_name(bad).unwrap(), None, "{bad}");

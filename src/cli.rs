@@ -160,7 +160,10 @@ fn load_config(path: Option<&std::path::Path>) -> Result<ConfigFile> {
     };
     toml::from_str(&text).map_err(|e| Error::PipelineFile {
         file: path.clone(),
-        line: e.span().map(|s| text[..s.start].lines().count().max(1)).unwrap_or(1),
+        line: e
+            .span()
+            .map(|s| text[..s.start].lines().count().max(1))
+            .unwrap_or(1),
         message: e.message().to_string(),
     })
 }
@@ -168,9 +171,13 @@ fn load_config(path: Option<&std::path::Path>) -> Result<ConfigFile> {
 /// `30s`, `5m`, `500ms`, `1h`, or plain seconds.
 pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration like 30s, 5m or 500ms"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 30s, 5m or 500ms"))?;
     let secs = match unit.trim() {
         "" | "s" => n,
         "ms" => n / 1000.0,
@@ -244,7 +251,8 @@ pub async fn dispatch(cli: Cli) -> Result<bool> {
             let args = args.or(std::mem::take(&mut config.serve));
             let usage = Error::Usage;
             let limits = crate::limits::QueryLimits {
-                timeout: parse_duration(args.query_timeout.as_deref().unwrap_or("5m")).map_err(usage)?,
+                timeout: parse_duration(args.query_timeout.as_deref().unwrap_or("5m"))
+                    .map_err(usage)?,
                 memory: parse_size(args.query_memory.as_deref().unwrap_or("1G")).map_err(usage)?,
                 max_concurrent: args.max_queries.unwrap_or(16).max(1),
             };

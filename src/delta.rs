@@ -507,7 +507,9 @@ pub async fn row_count(table: &DeltaTable) -> Result<(u64, usize, u64)> {
 }
 
 /// Rows, files and bytes of each partition (partition values in column order).
-pub async fn partition_stats(table: &DeltaTable) -> Result<Vec<(Vec<Option<String>>, u64, usize, u64)>> {
+pub async fn partition_stats(
+    table: &DeltaTable,
+) -> Result<Vec<(Vec<Option<String>>, u64, usize, u64)>> {
     let snapshot = table.snapshot()?;
     let columns = snapshot.metadata().partition_columns().to_vec();
     let log_store = table.log_store();
@@ -517,13 +519,19 @@ pub async fn partition_stats(table: &DeltaTable) -> Result<Vec<(Vec<Option<Strin
     while let Some(f) = files.next().await {
         let f = f?;
         let values = f.partition_values_map();
-        let key = columns.iter().map(|c| values.get(c).cloned().flatten()).collect();
+        let key = columns
+            .iter()
+            .map(|c| values.get(c).cloned().flatten())
+            .collect();
         let e = parts.entry(key).or_default();
         e.0 += f.num_records().unwrap_or(0) as u64;
         e.1 += 1;
         e.2 += f.size().max(0) as u64;
     }
-    Ok(parts.into_iter().map(|(k, (r, n, b))| (k, r, n, b)).collect())
+    Ok(parts
+        .into_iter()
+        .map(|(k, (r, n, b))| (k, r, n, b))
+        .collect())
 }
 
 /// What the commits after version `since`, up to and including `until`, did
@@ -611,7 +619,10 @@ pub async fn rows_other_than(
         .map(|v| format!("'{}'", v.replace('\'', "''")))
         .collect::<Vec<_>>()
         .join(", ");
-    let provider = table.table_provider().with_file_column("__lakehouse_file").await?;
+    let provider = table
+        .table_provider()
+        .with_file_column("__lakehouse_file")
+        .await?;
     ctx.register_table("t", provider)?;
     let found = ctx
         .sql(&format!(
@@ -625,8 +636,14 @@ pub async fn rows_other_than(
     for b in &found {
         let f = cast(b.column(0), &DataType::Utf8)?;
         let n = cast(b.column(1), &DataType::Int64)?;
-        let f = f.as_any().downcast_ref::<datafusion::arrow::array::StringArray>().expect("utf8");
-        let n = n.as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().expect("int64");
+        let f = f
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::StringArray>()
+            .expect("utf8");
+        let n = n
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::Int64Array>()
+            .expect("int64");
         for i in 0..b.num_rows() {
             ids.push(f.value(i).to_string());
             rows += n.value(i) as u64;
@@ -650,7 +667,11 @@ pub async fn rows_other_than(
     let mut paths = BTreeSet::new();
     while let Some(v) = views.next().await {
         let p = v?.path().to_string();
-        if ids.iter().chain(decoded.iter()).any(|i| i == &p || i.ends_with(&format!("/{p}"))) {
+        if ids
+            .iter()
+            .chain(decoded.iter())
+            .any(|i| i == &p || i.ends_with(&format!("/{p}")))
+        {
             paths.insert(p);
         }
     }
@@ -669,7 +690,9 @@ pub async fn rows_other_than(
         .await?;
     ctx.register_table("k", keep)?;
     let stream = ctx
-        .sql(&format!("SELECT * FROM k WHERE \"{column}\" NOT IN ({list})"))
+        .sql(&format!(
+            "SELECT * FROM k WHERE \"{column}\" NOT IN ({list})"
+        ))
         .await?
         .execute_stream()
         .await?;

@@ -13,14 +13,16 @@ use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::ScalarValue;
 use datafusion::datasource::provider_as_source;
-use datafusion::logical_expr::{EmptyRelation, Expr, Filter, LogicalPlan, TableScan, TableScanBuilder};
-use datafusion::prelude::lit;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::{
+    EmptyRelation, Expr, Filter, LogicalPlan, TableScan, TableScanBuilder,
+};
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
+use datafusion::prelude::lit;
 use datafusion::prelude::{DataFrame, SessionContext};
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::DeltaTable;
@@ -148,7 +150,9 @@ async fn decide(
         .get("lakehouse.inputs")
         .and_then(|v| serde_json::from_value::<BTreeMap<String, i64>>(v.clone()).ok())
     else {
-        return Ok(Strategy::Full("the last commit records no input versions".into()));
+        return Ok(Strategy::Full(
+            "the last commit records no input versions".into(),
+        ));
     };
     let has_quarantine = settings
         .expectations
@@ -165,9 +169,14 @@ async fn decide(
         WriteMode::Overwrite => Ok(Strategy::Full("inputs changed".into())),
         WriteMode::Merge | WriteMode::Append => {
             if settings.incremental_inputs.is_empty() {
-                return Ok(Strategy::Full("inputs changed; no incremental_inputs".into()));
+                return Ok(Strategy::Full(
+                    "inputs changed; no incremental_inputs".into(),
+                ));
             }
-            if has_quarantine && quarantine_last.and_then(|q| q.get("lakehouse.inputs")) != last.get("lakehouse.inputs") {
+            if has_quarantine
+                && quarantine_last.and_then(|q| q.get("lakehouse.inputs"))
+                    != last.get("lakehouse.inputs")
+            {
                 return Ok(Strategy::Full(
                     "the last run stopped between its quarantine and table commits".into(),
                 ));
@@ -198,7 +207,9 @@ async fn decide(
         }
         WriteMode::ReplacePartitions => {
             if has_quarantine {
-                return Ok(Strategy::Full("inputs changed; drop rules need a full run".into()));
+                return Ok(Strategy::Full(
+                    "inputs changed; drop rules need a full run".into(),
+                ));
             }
             let mut touched = BTreeSet::new();
             for (name, then, now) in changed {
@@ -278,7 +289,15 @@ pub async fn run_model(
     let strategy = if full_refresh {
         Strategy::Full("--full-refresh".into())
     } else {
-        decide(lake, model, last.as_ref(), quarantine_last.as_ref(), &inputs, &hash).await?
+        decide(
+            lake,
+            model,
+            last.as_ref(),
+            quarantine_last.as_ref(),
+            &inputs,
+            &hash,
+        )
+        .await?
     };
     tracing::info!(model = %table_name, strategy = %strategy.describe(), "planning");
     report.strategy = strategy.describe();
@@ -438,7 +457,9 @@ pub async fn run_model(
             if table.version() == before && checker.completed() {
                 // MERGE had nothing to change: record the run anyway, so the
                 // table's input versions match its quarantine's.
-                table = delta::commit(table, delta::Staged::default(), &spec).await?.0;
+                table = delta::commit(table, delta::Staged::default(), &spec)
+                    .await?
+                    .0;
             }
             Ok::<_, Error>((table, metrics))
         })
@@ -654,8 +675,13 @@ async fn restrict_to_files(
             providers.insert(input, None);
             continue;
         }
-        let table = open_input(lake, input).await?.ok_or_else(|| Error::Usage(format!("{input} is gone")))?;
-        let provider = table.table_provider().with_adds(adds.iter().cloned()).await?;
+        let table = open_input(lake, input)
+            .await?
+            .ok_or_else(|| Error::Usage(format!("{input} is gone")))?;
+        let provider = table
+            .table_provider()
+            .with_adds(adds.iter().cloned())
+            .await?;
         providers.insert(input, Some(provider));
     }
     let (state, plan) = df.into_parts();
@@ -694,7 +720,8 @@ fn partition_predicate(
     schema: &datafusion::common::DFSchema,
     qualifier: Option<&datafusion::common::TableReference>,
 ) -> Result<Expr> {
-    let column = |name: &str| Expr::Column(datafusion::common::Column::new(qualifier.cloned(), name));
+    let column =
+        |name: &str| Expr::Column(datafusion::common::Column::new(qualifier.cloned(), name));
     let value = |name: &str, v: &Option<String>| -> Result<Expr> {
         let c = column(name);
         let Some(v) = v else { return Ok(c.is_null()) };
@@ -708,7 +735,10 @@ fn partition_predicate(
     // Grouped by the first partition column to keep the predicate short.
     let mut groups: BTreeMap<Option<String>, Vec<Vec<(String, Option<String>)>>> = BTreeMap::new();
     for key in touched {
-        let first = key.iter().find(|(c, _)| *c == columns[0]).and_then(|(_, v)| v.clone());
+        let first = key
+            .iter()
+            .find(|(c, _)| *c == columns[0])
+            .and_then(|(_, v)| v.clone());
         groups.entry(first).or_default().push(key.clone());
     }
     let mut any: Option<Expr> = None;
@@ -777,7 +807,7 @@ fn restrict_to_partitions(
 }
 
 fn columns_exact(touched: &BTreeSet<Vec<(String, Option<String>)>>, columns: &[String]) -> bool {
-    touched.iter().all(|k| {
-        k.len() == columns.len() && columns.iter().all(|c| k.iter().any(|(n, _)| n == c))
-    })
+    touched
+        .iter()
+        .all(|k| k.len() == columns.len() && columns.iter().all(|c| k.iter().any(|(n, _)| n == c)))
 }

@@ -29,7 +29,9 @@ pub async fn run_query(
     out: &mut dyn std::io::Write,
 ) -> Result<u64> {
     check_read_only(sql)?;
-    let df = ctx.sql_with_options(sql, crate::serve::read_only_options()).await?;
+    let df = ctx
+        .sql_with_options(sql, crate::serve::read_only_options())
+        .await?;
     let mut stream = df.execute_stream().await?;
     let mut rows = 0u64;
     let io = |e: std::io::Error| Error::io("write output", e);
@@ -79,9 +81,17 @@ pub struct TableInfo {
     pub partition_columns: Vec<String>,
 }
 
-async fn table_info(lake: &Lake, schema: &str, folder: &str, name: &str) -> Result<Option<(TableInfo, deltalake::DeltaTable)>> {
-    let Some(table) =
-        crate::delta::open(&lake.url(&format!("{folder}/{name}")), lake.storage_options()).await?
+async fn table_info(
+    lake: &Lake,
+    schema: &str,
+    folder: &str,
+    name: &str,
+) -> Result<Option<(TableInfo, deltalake::DeltaTable)>> {
+    let Some(table) = crate::delta::open(
+        &lake.url(&format!("{folder}/{name}")),
+        lake.storage_options(),
+    )
+    .await?
     else {
         return Ok(None);
     };
@@ -140,7 +150,12 @@ pub async fn table_detail(lake: &Lake, schema: &str, name: &str) -> Result<Optio
     let Some(folder) = SCHEMAS.iter().find(|(s, _)| *s == schema).map(|(_, f)| *f) else {
         return Ok(None);
     };
-    if crate::catalog::parse_table_name(name).ok().flatten().map(|(b, _)| b) != Some(name) {
+    if crate::catalog::parse_table_name(name)
+        .ok()
+        .flatten()
+        .map(|(b, _)| b)
+        != Some(name)
+    {
         return Ok(None);
     }
     let Some((info, table)) = table_info(lake, schema, folder, name).await? else {
@@ -159,9 +174,18 @@ pub async fn table_detail(lake: &Lake, schema: &str, name: &str) -> Result<Optio
     let partitions = crate::delta::partition_stats(&table)
         .await?
         .into_iter()
-        .map(|(values, rows, files, bytes)| Partition { values, rows, files, bytes })
+        .map(|(values, rows, files, bytes)| Partition {
+            values,
+            rows,
+            files,
+            bytes,
+        })
         .collect();
-    Ok(Some(TableDetail { info, columns, partitions }))
+    Ok(Some(TableDetail {
+        info,
+        columns,
+        partitions,
+    }))
 }
 
 /// One line per table: layer, name, version, rows, partition columns, files, size.

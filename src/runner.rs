@@ -166,7 +166,15 @@ pub async fn run(
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
         }
-        let outcome = ingest::ingest_source(lake, source, &run_id, started_at, &bar, &run_options.reingest).await;
+        let outcome = ingest::ingest_source(
+            lake,
+            source,
+            &run_id,
+            started_at,
+            &bar,
+            &run_options.reingest,
+        )
+        .await;
         bar.finish_and_clear();
         let seconds = t.elapsed().as_secs_f64();
         match outcome {
@@ -219,7 +227,11 @@ pub async fn run(
     }
 
     for name in &run_options.reingest {
-        if !report.sources.iter().any(|s| s.report.reingested.contains(name)) {
+        if !report
+            .sources
+            .iter()
+            .any(|s| s.report.reingested.contains(name))
+        {
             report.errors.push(format!(
                 "--reingest {name}: no source found a landed file by that name. Give the name bronze records in _source_file, relative to the lake (like landing/orders/orders_00001.csv)"
             ));

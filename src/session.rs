@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
+use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::disk_manager::DiskManagerBuilder;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use deltalake::delta_datafusion::planner::DeltaPlanner;

@@ -248,15 +248,18 @@ pub fn parse_location(uri: &str, create: bool) -> Result<Url> {
 /// from the same keys Delta reads: `max_retries` (default 10),
 /// `retry_timeout` (3m), `backoff_config.init_backoff` (100ms),
 /// `backoff_config.max_backoff` (15s), `backoff_config.base` (2).
-pub fn retry_config(url: &Url, options: &HashMap<String, String>) -> Result<object_store::RetryConfig> {
+pub fn retry_config(
+    url: &Url,
+    options: &HashMap<String, String>,
+) -> Result<object_store::RetryConfig> {
     let mut config = object_store::RetryConfig::default();
     let bad = |k: &str, v: &str| Error::Lake {
         uri: url.to_string(),
-        message: format!("storage option {k} = {v:?} is not valid (a count, or a duration like 30s / 500ms)"),
+        message: format!(
+            "storage option {k} = {v:?} is not valid (a count, or a duration like 30s / 500ms)"
+        ),
     };
-    let duration = |k: &str, v: &str| {
-        crate::cli::parse_duration(v).map_err(|_| bad(k, v))
-    };
+    let duration = |k: &str, v: &str| crate::cli::parse_duration(v).map_err(|_| bad(k, v));
     for (k, v) in options {
         match k.to_ascii_lowercase().as_str() {
             "max_retries" => config.max_retries = v.parse().map_err(|_| bad(k, v))?,
@@ -287,7 +290,10 @@ fn store_for(url: &Url, options: &HashMap<String, String>) -> Result<(Arc<dyn Ob
         // storage options.
         let mut builder = object_store::aws::AmazonS3Builder::from_env().with_url(url.as_str());
         for (k, v) in options {
-            if let Ok(key) = k.to_ascii_lowercase().parse::<object_store::aws::AmazonS3ConfigKey>() {
+            if let Ok(key) = k
+                .to_ascii_lowercase()
+                .parse::<object_store::aws::AmazonS3ConfigKey>()
+            {
                 builder = builder.with_config(key, v);
             }
         }

@@ -112,7 +112,10 @@ fn etag_hash(e_tag: &str) -> i64 {
 fn ingest_txns(file: &LandedFile) -> Vec<Transaction> {
     let mut out = vec![
         Transaction::new(app_id(&file.name), file.size as i64),
-        Transaction::new(mtime_app_id(&file.name), file.last_modified.timestamp_micros()),
+        Transaction::new(
+            mtime_app_id(&file.name),
+            file.last_modified.timestamp_micros(),
+        ),
     ];
     if let Some(e) = &file.e_tag {
         out.push(Transaction::new(etag_app_id(&file.name), etag_hash(e)));
@@ -123,7 +126,11 @@ fn ingest_txns(file: &LandedFile) -> Vec<Transaction> {
 /// What changed in an ingested file since, if anything: size first, then
 /// the ETag when both runs saw one, else the modification time. Files
 /// ingested before these were recorded are compared by size only.
-async fn what_changed(bronze: &Option<DeltaTable>, file: &LandedFile, size_then: i64) -> Result<Option<String>> {
+async fn what_changed(
+    bronze: &Option<DeltaTable>,
+    file: &LandedFile,
+    size_then: i64,
+) -> Result<Option<String>> {
     if size_then != file.size as i64 {
         return Ok(Some(format!("{} -> {} bytes", size_then, file.size)));
     }
@@ -139,7 +146,8 @@ async fn what_changed(bronze: &Option<DeltaTable>, file: &LandedFile, size_then:
                 .unwrap_or_default();
             return Ok(Some(format!(
                 "modified {then} -> {}",
-                file.last_modified.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                file.last_modified
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             )));
         }
     }
@@ -382,14 +390,18 @@ pub async fn ingest_source(
     let (mut carried, mut carried_rejects) = (0u64, 0u64);
     let mut bronze_replace = Replace::Nothing;
     let mut reject_replace = Replace::Nothing;
-    if let Some((paths, n, stream)) = delta::rows_other_than(&bronze, SOURCE_FILE, &replacing).await? {
+    if let Some((paths, n, stream)) =
+        delta::rows_other_than(&bronze, SOURCE_FILE, &replacing).await?
+    {
         let kept = delta::stage(&bronze, vec![stream], &bronze_spec.table_name).await?;
         carried = kept.rows();
         staged_rows.carry(kept);
         bronze_replace = Replace::Files(paths);
         report.rows_replaced += n;
     }
-    if let Some((paths, n, stream)) = delta::rows_other_than(&rejects, SOURCE_FILE, &replacing).await? {
+    if let Some((paths, n, stream)) =
+        delta::rows_other_than(&rejects, SOURCE_FILE, &replacing).await?
+    {
         let kept = delta::stage(&rejects, vec![stream], &reject_spec.table_name).await?;
         carried_rejects = kept.rows();
         staged_rejects.carry(kept);

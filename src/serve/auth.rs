@@ -55,7 +55,10 @@ impl Auth {
     pub fn check_password(&self, user: &str, password: &str) -> bool {
         match &self.password {
             // Both compared in full, so timing does not tell which was wrong.
-            Some(p) => same(user.as_bytes(), self.user.as_bytes()) & same(password.as_bytes(), p.as_bytes()),
+            Some(p) => {
+                same(user.as_bytes(), self.user.as_bytes())
+                    & same(password.as_bytes(), p.as_bytes())
+            }
             None => !self.required(),
         }
     }
@@ -145,13 +148,25 @@ mod tests {
     fn passwords_and_tokens() {
         let auth = Auth::new("ana".into(), Some("s3cret".into()), None);
         assert!(auth.required());
-        assert_eq!(auth.check_header(Some(&basic("ana", "s3cret"))), Verdict::Allowed);
-        assert_eq!(auth.check_header(Some(&basic("ana", "wrong"))), Verdict::Wrong);
-        assert_eq!(auth.check_header(Some(&basic("bob", "s3cret"))), Verdict::Wrong);
+        assert_eq!(
+            auth.check_header(Some(&basic("ana", "s3cret"))),
+            Verdict::Allowed
+        );
+        assert_eq!(
+            auth.check_header(Some(&basic("ana", "wrong"))),
+            Verdict::Wrong
+        );
+        assert_eq!(
+            auth.check_header(Some(&basic("bob", "s3cret"))),
+            Verdict::Wrong
+        );
         assert_eq!(auth.check_header(None), Verdict::Missing);
         assert_eq!(auth.check_header(Some("Bearer nope")), Verdict::Wrong);
         let token = auth.issue_token();
-        assert_eq!(auth.check_header(Some(&format!("Bearer {token}"))), Verdict::Allowed);
+        assert_eq!(
+            auth.check_header(Some(&format!("Bearer {token}"))),
+            Verdict::Allowed
+        );
 
         let open = Auth::new("x".into(), None, None);
         assert!(!open.required());

@@ -38,7 +38,12 @@ use crate::catalog::{CATALOG, SCHEMAS};
 
 type FlightStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>>;
 
-pub async fn serve(listener: TcpListener, engine: Arc<Engine>, auth: Arc<Auth>, shutdown: Shutdown) {
+pub async fn serve(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    auth: Arc<Auth>,
+    shutdown: Shutdown,
+) {
     let service = FlightServiceServer::new(FlightSql { engine, auth })
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
@@ -69,7 +74,8 @@ static SQL_INFO: LazyLock<Result<SqlInfoData, String>> = LazyLock::new(|| {
     b.append(SqlInfo::FlightSqlServerTransaction, 0i32);
     b.append(SqlInfo::FlightSqlServerCancel, false);
     b.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
-    b.build().map_err(|e| format!("SqlInfo does not build: {e}"))
+    b.build()
+        .map_err(|e| format!("SqlInfo does not build: {e}"))
 });
 
 fn sql_info() -> Result<&'static SqlInfoData, Status> {
@@ -106,9 +112,7 @@ impl FlightSql {
                 "authentication required: handshake with basic auth (user and password) \
                  and send the returned bearer token",
             )),
-            Verdict::Wrong => Err(Status::unauthenticated(
-                "wrong user, password or token",
-            )),
+            Verdict::Wrong => Err(Status::unauthenticated("wrong user, password or token")),
         }
     }
 
@@ -137,7 +141,8 @@ impl FlightSql {
     async fn run(&self, sql: &str) -> Result<Response<FlightStream>, Status> {
         let stream = self.engine.sql(sql).await.map_err(|e| status(&e))?;
         let schema = stream.schema();
-        let batches = stream.map_err(|e| FlightError::Tonic(Box::new(status(&QueryError::from(e)))));
+        let batches =
+            stream.map_err(|e| FlightError::Tonic(Box::new(status(&QueryError::from(e)))));
         let data = FlightDataEncoderBuilder::new()
             .with_schema(schema)
             .build(batches)
@@ -145,7 +150,9 @@ impl FlightSql {
         Ok(Response::new(Box::pin(data)))
     }
 
-    fn one_batch<E: std::fmt::Display>(batch: Result<RecordBatch, E>) -> Result<Response<FlightStream>, Status> {
+    fn one_batch<E: std::fmt::Display>(
+        batch: Result<RecordBatch, E>,
+    ) -> Result<Response<FlightStream>, Status> {
         let batch = batch.map_err(arrow_status)?;
         let schema = batch.schema();
         let data = FlightDataEncoderBuilder::new()
@@ -214,7 +221,11 @@ impl FlightSqlService for FlightSql {
         let ticket = TicketStatementQuery {
             statement_handle: query.query.into_bytes().into(),
         };
-        self.info(&schema, ticket.as_any().encode_to_vec(), request.into_inner())
+        self.info(
+            &schema,
+            ticket.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_statement(
@@ -286,7 +297,11 @@ impl FlightSqlService for FlightSql {
     ) -> Result<Response<FlightInfo>, Status> {
         self.authorize(request.metadata())?;
         let schema = query.clone().into_builder().schema();
-        self.info(&schema, query.as_any().encode_to_vec(), request.into_inner())
+        self.info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_catalogs(
@@ -307,7 +322,11 @@ impl FlightSqlService for FlightSql {
     ) -> Result<Response<FlightInfo>, Status> {
         self.authorize(request.metadata())?;
         let schema = query.clone().into_builder().schema();
-        self.info(&schema, query.as_any().encode_to_vec(), request.into_inner())
+        self.info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_schemas(
@@ -330,7 +349,11 @@ impl FlightSqlService for FlightSql {
     ) -> Result<Response<FlightInfo>, Status> {
         self.authorize(request.metadata())?;
         let schema = query.clone().into_builder().schema();
-        self.info(&schema, query.as_any().encode_to_vec(), request.into_inner())
+        self.info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_tables(
@@ -374,7 +397,11 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.authorize(request.metadata())?;
-        self.info(&table_types_schema(), query.as_any().encode_to_vec(), request.into_inner())
+        self.info(
+            &table_types_schema(),
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_table_types(
@@ -396,7 +423,11 @@ impl FlightSqlService for FlightSql {
     ) -> Result<Response<FlightInfo>, Status> {
         self.authorize(request.metadata())?;
         let schema = query.clone().into_builder(sql_info()?).schema();
-        self.info(&schema, query.as_any().encode_to_vec(), request.into_inner())
+        self.info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_sql_info(
@@ -427,7 +458,9 @@ fn plain_schema(schema: &Schema) -> SchemaRef {
         .fields()
         .iter()
         .map(|f| match f.data_type() {
-            DataType::Dictionary(_, values) => f.as_ref().clone().with_data_type(values.as_ref().clone()),
+            DataType::Dictionary(_, values) => {
+                f.as_ref().clone().with_data_type(values.as_ref().clone())
+            }
             _ => f.as_ref().clone(),
         })
         .collect();

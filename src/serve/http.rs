@@ -40,14 +40,25 @@ pub fn router(engine: Arc<Engine>, auth: Arc<Auth>) -> Router {
         .route("/sql", post(sql))
         .route("/tables", get(tables))
         .route("/tables/{schema}/{name}", get(table))
-        .layer(axum::middleware::from_fn_with_state(app.clone(), authenticate));
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            authenticate,
+        ));
     Router::new()
-        .route("/health", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/health",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
         .merge(guarded)
         .with_state(app)
 }
 
-pub async fn serve(listener: TcpListener, engine: Arc<Engine>, auth: Arc<Auth>, shutdown: Shutdown) {
+pub async fn serve(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    auth: Arc<Auth>,
+    shutdown: Shutdown,
+) {
     let result = axum::serve(listener, router(engine, auth))
         .with_graceful_shutdown(async move { shutdown.wait().await })
         .await;
@@ -140,15 +151,22 @@ impl Format {
             return Some(Format::Json);
         };
         for part in accept.split(',') {
-            let mime = part.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            let mime = part
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             let f = match mime.as_str() {
                 "application/json" | "*/*" | "application/*" | "" => Format::Json,
                 "application/x-ndjson" | "application/jsonl" => Format::NdJson,
                 "text/csv" | "text/*" => Format::Csv,
-                "application/vnd.apache.arrow.stream" | "application/vnd.apache.arrow" => Format::Arrow,
-                "application/vnd.apache.parquet" | "application/x-parquet" | "application/parquet" => {
-                    Format::Parquet
+                "application/vnd.apache.arrow.stream" | "application/vnd.apache.arrow" => {
+                    Format::Arrow
                 }
+                "application/vnd.apache.parquet"
+                | "application/x-parquet"
+                | "application/parquet" => Format::Parquet,
                 _ => continue,
             };
             return Some(f);
@@ -238,7 +256,9 @@ impl Encoder {
 
     fn finish(self) -> EncodeResult {
         match self {
-            Encoder::Json { started } => Ok(Bytes::from_static(if started { b"]\n" } else { b"[]\n" })),
+            Encoder::Json { started } => {
+                Ok(Bytes::from_static(if started { b"]\n" } else { b"[]\n" }))
+            }
             Encoder::NdJson => Ok(Bytes::new()),
             Encoder::Csv { header } => {
                 // An empty result still gets its header line.
@@ -312,12 +332,18 @@ async fn sql(State(app): State<App>, headers: HeaderMap, body: String) -> Respon
             let s = stream.as_mut()?;
             match s.next().await {
                 Some(Ok(batch)) => {
-                    let out = encoder.as_mut()?.batch(&batch).map_err(std::io::Error::other);
+                    let out = encoder
+                        .as_mut()?
+                        .batch(&batch)
+                        .map_err(std::io::Error::other);
                     Some((out, (stream, encoder, None)))
                 }
                 Some(Err(e)) => {
                     tracing::warn!("http query failed after its first rows were sent: {e}");
-                    Some((Err(std::io::Error::other(e.to_string())), (None, None, None)))
+                    Some((
+                        Err(std::io::Error::other(e.to_string())),
+                        (None, None, None),
+                    ))
                 }
                 None => {
                     let out = encoder.take()?.finish().map_err(std::io::Error::other);

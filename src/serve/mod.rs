@@ -136,17 +136,19 @@ fn first_words(statement: &impl std::fmt::Display) -> String {
 
 /// The refusal for a statement that is not a query.
 pub fn refusal(statement: &impl std::fmt::Display) -> QueryError {
-    QueryError::refused(format!("{READ_ONLY}; refused `{}`.", first_words(statement)))
+    QueryError::refused(format!(
+        "{READ_ONLY}; refused `{}`.",
+        first_words(statement)
+    ))
 }
 
 /// Parses exactly one statement and checks that it only reads.
 pub fn check_sql(sql: &str) -> std::result::Result<(), QueryError> {
-    let statements = DFParser::parse_sql_with_dialect(sql, &PostgreSqlDialect {}).map_err(|e| {
-        QueryError {
+    let statements =
+        DFParser::parse_sql_with_dialect(sql, &PostgreSqlDialect {}).map_err(|e| QueryError {
             kind: ErrorKind::Invalid,
             message: format!("SQL does not parse: {e}"),
-        }
-    })?;
+        })?;
     if statements.len() != 1 {
         return Err(QueryError {
             kind: ErrorKind::Invalid,
@@ -223,7 +225,10 @@ impl Engine {
     }
 
     /// Plans and starts one read-only statement.
-    pub async fn sql(&self, sql: &str) -> std::result::Result<SendableRecordBatchStream, QueryError> {
+    pub async fn sql(
+        &self,
+        sql: &str,
+    ) -> std::result::Result<SendableRecordBatchStream, QueryError> {
         let df = self.plan(sql).await?;
         Ok(df.execute_stream().await?)
     }
@@ -256,7 +261,11 @@ async fn bind(what: &str, addr: &str) -> Result<TcpListener> {
 /// SIGTERM, then stops accepting and lets running queries finish (up to a
 /// grace period).
 pub async fn serve(engine: Arc<Engine>, auth: Arc<Auth>, options: ServeOptions) -> Result<()> {
-    let enabled = |a: &Option<String>| a.as_deref().filter(|a| !a.eq_ignore_ascii_case("off")).map(str::to_string);
+    let enabled = |a: &Option<String>| {
+        a.as_deref()
+            .filter(|a| !a.eq_ignore_ascii_case("off"))
+            .map(str::to_string)
+    };
     let pg = match enabled(&options.pg_addr) {
         Some(a) => Some(bind("postgres", &a).await?),
         None => None,
@@ -272,12 +281,17 @@ pub async fn serve(engine: Arc<Engine>, auth: Arc<Auth>, options: ServeOptions) 
     let mut addrs = Vec::new();
     for (name, l) in [("postgres", &pg), ("flight", &flight), ("http", &http)] {
         if let Some(l) = l {
-            let a = l.local_addr().map_err(|e| Error::io("read listening address", e))?;
+            let a = l
+                .local_addr()
+                .map_err(|e| Error::io("read listening address", e))?;
             addrs.push((name, a));
         }
     }
     if addrs.is_empty() {
-        return Err(Error::Usage("every endpoint is `off`; enable at least one of --pg-addr, --flight-addr, --http-addr".into()));
+        return Err(Error::Usage(
+            "every endpoint is `off`; enable at least one of --pg-addr, --flight-addr, --http-addr"
+                .into(),
+        ));
     }
     if !auth.required() {
         if let Some((name, a)) = addrs.iter().find(|(_, a)| !is_loopback(a)) {
@@ -291,7 +305,11 @@ pub async fn serve(engine: Arc<Engine>, auth: Arc<Auth>, options: ServeOptions) 
     let tls = match (&options.tls_cert, &options.tls_key) {
         (Some(c), Some(k)) => Some(pg::tls_acceptor(c, k)?),
         (None, None) => None,
-        _ => return Err(Error::Usage("give both --tls-cert and --tls-key, or neither".into())),
+        _ => {
+            return Err(Error::Usage(
+                "give both --tls-cert and --tls-key, or neither".into(),
+            ))
+        }
     };
 
     let shutdown = Shutdown::new();
@@ -334,7 +352,10 @@ pub async fn serve(engine: Arc<Engine>, auth: Arc<Auth>, options: ServeOptions) 
     tracing::info!("shutting down: no new connections; running queries get 10 s to finish");
     shutdown.trigger();
     let all = futures::future::join_all(tasks);
-    if tokio::time::timeout(Duration::from_secs(10), all).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), all)
+        .await
+        .is_err()
+    {
         tracing::warn!("some queries were still running after 10 s; stopping anyway");
     }
     Ok(())
@@ -372,7 +393,10 @@ pub struct Shutdown {
 impl Shutdown {
     pub fn new() -> Self {
         let (tx, rx) = tokio::sync::watch::channel(false);
-        Self { tx: Arc::new(tx), rx }
+        Self {
+            tx: Arc::new(tx),
+            rx,
+        }
     }
 
     pub fn trigger(&self) {

@@ -75,7 +75,9 @@ pub fn install_catalog(ctx: &SessionContext) -> Result<()> {
             ))
         }),
     ));
-    ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(JsonBuildObject::new()));
+    ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
+        JsonBuildObject::new(),
+    ));
     // No column of a lake table is backed by a sequence.
     ctx.register_udf(datafusion::logical_expr::create_udf(
         "pg_get_serial_sequence",
@@ -123,9 +125,7 @@ impl datafusion::optimizer::OptimizerRule for LikeEscape {
         use datafusion::scalar::ScalarValue;
         plan.map_expressions(|e| {
             e.transform(|e| match e {
-                Expr::Like(mut like)
-                    if like.escape_char.is_some_and(|c| c != '\\') =>
-                {
+                Expr::Like(mut like) if like.escape_char.is_some_and(|c| c != '\\') => {
                     let escape = like.escape_char.unwrap_or('\\');
                     match like.pattern.as_ref() {
                         Expr::Literal(ScalarValue::Utf8(Some(p)), _)
@@ -145,7 +145,8 @@ impl datafusion::optimizer::OptimizerRule for LikeEscape {
                                     out.push(ch);
                                 }
                             }
-                            like.pattern = Box::new(Expr::Literal(ScalarValue::Utf8(Some(out)), None));
+                            like.pattern =
+                                Box::new(Expr::Literal(ScalarValue::Utf8(Some(out)), None));
                             like.escape_char = None;
                             Ok(Transformed::yes(Expr::Like(like)))
                         }
@@ -226,7 +227,9 @@ impl datafusion::logical_expr::ScalarUDFImpl for JsonBuildObject {
             }
             out.append_value(serde_json::Value::Object(object).to_string());
         }
-        Ok(datafusion::logical_expr::ColumnarValue::Array(Arc::new(out.finish())))
+        Ok(datafusion::logical_expr::ColumnarValue::Array(Arc::new(
+            out.finish(),
+        )))
     }
 }
 
@@ -237,28 +240,35 @@ fn to_regtype() -> datafusion::logical_expr::ScalarUDF {
     use datafusion::arrow::datatypes::DataType;
     use datafusion::logical_expr::ColumnarValue;
     fn oid(name: &str) -> Option<i32> {
-        Some(match name.trim().trim_start_matches("pg_catalog.").to_ascii_lowercase().as_str() {
-            "bool" | "boolean" => 16,
-            "bytea" => 17,
-            "int8" | "bigint" => 20,
-            "int2" | "smallint" => 21,
-            "int4" | "integer" | "int" => 23,
-            "text" => 25,
-            "oid" => 26,
-            "json" => 114,
-            "float4" | "real" => 700,
-            "float8" | "double precision" => 701,
-            "varchar" | "character varying" => 1043,
-            "date" => 1082,
-            "time" => 1083,
-            "timestamp" | "timestamp without time zone" => 1114,
-            "timestamptz" | "timestamp with time zone" => 1184,
-            "interval" => 1186,
-            "numeric" | "decimal" => 1700,
-            "uuid" => 2950,
-            "jsonb" => 3802,
-            _ => return None,
-        })
+        Some(
+            match name
+                .trim()
+                .trim_start_matches("pg_catalog.")
+                .to_ascii_lowercase()
+                .as_str()
+            {
+                "bool" | "boolean" => 16,
+                "bytea" => 17,
+                "int8" | "bigint" => 20,
+                "int2" | "smallint" => 21,
+                "int4" | "integer" | "int" => 23,
+                "text" => 25,
+                "oid" => 26,
+                "json" => 114,
+                "float4" | "real" => 700,
+                "float8" | "double precision" => 701,
+                "varchar" | "character varying" => 1043,
+                "date" => 1082,
+                "time" => 1083,
+                "timestamp" | "timestamp without time zone" => 1114,
+                "timestamptz" | "timestamp with time zone" => 1184,
+                "interval" => 1186,
+                "numeric" | "decimal" => 1700,
+                "uuid" => 2950,
+                "jsonb" => 3802,
+                _ => return None,
+            },
+        )
     }
     datafusion::logical_expr::create_udf(
         "to_regtype",
@@ -286,7 +296,10 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<pgwire::tokio::TlsAccepto
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| Error::io(format!("read certificates from {}", cert.display()), e))?;
     if certs.is_empty() {
-        return Err(Error::Usage(format!("{} holds no PEM certificate", cert.display())));
+        return Err(Error::Usage(format!(
+            "{} holds no PEM certificate",
+            cert.display()
+        )));
     }
     let key = rustls_pemfile::private_key(&mut open(key)?)
         .map_err(|e| Error::io(format!("read private key from {}", key.display()), e))?
@@ -398,7 +411,11 @@ enum Startup {
 
 #[async_trait]
 impl StartupHandler for Startup {
-    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
@@ -485,9 +502,9 @@ enum Decision {
 fn decide(statement: &Statement) -> Decision {
     match statement {
         s if is_read_only(s) => Decision::Pass,
-        Statement::StartTransaction { .. } | Statement::Commit { .. } | Statement::Rollback { .. } => {
-            Decision::Pass
-        }
+        Statement::StartTransaction { .. }
+        | Statement::Commit { .. }
+        | Statement::Rollback { .. } => Decision::Pass,
         Statement::Set(Set::SetTimeZone { .. }) => Decision::Pass,
         Statement::Set(Set::SingleAssignment { variable, .. }) => {
             let name = variable.to_string().to_lowercase();

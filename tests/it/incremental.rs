@@ -97,16 +97,18 @@ async fn batches_of_files_end_with_the_figures_of_one_full_run() {
         .take(2)
         .collect();
     assert_ne!(rows[0][0], rows[1][0]);
-    assert_eq!(rows.len(), 2, "the generator's first rows have changed shape");
+    assert_eq!(
+        rows.len(),
+        2,
+        "the generator's first rows have changed shape"
+    );
     let (a, b) = (&rows[0], &rows[1]);
     let late = format!(
         "order_id,order_ts,updated_at,customer_id,store_id,product_id,quantity,unit_price,status\n\
          {},2030-01-05T10:00:00,2030-01-06T00:00:00,{},{},{},{},{},completed\n\
          {},{},2000-01-01T00:00:00,{},{},{},999,1.00,returned\n\
          OLATE0001,{},2030-01-01T00:00:00,C000001,{},{},3,10.00,completed\n",
-        a[0], a[3], a[4], a[5], a[6], a[7],
-        b[0], b[1], b[3], b[4], b[5],
-        a[1], a[4], a[5],
+        a[0], a[3], a[4], a[5], a[6], a[7], b[0], b[1], b[3], b[4], b[5], a[1], a[4], a[5],
     );
     std::fs::write(staged.join("landing/orders/orders_99999.csv"), late).unwrap();
 
@@ -114,14 +116,34 @@ async fn batches_of_files_end_with_the_figures_of_one_full_run() {
     crate::serve::copy_dir(&repo().join("sql"), &dir.path().join("sql"));
     let stores = dir.path().join("sql/bronze/stores.toml");
     let settings = std::fs::read_to_string(&stores).unwrap();
-    std::fs::write(&stores, settings.replace("landing/stores.csv", "landing/stores*.csv")).unwrap();
+    std::fs::write(
+        &stores,
+        settings.replace("landing/stores.csv", "landing/stores*.csv"),
+    )
+    .unwrap();
 
     let lake = dir.path().join("lake");
-    land(&staged, &lake, &["stores.csv", "products.csv", "orders/orders_00001.csv", "orders/orders_00002.csv"]);
+    land(
+        &staged,
+        &lake,
+        &[
+            "stores.csv",
+            "products.csv",
+            "orders/orders_00001.csv",
+            "orders/orders_00002.csv",
+        ],
+    );
     let s = run(&lake, &[]);
-    assert!(line(&s, "silver.orders").contains("full (first run)"), "{s}");
+    assert!(
+        line(&s, "silver.orders").contains("full (first run)"),
+        "{s}"
+    );
 
-    land(&staged, &lake, &["orders/orders_00003.csv", "orders/orders_00004.csv"]);
+    land(
+        &staged,
+        &lake,
+        &["orders/orders_00003.csv", "orders/orders_00004.csv"],
+    );
     let branch_refs: Vec<&str> = branch.iter().map(|s| s.as_str()).collect();
     land(&staged, &lake, &branch_refs);
     let s = run(&lake, &[]);
@@ -129,11 +151,21 @@ async fn batches_of_files_end_with_the_figures_of_one_full_run() {
         line(&s, "silver.orders").contains(&format!("incremental ({} new input files)", 2)),
         "one new bronze file per source: {s}"
     );
-    assert!(line(&s, "gold.daily_region_sales").contains("incremental ("), "{s}");
+    assert!(
+        line(&s, "gold.daily_region_sales").contains("incremental ("),
+        "{s}"
+    );
 
-    land(&staged, &lake, &["orders/orders_00005.csv", "orders/orders_00006.csv"]);
+    land(
+        &staged,
+        &lake,
+        &["orders/orders_00005.csv", "orders/orders_00006.csv"],
+    );
     let s = run(&lake, &[]);
-    assert!(line(&s, "silver.orders").contains("incremental (1 new input files)"), "{s}");
+    assert!(
+        line(&s, "silver.orders").contains("incremental (1 new input files)"),
+        "{s}"
+    );
 
     // The hand-made file alone: gold recomputes the partitions its rows
     // touch (A's old and new day, B's day if its file was rewritten, the
@@ -147,15 +179,31 @@ async fn batches_of_files_end_with_the_figures_of_one_full_run() {
         .and_then(|r| r.split(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("gold did not run incrementally: {s}"));
-    assert!((2..=4).contains(&parts), "{parts} partitions recomputed: {s}");
+    assert!(
+        (2..=4).contains(&parts),
+        "{parts} partitions recomputed: {s}"
+    );
 
     let moved = strings(
         &lake,
         &format!("SELECT CAST(order_date AS VARCHAR), CAST(updated_at AS VARCHAR) FROM silver.orders WHERE order_id = '{}'", a[0]),
     )
     .await;
-    assert_eq!(moved, vec![vec!["2030-01-05".to_string(), "2030-01-06T00:00:00Z".to_string()]]);
-    let stale = strings(&lake, &format!("SELECT status FROM silver.orders WHERE order_id = '{}' AND quantity = 999", b[0])).await;
+    assert_eq!(
+        moved,
+        vec![vec![
+            "2030-01-05".to_string(),
+            "2030-01-06T00:00:00Z".to_string()
+        ]]
+    );
+    let stale = strings(
+        &lake,
+        &format!(
+            "SELECT status FROM silver.orders WHERE order_id = '{}' AND quantity = 999",
+            b[0]
+        ),
+    )
+    .await;
     assert!(stale.is_empty(), "a stale update must lose: {stale:?}");
 
     // The independent implementation over all landed files agrees.
@@ -164,14 +212,20 @@ async fn batches_of_files_end_with_the_figures_of_one_full_run() {
     // So does one full run over the same files in a fresh lake.
     let fresh = dir.path().join("fresh");
     land(&staged, &fresh, &["stores.csv", "products.csv"]);
-    let mut all: Vec<String> = (1..=6).map(|n| format!("orders/orders_{n:05}.csv")).collect();
+    let mut all: Vec<String> = (1..=6)
+        .map(|n| format!("orders/orders_{n:05}.csv"))
+        .collect();
     all.push("orders/orders_99999.csv".into());
     all.extend(branch.iter().cloned());
     let all: Vec<&str> = all.iter().map(|s| s.as_str()).collect();
     land(&staged, &fresh, &all);
     run(&fresh, &[]);
     let incremental = figures(&lake).await;
-    assert_eq!(incremental, figures(&fresh).await, "incremental runs = one full run");
+    assert_eq!(
+        incremental,
+        figures(&fresh).await,
+        "incremental runs = one full run"
+    );
 
     // Nothing new: nothing runs, nothing is committed.
     let s = run(&lake, &[]);
@@ -179,7 +233,10 @@ async fn batches_of_files_end_with_the_figures_of_one_full_run() {
 
     // A full refresh rebuilds from bronze to the same figures.
     let s = run(&lake, &["--full-refresh"]);
-    assert!(line(&s, "silver.orders").contains("full (--full-refresh)"), "{s}");
+    assert!(
+        line(&s, "silver.orders").contains("full (--full-refresh)"),
+        "{s}"
+    );
     assert_eq!(figures(&lake).await, incremental);
 
     // A new stores file is not a stream input of silver: silver is rebuilt.
@@ -189,6 +246,13 @@ async fn batches_of_files_end_with_the_figures_of_one_full_run() {
     )
     .unwrap();
     let s = run(&lake, &[]);
-    assert!(line(&s, "silver.orders").contains("full (bronze.stores changed)"), "{s}");
-    assert_eq!(figures(&lake).await, incremental, "a store no order uses changes nothing");
+    assert!(
+        line(&s, "silver.orders").contains("full (bronze.stores changed)"),
+        "{s}"
+    );
+    assert_eq!(
+        figures(&lake).await,
+        incremental,
+        "a store no order uses changes nothing"
+    );
 }

@@ -10,8 +10,8 @@ mod gen;
 mod incremental;
 mod pipeline_cli;
 mod retail;
-mod scale;
 mod s3;
+mod scale;
 mod serve;
 mod write_modes;
 

@@ -402,7 +402,8 @@ async fn a_file_changed_after_ingest_is_reported_not_ingested_twice() {
     drop(f);
     let t = text(&run(dir.path()));
     assert!(
-        t.contains("landing/events_2.csv changed after it was ingested (") && t.contains("--reingest landing/events_2.csv"),
+        t.contains("landing/events_2.csv changed after it was ingested (")
+            && t.contains("--reingest landing/events_2.csv"),
         "{t}"
     );
     assert_eq!(one(&lake, "SELECT count(*) FROM bronze.events").await, 2);
@@ -412,16 +413,26 @@ async fn a_file_changed_after_ingest_is_reported_not_ingested_twice() {
     let out = run_with(dir.path(), &["--reingest", "landing/events_1.csv"]);
     assert!(out.status.success(), "{}", text(&out));
     let t = text(&out);
-    assert!(t.contains("landing/events_1.csv taken again (--reingest): 1 earlier rows"), "{t}");
+    assert!(
+        t.contains("landing/events_1.csv taken again (--reingest): 1 earlier rows"),
+        "{t}"
+    );
     assert_eq!(
-        crate::strings(&lake, "SELECT _source_file, id FROM bronze.events ORDER BY 2").await,
+        crate::strings(
+            &lake,
+            "SELECT _source_file, id FROM bronze.events ORDER BY 2"
+        )
+        .await,
         vec![
             vec!["landing/events_1.csv".to_string(), "1".to_string()],
             vec!["landing/events_1.csv".to_string(), "2".to_string()],
             vec!["landing/events_2.csv".to_string(), "3".to_string()],
         ]
     );
-    assert_eq!(one(&lake, "SELECT count(*) FROM quarantine.bronze_events").await, 1);
+    assert_eq!(
+        one(&lake, "SELECT count(*) FROM quarantine.bronze_events").await,
+        1
+    );
     // The next plain run neither re-reads it nor reports it as changed.
     let t = text(&run(dir.path()));
     assert!(!t.contains("events_1.csv changed"), "{t}");
@@ -430,11 +441,22 @@ async fn a_file_changed_after_ingest_is_reported_not_ingested_twice() {
     // Taking events_2 again replaces its row and its reject.
     let out = run_with(dir.path(), &["--reingest", "landing/events_2.csv"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("2 earlier rows (bronze and rejects) replaced"), "{}", text(&out));
+    assert!(
+        text(&out).contains("2 earlier rows (bronze and rejects) replaced"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(one(&lake, "SELECT count(*) FROM bronze.events").await, 3);
-    assert_eq!(one(&lake, "SELECT count(*) FROM quarantine.bronze_events").await, 1);
+    assert_eq!(
+        one(&lake, "SELECT count(*) FROM quarantine.bronze_events").await,
+        1
+    );
 
     let out = run_with(dir.path(), &["--reingest", "landing/nope.csv"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("--reingest landing/nope.csv: no source found a landed file"), "{}", text(&out));
+    assert!(
+        text(&out).contains("--reingest landing/nope.csv: no source found a landed file"),
+        "{}",
+        text(&out)
+    );
 }

@@ -36,7 +36,10 @@ fn aws_env() -> Vec<(&'static str, String)> {
 }
 
 fn storage_options() -> HashMap<String, String> {
-    aws_env().into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    aws_env()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
 }
 
 /// A new bucket with a unique name.
@@ -74,7 +77,10 @@ async fn upload_dir(store: &dyn ObjectStore, from: &Path, prefix: &str) -> usize
             n += Box::pin(upload_dir(store, &e.path(), &name)).await;
         } else {
             let bytes = std::fs::read(e.path()).unwrap();
-            store.put(&name.as_str().into(), bytes.into()).await.unwrap();
+            store
+                .put(&name.as_str().into(), bytes.into())
+                .await
+                .unwrap();
             n += 1;
         }
     }
@@ -110,19 +116,49 @@ async fn example_pipeline_on_s3_gives_the_local_figures() {
     // Local run.
     let local = dir.path().join("lake");
     super::serve::copy_dir(&repo().join("lake/landing"), &local.join("landing"));
-    ok(lakehouse_s3(&["--lake", local.to_str().unwrap(), "run", "--pipeline", pipeline], dir.path()));
+    ok(lakehouse_s3(
+        &[
+            "--lake",
+            local.to_str().unwrap(),
+            "run",
+            "--pipeline",
+            pipeline,
+        ],
+        dir.path(),
+    ));
 
     // The same landing files in a bucket.
     let bucket = bucket().await;
-    let files = upload_dir(store(&bucket).as_ref(), &repo().join("lake/landing"), "retail/landing").await;
+    let files = upload_dir(
+        store(&bucket).as_ref(),
+        &repo().join("lake/landing"),
+        "retail/landing",
+    )
+    .await;
     assert!(files >= 4);
     let uri = format!("s3://{bucket}/retail");
-    let summary = ok(lakehouse_s3(&["--lake", &uri, "run", "--pipeline", pipeline], dir.path()));
+    let summary = ok(lakehouse_s3(
+        &["--lake", &uri, "run", "--pipeline", pipeline],
+        dir.path(),
+    ));
     assert!(summary.contains("succeeded"), "{summary}");
 
     for q in FIGURES {
-        let l = ok(lakehouse_s3(&["--lake", local.to_str().unwrap(), "query", "--format", "csv", q], dir.path()));
-        let s = ok(lakehouse_s3(&["--lake", &uri, "query", "--format", "csv", q], dir.path()));
+        let l = ok(lakehouse_s3(
+            &[
+                "--lake",
+                local.to_str().unwrap(),
+                "query",
+                "--format",
+                "csv",
+                q,
+            ],
+            dir.path(),
+        ));
+        let s = ok(lakehouse_s3(
+            &["--lake", &uri, "query", "--format", "csv", q],
+            dir.path(),
+        ));
         assert_eq!(s, l, "{q}");
         assert!(l.lines().count() > 1);
     }
@@ -131,7 +167,17 @@ async fn example_pipeline_on_s3_gives_the_local_figures() {
     let server = super::serve::Server::start_uri(&uri, dir.path(), &[], &aws_env());
     let client = server.pg().await;
     let q = "SELECT CAST(sum(orders) AS BIGINT) FROM gold.daily_region_sales";
-    let local_total = ok(lakehouse_s3(&["--lake", local.to_str().unwrap(), "query", "--format", "csv", q], dir.path()));
+    let local_total = ok(lakehouse_s3(
+        &[
+            "--lake",
+            local.to_str().unwrap(),
+            "query",
+            "--format",
+            "csv",
+            q,
+        ],
+        dir.path(),
+    ));
     let served = super::serve::pg_text(&client, q).await;
     assert_eq!(served[0][0], local_total.lines().nth(1).unwrap());
     drop(server);
@@ -139,18 +185,24 @@ async fn example_pipeline_on_s3_gives_the_local_figures() {
     // A re-run with nothing new changes no data table.
     let data_tables = |t: &str| -> Vec<String> {
         t.lines()
-            .filter(|l| l.starts_with("bronze.") || l.starts_with("silver.") || l.starts_with("gold."))
+            .filter(|l| {
+                l.starts_with("bronze.") || l.starts_with("silver.") || l.starts_with("gold.")
+            })
             .map(String::from)
             .collect()
     };
     let before = data_tables(&ok(lakehouse_s3(&["--lake", &uri, "tables"], dir.path())));
     assert_eq!(before.len(), 7, "{before:?}");
-    ok(lakehouse_s3(&["--lake", &uri, "run", "--pipeline", pipeline], dir.path()));
+    ok(lakehouse_s3(
+        &["--lake", &uri, "run", "--pipeline", pipeline],
+        dir.path(),
+    ));
     let after = data_tables(&ok(lakehouse_s3(&["--lake", &uri, "tables"], dir.path())));
     assert_eq!(before, after);
 
     // A new landing file is ingested incrementally on S3 too.
-    let extra = std::fs::read_to_string(repo().join("lake/landing/orders/orders_00001.csv")).unwrap();
+    let extra =
+        std::fs::read_to_string(repo().join("lake/landing/orders/orders_00001.csv")).unwrap();
     let mut shifted = String::new();
     for (i, l) in extra.lines().enumerate() {
         if i == 0 {
@@ -161,18 +213,33 @@ async fn example_pipeline_on_s3_gives_the_local_figures() {
         shifted.push('\n');
     }
     store(&bucket)
-        .put(&"retail/landing/orders/orders_late.csv".into(), shifted.into_bytes().into())
+        .put(
+            &"retail/landing/orders/orders_late.csv".into(),
+            shifted.into_bytes().into(),
+        )
         .await
         .unwrap();
-    let summary = ok(lakehouse_s3(&["--lake", &uri, "run", "--pipeline", pipeline], dir.path()));
+    let summary = ok(lakehouse_s3(
+        &["--lake", &uri, "run", "--pipeline", pipeline],
+        dir.path(),
+    ));
     assert!(summary.contains("1 new files"), "{summary}");
 
     // A bucket that does not exist: a clear error naming the URI.
-    let out = lakehouse_s3(&["--lake", "s3://no-such-bucket-here/x", "tables"], dir.path());
+    let out = lakehouse_s3(
+        &["--lake", "s3://no-such-bucket-here/x", "tables"],
+        dir.path(),
+    );
     assert_eq!(out.status.code(), Some(2));
     let t = text(&out);
-    assert!(t.contains("s3://no-such-bucket-here/x") && t.contains("NoSuchBucket"), "{t}");
-    assert!(!t.contains("AWS_SECRET_ACCESS_KEY") && !t.contains("=test"), "{t}");
+    assert!(
+        t.contains("s3://no-such-bucket-here/x") && t.contains("NoSuchBucket"),
+        "{t}"
+    );
+    assert!(
+        !t.contains("AWS_SECRET_ACCESS_KEY") && !t.contains("=test"),
+        "{t}"
+    );
 }
 
 /// Four writers commit to one S3 table at the same time: Delta's
@@ -182,34 +249,53 @@ async fn concurrent_commits_on_s3_all_land() {
     deltalake::aws::register_handlers(None);
     let bucket = bucket().await;
     let url = url::Url::parse(&format!("s3://{bucket}/t/")).unwrap();
-    let schema = Arc::new(Schema::new(vec![Field::new("writer", DataType::Int64, false)]));
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "writer",
+        DataType::Int64,
+        false,
+    )]));
     let batch = |w: i64| {
-        RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![w; 100]))]).unwrap()
+        RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from(vec![w; 100]))],
+        )
+        .unwrap()
     };
-    let ops = deltalake::DeltaTable::try_from_url_with_storage_options(url.clone(), storage_options())
-        .await
-        .unwrap();
+    let ops =
+        deltalake::DeltaTable::try_from_url_with_storage_options(url.clone(), storage_options())
+            .await
+            .unwrap();
     ops.write(vec![batch(0)]).await.unwrap();
 
     let mut tasks = Vec::new();
     for w in 1..=4i64 {
         let (url, b) = (url.clone(), batch(w));
         tasks.push(tokio::spawn(async move {
-            let ops = deltalake::DeltaTable::try_from_url_with_storage_options(url, storage_options())
-                .await
-                .unwrap();
+            let ops =
+                deltalake::DeltaTable::try_from_url_with_storage_options(url, storage_options())
+                    .await
+                    .unwrap();
             ops.write(vec![b]).await.map(|t| t.version())
         }));
     }
     let mut versions = Vec::new();
     for t in tasks {
-        versions.push(t.await.unwrap().expect("every concurrent commit lands").unwrap());
+        versions.push(
+            t.await
+                .unwrap()
+                .expect("every concurrent commit lands")
+                .unwrap(),
+        );
     }
     versions.sort();
     assert_eq!(versions, [1, 2, 3, 4]);
 
-    let lake = lakehouse::storage::Lake::open(&format!("s3://{bucket}/"), storage_options()).unwrap();
-    let table = lakehouse::delta::open(&lake.url("t"), lake.storage_options()).await.unwrap().unwrap();
+    let lake =
+        lakehouse::storage::Lake::open(&format!("s3://{bucket}/"), storage_options()).unwrap();
+    let table = lakehouse::delta::open(&lake.url("t"), lake.storage_options())
+        .await
+        .unwrap()
+        .unwrap();
     let (rows, files, _) = lakehouse::delta::row_count(&table).await.unwrap();
     assert_eq!((rows, files, table.version()), (500, 5, Some(4)));
 }
@@ -292,10 +378,24 @@ async fn a_tenth_of_s3_requests_failing_changes_nothing() {
     let pipeline = pipeline.to_str().unwrap();
     let local = dir.path().join("lake");
     super::serve::copy_dir(&repo().join("lake/landing"), &local.join("landing"));
-    ok(lakehouse_s3(&["--lake", local.to_str().unwrap(), "run", "--pipeline", pipeline], dir.path()));
+    ok(lakehouse_s3(
+        &[
+            "--lake",
+            local.to_str().unwrap(),
+            "run",
+            "--pipeline",
+            pipeline,
+        ],
+        dir.path(),
+    ));
 
     let bucket = bucket().await;
-    upload_dir(store(&bucket).as_ref(), &repo().join("lake/landing"), "retail/landing").await;
+    upload_dir(
+        store(&bucket).as_ref(),
+        &repo().join("lake/landing"),
+        "retail/landing",
+    )
+    .await;
     let uri = format!("s3://{bucket}/retail");
     let (proxy, counts) = faulty_proxy(10).await;
     let run = |args: Vec<String>| {
@@ -311,11 +411,26 @@ async fn a_tenth_of_s3_requests_failing_changes_nothing() {
             c.output().unwrap()
         })
     };
-    let out = run(vec!["--lake".into(), uri.clone(), "run".into(), "--pipeline".into(), pipeline.into()]).await.unwrap();
+    let out = run(vec![
+        "--lake".into(),
+        uri.clone(),
+        "run".into(),
+        "--pipeline".into(),
+        pipeline.into(),
+    ])
+    .await
+    .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let failed = counts.failed.load(Relaxed);
-    let passed = counts.get.load(Relaxed) + counts.put.load(Relaxed) + counts.list.load(Relaxed) + counts.other.load(Relaxed);
-    assert!(failed * 20 > passed, "the proxy failed {failed} of {} requests", failed + passed);
+    let passed = counts.get.load(Relaxed)
+        + counts.put.load(Relaxed)
+        + counts.list.load(Relaxed)
+        + counts.other.load(Relaxed);
+    assert!(
+        failed * 20 > passed,
+        "the proxy failed {failed} of {} requests",
+        failed + passed
+    );
     eprintln!(
         "faulty run: {} GET/HEAD, {} PUT/POST, {} LIST, {} other passed; {failed} failed with 503",
         counts.get.load(Relaxed),
@@ -324,8 +439,21 @@ async fn a_tenth_of_s3_requests_failing_changes_nothing() {
         counts.other.load(Relaxed)
     );
     for q in FIGURES {
-        let l = ok(lakehouse_s3(&["--lake", local.to_str().unwrap(), "query", "--format", "csv", q], dir.path()));
-        let s = ok(lakehouse_s3(&["--lake", &uri, "query", "--format", "csv", q], dir.path()));
+        let l = ok(lakehouse_s3(
+            &[
+                "--lake",
+                local.to_str().unwrap(),
+                "query",
+                "--format",
+                "csv",
+                q,
+            ],
+            dir.path(),
+        ));
+        let s = ok(lakehouse_s3(
+            &["--lake", &uri, "query", "--format", "csv", q],
+            dir.path(),
+        ));
         assert_eq!(s, l, "{q}");
     }
 }

@@ -20,7 +20,13 @@ fn example_lake(root: &Path) -> PathBuf {
     let lake = root.join("lake");
     copy_dir(&repo().join("lake/landing"), &lake.join("landing"));
     let out = lakehouse(
-        &["--lake", lake.to_str().unwrap(), "run", "--pipeline", repo().join("sql").to_str().unwrap()],
+        &[
+            "--lake",
+            lake.to_str().unwrap(),
+            "run",
+            "--pipeline",
+            repo().join("sql").to_str().unwrap(),
+        ],
         root,
     );
     assert!(out.status.success(), "{}", text(&out));
@@ -51,11 +57,23 @@ impl Server {
         Self::start_uri(lake.to_str().unwrap(), lake, extra, &[])
     }
 
-    pub(crate) fn start_uri(uri: &str, cwd: &Path, extra: &[&str], env: &[(&str, String)]) -> Server {
+    pub(crate) fn start_uri(
+        uri: &str,
+        cwd: &Path,
+        extra: &[&str],
+        env: &[(&str, String)],
+    ) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_lakehouse"))
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .args(["--lake", uri, "serve"])
-            .args(["--pg-addr", "127.0.0.1:0", "--flight-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args([
+                "--pg-addr",
+                "127.0.0.1:0",
+                "--flight-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+            ])
             .args(extra)
             .env("LAKEHOUSE_USER", "analyst")
             .env("LAKEHOUSE_PASSWORD", PASSWORD)
@@ -96,9 +114,10 @@ impl Server {
     }
 
     pub(crate) async fn pg(&self) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(&self.pg_config(PASSWORD), tokio_postgres::NoTls)
-            .await
-            .expect("connects with the right password");
+        let (client, conn) =
+            tokio_postgres::connect(&self.pg_config(PASSWORD), tokio_postgres::NoTls)
+                .await
+                .expect("connects with the right password");
         tokio::spawn(conn);
         client
     }
@@ -129,7 +148,9 @@ pub(crate) async fn pg_text(client: &tokio_postgres::Client, sql: &str) -> Vec<V
 }
 
 fn pg_code(e: &tokio_postgres::Error) -> (String, String) {
-    let db = e.as_db_error().unwrap_or_else(|| panic!("not a server error: {e}"));
+    let db = e
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a server error: {e}"));
     (db.code().code().to_string(), db.message().to_string())
 }
 
@@ -145,12 +166,20 @@ async fn postgres_wire_answers_clients_and_refuses_writes() {
     let server = Server::start(&lake, &[]);
 
     // Wrong password and wrong user fail the same way.
-    for config in [server.pg_config("wrong"), server.pg_config(PASSWORD).replace("user=analyst", "user=admin")] {
+    for config in [
+        server.pg_config("wrong"),
+        server
+            .pg_config(PASSWORD)
+            .replace("user=analyst", "user=admin"),
+    ] {
         let e = tokio_postgres::connect(&config, tokio_postgres::NoTls)
             .await
             .err()
             .expect("a wrong password is refused");
-        let message = e.as_db_error().map(|d| d.message().to_lowercase()).unwrap_or_default();
+        let message = e
+            .as_db_error()
+            .map(|d| d.message().to_lowercase())
+            .unwrap_or_default();
         assert!(message.contains("password authentication failed"), "{e:?}");
     }
 
@@ -165,19 +194,35 @@ async fn postgres_wire_answers_clients_and_refuses_writes() {
         .await
         .unwrap();
     let east: i64 = rows[0].get(0);
-    assert_eq!(east.to_string(), expected.iter().find(|r| r[0] == "east").unwrap()[2]);
+    assert_eq!(
+        east.to_string(),
+        expected.iter().find(|r| r[0] == "east").unwrap()[2]
+    );
 
     // Types: dates, decimals and UTC timestamps keep their Postgres types.
     let stmt = client
         .prepare("SELECT order_date, amount, updated_at FROM silver.orders LIMIT 1")
         .await
         .unwrap();
-    let types: Vec<String> = stmt.columns().iter().map(|c| c.type_().name().to_string()).collect();
+    let types: Vec<String> = stmt
+        .columns()
+        .iter()
+        .map(|c| c.type_().name().to_string())
+        .collect();
     assert_eq!(types, ["date", "numeric", "timestamptz"]);
 
     // Session statements drivers send are accepted.
-    for ok in ["BEGIN READ ONLY", "SET application_name = 'test'", "SET client_encoding = 'UTF8'", "SHOW TIME ZONE", "COMMIT"] {
-        client.simple_query(ok).await.unwrap_or_else(|e| panic!("{ok}: {e}"));
+    for ok in [
+        "BEGIN READ ONLY",
+        "SET application_name = 'test'",
+        "SET client_encoding = 'UTF8'",
+        "SHOW TIME ZONE",
+        "COMMIT",
+    ] {
+        client
+            .simple_query(ok)
+            .await
+            .unwrap_or_else(|e| panic!("{ok}: {e}"));
     }
 
     // Anything but a query is refused before it reaches the engine.
@@ -192,35 +237,73 @@ async fn postgres_wire_answers_clients_and_refuses_writes() {
         "EXPLAIN ANALYZE COPY (SELECT 1) TO '/tmp/lakehouse-copy.csv'",
         "SET datafusion.execution.target_partitions = 1",
     ] {
-        let e = client.simple_query(bad).await.err().unwrap_or_else(|| panic!("{bad} was accepted"));
+        let e = client
+            .simple_query(bad)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{bad} was accepted"));
         let (code, message) = pg_code(&e);
-        assert!(code == "25006" || code == "42601", "{bad}: {code} {message}");
         assert!(
-            message.contains("read-only") || message.contains("server setting") || message.contains("parse"),
+            code == "25006" || code == "42601",
+            "{bad}: {code} {message}"
+        );
+        assert!(
+            message.contains("read-only")
+                || message.contains("server setting")
+                || message.contains("parse"),
             "{bad}: {message}"
         );
     }
     assert!(!Path::new("/tmp/lakehouse-copy.csv").exists());
     // Files outside the lake cannot be read by naming them.
-    for read in ["SELECT * FROM '/etc/passwd'", "SELECT * FROM bronze.\"../../../etc/passwd\""] {
-        let e = client.simple_query(read).await.err().unwrap_or_else(|| panic!("{read} was accepted"));
+    for read in [
+        "SELECT * FROM '/etc/passwd'",
+        "SELECT * FROM bronze.\"../../../etc/passwd\"",
+    ] {
+        let e = client
+            .simple_query(read)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{read} was accepted"));
         assert!(pg_code(&e).1.contains("not found"), "{read}: {e}");
     }
 
     // Time travel: version 0 of a gold table is its empty creation commit.
-    let v = pg_text(&client, "SELECT count(*) FROM gold.\"daily_region_sales@v0\"").await;
+    let v = pg_text(
+        &client,
+        "SELECT count(*) FROM gold.\"daily_region_sales@v0\"",
+    )
+    .await;
     assert_eq!(v, [["0"]]);
-    let v1 = pg_text(&client, "SELECT count(*) FROM gold.\"daily_region_sales@v1\"").await;
+    let v1 = pg_text(
+        &client,
+        "SELECT count(*) FROM gold.\"daily_region_sales@v1\"",
+    )
+    .await;
     let now = pg_text(&client, "SELECT count(*) FROM gold.daily_region_sales").await;
     assert_eq!(v1, now);
-    let e = client.simple_query("SELECT * FROM gold.\"daily_region_sales@v99\"").await.unwrap_err();
+    let e = client
+        .simple_query("SELECT * FROM gold.\"daily_region_sales@v99\"")
+        .await
+        .unwrap_err();
     assert!(pg_code(&e).1.contains("no version"), "{e}");
 
     // psql: \dt and \d work on the catalog, and a gold query.
     let psql = |args: &[&str]| {
         let (host, port) = server.pg.rsplit_once(':').unwrap();
         let out = Command::new("psql")
-            .args(["-h", host, "-p", port, "-U", "analyst", "-d", "lakehouse", "-X", "-c"])
+            .args([
+                "-h",
+                host,
+                "-p",
+                port,
+                "-U",
+                "analyst",
+                "-d",
+                "lakehouse",
+                "-X",
+                "-c",
+            ])
             .args(args)
             .env("PGPASSWORD", PASSWORD)
             .output()
@@ -229,7 +312,10 @@ async fn postgres_wire_answers_clients_and_refuses_writes() {
         String::from_utf8_lossy(&out.stdout).to_string()
     };
     let dt = psql(&["\\dt gold.*"]);
-    assert!(dt.contains("daily_region_sales") && dt.contains("category_daily"), "{dt}");
+    assert!(
+        dt.contains("daily_region_sales") && dt.contains("category_daily"),
+        "{dt}"
+    );
     let d = psql(&["\\d gold.daily_region_sales"]);
     for col in ["order_date", "date", "revenue", "numeric", "region"] {
         assert!(d.contains(col), "\\d lacks {col}: {d}");
@@ -256,11 +342,28 @@ async fn http_answers_in_every_format() {
 
     let health = http.get(url("/health")).send().await.unwrap();
     assert_eq!(health.status(), 200);
-    let no_auth = http.post(url("/sql")).body("SELECT 1").send().await.unwrap();
+    let no_auth = http
+        .post(url("/sql"))
+        .body("SELECT 1")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(no_auth.status(), 401);
-    let wrong = http.post(url("/sql")).basic_auth("analyst", Some("nope")).body("SELECT 1").send().await.unwrap();
+    let wrong = http
+        .post(url("/sql"))
+        .basic_auth("analyst", Some("nope"))
+        .body("SELECT 1")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(wrong.status(), 401);
-    let bad_token = http.post(url("/sql")).bearer_auth("nope").body("SELECT 1").send().await.unwrap();
+    let bad_token = http
+        .post(url("/sql"))
+        .bearer_auth("nope")
+        .body("SELECT 1")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad_token.status(), 401);
 
     // JSON
@@ -273,44 +376,91 @@ async fn http_answers_in_every_format() {
         assert_eq!(row["revenue"].to_string(), e[1]);
     }
     // CSV
-    let csv = post("text/csv", BY_REGION).await.unwrap().text().await.unwrap();
+    let csv = post("text/csv", BY_REGION)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines[0], "region,revenue,orders");
     assert_eq!(lines[1], expected[0].join(","));
     assert_eq!(lines.len(), 6);
     // NDJSON
-    let nd = post("application/x-ndjson", BY_REGION).await.unwrap().text().await.unwrap();
+    let nd = post("application/x-ndjson", BY_REGION)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert_eq!(nd.lines().count(), 5);
     // Arrow IPC stream
-    let ipc = post("application/vnd.apache.arrow.stream", BY_REGION).await.unwrap().bytes().await.unwrap();
-    let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(ipc), None).unwrap();
+    let ipc = post("application/vnd.apache.arrow.stream", BY_REGION)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let reader =
+        datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(ipc), None)
+            .unwrap();
     let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().unwrap();
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 5);
     // Parquet
-    let pq = post("application/vnd.apache.parquet", BY_REGION).await.unwrap().bytes().await.unwrap();
-    let reader = datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(pq)
+    let pq = post("application/vnd.apache.parquet", BY_REGION)
+        .await
         .unwrap()
-        .build()
+        .bytes()
+        .await
         .unwrap();
+    let reader =
+        datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(pq)
+            .unwrap()
+            .build()
+            .unwrap();
     let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().unwrap();
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 5);
     // An empty result in CSV still has its header, in JSON is [].
-    let empty = post("text/csv", "SELECT region FROM gold.daily_region_sales WHERE region = 'nowhere'").await.unwrap();
+    let empty = post(
+        "text/csv",
+        "SELECT region FROM gold.daily_region_sales WHERE region = 'nowhere'",
+    )
+    .await
+    .unwrap();
     assert_eq!(empty.text().await.unwrap().trim(), "region");
-    let empty = post("application/json", "SELECT region FROM gold.daily_region_sales WHERE region = 'nowhere'").await.unwrap();
+    let empty = post(
+        "application/json",
+        "SELECT region FROM gold.daily_region_sales WHERE region = 'nowhere'",
+    )
+    .await
+    .unwrap();
     assert_eq!(empty.text().await.unwrap().trim(), "[]");
     // Unsupported Accept.
     assert_eq!(post("image/png", "SELECT 1").await.unwrap().status(), 406);
 
     // Refusals and errors carry a status and a message.
-    let r = post("application/json", "DROP TABLE gold.daily_region_sales").await.unwrap();
+    let r = post("application/json", "DROP TABLE gold.daily_region_sales")
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
     assert!(r.text().await.unwrap().contains("read-only"));
-    let r = post("application/json", "CREATE EXTERNAL TABLE pw STORED AS CSV LOCATION '/etc/passwd'").await.unwrap();
+    let r = post(
+        "application/json",
+        "CREATE EXTERNAL TABLE pw STORED AS CSV LOCATION '/etc/passwd'",
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 403);
-    let r = post("application/json", "SELECT * FROM '/etc/passwd'").await.unwrap();
+    let r = post("application/json", "SELECT * FROM '/etc/passwd'")
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    let r = post("application/json", "SELECT nope FROM gold.daily_region_sales").await.unwrap();
+    let r = post(
+        "application/json",
+        "SELECT nope FROM gold.daily_region_sales",
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 400);
 
     // Tables.
@@ -336,8 +486,16 @@ async fn http_answers_in_every_format() {
         .await
         .map(|b| serde_json::from_slice(&b).unwrap())
         .unwrap();
-    assert_eq!(t["partition_columns"], serde_json::json!(["order_date", "region"]));
-    let rows: u64 = t["partitions"].as_array().unwrap().iter().map(|p| p["rows"].as_u64().unwrap()).sum();
+    assert_eq!(
+        t["partition_columns"],
+        serde_json::json!(["order_date", "region"])
+    );
+    let rows: u64 = t["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["rows"].as_u64().unwrap())
+        .sum();
     assert_eq!(rows, t["rows"].as_u64().unwrap());
     assert!(t["version"].as_u64().unwrap() >= 1);
     let missing = http
@@ -366,20 +524,39 @@ async fn flight_sql_streams_arrow_to_authenticated_clients() {
     let e = anonymous.execute(BY_REGION.into(), None).await.unwrap_err();
     assert!(e.to_string().contains("authentication required"), "{e}");
     let e = anonymous.handshake("analyst", "wrong").await.unwrap_err();
-    assert!(e.to_string().contains("wrong user, password or token"), "{e}");
+    assert!(
+        e.to_string().contains("wrong user, password or token"),
+        "{e}"
+    );
 
     let mut client = FlightSqlServiceClient::new(channel);
     client.handshake("analyst", PASSWORD).await.unwrap();
     let info = client.execute(BY_REGION.into(), None).await.unwrap();
     let ticket = info.endpoint[0].ticket.clone().unwrap();
-    let batches: Vec<RecordBatch> = client.do_get(ticket).await.unwrap().try_collect().await.unwrap();
+    let batches: Vec<RecordBatch> = client
+        .do_get(ticket)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     assert_eq!(rows, expected.len());
-    let regions = datafusion::arrow::compute::cast(batches[0].column(0), &datafusion::arrow::datatypes::DataType::Utf8).unwrap();
-    let regions = regions.as_any().downcast_ref::<datafusion::arrow::array::StringArray>().unwrap();
+    let regions = datafusion::arrow::compute::cast(
+        batches[0].column(0),
+        &datafusion::arrow::datatypes::DataType::Utf8,
+    )
+    .unwrap();
+    let regions = regions
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::StringArray>()
+        .unwrap();
     assert_eq!(regions.value(0), expected[0][0]);
 
-    let e = client.execute("DELETE FROM gold.daily_region_sales".into(), None).await.unwrap_err();
+    let e = client
+        .execute("DELETE FROM gold.daily_region_sales".into(), None)
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("read-only"), "{e}");
 
     // ADBC (the Flight SQL driver data teams use from Python), psycopg and
@@ -389,14 +566,27 @@ async fn flight_sql_streams_arrow_to_authenticated_clients() {
         .args([&server.flight, &server.pg, "analyst", PASSWORD])
         .output()
         .expect("python runs");
-    assert!(out.status.success(), "tests/clients.py failed:\n{}", text(&out));
+    assert!(
+        out.status.success(),
+        "tests/clients.py failed:\n{}",
+        text(&out)
+    );
     let answers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let revenue: Vec<String> = expected.iter().map(|r| r[1].clone()).collect();
     assert_eq!(answers["adbc_revenue"], serde_json::json!(revenue));
     assert_eq!(answers["psycopg_revenue"], serde_json::json!(revenue));
-    assert_eq!(answers["sqlalchemy_schemas"], serde_json::json!(["bronze", "gold", "quarantine", "silver", "system"]));
-    assert_eq!(answers["sqlalchemy_gold_tables"], serde_json::json!(["category_daily", "daily_region_sales"]));
-    assert!(answers["adbc_refused"].as_str().unwrap().contains("read-only"));
+    assert_eq!(
+        answers["sqlalchemy_schemas"],
+        serde_json::json!(["bronze", "gold", "quarantine", "silver", "system"])
+    );
+    assert_eq!(
+        answers["sqlalchemy_gold_tables"],
+        serde_json::json!(["category_daily", "daily_region_sales"])
+    );
+    assert!(answers["adbc_refused"]
+        .as_str()
+        .unwrap()
+        .contains("read-only"));
     assert_eq!(answers["adbc_vendor"], "lakehouse");
 }
 
@@ -404,7 +594,17 @@ async fn flight_sql_streams_arrow_to_authenticated_clients() {
 async fn limits_fail_one_query_and_the_server_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let lake = example_lake(dir.path());
-    let server = Server::start(&lake, &["--query-timeout", "1s", "--query-memory", "8M", "--max-queries", "4"]);
+    let server = Server::start(
+        &lake,
+        &[
+            "--query-timeout",
+            "1s",
+            "--query-memory",
+            "8M",
+            "--max-queries",
+            "4",
+        ],
+    );
     let client = server.pg().await;
 
     let slow = "SELECT sum(value) FROM generate_series(1, 100000000000)";
@@ -419,10 +619,18 @@ async fn limits_fail_one_query_and_the_server_keeps_serving() {
     let e = client.simple_query(hungry).await.unwrap_err();
     let (code, message) = pg_code(&e);
     assert_eq!(code, "53200", "{message}");
-    assert!(message.contains("per-query memory limit of 8 MiB"), "{message}");
+    assert!(
+        message.contains("per-query memory limit of 8 MiB"),
+        "{message}"
+    );
 
     // The same connection and others still answer.
-    assert_eq!(pg_text(&client, "SELECT count(*) FROM gold.category_daily").await.len(), 1);
+    assert_eq!(
+        pg_text(&client, "SELECT count(*) FROM gold.category_daily")
+            .await
+            .len(),
+        1
+    );
     let http = reqwest::Client::new()
         .post(format!("http://{}/sql", server.http))
         .basic_auth("analyst", Some(PASSWORD))
@@ -460,9 +668,10 @@ async fn queries_during_a_run_see_committed_versions_only() {
 
     let mut clients = Vec::new();
     for _ in 0..32 {
-        let (client, conn) = tokio_postgres::connect(&server.pg_config(PASSWORD), tokio_postgres::NoTls)
-            .await
-            .unwrap();
+        let (client, conn) =
+            tokio_postgres::connect(&server.pg_config(PASSWORD), tokio_postgres::NoTls)
+                .await
+                .unwrap();
         tokio::spawn(conn);
         clients.push(client);
     }
@@ -473,7 +682,10 @@ async fn queries_during_a_run_see_committed_versions_only() {
         tasks.push(tokio::spawn(async move {
             let mut seen = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) || seen.is_empty() {
-                let rows = client.query(total, &[]).await.expect("no query fails during a run");
+                let rows = client
+                    .query(total, &[])
+                    .await
+                    .expect("no query fails during a run");
                 seen.push(rows[0].get::<_, i64>(0));
             }
             seen
@@ -482,7 +694,13 @@ async fn queries_during_a_run_see_committed_versions_only() {
     let lake2 = lake.clone();
     let run = tokio::task::spawn_blocking(move || {
         lakehouse(
-            &["--lake", lake2.to_str().unwrap(), "run", "--pipeline", repo().join("sql").to_str().unwrap()],
+            &[
+                "--lake",
+                lake2.to_str().unwrap(),
+                "run",
+                "--pipeline",
+                repo().join("sql").to_str().unwrap(),
+            ],
             &lake2,
         )
     })
@@ -495,7 +713,10 @@ async fn queries_during_a_run_see_committed_versions_only() {
     let mut answers = 0;
     for t in tasks {
         for v in t.await.unwrap() {
-            assert!(v == before || v == after, "{v} is neither {before} nor {after}");
+            assert!(
+                v == before || v == after,
+                "{v} is neither {before} nor {after}"
+            );
             answers += 1;
         }
     }
@@ -513,7 +734,14 @@ fn no_password_is_refused_off_loopback_and_tls_works() {
     // Without a password, a non-loopback address is refused at start.
     let out = Command::new(env!("CARGO_BIN_EXE_lakehouse"))
         .args(["--lake", lake.to_str().unwrap(), "serve"])
-        .args(["--pg-addr", "0.0.0.0:0", "--flight-addr", "off", "--http-addr", "off"])
+        .args([
+            "--pg-addr",
+            "0.0.0.0:0",
+            "--flight-addr",
+            "off",
+            "--http-addr",
+            "off",
+        ])
         .env_remove("LAKEHOUSE_PASSWORD")
         .env_remove("LAKEHOUSE_TOKEN")
         .current_dir(dir.path())
@@ -526,7 +754,17 @@ fn no_password_is_refused_off_loopback_and_tls_works() {
     let cert = dir.path().join("cert.pem");
     let key = dir.path().join("key.pem");
     let gen = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
@@ -536,15 +774,34 @@ fn no_password_is_refused_off_loopback_and_tls_works() {
     assert!(gen.status.success(), "{}", text(&gen));
     let server = Server::start(
         &lake,
-        &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
     );
     let (host, port) = server.pg.rsplit_once(':').unwrap();
     let out = Command::new("psql")
-        .arg(format!("host={host} port={port} user=analyst dbname=lakehouse sslmode=require"))
-        .args(["-X", "-A", "-t", "-c", "SELECT count(*) FROM gold.daily_region_sales"])
+        .arg(format!(
+            "host={host} port={port} user=analyst dbname=lakehouse sslmode=require"
+        ))
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-c",
+            "SELECT count(*) FROM gold.daily_region_sales",
+        ])
         .env("PGPASSWORD", PASSWORD)
         .output()
         .unwrap();
     assert!(out.status.success(), "psql over TLS: {}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).trim().parse::<u64>().unwrap() > 0);
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+            > 0
+    );
 }

@@ -60,20 +60,33 @@ pub fn quarantine_folder(model: &Model) -> String {
     format!("quarantine/{}_{}", model.layer, model.name)
 }
 
-/// Current Delta version of each input table.
-async fn input_versions(lake: &Lake, model: &Model) -> Result<BTreeMap<String, i64>> {
+/// Every input table, opened once per model run at its current version
+/// (`None`: not created yet). The versions are what the model's commit
+/// records; the log between them and the last run's is what changed.
+type Inputs = BTreeMap<String, Option<DeltaTable>>;
+
+async fn open_inputs(lake: &Lake, model: &Model) -> Result<Inputs> {
     let mut out = BTreeMap::new();
     for input in &model.inputs {
         let (schema, table) = input.split_once('.').unwrap_or(("", input));
         let folder = table_folder(schema, table)
             .ok_or_else(|| Error::Usage(format!("unknown schema in `{input}`")))?;
-        let version = match delta::open(&lake.url(&folder), lake.storage_options()).await? {
-            Some(t) => t.version().map(|v| v as i64).unwrap_or(-1),
-            None => -1,
-        };
-        out.insert(input.clone(), version);
+        out.insert(
+            input.clone(),
+            delta::open(&lake.url(&folder), lake.storage_options()).await?,
+        );
     }
     Ok(out)
+}
+
+fn versions(inputs: &Inputs) -> BTreeMap<String, i64> {
+    inputs
+        .iter()
+        .map(|(name, t)| {
+            let v = t.as_ref().and_then(|t| t.version()).map(|v| v as i64);
+            (name.clone(), v.unwrap_or(-1))
+        })
+        .collect()
 }
 
 /// A fingerprint of what defines the model's result (SQL and settings).
@@ -122,17 +135,10 @@ impl Strategy {
     }
 }
 
-async fn open_input(lake: &Lake, input: &str) -> Result<Option<DeltaTable>> {
-    let (schema, table) = input.split_once('.').unwrap_or(("", input));
-    let folder = table_folder(schema, table)
-        .ok_or_else(|| Error::Usage(format!("unknown schema in `{input}`")))?;
-    delta::open(&lake.url(&folder), lake.storage_options()).await
-}
-
 /// Decides between a full and an incremental run from the inputs' versions
 /// at the model's last commit and the Delta log of what changed since.
 async fn decide(
-    lake: &Lake,
+    tables: &Inputs,
     model: &Model,
     last: Option<&serde_json::Map<String, Value>>,
     quarantine_last: Option<&serde_json::Map<String, Value>>,
@@ -189,10 +195,10 @@ async fn decide(
                 if !settings.incremental_inputs.contains(name) {
                     return Ok(Strategy::Full(format!("{name} changed")));
                 }
-                let Some(table) = open_input(lake, name).await? else {
+                let Some(table) = tables.get(name).and_then(|t| t.as_ref()) else {
                     return Ok(Strategy::Full(format!("{name} is gone")));
                 };
-                match delta::changes(&table, then, now).await? {
+                match delta::changes(table, then, now).await? {
                     Some(c) if c.removed == 0 && then >= 0 => {
                         files.insert(name.clone(), c.added);
                     }
@@ -213,7 +219,7 @@ async fn decide(
             }
             let mut touched = BTreeSet::new();
             for (name, then, now) in changed {
-                let Some(table) = open_input(lake, name).await? else {
+                let Some(table) = tables.get(name).and_then(|t| t.as_ref()) else {
                     return Ok(Strategy::Full(format!("{name} is gone")));
                 };
                 let parts = table.snapshot()?.metadata().partition_columns().to_vec();
@@ -223,7 +229,7 @@ async fn decide(
                         settings.partition_by.join(", ")
                     )));
                 }
-                match delta::changes(&table, then, now).await? {
+                match delta::changes(table, then, now).await? {
                     Some(c) if !c.partitions_unknown => {
                         for key in c.partitions {
                             let mut k: Vec<(String, Option<String>)> = key
@@ -262,7 +268,8 @@ pub async fn run_model(
     };
     let opts = lake.storage_options().clone();
     let url = lake.url(&format!("{}/{}", model.layer, model.name));
-    let inputs = input_versions(lake, model).await?;
+    let tables = open_inputs(lake, model).await?;
+    let inputs = versions(&tables);
     let hash = definition_hash(model);
     let existing = delta::open(&url, &opts).await?;
     let last = match existing.as_ref() {
@@ -290,7 +297,7 @@ pub async fn run_model(
         Strategy::Full("--full-refresh".into())
     } else {
         decide(
-            lake,
+            &tables,
             model,
             last.as_ref(),
             quarantine_last.as_ref(),
@@ -306,7 +313,7 @@ pub async fn run_model(
     let settings = &model.settings;
     match &strategy {
         Strategy::Full(_) => {}
-        Strategy::Stream(files) => df = restrict_to_files(lake, df, files).await?,
+        Strategy::Stream(files) => df = restrict_to_files(&tables, df, files).await?,
         Strategy::Partitions(touched) => {
             df = restrict_to_partitions(df, touched, &settings.partition_by)?
         }
@@ -665,7 +672,7 @@ fn scan_is(scan: &TableScan, input: &str) -> bool {
 
 /// Replaces the scans of each stream input by a scan of only its new files.
 async fn restrict_to_files(
-    lake: &Lake,
+    tables: &Inputs,
     df: DataFrame,
     files: &BTreeMap<String, Vec<deltalake::kernel::Add>>,
 ) -> Result<DataFrame> {
@@ -675,8 +682,9 @@ async fn restrict_to_files(
             providers.insert(input, None);
             continue;
         }
-        let table = open_input(lake, input)
-            .await?
+        let table = tables
+            .get(input)
+            .and_then(|t| t.as_ref())
             .ok_or_else(|| Error::Usage(format!("{input} is gone")))?;
         let provider = table
             .table_provider()
@@ -776,38 +784,27 @@ fn restrict_to_partitions(
     touched: &BTreeSet<Vec<(String, Option<String>)>>,
     partition_by: &[String],
 ) -> Result<DataFrame> {
-    if columns_exact(touched, partition_by) {
-        let (state, plan) = df.into_parts();
-        let plan = plan
-            .transform_up(|node| {
-                let LogicalPlan::TableScan(scan) = &node else {
-                    return Ok(Transformed::no(node));
-                };
-                let schema = scan.projected_schema.clone();
-                if !partition_by
-                    .iter()
-                    .all(|c| schema.has_column_with_unqualified_name(c))
-                {
-                    return Ok(Transformed::no(node));
-                }
-                let predicate =
-                    partition_predicate(touched, partition_by, &schema, Some(&scan.table_name))
-                        .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
-                let node = LogicalPlan::Filter(Filter::try_new(predicate, Arc::new(node))?);
-                Ok(Transformed::yes(node))
-            })?
-            .data;
-        let df = DataFrame::new(state, plan);
-        let predicate = partition_predicate(touched, partition_by, df.schema(), None)?;
-        return Ok(df.filter(predicate)?);
-    }
-    Err(Error::Usage(format!(
-        "internal: touched partitions do not name the columns {partition_by:?}"
-    )))
-}
-
-fn columns_exact(touched: &BTreeSet<Vec<(String, Option<String>)>>, columns: &[String]) -> bool {
-    touched
-        .iter()
-        .all(|k| k.len() == columns.len() && columns.iter().all(|c| k.iter().any(|(n, _)| n == c)))
+    let (state, plan) = df.into_parts();
+    let plan = plan
+        .transform_up(|node| {
+            let LogicalPlan::TableScan(scan) = &node else {
+                return Ok(Transformed::no(node));
+            };
+            let schema = scan.projected_schema.clone();
+            if !partition_by
+                .iter()
+                .all(|c| schema.has_column_with_unqualified_name(c))
+            {
+                return Ok(Transformed::no(node));
+            }
+            let predicate =
+                partition_predicate(touched, partition_by, &schema, Some(&scan.table_name))
+                    .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+            let node = LogicalPlan::Filter(Filter::try_new(predicate, Arc::new(node))?);
+            Ok(Transformed::yes(node))
+        })?
+        .data;
+    let df = DataFrame::new(state, plan);
+    let predicate = partition_predicate(touched, partition_by, df.schema(), None)?;
+    Ok(df.filter(predicate)?)
 }

@@ -387,27 +387,22 @@ pub async fn ingest_source(
         .collect();
     let mut staged_rows = staged_rows;
     let mut staged_rejects = staged_rejects;
-    let (mut carried, mut carried_rejects) = (0u64, 0u64);
-    let mut bronze_replace = Replace::Nothing;
-    let mut reject_replace = Replace::Nothing;
-    if let Some((paths, n, stream)) =
-        delta::rows_other_than(&bronze, SOURCE_FILE, &replacing).await?
-    {
-        let kept = delta::stage(&bronze, vec![stream], &bronze_spec.table_name).await?;
-        carried = kept.rows();
-        staged_rows.carry(kept);
-        bronze_replace = Replace::Files(paths);
-        report.rows_replaced += n;
-    }
-    if let Some((paths, n, stream)) =
-        delta::rows_other_than(&rejects, SOURCE_FILE, &replacing).await?
-    {
-        let kept = delta::stage(&rejects, vec![stream], &reject_spec.table_name).await?;
-        carried_rejects = kept.rows();
-        staged_rejects.carry(kept);
-        reject_replace = Replace::Files(paths);
-        report.rows_replaced += n;
-    }
+    let (carried, bronze_replace, n) = drop_rows_of(
+        &bronze,
+        &mut staged_rows,
+        &replacing,
+        &bronze_spec.table_name,
+    )
+    .await?;
+    report.rows_replaced += n;
+    let (carried_rejects, reject_replace, n) = drop_rows_of(
+        &rejects,
+        &mut staged_rejects,
+        &replacing,
+        &reject_spec.table_name,
+    )
+    .await?;
+    report.rows_replaced += n;
 
     // Rejects first: if the run dies between the two commits, the next run
     // re-reads the files but, seeing their rejects recorded, skips them.
@@ -437,6 +432,27 @@ pub async fn ingest_source(
         && rejects_written.rows_in_files == rejects_expected + carried_rejects;
     report.files = file_reports;
     Ok(report)
+}
+
+/// Prepares the removal of the rows of `files` from `table`: the data files
+/// holding them are to be replaced (the returned [`Replace`]) and their other
+/// rows are staged again into `staged`. Returns the rows carried over, the
+/// replacement and the rows removed.
+async fn drop_rows_of(
+    table: &DeltaTable,
+    staged: &mut delta::Staged,
+    files: &[String],
+    table_name: &str,
+) -> Result<(u64, Replace, u64)> {
+    match delta::rows_other_than(table, SOURCE_FILE, files).await? {
+        None => Ok((0, Replace::Nothing, 0)),
+        Some((paths, removed, stream)) => {
+            let kept = delta::stage(table, vec![stream], table_name).await?;
+            let carried = kept.rows();
+            staged.carry(kept);
+            Ok((carried, Replace::Files(paths), removed))
+        }
+    }
 }
 
 /// How bronze is written: appended, unpartitioned, with the run's metadata.

@@ -49,8 +49,15 @@ pub enum Command {
         select: Vec<String>,
         /// Rebuild the models from their inputs (no skipping; merge, append
         /// and replace_partitions models are replaced whole).
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["from", "to"])]
         full_refresh: bool,
+        /// Backfill: recompute the selected models' rows dated from this day
+        /// (YYYY-MM-DD, included) and replace exactly those date partitions.
+        #[arg(long, value_name = "DATE", value_parser = parse_date)]
+        from: Option<chrono::NaiveDate>,
+        /// Backfill up to this day (YYYY-MM-DD, included); with --from or alone.
+        #[arg(long, value_name = "DATE", value_parser = parse_date)]
+        to: Option<chrono::NaiveDate>,
         /// Ingest this landed file again although it was ingested before
         /// (its name as bronze records it, e.g. landing/orders/day1.csv),
         /// replacing its earlier rows in bronze and in the reject table in
@@ -202,6 +209,11 @@ fn parse_size(s: &str) -> std::result::Result<usize, String> {
         .map_err(|_| format!("`{s}` is not a size like 2G, 512M or 1048576"))
 }
 
+fn parse_date(s: &str) -> std::result::Result<chrono::NaiveDate, String> {
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map_err(|_| format!("`{s}` is not a date like 2025-03-01 (YYYY-MM-DD)"))
+}
+
 /// Runs the command; `Ok(false)` means it ran but the job failed.
 pub async fn dispatch(cli: Cli) -> Result<bool> {
     let options = SessionOptions {
@@ -215,12 +227,28 @@ pub async fn dispatch(cli: Cli) -> Result<bool> {
             wait,
             select,
             full_refresh,
+            from,
+            to,
             reingest,
         } => {
             let pipeline = Pipeline::load(&pipeline)?;
+            if let (Some(f), Some(t)) = (from, to) {
+                if f > t {
+                    return Err(Error::Usage(format!(
+                        "--from {f} is after --to {t}: give the earlier day first"
+                    )));
+                }
+            }
+            let refresh = if full_refresh {
+                crate::model::Refresh::Full
+            } else if from.is_some() || to.is_some() {
+                crate::model::Refresh::Range(crate::model::DateRange { from, to })
+            } else {
+                crate::model::Refresh::Auto
+            };
             let run_options = crate::runner::RunOptions {
                 select,
-                full_refresh,
+                refresh,
                 reingest,
             };
             crate::runner::selected(&pipeline, &run_options.select)?;

@@ -42,6 +42,17 @@ pub enum Replace {
     /// the partitions written: a partition that is recomputed empty loses its
     /// rows too.
     Partitions(BTreeSet<Vec<(String, Option<String>)>>),
+    /// The files of exactly these partitions; a partition written but not
+    /// listed keeps its files (the write appends to it).
+    PartitionsOnly(BTreeSet<Vec<(String, Option<String>)>>),
+    /// The files of every partition whose `column` value (an ISO date as the
+    /// log records it) lies between `from` and `to`, both included; `None`
+    /// leaves that end open.
+    DateRange {
+        column: String,
+        from: Option<String>,
+        to: Option<String>,
+    },
     /// Exactly these data files (paths as the log records them).
     Files(BTreeSet<String>),
 }
@@ -352,6 +363,21 @@ pub async fn commit(
                     written_partitions.contains(&key)
                         || matches!(&spec.replace, Replace::Partitions(p) if p.contains(&key))
                 }
+                Replace::PartitionsOnly(p) => {
+                    let mut key: Vec<(String, Option<String>)> =
+                        file.partition_values_map().into_iter().collect();
+                    key.sort();
+                    p.contains(&key)
+                }
+                Replace::DateRange { column, from, to } => {
+                    match file.partition_values_map().get(column).cloned().flatten() {
+                        Some(v) => {
+                            from.as_deref().is_none_or(|f| v.as_str() >= f)
+                                && to.as_deref().is_none_or(|t| v.as_str() <= t)
+                        }
+                        None => false,
+                    }
+                }
                 Replace::Files(paths) => paths.contains(file.path().as_ref()),
                 Replace::Nothing => false,
             };
@@ -416,7 +442,7 @@ pub async fn commit(
     Ok((table, written))
 }
 
-fn file_rows(add: &deltalake::kernel::Add) -> u64 {
+pub fn file_rows(add: &deltalake::kernel::Add) -> u64 {
     add.stats
         .as_deref()
         .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())

@@ -19,5 +19,6 @@ pub mod runner;
 pub mod serve;
 pub mod session;
 pub mod storage;
+pub mod upsert;
 
 pub use error::{Error, Result};

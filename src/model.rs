@@ -24,7 +24,6 @@ use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use datafusion::prelude::lit;
 use datafusion::prelude::{DataFrame, SessionContext};
-use deltalake::kernel::transaction::CommitProperties;
 use deltalake::DeltaTable;
 use futures::TryStreamExt;
 use serde_json::{json, Value};
@@ -58,6 +57,34 @@ pub struct ModelReport {
 
 pub fn quarantine_folder(model: &Model) -> String {
     format!("quarantine/{}_{}", model.layer, model.name)
+}
+
+/// Dates a backfill recomputes, both ends included; `None` leaves an end open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DateRange {
+    pub from: Option<chrono::NaiveDate>,
+    pub to: Option<chrono::NaiveDate>,
+}
+
+impl std::fmt::Display for DateRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let end = |d: Option<chrono::NaiveDate>| d.map(|d| d.to_string()).unwrap_or_default();
+        write!(f, "{}..{}", end(self.from), end(self.to))
+    }
+}
+
+/// How much of a model a run recomputes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Refresh {
+    /// Skip when nothing changed, else incremental when possible, else full.
+    #[default]
+    Auto,
+    /// Rebuild from the inputs whole (`--full-refresh`).
+    Full,
+    /// Recompute the rows whose date partition lies in the range from the
+    /// inputs as they are now and replace exactly those partitions
+    /// (`--from/--to`); every other partition keeps its files.
+    Range(DateRange),
 }
 
 /// Every input table, opened once per model run at its current version
@@ -109,6 +136,17 @@ async fn last_commit_info(table: &DeltaTable) -> Result<Option<serde_json::Map<S
     }
 }
 
+/// The engine's memory limit (2 GiB when it has none).
+fn memory_budget(ctx: &SessionContext) -> u64 {
+    match ctx.runtime_env().memory_pool.memory_limit() {
+        datafusion::execution::memory_pool::MemoryLimit::Finite(n) => n as u64,
+        _ => 2 << 30,
+    }
+}
+
+/// A replace_partitions run touching this share of the partitions runs in full.
+const FULL_WHEN_PARTITIONS_PCT: usize = 50;
+
 /// How a model runs this time.
 #[derive(Debug, Clone)]
 enum Strategy {
@@ -120,6 +158,8 @@ enum Strategy {
     /// Recompute only these partitions of the model (sorted `(column,
     /// value)` pairs), reading only them from inputs partitioned alike.
     Partitions(BTreeSet<Vec<(String, Option<String>)>>),
+    /// Recompute the dates in the range (a backfill).
+    Range(DateRange),
 }
 
 impl Strategy {
@@ -131,6 +171,7 @@ impl Strategy {
                 format!("incremental ({n} new input files)")
             }
             Strategy::Partitions(p) => format!("incremental ({} partitions)", p.len()),
+            Strategy::Range(r) => format!("backfill ({r})"),
         }
     }
 }
@@ -140,6 +181,8 @@ impl Strategy {
 async fn decide(
     tables: &Inputs,
     model: &Model,
+    existing: Option<&DeltaTable>,
+    memory_budget: u64,
     last: Option<&serde_json::Map<String, Value>>,
     quarantine_last: Option<&serde_json::Map<String, Value>>,
     inputs: &BTreeMap<String, i64>,
@@ -209,6 +252,17 @@ async fn decide(
                     }
                 }
             }
+            // An incremental run holds the new rows in memory (the upsert's
+            // join builds on them); a batch too large for that is rebuilt in
+            // full, which streams and spills. Parquet grows about 4x in memory.
+            let new_bytes: u64 = files.values().flatten().map(|a| a.size.max(0) as u64).sum();
+            if existing.is_some() && new_bytes.saturating_mul(4) > memory_budget / 2 {
+                return Ok(Strategy::Full(format!(
+                    "{} MB of new input is too much to hold in memory (--memory-limit {} MB)",
+                    new_bytes >> 20,
+                    memory_budget >> 20
+                )));
+            }
             Ok(Strategy::Stream(files))
         }
         WriteMode::ReplacePartitions => {
@@ -247,6 +301,17 @@ async fn decide(
                     }
                 }
             }
+            // Filtering every scan to most partitions costs more than reading
+            // them all (the predicate is evaluated per row): rebuild instead.
+            if let Some(table) = existing {
+                let total = delta::partition_stats(table).await?.len();
+                if touched.len() > 1 && touched.len() * 100 >= total * FULL_WHEN_PARTITIONS_PCT {
+                    return Ok(Strategy::Full(format!(
+                        "{} of its {total} partitions changed",
+                        touched.len()
+                    )));
+                }
+            }
             Ok(Strategy::Partitions(touched))
         }
     }
@@ -258,7 +323,7 @@ pub async fn run_model(
     model: &Model,
     run_id: &str,
     at: chrono::DateTime<chrono::Utc>,
-    full_refresh: bool,
+    refresh: Refresh,
 ) -> Result<ModelReport> {
     let started = Instant::now();
     let table_name = model.table();
@@ -268,6 +333,15 @@ pub async fn run_model(
     };
     let opts = lake.storage_options().clone();
     let url = lake.url(&format!("{}/{}", model.layer, model.name));
+    let settings = &model.settings;
+    let settings_file = model.sql_file.with_extension("toml");
+    if matches!(refresh, Refresh::Range(_)) && settings.mode == WriteMode::Append {
+        return Err(crate::pipeline::file_error(
+            &settings_file,
+            1,
+            "an append model cannot be backfilled with --from/--to: its next incremental run would append the range's rows again. Rebuild it with --full-refresh",
+        ));
+    }
     let tables = open_inputs(lake, model).await?;
     let inputs = versions(&tables);
     let hash = definition_hash(model);
@@ -276,7 +350,7 @@ pub async fn run_model(
         Some(t) => last_commit_info(t).await?,
         None => None,
     };
-    if !full_refresh {
+    if refresh == Refresh::Auto {
         if let Some(info) = &last {
             let same_inputs = info.get("lakehouse.inputs") == Some(&json!(inputs));
             let same_def = info.get("lakehouse.definition") == Some(&json!(hash));
@@ -293,29 +367,62 @@ pub async fn run_model(
         Some(q) => last_commit_info(&q).await?,
         None => None,
     };
-    let strategy = if full_refresh {
-        Strategy::Full("--full-refresh".into())
-    } else {
-        decide(
-            &tables,
-            model,
-            last.as_ref(),
-            quarantine_last.as_ref(),
-            &inputs,
-            &hash,
-        )
-        .await?
+    let strategy = match refresh {
+        Refresh::Full => Strategy::Full("--full-refresh".into()),
+        Refresh::Range(range) => Strategy::Range(range),
+        Refresh::Auto => {
+            decide(
+                &tables,
+                model,
+                existing.as_ref(),
+                memory_budget(ctx),
+                last.as_ref(),
+                quarantine_last.as_ref(),
+                &inputs,
+                &hash,
+            )
+            .await?
+        }
     };
     tracing::info!(model = %table_name, strategy = %strategy.describe(), "planning");
     report.strategy = strategy.describe();
 
     let mut df = ctx.sql(&model.sql).await?;
-    let settings = &model.settings;
+    // A backfill's date column: the first date-typed partition column.
+    let range = match &strategy {
+        Strategy::Range(r) => {
+            let column = settings.partition_by.iter().find(|c| {
+                df.schema()
+                    .field_with_unqualified_name(c)
+                    .is_ok_and(|f| matches!(f.data_type(), DataType::Date32 | DataType::Date64))
+            });
+            let Some(column) = column else {
+                return Err(crate::pipeline::file_error(
+                    &settings_file,
+                    1,
+                    format!(
+                        "--from/--to recompute a date range, but no partition_by column of this model is a DATE (partition_by = [{}]). Leave the model out with --select",
+                        settings.partition_by.join(", ")
+                    ),
+                ));
+            };
+            Some((column.clone(), *r))
+        }
+        _ => None,
+    };
     match &strategy {
         Strategy::Full(_) => {}
         Strategy::Stream(files) => df = restrict_to_files(&tables, df, files).await?,
         Strategy::Partitions(touched) => {
             df = restrict_to_partitions(df, touched, &settings.partition_by)?
+        }
+        Strategy::Range(_) => {
+            // Each partition of a replace_partitions model is computed from
+            // the same partition of its inputs (what that mode declares), so
+            // their scans can be cut to the range too. Others read whole.
+            if let (WriteMode::ReplacePartitions, Some((column, r))) = (settings.mode, &range) {
+                df = restrict_scans_to_range(df, column, r)?;
+            }
         }
     }
     let columns: Vec<String> = df
@@ -324,7 +431,6 @@ pub async fn run_model(
         .iter()
         .map(|f| f.name().clone())
         .collect();
-    let settings_file = model.sql_file.with_extension("toml");
     for (what, list) in [
         ("partition_by", &settings.partition_by),
         ("unique_key", &settings.unique_key),
@@ -370,7 +476,21 @@ pub async fn run_model(
         .map(|s| s.as_str())
         .collect();
     result = result.select_columns(&visible)?;
+    if let Some((column, r)) = &range {
+        // After deduplication: a key whose latest row moved out of the range
+        // leaves it.
+        result = result.filter(range_predicate(column, r, None))?;
+    }
 
+    // What the table's commit records as its inputs. A backfill does not
+    // move the model's incremental position: it records the inputs of the
+    // commit before it (none: the next run is full), so the next run still
+    // takes whatever changed since; for merge and replace_partitions models
+    // taking it again gives the same rows.
+    let recorded_inputs = match &strategy {
+        Strategy::Range(_) => last.as_ref().and_then(|l| l.get("lakehouse.inputs").cloned()),
+        _ => Some(json!(inputs)),
+    };
     let quarantine_spec = WriteSpec {
         table_name: format!("quarantine.{}_{}", model.layer, model.name),
         partition_by: vec![],
@@ -392,8 +512,10 @@ pub async fn run_model(
             "Rows of {table_name} that failed a `drop` expectation, with the rule as _reason"
         )),
     };
-    // A model without `drop` rules never quarantines: it gets no table.
-    let quarantine_table = if checker.quarantines() {
+    // A model without `drop` rules never quarantines: it gets no table. A
+    // backfill leaves the quarantine as it is: it is not partitioned by
+    // date, and the rows of the range were quarantined when they arrived.
+    let quarantine_table = if checker.quarantines() && range.is_none() {
         Some(
             delta::ensure_table(
                 &lake.url(&quarantine_folder(model)),
@@ -408,9 +530,11 @@ pub async fn run_model(
     };
 
     let mut metadata = crate::ingest::run_metadata(run_id, &table_name);
-    metadata.insert("lakehouse.inputs".into(), json!(inputs));
+    if let Some(i) = &recorded_inputs {
+        metadata.insert("lakehouse.inputs".into(), i.clone());
+    }
     metadata.insert("lakehouse.definition".into(), json!(hash));
-    let spec = WriteSpec {
+    let mut spec = WriteSpec {
         table_name: table_name.clone(),
         partition_by: settings.partition_by.clone(),
         // A full run rebuilds the table from its inputs whatever the mode.
@@ -418,9 +542,14 @@ pub async fn run_model(
             Strategy::Full(_) => Replace::All,
             Strategy::Stream(_) => Replace::Nothing,
             Strategy::Partitions(p) => Replace::Partitions(p.clone()),
+            Strategy::Range(r) => Replace::DateRange {
+                column: range.as_ref().map(|(c, _)| c.clone()).unwrap_or_default(),
+                from: r.from.map(|d| d.to_string()),
+                to: r.to.map(|d| d.to_string()),
+            },
         },
         transactions: vec![model_txn(&table_name, at)],
-        metadata: metadata.clone(),
+        metadata,
         description: settings.description.clone(),
     };
     let result_schema: SchemaRef = Arc::new(result.schema().as_arrow().clone());
@@ -429,55 +558,75 @@ pub async fn run_model(
             Some(t) => delta::stage(t, vec![quarantine_stream], &quarantine_spec.table_name)
                 .await
                 .map(Some),
-            None => Ok(None),
+            None => {
+                // Nothing is kept, but the checker counts as the rows pass.
+                quarantine_stream.try_for_each(|_| async { Ok(()) }).await?;
+                Ok(None)
+            }
         }
     };
 
-    let merge_into = match (settings.mode, existing, &strategy) {
+    let upsert_into = match (settings.mode, existing, &strategy) {
         (WriteMode::Merge, Some(t), Strategy::Stream(_)) => Some(t),
         _ => None,
     };
-    let outcome = if let Some(target) = merge_into {
-        // MERGE reads its whole source and then commits by itself. The
-        // quarantine stream ends when the source has been read, before MERGE
-        // can commit, so its commit goes first: a crash between the two then
-        // leaves the model unrecorded, and the next run recomputes both.
-        let checker_q = checker.clone();
-        let quarantine_spec_q = quarantine_spec.clone();
-        let quarantine_table_q = quarantine_table.clone();
-        let quarantine = async move {
-            let staged = quarantine_stage.await?;
-            if quarantine_table_q.is_none() {
-                return Ok::<_, Error>(Some(0)); // no drop rules: nothing to wait for
-            }
-            if !checker_q.completed() {
-                return Ok::<_, Error>(None); // the model failed: commit nothing
-            }
-            Ok(Some(
-                commit_quarantine(quarantine_table_q, staged, &quarantine_spec_q).await?,
-            ))
+    let outcome = if let Some(target) = upsert_into {
+        let stored: Vec<String> = settings
+            .sequence_by
+            .iter()
+            .take_while(|c| !c.starts_with('_'))
+            .cloned()
+            .collect();
+        let cols = crate::upsert::Columns {
+            keys: &settings.unique_key,
+            partition_by: &settings.partition_by,
+            sequence: &stored,
         };
-        let (q_rows, merged) = tokio::try_join!(quarantine, async {
-            let before = target.version();
-            let (mut table, metrics) =
-                merge(ctx, target, result, settings, metadata.clone()).await?;
-            if table.version() == before && checker.completed() {
-                // MERGE had nothing to change: record the run anyway, so the
-                // table's input versions match its quarantine's.
-                table = delta::commit(table, delta::Staged::default(), &spec)
-                    .await?
-                    .0;
-            }
-            Ok::<_, Error>((table, metrics))
-        })
+        let (staged_q, prepared) = tokio::try_join!(
+            quarantine_stage,
+            crate::upsert::prepare(ctx, &target, result, &cols)
+        )
         .map_err(|e| checker.take_failure().unwrap_or(e))?;
-        let q_rows = q_rows.unwrap_or(u64::MAX);
-        let (table, rows) = merged;
+        if let Some(failure) = checker.take_failure() {
+            return Err(failure);
+        }
+        // The quarantine commits first: a crash before the table's commit
+        // leaves their recorded inputs apart, and the next run is full.
+        let q_rows = commit_quarantine(quarantine_table, staged_q, &quarantine_spec).await?;
+        let (rows_before, _, _) = delta::row_count(&target).await?;
+        let streams = write_streams(ctx, prepared.rows, &settings.partition_by).await?;
+        let staged = delta::stage(&target, streams, &table_name).await?;
+        spec.replace = Replace::PartitionsOnly(prepared.rewrite.clone());
+        spec.metadata.insert(
+            "lakehouse.metrics".into(),
+            json!({
+                "rowsIn": checker.rows_in(),
+                "rowsQuarantined": checker.rows_quarantined(),
+                "rowsOffered": prepared.offered,
+                "rowsInserted": prepared.inserted,
+                "rowsUpdated": prepared.updated,
+                "rowsStale": prepared.stale,
+                "partitionsRewritten": prepared.rewrite.len(),
+                "rules": checker.results(),
+            }),
+        );
+        let (table, written) = delta::commit(target, staged, &spec).await?;
+        let (rows_after, _, _) = delta::row_count(&table).await?;
+        report.strategy = format!(
+            "{}: {} inserted, {} updated, {} stale; {} partitions rewritten, {} appended to",
+            report.strategy,
+            prepared.inserted,
+            prepared.updated,
+            prepared.stale,
+            prepared.rewrite.len(),
+            written.partitions.saturating_sub(prepared.rewrite.len()),
+        );
         (
-            table.version().map(|v| v as i64),
-            rows,
-            0usize,
-            q_rows == checker.rows_quarantined(),
+            written.version,
+            prepared.offered,
+            written.files_added,
+            // By the Delta log: the table gained exactly the new keys.
+            q_rows == checker.rows_quarantined() && rows_after == rows_before + prepared.inserted,
         )
     } else {
         let table = delta::ensure_table(&url, &opts, &result_schema, &spec).await?;
@@ -487,7 +636,6 @@ pub async fn run_model(
                 .map_err(|e| checker.take_failure().unwrap_or(e))?;
         let rows = staged.rows();
         let q_rows = commit_quarantine(quarantine_table, staged_q, &quarantine_spec).await?;
-        let mut spec = spec;
         let quarantined = checker.rows_quarantined();
         spec.metadata.insert(
             "lakehouse.metrics".into(),
@@ -498,12 +646,22 @@ pub async fn run_model(
                 "rules": checker.results(),
             }),
         );
+        if let Some(failure) = checker.take_failure() {
+            return Err(failure);
+        }
         let (_, written) = delta::commit(table, staged, &spec).await?;
+        if range.is_some() {
+            report.strategy = format!(
+                "{}: {} partitions, {rows} rows",
+                report.strategy, written.partitions
+            );
+        }
         (
             written.version,
             rows,
             written.files_added,
-            q_rows == checker.rows_quarantined() && written.rows_in_files == rows,
+            (range.is_some() || q_rows == checker.rows_quarantined())
+                && written.rows_in_files == rows,
         )
     };
     if let Some(failure) = checker.take_failure() {
@@ -512,15 +670,22 @@ pub async fn run_model(
     report.version = outcome.0;
     report.rows_written = outcome.1;
     report.files = outcome.2;
-    report.rows_in = checker.rows_in();
-    report.quarantined = checker.rows_quarantined();
-    // Every checked row is written, quarantined or collapsed as a duplicate.
-    report.duplicates = report
-        .rows_in
-        .saturating_sub(report.quarantined + report.rows_written);
     report.rules = checker.results();
-    report.reconciled =
-        outcome.3 && report.rows_in == report.rows_written + report.quarantined + report.duplicates;
+    if range.is_some() {
+        // A backfill reads every input row but writes only the range: the
+        // rows outside it are neither duplicates nor quarantined here.
+        report.rows_in = report.rows_written;
+        report.reconciled = outcome.3;
+    } else {
+        report.rows_in = checker.rows_in();
+        report.quarantined = checker.rows_quarantined();
+        // Every checked row is written, quarantined or collapsed as a duplicate.
+        report.duplicates = report
+            .rows_in
+            .saturating_sub(report.quarantined + report.rows_written);
+        report.reconciled = outcome.3
+            && report.rows_in == report.rows_written + report.quarantined + report.duplicates;
+    }
     if !report.reconciled {
         return Err(Error::Table {
             table: table_name.clone(),
@@ -585,78 +750,6 @@ async fn write_streams(
     (0..count)
         .map(|i| plan.execute(i, task.clone()).map_err(Error::from))
         .collect()
-}
-
-async fn merge(
-    ctx: &SessionContext,
-    target: DeltaTable,
-    source: DataFrame,
-    settings: &crate::pipeline::ModelSettings,
-    metadata: std::collections::HashMap<String, Value>,
-) -> Result<(DeltaTable, u64)> {
-    let on = settings
-        .unique_key
-        .iter()
-        .map(|k| format!("t.\"{k}\" = s.\"{k}\""))
-        .collect::<Vec<_>>()
-        .join(" AND ");
-    let columns: Vec<String> = source
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect();
-    // The stored sequence columns (those before the first lineage column)
-    // compared in order, NULL lowest. On a tie the incoming row wins: it was
-    // ingested later, which is how a single full run orders ties when
-    // `_ingested_at` comes first among the lineage columns.
-    let stored: Vec<&String> = settings
-        .sequence_by
-        .iter()
-        .take_while(|c| !c.starts_with('_'))
-        .collect();
-    let newer = newer_predicate(&stored);
-    let cols_update = columns.clone();
-    let cols_insert = columns.clone();
-    let (table, metrics) = target
-        .merge(source, on.as_str())
-        .with_source_alias("s")
-        .with_target_alias("t")
-        .with_session_state(Arc::new(ctx.state()))
-        // The source is the checked model result, which is read exactly once.
-        .with_streaming(true)
-        .with_commit_properties(CommitProperties::default().with_metadata(metadata))
-        .when_matched_update(move |mut u| {
-            if let Some(p) = &newer {
-                u = u.predicate(p.as_str());
-            }
-            for c in &cols_update {
-                u = u.update(format!("\"{c}\""), format!("s.\"{c}\""));
-            }
-            u
-        })?
-        .when_not_matched_insert(move |mut i| {
-            for c in &cols_insert {
-                i = i.set(format!("\"{c}\""), format!("s.\"{c}\""));
-            }
-            i
-        })?
-        .await?;
-    // Rows offered to the table after deduplication.
-    Ok((table, metrics.num_source_rows as u64))
-}
-
-/// `s` is newer than or as new as `t` by `columns` in order, NULL lowest.
-fn newer_predicate(columns: &[&String]) -> Option<String> {
-    let (c, rest) = columns.split_first()?;
-    let c = format!("\"{c}\"");
-    Some(match newer_predicate(rest) {
-        None => format!("(t.{c} IS NULL OR s.{c} >= t.{c})"),
-        Some(tail) => format!(
-            "((t.{c} IS NULL AND s.{c} IS NOT NULL) OR s.{c} > t.{c} OR \
-             (((t.{c} IS NULL AND s.{c} IS NULL) OR s.{c} = t.{c}) AND {tail}))"
-        ),
-    })
 }
 
 /// The app transaction every model commit carries: it makes a commit with
@@ -807,4 +900,46 @@ fn restrict_to_partitions(
     let df = DataFrame::new(state, plan);
     let predicate = partition_predicate(touched, partition_by, df.schema(), None)?;
     Ok(df.filter(predicate)?)
+}
+
+/// `column BETWEEN from AND to` (an open end is no bound), qualified by
+/// `qualifier` when given.
+fn range_predicate(
+    column: &str,
+    range: &DateRange,
+    qualifier: Option<&datafusion::common::TableReference>,
+) -> Expr {
+    let c = || Expr::Column(datafusion::common::Column::new(qualifier.cloned(), column));
+    let mut p = c().is_not_null();
+    if let Some(from) = range.from {
+        p = p.and(c().gt_eq(lit(ScalarValue::Date32(Some(days(from))))));
+    }
+    if let Some(to) = range.to {
+        p = p.and(c().lt_eq(lit(ScalarValue::Date32(Some(days(to))))));
+    }
+    p
+}
+
+fn days(d: chrono::NaiveDate) -> i32 {
+    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
+    (d - epoch).num_days() as i32
+}
+
+/// Keeps only the range in every input scan that has `column`.
+fn restrict_scans_to_range(df: DataFrame, column: &str, range: &DateRange) -> Result<DataFrame> {
+    let (state, plan) = df.into_parts();
+    let plan = plan
+        .transform_up(|node| {
+            let LogicalPlan::TableScan(scan) = &node else {
+                return Ok(Transformed::no(node));
+            };
+            if !scan.projected_schema.has_column_with_unqualified_name(column) {
+                return Ok(Transformed::no(node));
+            }
+            let predicate = range_predicate(column, range, Some(&scan.table_name));
+            let node = LogicalPlan::Filter(Filter::try_new(predicate, Arc::new(node))?);
+            Ok(Transformed::yes(node))
+        })?
+        .data;
+    Ok(DataFrame::new(state, plan))
 }

@@ -90,9 +90,9 @@ pub struct RunOptions {
     /// `layer.name` runs that model; `layer.name+` also everything downstream
     /// of it. Empty: every model. Sources are always ingested.
     pub select: Vec<String>,
-    /// Rebuild the selected models from their inputs: no skipping, and merge,
-    /// append and replace_partitions models are replaced whole.
-    pub full_refresh: bool,
+    /// How much of the selected models to recompute: what changed (the
+    /// default), everything (`--full-refresh`) or a date range (`--from`/`--to`).
+    pub refresh: model::Refresh,
     /// Landed files to ingest again, replacing their earlier rows.
     pub reingest: Vec<String>,
 }
@@ -262,7 +262,7 @@ pub async fn run(
         let span = tracing::info_span!("model", model = %table);
         let outcome = {
             let _g = span.enter();
-            model::run_model(&ctx, lake, m, &run_id, started_at, run_options.full_refresh).await
+            model::run_model(&ctx, lake, m, &run_id, started_at, run_options.refresh).await
         };
         bar.finish_and_clear();
         match outcome {

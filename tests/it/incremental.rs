@@ -151,8 +151,10 @@ async fn batches_of_files_end_with_the_figures_of_one_full_run() {
         line(&s, "silver.orders").contains(&format!("incremental ({} new input files)", 2)),
         "one new bronze file per source: {s}"
     );
+    // The new files spread over all 20 days: every gold partition changed,
+    // and filtering every scan to all of them costs more than a full run.
     assert!(
-        line(&s, "gold.daily_region_sales").contains("incremental ("),
+        line(&s, "gold.daily_region_sales").contains("full (100 of its 100 partitions changed)"),
         "{s}"
     );
 
@@ -172,6 +174,14 @@ async fn batches_of_files_end_with_the_figures_of_one_full_run() {
     // late order's day), not the 100 the lake has.
     land(&staged, &lake, &["orders/orders_99999.csv"]);
     let s = run(&lake, &[]);
+    // Silver upserts: the late order is new, A's update wins and moves it,
+    // B's stale update loses; only A's old partition is rewritten (the
+    // others gain a file).
+    assert!(
+        line(&s, "silver.orders")
+            .contains("1 inserted, 1 updated, 1 stale; 1 partitions rewritten, 2 appended to"),
+        "{s}"
+    );
     let gold = line(&s, "gold.daily_region_sales");
     let parts: usize = gold
         .split("incremental (")
@@ -255,4 +265,141 @@ async fn batches_of_files_end_with_the_figures_of_one_full_run() {
         incremental,
         "a store no order uses changes nothing"
     );
+}
+
+/// `--from/--to` recompute a date range with the models as they are now and
+/// replace exactly those date partitions; every other partition keeps its
+/// files, and the next run still takes what changed since the last one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_replaces_exactly_the_date_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let staged = dir.path().join("staged");
+    gen::generate(
+        &staged,
+        &gen::Options {
+            rows: 6_000,
+            files: 3,
+            days: 10,
+            seed: 5,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    crate::serve::copy_dir(&repo().join("sql"), &dir.path().join("sql"));
+    let lake = dir.path().join("lake");
+    land(
+        &staged,
+        &lake,
+        &[
+            "stores.csv",
+            "products.csv",
+            "orders/orders_00001.csv",
+            "orders/orders_00002.csv",
+        ],
+    );
+    run(&lake, &[]);
+    let gold = "SELECT CAST(order_date AS VARCHAR), region, orders FROM gold.daily_region_sales ORDER BY 1, 2";
+    let before = strings(&lake, gold).await;
+    let days: Vec<String> = {
+        let mut d: Vec<String> = before.iter().map(|r| r[0].clone()).collect();
+        d.dedup();
+        d
+    };
+    assert_eq!(days.len(), 10, "{days:?}");
+    let (from, to) = (days[3].clone(), days[5].clone());
+    let in_range = |d: &str| d >= from.as_str() && d <= to.as_str();
+
+    // A changed definition, applied to three days only.
+    let sql = dir.path().join("sql/gold/daily_region_sales.sql");
+    let text_before = std::fs::read_to_string(&sql).unwrap();
+    std::fs::write(
+        &sql,
+        text_before.replace("count(*) AS orders", "count(*) + 1000 AS orders"),
+    )
+    .unwrap();
+    let s = run(
+        &lake,
+        &[
+            "--select",
+            "gold.daily_region_sales",
+            "--from",
+            &from,
+            "--to",
+            &to,
+        ],
+    );
+    assert!(
+        line(&s, "gold.daily_region_sales")
+            .contains(&format!("backfill ({from}..{to}): 15 partitions")),
+        "{s}"
+    );
+    let after = strings(&lake, gold).await;
+    assert_eq!(after.len(), before.len());
+    for (b, a) in before.iter().zip(&after) {
+        let old: i64 = b[2].parse().unwrap();
+        let new: i64 = a[2].parse().unwrap();
+        let want = if in_range(&b[0]) { old + 1000 } else { old };
+        assert_eq!((&a[0], &a[1], new), (&b[0], &b[1], want), "{b:?} -> {a:?}");
+    }
+    // Its one commit removed the range's files only and added theirs.
+    let log = lake.join("gold/daily_region_sales/_delta_log");
+    let mut commits: Vec<_> = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    commits.sort();
+    let last = std::fs::read_to_string(commits.last().unwrap()).unwrap();
+    let count = |kind: &str| last.lines().filter(|l| l.starts_with(&format!("{{\"{kind}\""))).count();
+    assert_eq!((count("remove"), count("add")), (15, 15), "{last}");
+    assert!(last.contains(&format!("{from}")) && !last.contains(&format!("order_date={}", days[0])), "{last}");
+
+    // Nothing changed since: the next run leaves gold alone.
+    let s = run(&lake, &[]);
+    assert!(s.contains("nothing new, nothing committed"), "{s}");
+    assert_eq!(strings(&lake, gold).await, after);
+
+    // New data after a backfill: the next run takes it (incrementally, with
+    // the model as it is now), and silver still equals the independent
+    // implementation.
+    land(&staged, &lake, &["orders/orders_00003.csv"]);
+    let s = run(&lake, &[]);
+    assert!(
+        line(&s, "silver.orders").contains("incremental (1 new input files)"),
+        "{s}"
+    );
+    let silver_before = strings(&lake, "SELECT order_id, CAST(amount AS VARCHAR), CAST(order_date AS VARCHAR) FROM silver.orders ORDER BY 1").await;
+
+    // A silver backfill recomputes the same rows: same figures, and the
+    // quarantine is left as it was.
+    let quarantine = "SELECT _reason, count(*) FROM quarantine.silver_orders GROUP BY 1 ORDER BY 1";
+    let q_before = strings(&lake, quarantine).await;
+    let s = run(&lake, &["--select", "silver.orders", "--from", &from, "--to", &to]);
+    assert!(line(&s, "silver.orders").contains("backfill ("), "{s}");
+    assert_eq!(
+        strings(&lake, "SELECT order_id, CAST(amount AS VARCHAR), CAST(order_date AS VARCHAR) FROM silver.orders ORDER BY 1").await,
+        silver_before
+    );
+    assert_eq!(strings(&lake, quarantine).await, q_before);
+    std::fs::write(&sql, text_before).unwrap();
+    let s = run(&lake, &["--full-refresh"]);
+    assert!(line(&s, "gold.daily_region_sales").contains("full (--full-refresh)"), "{s}");
+    crate::retail::assert_figures(&lake, &compute(&lake)).await;
+
+    // Bad ranges are refused before anything runs.
+    let pipeline = dir.path().join("sql");
+    let out = lakehouse(
+        &[
+            "run", "--lake", lake.to_str().unwrap(), "--pipeline", pipeline.to_str().unwrap(),
+            "--from", "2025-03-10", "--to", "2025-03-01",
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--from 2025-03-10 is after --to 2025-03-01"), "{}", text(&out));
+    let out = lakehouse(
+        &["run", "--lake", lake.to_str().unwrap(), "--from", "03/01/2025"],
+        dir.path(),
+    );
+    assert!(text(&out).contains("is not a date like 2025-03-01"), "{}", text(&out));
 }

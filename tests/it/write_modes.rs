@@ -173,3 +173,76 @@ async fn replacing_partitions_leaves_other_partitions_untouched() {
         );
     }
 }
+
+/// An incremental merge appends a file to a partition that only gains rows,
+/// rewrites a partition that loses a row to an update, and compacts a
+/// partition into one file once it has 8; every step keeps the latest row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_merge_appends_rewrites_and_compacts_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(
+        dir.path(),
+        "id,day,v,updated\n1,d1,10,1\n",
+        &[
+            ("bronze/events.toml", SOURCE),
+            ("silver/e.sql", "SELECT id, day, CAST(v AS INT) AS v, CAST(updated AS INT) AS updated, _ingested_at, _source_file, _source_line FROM bronze.events"),
+            ("silver/e.toml", "mode = \"merge\"\nunique_key = [\"id\"]\nsequence_by = [\"updated\", \"_ingested_at\", \"_source_file\", \"_source_line\"]\nincremental_inputs = [\"bronze.events\"]\npartition_by = [\"day\"]\n"),
+        ],
+    );
+    let lake = dir.path().join("lake");
+    let run = |file: &str, body: &str| {
+        std::fs::write(lake.join("landing").join(file), body).unwrap();
+        let out = lakehouse(&["run", "--lake", "lake", "--pipeline", "sql"], dir.path());
+        assert!(out.status.success(), "{}", text(&out));
+        text(&out)
+            .lines()
+            .find(|l| l.starts_with("silver.e "))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let files_in = |day: &str| {
+        std::fs::read_dir(lake.join("silver/e").join(format!("day={day}")))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let live_files = || async {
+        let t = delta::open(&url::Url::from_directory_path(lake.join("silver/e")).unwrap(), &HashMap::new())
+            .await
+            .unwrap()
+            .unwrap();
+        delta::row_count(&t).await.unwrap()
+    };
+    run("events_1.csv", "id,day,v,updated\n1,d1,10,1\n");
+    for n in 2..=8 {
+        let line = run(&format!("events_{n}.csv"), &format!("id,day,v,updated\n{n},d1,{n},1\n"));
+        assert!(
+            line.contains("1 inserted, 0 updated, 0 stale; 0 partitions rewritten, 1 appended to"),
+            "{line}"
+        );
+    }
+    assert_eq!(live_files().await.0, 8);
+    assert_eq!(live_files().await.1, 8, "one file per append");
+    // The ninth insert finds 8 files: the partition is rewritten into one.
+    let line = run("events_9.csv", "id,day,v,updated\n9,d1,9,1\n");
+    assert!(line.contains("1 partitions rewritten, 0 appended to"), "{line}");
+    assert_eq!(live_files().await, (9, 1, live_files().await.2));
+    assert!(files_in("d1") >= 9, "old files stay on disk for time travel");
+
+    // An update (newer), a tie (the later file wins), a stale one (loses),
+    // and a key moving to d2: d1 is rewritten, d2 gains a file.
+    let line = run(
+        "events_10.csv",
+        "id,day,v,updated\n3,d1,33,2\n4,d1,44,1\n5,d1,55,0\n6,d2,66,5\n",
+    );
+    assert!(line.contains("0 inserted, 3 updated, 1 stale; 1 partitions rewritten, 1 appended to"), "{line}");
+    let q = "SELECT CAST(id AS VARCHAR), day, CAST(v AS VARCHAR) FROM silver.e ORDER BY id";
+    let want: Vec<Vec<String>> = [
+        ("1", "d1", "10"), ("2", "d1", "2"), ("3", "d1", "33"), ("4", "d1", "44"),
+        ("5", "d1", "5"), ("6", "d2", "66"), ("7", "d1", "7"), ("8", "d1", "8"), ("9", "d1", "9"),
+    ]
+    .iter()
+    .map(|(a, b, c)| vec![a.to_string(), b.to_string(), c.to_string()])
+    .collect();
+    assert_eq!(strings(&lake, q).await, want);
+    assert_eq!(live_files().await.0, 9);
+}

@@ -20,6 +20,10 @@ pub struct Options {
     /// Rows of the regional branch's exports (landing/branch_orders/), which
     /// use other column names, DD/MM/YYYY HH:MM dates and an extra column.
     pub branch_rows: u64,
+    /// File n holds the orders placed in the n-th slice of the days, as daily
+    /// exports do (re-sent orders still reach back); otherwise every file
+    /// spreads over all the days.
+    pub chronological: bool,
 }
 
 impl Default for Options {
@@ -32,6 +36,7 @@ impl Default for Options {
             dirty: 0.05,
             resend: 0.05,
             branch_rows: 0,
+            chronological: false,
         }
     }
 }
@@ -249,7 +254,12 @@ pub fn generate(root: &Path, opts: &Options) -> std::io::Result<()> {
                 sent[i].updated = o.updated;
                 o
             } else {
-                let ts = START_DAY * 86_400 + rng.below(horizon as u64) as i64;
+                let ts = if opts.chronological {
+                    let slice = (horizon as u64 / files).max(1);
+                    START_DAY * 86_400 + (n * slice + rng.below(slice)) as i64
+                } else {
+                    START_DAY * 86_400 + rng.below(horizon as u64) as i64
+                };
                 let o = Order {
                     id: next_id,
                     ts,

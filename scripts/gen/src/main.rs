@@ -22,8 +22,13 @@ fn main() {
             "--resend" => opts.resend = num(&value),
             "--branch-rows" => opts.branch_rows = num(&value) as u64,
             "--out" => out = PathBuf::from(&value),
+            "--chronological" => {
+                opts.chronological = true;
+                i += 1;
+                continue;
+            }
             "-h" | "--help" => {
-                println!("usage: retail-gen [--out LAKE] [--rows N] [--files N] [--seed N] [--days N] [--dirty 0.05] [--resend 0.05] [--branch-rows 0]\nwrites LAKE/landing/{{stores,products}}.csv, LAKE/landing/orders/*.csv and, with --branch-rows, LAKE/landing/branch_orders/*.csv");
+                println!("usage: retail-gen [--out LAKE] [--rows N] [--files N] [--seed N] [--days N] [--dirty 0.05] [--resend 0.05] [--branch-rows 0] [--chronological]\nwrites LAKE/landing/{{stores,products}}.csv, LAKE/landing/orders/*.csv and, with --branch-rows, LAKE/landing/branch_orders/*.csv");
                 return;
             }
             other => {

@@ -235,7 +235,7 @@ async fn incremental_merge_appends_rewrites_and_compacts_partitions() {
         "id,day,v,updated\n3,d1,33,2\n4,d1,44,1\n5,d1,55,0\n6,d2,66,5\n",
     );
     assert!(line.contains("0 inserted, 3 updated, 1 stale; 1 partitions rewritten, 1 appended to"), "{line}");
-    let q = "SELECT CAST(id AS VARCHAR), day, CAST(v AS VARCHAR) FROM silver.e ORDER BY id";
+    let q = "SELECT CAST(id AS VARCHAR) AS id, day, CAST(v AS VARCHAR) AS v FROM silver.e ORDER BY id";
     let want: Vec<Vec<String>> = [
         ("1", "d1", "10"), ("2", "d1", "2"), ("3", "d1", "33"), ("4", "d1", "44"),
         ("5", "d1", "5"), ("6", "d2", "66"), ("7", "d1", "7"), ("8", "d1", "8"), ("9", "d1", "9"),

@@ -130,10 +130,16 @@ pub async fn record(lake: &Lake, report: &RunReport) -> Result<()> {
     let mut rules = Vec::new();
     for m in &report.models {
         let r = &m.report;
+        // A model that ran says how (full and why, incremental and what,
+        // backfill and which days) where a failed one says why it failed.
+        let message = m
+            .message
+            .clone()
+            .or_else(|| (!r.strategy.is_empty()).then(|| r.strategy.clone()));
         steps.push(json!({
             "run_id": run, "step": r.table, "kind": "model", "status": m.status,
             "files_ingested": null, "files_refused": null, "lines_landed": null, "reconciled": r.reconciled, "rows_in": r.rows_in, "rows_written": r.rows_written, "rows_rejected": r.quarantined,
-            "duplicates": r.duplicates, "version": r.version, "seconds": r.seconds, "message": m.message,
+            "duplicates": r.duplicates, "version": r.version, "seconds": r.seconds, "message": message,
         }));
         for rule in &r.rules {
             rules.push(json!({

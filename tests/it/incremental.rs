@@ -40,6 +40,14 @@ fn land(from: &Path, lake: &Path, files: &[&str]) {
     }
 }
 
+/// The generated branch exports, as names under landing/.
+fn branch_files(staged: &Path) -> Vec<String> {
+    std::fs::read_dir(staged.join("landing/branch_orders"))
+        .unwrap()
+        .map(|e| format!("branch_orders/{}", e.unwrap().file_name().to_string_lossy()))
+        .collect()
+}
+
 /// Everything a user would compare: gold in full, silver's keys and sums,
 /// the quarantine by reason.
 async fn figures(lake: &Path) -> Vec<Vec<Vec<String>>> {
@@ -72,10 +80,7 @@ async fn batches_of_files_end_with_the_figures_of_one_full_run() {
         },
     )
     .unwrap();
-    let branch: Vec<String> = std::fs::read_dir(staged.join("landing/branch_orders"))
-        .unwrap()
-        .map(|e| format!("branch_orders/{}", e.unwrap().file_name().to_string_lossy()))
-        .collect();
+    let branch = branch_files(&staged);
 
     // A hand-made last file: order A moves to another day (a later update),
     // order B gets a stale update (older updated_at: it must lose), and a
@@ -286,10 +291,7 @@ async fn backfill_replaces_exactly_the_date_range() {
         },
     )
     .unwrap();
-    let branch: Vec<String> = std::fs::read_dir(staged.join("landing/branch_orders"))
-        .unwrap()
-        .map(|e| format!("branch_orders/{}", e.unwrap().file_name().to_string_lossy()))
-        .collect();
+    let branch = branch_files(&staged);
     crate::serve::copy_dir(&repo().join("sql"), &dir.path().join("sql"));
     let lake = dir.path().join("lake");
     land(
@@ -339,6 +341,14 @@ async fn backfill_replaces_exactly_the_date_range() {
             .contains(&format!("backfill ({from}..{to}): 15 partitions")),
         "{s}"
     );
+    let how = strings(
+        &lake,
+        "SELECT message FROM system.steps WHERE step = 'gold.daily_region_sales' ORDER BY version",
+    )
+    .await;
+    assert_eq!(how.len(), 2, "{how:?}");
+    assert_eq!(how[0][0], "full (first run)");
+    assert_eq!(how[1][0], format!("backfill ({from}..{to}): 15 partitions, 15 rows"));
     let after = strings(&lake, gold).await;
     assert_eq!(after.len(), before.len());
     for (b, a) in before.iter().zip(&after) {

@@ -246,3 +246,54 @@ async fn incremental_merge_appends_rewrites_and_compacts_partitions() {
     assert_eq!(strings(&lake, q).await, want);
     assert_eq!(live_files().await.0, 9);
 }
+
+/// A merge batch too large to hold in memory under `--memory-limit` is not
+/// upserted incrementally (its join would build on it) but rebuilt in full,
+/// which streams; the rows are the same either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_batch_too_large_for_the_memory_limit_runs_in_full() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(
+        dir.path(),
+        "id,day,v,updated\n1,d1,10,1\n2,d1,20,1\n",
+        &[
+            ("bronze/events.toml", SOURCE),
+            ("silver/e.sql", "SELECT id, day, CAST(v AS INT) AS v, CAST(updated AS INT) AS updated, _ingested_at, _source_file, _source_line FROM bronze.events"),
+            ("silver/e.toml", "mode = \"merge\"\nunique_key = [\"id\"]\nsequence_by = [\"updated\", \"_ingested_at\", \"_source_file\", \"_source_line\"]\nincremental_inputs = [\"bronze.events\"]\npartition_by = [\"day\"]\n"),
+        ],
+    );
+    let lake = dir.path().join("lake");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "--lake", "lake", "--pipeline", "sql"];
+        args.extend_from_slice(extra);
+        let out = lakehouse(&args, dir.path());
+        assert!(out.status.success(), "{}", text(&out));
+        text(&out)
+    };
+    run(&[]);
+    // 650,000 rows with long ids that do not compress: over 32 MB of
+    // Parquet, more than a 256 MB limit lets an upsert hold (its build side).
+    let id = |i: u64| {
+        let mut h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (0..4)
+            .map(|_| {
+                h ^= h >> 29;
+                h = h.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                format!("{h:016x}")
+            })
+            .collect::<String>()
+    };
+    let body: String = std::iter::once("id,day,v,updated\n".to_string())
+        .chain((2..650_000u64).map(|i| format!("{},d{},{i},2\n", id(i), i % 3)))
+        .collect();
+    std::fs::write(lake.join("landing/events_2.csv"), body).unwrap();
+    let s = run(&["--memory-limit", "256M"]);
+    assert!(
+        s.contains("MB of new input is too much to hold in memory (--memory-limit 256 MB))"),
+        "{s}"
+    );
+    assert_eq!(
+        strings(&lake, "SELECT count(*) AS n, CAST(sum(v) AS VARCHAR) AS v FROM silver.e").await,
+        vec![vec!["650000".to_string(), (10 + 20 + (2..650_000).sum::<i64>()).to_string()]]
+    );
+}

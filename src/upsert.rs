@@ -232,9 +232,10 @@ pub async fn prepare(
         .cloned()
         .collect();
 
-    let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(
-        incoming_fields(&winners, &out_fields),
-    ));
+    let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(incoming_fields(
+        &winners,
+        &out_fields,
+    )));
     let winners_df = if winners.is_empty() {
         ctx.read_batch(RecordBatch::new_empty(schema))?
     } else {
@@ -255,10 +256,13 @@ pub async fn prepare(
         let left: Vec<String> = columns.keys.iter().map(|k| format!("__wk_{k}")).collect();
         let left: Vec<&str> = left.iter().map(|k| k.as_str()).collect();
         let right: Vec<&str> = columns.keys.iter().map(|k| k.as_str()).collect();
-        let kept = winners_df
-            .clone()
-            .select(keys)?
-            .join(kept, JoinType::RightAnti, &left, &right, None)?;
+        let kept = winners_df.clone().select(keys)?.join(
+            kept,
+            JoinType::RightAnti,
+            &left,
+            &right,
+            None,
+        )?;
         let typed: Vec<Expr> = out_fields
             .iter()
             .map(|(n, t)| cast_expr(ident(n), t.clone()).alias(n))
@@ -280,7 +284,12 @@ fn incoming_fields(
     out_fields: &[(String, DataType)],
 ) -> Vec<datafusion::arrow::datatypes::Field> {
     match winners.first() {
-        Some(b) => b.schema().fields().iter().map(|f| f.as_ref().clone()).collect(),
+        Some(b) => b
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect(),
         None => out_fields
             .iter()
             .map(|(n, t)| datafusion::arrow::datatypes::Field::new(n, t.clone(), true))

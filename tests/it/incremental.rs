@@ -304,7 +304,11 @@ async fn backfill_replaces_exactly_the_date_range() {
             "orders/orders_00002.csv",
         ],
     );
-    land(&staged, &lake, &branch.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    land(
+        &staged,
+        &lake,
+        &branch.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+    );
     run(&lake, &[]);
     let gold = "SELECT CAST(order_date AS VARCHAR), region, orders FROM gold.daily_region_sales ORDER BY 1, 2";
     let before = strings(&lake, gold).await;
@@ -348,7 +352,10 @@ async fn backfill_replaces_exactly_the_date_range() {
     .await;
     assert_eq!(how.len(), 2, "{how:?}");
     assert_eq!(how[0][0], "full (first run)");
-    assert_eq!(how[1][0], format!("backfill ({from}..{to}): 15 partitions, 15 rows"));
+    assert_eq!(
+        how[1][0],
+        format!("backfill ({from}..{to}): 15 partitions, 15 rows")
+    );
     let after = strings(&lake, gold).await;
     assert_eq!(after.len(), before.len());
     for (b, a) in before.iter().zip(&after) {
@@ -366,9 +373,16 @@ async fn backfill_replaces_exactly_the_date_range() {
         .collect();
     commits.sort();
     let last = std::fs::read_to_string(commits.last().unwrap()).unwrap();
-    let count = |kind: &str| last.lines().filter(|l| l.starts_with(&format!("{{\"{kind}\""))).count();
+    let count = |kind: &str| {
+        last.lines()
+            .filter(|l| l.starts_with(&format!("{{\"{kind}\"")))
+            .count()
+    };
     assert_eq!((count("remove"), count("add")), (15, 15), "{last}");
-    assert!(last.contains(&format!("{from}")) && !last.contains(&format!("order_date={}", days[0])), "{last}");
+    assert!(
+        last.contains(&format!("{from}")) && !last.contains(&format!("order_date={}", days[0])),
+        "{last}"
+    );
 
     // Nothing changed since: the next run leaves gold alone.
     let s = run(&lake, &[]);
@@ -390,7 +404,10 @@ async fn backfill_replaces_exactly_the_date_range() {
     // quarantine is left as it was.
     let quarantine = "SELECT _reason, count(*) FROM quarantine.silver_orders GROUP BY 1 ORDER BY 1";
     let q_before = strings(&lake, quarantine).await;
-    let s = run(&lake, &["--select", "silver.orders", "--from", &from, "--to", &to]);
+    let s = run(
+        &lake,
+        &["--select", "silver.orders", "--from", &from, "--to", &to],
+    );
     assert!(line(&s, "silver.orders").contains("backfill ("), "{s}");
     assert_eq!(
         strings(&lake, "SELECT order_id, CAST(amount AS VARCHAR), CAST(order_date AS VARCHAR) FROM silver.orders ORDER BY 1").await,
@@ -399,23 +416,47 @@ async fn backfill_replaces_exactly_the_date_range() {
     assert_eq!(strings(&lake, quarantine).await, q_before);
     std::fs::write(&sql, text_before).unwrap();
     let s = run(&lake, &["--full-refresh"]);
-    assert!(line(&s, "gold.daily_region_sales").contains("full (--full-refresh)"), "{s}");
+    assert!(
+        line(&s, "gold.daily_region_sales").contains("full (--full-refresh)"),
+        "{s}"
+    );
     crate::retail::assert_figures(&lake, &compute(&lake)).await;
 
     // Bad ranges are refused before anything runs.
     let pipeline = dir.path().join("sql");
     let out = lakehouse(
         &[
-            "run", "--lake", lake.to_str().unwrap(), "--pipeline", pipeline.to_str().unwrap(),
-            "--from", "2025-03-10", "--to", "2025-03-01",
+            "run",
+            "--lake",
+            lake.to_str().unwrap(),
+            "--pipeline",
+            pipeline.to_str().unwrap(),
+            "--from",
+            "2025-03-10",
+            "--to",
+            "2025-03-01",
         ],
         dir.path(),
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains("--from 2025-03-10 is after --to 2025-03-01"), "{}", text(&out));
+    assert!(
+        text(&out).contains("--from 2025-03-10 is after --to 2025-03-01"),
+        "{}",
+        text(&out)
+    );
     let out = lakehouse(
-        &["run", "--lake", lake.to_str().unwrap(), "--from", "03/01/2025"],
+        &[
+            "run",
+            "--lake",
+            lake.to_str().unwrap(),
+            "--from",
+            "03/01/2025",
+        ],
         dir.path(),
     );
-    assert!(text(&out).contains("is not a date like 2025-03-01"), "{}", text(&out));
+    assert!(
+        text(&out).contains("is not a date like 2025-03-01"),
+        "{}",
+        text(&out)
+    );
 }

@@ -206,15 +206,21 @@ async fn incremental_merge_appends_rewrites_and_compacts_partitions() {
             .unwrap_or(0)
     };
     let live_files = || async {
-        let t = delta::open(&url::Url::from_directory_path(lake.join("silver/e")).unwrap(), &HashMap::new())
-            .await
-            .unwrap()
-            .unwrap();
+        let t = delta::open(
+            &url::Url::from_directory_path(lake.join("silver/e")).unwrap(),
+            &HashMap::new(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
         delta::row_count(&t).await.unwrap()
     };
     run("events_1.csv", "id,day,v,updated\n1,d1,10,1\n");
     for n in 2..=8 {
-        let line = run(&format!("events_{n}.csv"), &format!("id,day,v,updated\n{n},d1,{n},1\n"));
+        let line = run(
+            &format!("events_{n}.csv"),
+            &format!("id,day,v,updated\n{n},d1,{n},1\n"),
+        );
         assert!(
             line.contains("1 inserted, 0 updated, 0 stale; 0 partitions rewritten, 1 appended to"),
             "{line}"
@@ -224,9 +230,15 @@ async fn incremental_merge_appends_rewrites_and_compacts_partitions() {
     assert_eq!(live_files().await.1, 8, "one file per append");
     // The ninth insert finds 8 files: the partition is rewritten into one.
     let line = run("events_9.csv", "id,day,v,updated\n9,d1,9,1\n");
-    assert!(line.contains("1 partitions rewritten, 0 appended to"), "{line}");
+    assert!(
+        line.contains("1 partitions rewritten, 0 appended to"),
+        "{line}"
+    );
     assert_eq!(live_files().await, (9, 1, live_files().await.2));
-    assert!(files_in("d1") >= 9, "old files stay on disk for time travel");
+    assert!(
+        files_in("d1") >= 9,
+        "old files stay on disk for time travel"
+    );
 
     // An update (newer), a tie (the later file wins), a stale one (loses),
     // and a key moving to d2: d1 is rewritten, d2 gains a file.
@@ -234,11 +246,22 @@ async fn incremental_merge_appends_rewrites_and_compacts_partitions() {
         "events_10.csv",
         "id,day,v,updated\n3,d1,33,2\n4,d1,44,1\n5,d1,55,0\n6,d2,66,5\n",
     );
-    assert!(line.contains("0 inserted, 3 updated, 1 stale; 1 partitions rewritten, 1 appended to"), "{line}");
-    let q = "SELECT CAST(id AS VARCHAR) AS id, day, CAST(v AS VARCHAR) AS v FROM silver.e ORDER BY id";
+    assert!(
+        line.contains("0 inserted, 3 updated, 1 stale; 1 partitions rewritten, 1 appended to"),
+        "{line}"
+    );
+    let q =
+        "SELECT CAST(id AS VARCHAR) AS id, day, CAST(v AS VARCHAR) AS v FROM silver.e ORDER BY id";
     let want: Vec<Vec<String>> = [
-        ("1", "d1", "10"), ("2", "d1", "2"), ("3", "d1", "33"), ("4", "d1", "44"),
-        ("5", "d1", "5"), ("6", "d2", "66"), ("7", "d1", "7"), ("8", "d1", "8"), ("9", "d1", "9"),
+        ("1", "d1", "10"),
+        ("2", "d1", "2"),
+        ("3", "d1", "33"),
+        ("4", "d1", "44"),
+        ("5", "d1", "5"),
+        ("6", "d2", "66"),
+        ("7", "d1", "7"),
+        ("8", "d1", "8"),
+        ("9", "d1", "9"),
     ]
     .iter()
     .map(|(a, b, c)| vec![a.to_string(), b.to_string(), c.to_string()])
@@ -293,7 +316,14 @@ async fn a_merge_batch_too_large_for_the_memory_limit_runs_in_full() {
         "{s}"
     );
     assert_eq!(
-        strings(&lake, "SELECT count(*) AS n, CAST(sum(v) AS VARCHAR) AS v FROM silver.e").await,
-        vec![vec!["650000".to_string(), (10 + 20 + (2..650_000).sum::<i64>()).to_string()]]
+        strings(
+            &lake,
+            "SELECT count(*) AS n, CAST(sum(v) AS VARCHAR) AS v FROM silver.e"
+        )
+        .await,
+        vec![vec![
+            "650000".to_string(),
+            (10 + 20 + (2..650_000).sum::<i64>()).to_string()
+        ]]
     );
 }

@@ -1,0 +1,192 @@
+//! Which way a model runs this time: full, incremental over new input files,
+//! incremental over changed partitions, or a backfill of a date range, decided
+//! from what its last commit recorded and the Delta log since. Reads logs;
+//! writes nothing.
+
+use super::*;
+
+/// The engine's memory limit (2 GiB when it has none).
+pub(super) fn memory_budget(ctx: &SessionContext) -> u64 {
+    match ctx.runtime_env().memory_pool.memory_limit() {
+        datafusion::execution::memory_pool::MemoryLimit::Finite(n) => n as u64,
+        _ => 2 << 30,
+    }
+}
+
+/// A replace_partitions run touching this share of the partitions runs in full.
+const FULL_WHEN_PARTITIONS_PCT: usize = 50;
+
+/// How a model runs this time.
+#[derive(Debug, Clone)]
+pub(super) enum Strategy {
+    /// Read every input whole and replace the table and its quarantine.
+    Full(String),
+    /// Read only the files the stream inputs gained since the last run:
+    /// input -> files added (empty: nothing new in that input).
+    Stream(BTreeMap<String, Vec<deltalake::kernel::Add>>),
+    /// Recompute only these partitions of the model (sorted `(column,
+    /// value)` pairs), reading only them from inputs partitioned alike.
+    Partitions(BTreeSet<Vec<(String, Option<String>)>>),
+    /// Recompute the dates in the range (a backfill).
+    Range(DateRange),
+}
+
+impl Strategy {
+    pub(super) fn describe(&self) -> String {
+        match self {
+            Strategy::Full(why) => format!("full ({why})"),
+            Strategy::Stream(files) => {
+                let n: usize = files.values().map(|f| f.len()).sum();
+                format!("incremental ({n} new input files)")
+            }
+            Strategy::Partitions(p) => format!("incremental ({} partitions)", p.len()),
+            Strategy::Range(r) => format!("backfill ({r})"),
+        }
+    }
+}
+
+/// Decides between a full and an incremental run from the inputs' versions
+/// at the model's last commit and the Delta log of what changed since.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn decide(
+    tables: &Inputs,
+    model: &Model,
+    existing: Option<&DeltaTable>,
+    memory_budget: u64,
+    last: Option<&serde_json::Map<String, Value>>,
+    quarantine_last: Option<&serde_json::Map<String, Value>>,
+    inputs: &BTreeMap<String, i64>,
+    hash: &str,
+) -> Result<Strategy> {
+    let settings = &model.settings;
+    let Some(last) = last else {
+        return Ok(Strategy::Full("first run".into()));
+    };
+    if last.get("lakehouse.definition") != Some(&json!(hash)) {
+        return Ok(Strategy::Full("SQL or settings changed".into()));
+    }
+    let Some(before) = last
+        .get("lakehouse.inputs")
+        .and_then(|v| serde_json::from_value::<BTreeMap<String, i64>>(v.clone()).ok())
+    else {
+        return Ok(Strategy::Full(
+            "the last commit records no input versions".into(),
+        ));
+    };
+    let has_quarantine = settings
+        .expectations
+        .iter()
+        .any(|e| e.action == crate::pipeline::Action::Drop);
+    let changed: Vec<(&String, i64, i64)> = inputs
+        .iter()
+        .filter_map(|(name, now)| {
+            let then = before.get(name).copied().unwrap_or(-2);
+            (then != *now).then_some((name, then, *now))
+        })
+        .collect();
+    match settings.mode {
+        WriteMode::Overwrite => Ok(Strategy::Full("inputs changed".into())),
+        WriteMode::Merge | WriteMode::Append => {
+            if settings.incremental_inputs.is_empty() {
+                return Ok(Strategy::Full(
+                    "inputs changed; no incremental_inputs".into(),
+                ));
+            }
+            if has_quarantine
+                && quarantine_last.and_then(|q| q.get("lakehouse.inputs"))
+                    != last.get("lakehouse.inputs")
+            {
+                return Ok(Strategy::Full(
+                    "the last run stopped between its quarantine and table commits".into(),
+                ));
+            }
+            let mut files = BTreeMap::new();
+            for input in &settings.incremental_inputs {
+                files.insert(input.clone(), vec![]);
+            }
+            for (name, then, now) in changed {
+                if !settings.incremental_inputs.contains(name) {
+                    return Ok(Strategy::Full(format!("{name} changed")));
+                }
+                let Some(table) = tables.get(name).and_then(|t| t.as_ref()) else {
+                    return Ok(Strategy::Full(format!("{name} is gone")));
+                };
+                match delta::changes(table, then, now).await? {
+                    Some(c) if c.removed == 0 && then >= 0 => {
+                        files.insert(name.clone(), c.added);
+                    }
+                    _ => {
+                        return Ok(Strategy::Full(format!(
+                            "{name} had rows replaced or its schema changed"
+                        )))
+                    }
+                }
+            }
+            // An incremental merge holds the new rows in memory (the upsert's
+            // join builds on them); a batch too large for that is rebuilt in
+            // full, which streams and spills. Parquet grows about 4x in
+            // memory. (An append streams: it has no such limit.)
+            let new_bytes: u64 = files.values().flatten().map(|a| a.size.max(0) as u64).sum();
+            if settings.mode == WriteMode::Merge
+                && existing.is_some()
+                && new_bytes.saturating_mul(4) > memory_budget / 2
+            {
+                return Ok(Strategy::Full(format!(
+                    "{} MB of new input is too much to hold in memory (--memory-limit {} MB)",
+                    new_bytes >> 20,
+                    memory_budget >> 20
+                )));
+            }
+            Ok(Strategy::Stream(files))
+        }
+        WriteMode::ReplacePartitions => {
+            if has_quarantine {
+                return Ok(Strategy::Full(
+                    "inputs changed; drop rules need a full run".into(),
+                ));
+            }
+            let mut touched = BTreeSet::new();
+            for (name, then, now) in changed {
+                let Some(table) = tables.get(name).and_then(|t| t.as_ref()) else {
+                    return Ok(Strategy::Full(format!("{name} is gone")));
+                };
+                let parts = table.snapshot()?.metadata().partition_columns().to_vec();
+                if then < 0 || !settings.partition_by.iter().all(|c| parts.contains(c)) {
+                    return Ok(Strategy::Full(format!(
+                        "{name} changed and is not partitioned by {}",
+                        settings.partition_by.join(", ")
+                    )));
+                }
+                match delta::changes(table, then, now).await? {
+                    Some(c) if !c.partitions_unknown => {
+                        for key in c.partitions {
+                            let mut k: Vec<(String, Option<String>)> = key
+                                .into_iter()
+                                .filter(|(c, _)| settings.partition_by.contains(c))
+                                .collect();
+                            k.sort();
+                            touched.insert(k);
+                        }
+                    }
+                    _ => {
+                        return Ok(Strategy::Full(format!(
+                            "what changed in {name} is not in its log"
+                        )))
+                    }
+                }
+            }
+            // Filtering every scan to most partitions costs more than reading
+            // them all (the predicate is evaluated per row): rebuild instead.
+            if let Some(table) = existing {
+                let total = delta::partition_stats(table).await?.len();
+                if touched.len() > 1 && touched.len() * 100 >= total * FULL_WHEN_PARTITIONS_PCT {
+                    return Ok(Strategy::Full(format!(
+                        "{} of its {total} partitions changed",
+                        touched.len()
+                    )));
+                }
+            }
+            Ok(Strategy::Partitions(touched))
+        }
+    }
+}

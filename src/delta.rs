@@ -2,7 +2,7 @@
 //! table and makes exactly one commit that adds the new files, removes what
 //! the mode replaces (all files, or the files of the partitions written),
 //! records the run's app transactions and metrics in the commit, or commits
-//! nothing when anything fails. Merges go through delta-rs's MERGE.
+//! nothing when anything fails. Upserts (src/upsert.rs) commit through it too.
 //! This module knows Delta and Parquet; it must not know about pipelines.
 
 use std::collections::{BTreeSet, HashMap};

@@ -164,7 +164,7 @@ impl Checker {
 
     /// Called when one partition of the result ends; after the last one the
     /// quarantine share is final and checked, so that a model over its
-    /// limit fails before any writer (MERGE included) can commit.
+    /// limit fails before any writer (the upsert included) can commit.
     fn partition_done(&self) -> DfResult<()> {
         let done = self.partitions_done.fetch_add(1, Ordering::SeqCst) + 1;
         if done < self.partitions.load(Ordering::SeqCst) {

@@ -354,23 +354,17 @@ pub async fn commit(
         let mut files = snapshot.snapshot().file_views(log_store.as_ref(), None);
         while let Some(file) = files.next().await {
             let file = file?;
+            let values = file.partition_values_map();
+            let mut key: Vec<(String, Option<String>)> =
+                values.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            key.sort();
             let hit = match &spec.replace {
                 Replace::All => true,
-                Replace::PartitionsWritten | Replace::Partitions(_) => {
-                    let mut key: Vec<(String, Option<String>)> =
-                        file.partition_values_map().into_iter().collect();
-                    key.sort();
-                    written_partitions.contains(&key)
-                        || matches!(&spec.replace, Replace::Partitions(p) if p.contains(&key))
-                }
-                Replace::PartitionsOnly(p) => {
-                    let mut key: Vec<(String, Option<String>)> =
-                        file.partition_values_map().into_iter().collect();
-                    key.sort();
-                    p.contains(&key)
-                }
+                Replace::PartitionsWritten => written_partitions.contains(&key),
+                Replace::Partitions(p) => written_partitions.contains(&key) || p.contains(&key),
+                Replace::PartitionsOnly(p) => p.contains(&key),
                 Replace::DateRange { column, from, to } => {
-                    match file.partition_values_map().get(column).cloned().flatten() {
+                    match values.get(column).cloned().flatten() {
                         Some(v) => {
                             from.as_deref().is_none_or(|f| v.as_str() >= f)
                                 && to.as_deref().is_none_or(|t| v.as_str() <= t)
@@ -442,7 +436,7 @@ pub async fn commit(
     Ok((table, written))
 }
 
-pub fn file_rows(add: &deltalake::kernel::Add) -> u64 {
+fn file_rows(add: &deltalake::kernel::Add) -> u64 {
     add.stats
         .as_deref()
         .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())

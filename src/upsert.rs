@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::compute::{cast, filter_record_batch};
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::JoinType;
 use datafusion::logical_expr::{cast as cast_expr, Expr};
 use datafusion::prelude::{ident, lit, DataFrame, SessionContext};
@@ -65,6 +65,8 @@ pub struct Prepared {
     pub updated: u64,
     /// Incoming rows older than the stored row for their key: left out.
     pub stale: u64,
+    /// The table's rows before the upsert, by the Delta log.
+    pub rows_before: u64,
 }
 
 /// `s` is newer than or as new as `t` by the columns in order, NULL lowest.
@@ -110,6 +112,7 @@ pub async fn prepare(
     incoming: DataFrame,
     columns: &Columns<'_>,
 ) -> Result<Prepared> {
+    let schema: SchemaRef = Arc::new(incoming.schema().as_arrow().clone());
     let out_fields: Vec<(String, DataType)> = incoming
         .schema()
         .fields()
@@ -210,8 +213,10 @@ pub async fn prepare(
     let log_store = target.log_store();
     let mut views = snapshot.snapshot().file_views(log_store.as_ref(), None);
     let mut files: BTreeMap<PartitionKey, Vec<String>> = BTreeMap::new();
+    let mut rows_before = 0u64;
     while let Some(view) = views.next().await {
         let view = view?;
+        rows_before += view.num_records().unwrap_or(0) as u64;
         let mut key: PartitionKey = view.partition_values_map().into_iter().collect();
         key.sort();
         files.entry(key).or_default().push(view.path().to_string());
@@ -232,12 +237,8 @@ pub async fn prepare(
         .cloned()
         .collect();
 
-    let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(incoming_fields(
-        &winners,
-        &out_fields,
-    )));
     let winners_df = if winners.is_empty() {
-        ctx.read_batch(RecordBatch::new_empty(schema))?
+        ctx.read_batch(RecordBatch::new_empty(schema.clone()))?
     } else {
         ctx.read_batches(winners)?
     };
@@ -276,23 +277,6 @@ pub async fn prepare(
         inserted,
         updated,
         stale,
+        rows_before,
     })
-}
-
-fn incoming_fields(
-    winners: &[RecordBatch],
-    out_fields: &[(String, DataType)],
-) -> Vec<datafusion::arrow::datatypes::Field> {
-    match winners.first() {
-        Some(b) => b
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect(),
-        None => out_fields
-            .iter()
-            .map(|(n, t)| datafusion::arrow::datatypes::Field::new(n, t.clone(), true))
-            .collect(),
-    }
 }

@@ -422,7 +422,6 @@ pub async fn run_model(
         // The quarantine commits first: a crash before the table's commit
         // leaves their recorded inputs apart, and the next run is full.
         let q_rows = commit_quarantine(quarantine_table, staged_q, &quarantine_spec).await?;
-        let (rows_before, _, _) = delta::row_count(&target).await?;
         let streams = write_streams(ctx, prepared.rows, &settings.partition_by).await?;
         let staged = delta::stage(&target, streams, &table_name).await?;
         spec.replace = Replace::PartitionsOnly(prepared.rewrite.clone());
@@ -455,7 +454,8 @@ pub async fn run_model(
             prepared.offered,
             written.files_added,
             // By the Delta log: the table gained exactly the new keys.
-            q_rows == checker.rows_quarantined() && rows_after == rows_before + prepared.inserted,
+            q_rows == checker.rows_quarantined()
+                && rows_after == prepared.rows_before + prepared.inserted,
         )
     } else {
         let table = delta::ensure_table(&url, &opts, &result_schema, &spec).await?;
@@ -463,6 +463,9 @@ pub async fn run_model(
         let (staged_q, staged) =
             tokio::try_join!(quarantine_stage, delta::stage(&table, streams, &table_name))
                 .map_err(|e| checker.take_failure().unwrap_or(e))?;
+        if let Some(failure) = checker.take_failure() {
+            return Err(failure); // nothing is committed, the quarantine neither
+        }
         let rows = staged.rows();
         let q_rows = commit_quarantine(quarantine_table, staged_q, &quarantine_spec).await?;
         let quarantined = checker.rows_quarantined();
@@ -475,9 +478,6 @@ pub async fn run_model(
                 "rules": checker.results(),
             }),
         );
-        if let Some(failure) = checker.take_failure() {
-            return Err(failure);
-        }
         let (_, written) = delta::commit(table, staged, &spec).await?;
         if range.is_some() {
             report.strategy = format!(
@@ -493,9 +493,6 @@ pub async fn run_model(
                 && written.rows_in_files == rows,
         )
     };
-    if let Some(failure) = checker.take_failure() {
-        return Err(failure);
-    }
     report.version = outcome.0;
     report.rows_written = outcome.1;
     report.files = outcome.2;

@@ -1,6 +1,8 @@
 //! Rewrites of a model's logical plan that cut what its scans read: only the
 //! new files of stream inputs, only the changed partitions, only a date range.
 
+use datafusion::common::{DFSchema, TableReference};
+
 use super::*;
 
 pub(super) fn scan_is(scan: &TableScan, input: &str) -> bool {
@@ -115,12 +117,12 @@ pub(super) fn partition_predicate(
     Ok(any.unwrap_or_else(|| lit(false)))
 }
 
-/// Keeps only the touched partitions: in every input scan that has all of
-/// the model's partition columns, and in the model's result.
-pub(super) fn restrict_to_partitions(
+/// Puts `predicate(scan name, scan schema)` over every table scan that has
+/// all of `columns`.
+fn filter_scans(
     df: DataFrame,
-    touched: &BTreeSet<Vec<(String, Option<String>)>>,
-    partition_by: &[String],
+    columns: &[&str],
+    predicate: impl Fn(&TableReference, &DFSchema) -> Result<Expr>,
 ) -> Result<DataFrame> {
     let (state, plan) = df.into_parts();
     let plan = plan
@@ -129,20 +131,32 @@ pub(super) fn restrict_to_partitions(
                 return Ok(Transformed::no(node));
             };
             let schema = scan.projected_schema.clone();
-            if !partition_by
+            if !columns
                 .iter()
                 .all(|c| schema.has_column_with_unqualified_name(c))
             {
                 return Ok(Transformed::no(node));
             }
-            let predicate =
-                partition_predicate(touched, partition_by, &schema, Some(&scan.table_name))
-                    .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+            let predicate = predicate(&scan.table_name, &schema)
+                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
             let node = LogicalPlan::Filter(Filter::try_new(predicate, Arc::new(node))?);
             Ok(Transformed::yes(node))
         })?
         .data;
-    let df = DataFrame::new(state, plan);
+    Ok(DataFrame::new(state, plan))
+}
+
+/// Keeps only the touched partitions: in every input scan that has all of
+/// the model's partition columns, and in the model's result.
+pub(super) fn restrict_to_partitions(
+    df: DataFrame,
+    touched: &BTreeSet<Vec<(String, Option<String>)>>,
+    partition_by: &[String],
+) -> Result<DataFrame> {
+    let columns: Vec<&str> = partition_by.iter().map(|c| c.as_str()).collect();
+    let df = filter_scans(df, &columns, |name, schema| {
+        partition_predicate(touched, partition_by, schema, Some(name))
+    })?;
     let predicate = partition_predicate(touched, partition_by, df.schema(), None)?;
     Ok(df.filter(predicate)?)
 }
@@ -176,22 +190,7 @@ pub(super) fn restrict_scans_to_range(
     column: &str,
     range: &DateRange,
 ) -> Result<DataFrame> {
-    let (state, plan) = df.into_parts();
-    let plan = plan
-        .transform_up(|node| {
-            let LogicalPlan::TableScan(scan) = &node else {
-                return Ok(Transformed::no(node));
-            };
-            if !scan
-                .projected_schema
-                .has_column_with_unqualified_name(column)
-            {
-                return Ok(Transformed::no(node));
-            }
-            let predicate = range_predicate(column, range, Some(&scan.table_name));
-            let node = LogicalPlan::Filter(Filter::try_new(predicate, Arc::new(node))?);
-            Ok(Transformed::yes(node))
-        })?
-        .data;
-    Ok(DataFrame::new(state, plan))
+    filter_scans(df, &[column], |name, _| {
+        Ok(range_predicate(column, range, Some(name)))
+    })
 }

@@ -127,9 +127,7 @@ pub(super) async fn decide(
             // full, which streams and spills. Parquet grows about 4x in
             // memory. (An append streams: it has no such limit.)
             let new_bytes: u64 = files.values().flatten().map(|a| a.size.max(0) as u64).sum();
-            if settings.mode == WriteMode::Merge
-                && existing.is_some()
-                && new_bytes.saturating_mul(4) > memory_budget / 2
+            if settings.mode == WriteMode::Merge && new_bytes.saturating_mul(4) > memory_budget / 2
             {
                 return Ok(Strategy::Full(format!(
                     "{} MB of new input is too much to hold in memory (--memory-limit {} MB)",

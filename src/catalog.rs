@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 
 use crate::delta::At;
 use crate::error::Result;
@@ -168,7 +169,7 @@ impl SchemaProvider for FolderSchema {
             );
         }
         let provider = table.table_provider().await?;
-        Ok(Some(provider))
+        Ok(Some(Arc::new(LakeTable { inner: provider })))
     }
 
     fn table_exist(&self, name: &str) -> bool {
@@ -177,6 +178,135 @@ impl SchemaProvider for FolderSchema {
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .any(|n| n == name)
+    }
+}
+
+/// A lake table as DataFusion sees it: delta-rs's provider, with one fix.
+///
+/// A query that reads only partition columns is answered from the Delta log
+/// by delta-rs's metadata scan, which says a limit may be pushed through it
+/// but has no input to push it to, so DataFusion's limit pushdown dropped the
+/// limit (`SELECT region FROM gold.daily_region_sales LIMIT 1` returned every
+/// partition). A leaf plan that claims pushdown but takes no fetch is put
+/// under [`KeepLimit`], which makes the optimizer keep the limit above it.
+#[derive(Debug)]
+struct LakeTable {
+    inner: Arc<dyn TableProvider>,
+}
+
+#[async_trait]
+impl TableProvider for LakeTable {
+    fn schema(&self) -> datafusion::arrow::datatypes::SchemaRef {
+        self.inner.schema()
+    }
+
+    fn constraints(&self) -> Option<&datafusion::common::Constraints> {
+        self.inner.constraints()
+    }
+
+    fn table_type(&self) -> datafusion::logical_expr::TableType {
+        self.inner.table_type()
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn datafusion::catalog::Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[datafusion::logical_expr::Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let plan = self.inner.scan(state, projection, filters, limit).await?;
+        Ok(KeepLimit::wrap(plan))
+    }
+
+    async fn scan_with_args<'a>(
+        &self,
+        state: &dyn datafusion::catalog::Session,
+        args: datafusion::catalog::ScanArgs<'a>,
+    ) -> DfResult<datafusion::catalog::ScanResult> {
+        let plan = self.inner.scan_with_args(state, args).await?.into_inner();
+        Ok(KeepLimit::wrap(plan).into())
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&datafusion::logical_expr::Expr],
+    ) -> DfResult<Vec<datafusion::logical_expr::TableProviderFilterPushDown>> {
+        self.inner.supports_filters_pushdown(filters)
+    }
+
+    fn statistics(&self) -> Option<datafusion::common::Statistics> {
+        self.inner.statistics()
+    }
+}
+
+/// Passes its input through unchanged; exists so that limit pushdown stops
+/// here (see [`LakeTable`]).
+#[derive(Debug)]
+struct KeepLimit {
+    input: Arc<dyn ExecutionPlan>,
+}
+
+impl KeepLimit {
+    fn wrap(plan: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
+        let drops_limits = plan.children().is_empty()
+            && plan.supports_limit_pushdown()
+            && plan.with_fetch(Some(1)).is_none();
+        if drops_limits {
+            Arc::new(KeepLimit { input: plan })
+        } else {
+            plan
+        }
+    }
+}
+
+impl DisplayAs for KeepLimit {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "KeepLimit")
+    }
+}
+
+impl ExecutionPlan for KeepLimit {
+    fn name(&self) -> &str {
+        "KeepLimit"
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(
+            &Arc<dyn datafusion::physical_expr::PhysicalExpr>,
+        ) -> DfResult<datafusion::common::tree_node::TreeNodeRecursion>,
+    ) -> DfResult<datafusion::common::tree_node::TreeNodeRecursion> {
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.input.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let [input] = <[_; 1]>::try_from(children)
+            .map_err(|_| DataFusionError::Internal("KeepLimit has one child".into()))?;
+        Ok(Arc::new(KeepLimit { input }))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<datafusion::execution::TaskContext>,
+    ) -> DfResult<datafusion::execution::SendableRecordBatchStream> {
+        self.input.execute(partition, context)
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
     }
 }
 

@@ -74,6 +74,12 @@ pub enum Command {
     },
     /// List every table with its version, rows, partition columns, files and size.
     Tables,
+    /// Rewrite a table's Delta symlink manifests (`_symlink_format_manifest/`)
+    /// from its latest version, e.g. `gold.daily_region_sales`.
+    Manifest {
+        /// The table, as `layer.name`.
+        table: String,
+    },
     /// Answer SQL over every table on Postgres wire, Arrow Flight SQL and HTTP (read-only).
     Serve(ServeArgs),
 }
@@ -268,6 +274,34 @@ pub async fn dispatch(cli: Cli) -> Result<bool> {
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
             crate::query::run_query(&ctx, &sql, format, &mut out).await?;
+            Ok(true)
+        }
+        Command::Manifest { table } => {
+            let lake = open_existing(&cli.lake, &config)?;
+            let (schema, name) = table.split_once('.').unwrap_or(("", &table));
+            let folder = crate::catalog::parse_table_name(name)
+                .ok()
+                .flatten()
+                .filter(|(base, at)| *base == name && *at == crate::delta::At::Latest)
+                .and_then(|_| crate::catalog::table_folder(schema, name))
+                .ok_or_else(|| {
+                    Error::Usage(format!(
+                        "`{table}` is not a table name: give `layer.name`, e.g. gold.daily_region_sales"
+                    ))
+                })?;
+            let delta = crate::delta::open(&lake.url(&folder), lake.storage_options())
+                .await?
+                .ok_or_else(|| {
+                    Error::Usage(format!(
+                        "there is no table {table}; `lakehouse tables` lists them"
+                    ))
+                })?;
+            let n = crate::manifest::regenerate(&delta).await?;
+            println!(
+                "{table}: wrote {n} manifest{} for version {}",
+                if n == 1 { "" } else { "s" },
+                delta.version().unwrap_or(0)
+            );
             Ok(true)
         }
         Command::Tables => {

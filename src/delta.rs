@@ -68,6 +68,9 @@ pub struct WriteSpec {
     /// Extra commit-info entries (run id, step metrics).
     pub metadata: HashMap<String, Value>,
     pub description: Option<String>,
+    /// Keep the table's symlink manifests (`_symlink_format_manifest/`)
+    /// current with this commit; see [`crate::manifest`].
+    pub symlink_manifest: bool,
 }
 
 /// What a write did.
@@ -348,6 +351,8 @@ pub async fn commit(
         .collect();
 
     let mut removes = Vec::new();
+    // Partitions this commit changes, for the symlink manifests.
+    let mut touched = written_partitions.clone();
     if spec.replace != Replace::Nothing {
         let snapshot = table.snapshot()?;
         let log_store = table.log_store();
@@ -376,6 +381,7 @@ pub async fn commit(
                 Replace::Nothing => false,
             };
             if hit {
+                touched.insert(key);
                 removes.push(Action::Remove(file.remove_action(true)));
             }
         }
@@ -433,6 +439,18 @@ pub async fn commit(
         .await?;
     written.version = Some(commit.version() as i64);
     table.update_state().await?;
+    if spec.symlink_manifest {
+        let version = commit.version();
+        crate::manifest::update(&table, &touched)
+            .await
+            .map_err(|e| Error::Table {
+                table: spec.table_name.clone(),
+                message: format!(
+                    "version {version} is committed, but its symlink manifests could not be                      updated: {e}. Readers of the manifests see the previous version until                      `lakehouse manifest {}` rewrites them.",
+                    spec.table_name
+                ),
+            })?;
+    }
     Ok((table, written))
 }
 

@@ -130,3 +130,122 @@ mod tests {
         assert_eq!(parse_with("01/03/2024 10:20", &dm), Some(1709288400000000));
     }
 }
+
+/// Which argument decides how large a bounded function's result is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Growth {
+    /// `repeat(text, n)`: the text's bytes times `n`.
+    Repeat,
+    /// `lpad(text, n [, fill])` / `rpad(...)`: `n` characters.
+    Pad,
+}
+
+/// A built-in string function that refuses, before allocating, a batch whose
+/// results would take more than `cap` bytes. Without it one
+/// `repeat('x', 2000000000)` allocates gigabytes in a single call that no
+/// memory pool sees and no time limit can interrupt.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Bounded {
+    inner: ScalarUDF,
+    growth: Growth,
+    cap: usize,
+}
+
+/// Registers the size-checked `repeat`, `lpad` and `rpad` in place of the
+/// built-in ones: a batch of results may take at most `cap` bytes.
+pub fn register_bounded(ctx: &SessionContext, cap: usize) {
+    use datafusion::functions::{string, unicode};
+    for (inner, growth) in [
+        (string::repeat(), Growth::Repeat),
+        (unicode::lpad(), Growth::Pad),
+        (unicode::rpad(), Growth::Pad),
+    ] {
+        ctx.register_udf(ScalarUDF::new_from_impl(Bounded {
+            inner: inner.as_ref().clone(),
+            growth,
+            cap,
+        }));
+    }
+}
+
+impl Bounded {
+    /// Bytes the results of this batch would take (saturating).
+    fn result_bytes(&self, args: &ScalarFunctionArgs) -> Result<u128> {
+        use datafusion::arrow::compute::kernels::length::length;
+        let rows = args.number_rows;
+        let count = match args.args.get(1) {
+            Some(c) => c.clone().into_array(rows)?,
+            None => return Ok(0),
+        };
+        let count = datafusion::arrow::compute::cast(&count, &DataType::Int64)?;
+        let count = count.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        let widths: Option<Vec<u128>> = match self.growth {
+            Growth::Repeat => {
+                let text = args.args[0].clone().into_array(rows)?;
+                let text = datafusion::arrow::compute::cast(&text, &DataType::Utf8)?;
+                let bytes = length(&text)?;
+                let bytes = datafusion::arrow::compute::cast(&bytes, &DataType::Int64)?;
+                let bytes = bytes.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+                Some(
+                    bytes
+                        .iter()
+                        .map(|b| b.unwrap_or(0).max(0) as u128)
+                        .collect(),
+                )
+            }
+            Growth::Pad => None,
+        };
+        let mut total: u128 = 0;
+        for (i, n) in count.iter().enumerate() {
+            let n = n.unwrap_or(0).max(0) as u128;
+            let width = widths.as_ref().map_or(1, |w| w[i]);
+            total = total.saturating_add(n.saturating_mul(width));
+        }
+        Ok(total)
+    }
+}
+
+impl ScalarUDFImpl for Bounded {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn aliases(&self) -> &[String] {
+        self.inner.aliases()
+    }
+
+    fn signature(&self) -> &Signature {
+        self.inner.signature()
+    }
+
+    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+        self.inner.return_type(args)
+    }
+
+    fn return_field_from_args(
+        &self,
+        args: datafusion::logical_expr::ReturnFieldArgs,
+    ) -> Result<datafusion::arrow::datatypes::FieldRef> {
+        self.inner.return_field_from_args(args)
+    }
+
+    fn coerce_types(&self, args: &[DataType]) -> Result<Vec<DataType>> {
+        self.inner.coerce_types(args)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let bytes = self.result_bytes(&args)?;
+        if bytes > self.cap as u128 {
+            return Err(datafusion::error::DataFusionError::ResourcesExhausted(
+                format!(
+                    "{}() would build {} MiB of text in one batch; the limit is {} MiB. \
+                 Ask for shorter values.",
+                    self.inner.name(),
+                    bytes >> 20,
+                    self.cap >> 20
+                ),
+            ));
+        }
+        self.inner.invoke_with_args(args)
+    }
+}

@@ -280,3 +280,80 @@ fn human_duration(d: Duration) -> String {
 
 // The stream adapter needs `Future` in scope for `poll` on the sleep.
 use std::future::Future;
+
+/// Longest SQL text a client may send. A BI tool's `IN` list of 10,000
+/// values is about 50 KB; anything near this is a mistake or an attack.
+pub const MAX_SQL_BYTES: usize = 1 << 20;
+
+/// Deepest nesting of expressions and subqueries a statement may have.
+/// Planning recurses once per level; the threads that plan have stacks
+/// sized for far more than this (see `main.rs`), so a statement over the
+/// limit gets this clear error instead of ending the process.
+pub const MAX_EXPR_DEPTH: usize = 1000;
+
+/// Refuses SQL longer than [`MAX_SQL_BYTES`].
+pub fn check_sql_size(sql: &str) -> std::result::Result<(), String> {
+    if sql.len() > MAX_SQL_BYTES {
+        return Err(format!(
+            "the statement is {} bytes long; the limit is {} bytes. \
+             Put long value lists in a table, or split the query.",
+            sql.len(),
+            MAX_SQL_BYTES
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a statement whose expressions or subqueries nest deeper than
+/// [`MAX_EXPR_DEPTH`]. The walk stops at the first level over the limit, so
+/// it never recurses deeper than the limit itself.
+pub fn check_statement_depth(
+    statement: &datafusion::sql::sqlparser::ast::Statement,
+) -> std::result::Result<(), String> {
+    use datafusion::sql::sqlparser::ast::{Expr, Query, Visit, Visitor};
+    use std::ops::ControlFlow;
+
+    struct Depth {
+        now: usize,
+        max: usize,
+    }
+    impl Depth {
+        fn enter(&mut self) -> ControlFlow<()> {
+            self.now += 1;
+            self.max = self.max.max(self.now);
+            if self.now > MAX_EXPR_DEPTH {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        }
+        fn leave(&mut self) -> ControlFlow<()> {
+            self.now -= 1;
+            ControlFlow::Continue(())
+        }
+    }
+    impl Visitor for Depth {
+        type Break = ();
+        fn pre_visit_expr(&mut self, _: &Expr) -> ControlFlow<()> {
+            self.enter()
+        }
+        fn post_visit_expr(&mut self, _: &Expr) -> ControlFlow<()> {
+            self.leave()
+        }
+        fn pre_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+            self.enter()
+        }
+        fn post_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+            self.leave()
+        }
+    }
+    let mut depth = Depth { now: 0, max: 0 };
+    if statement.visit(&mut depth).is_break() {
+        return Err(format!(
+            "the statement nests expressions or subqueries more than {MAX_EXPR_DEPTH} levels deep \
+             (a long chain of `+`, `AND`/`OR` or nested parentheses). Put long value lists \
+             in `IN (...)`, or split the query."
+        ));
+    }
+    Ok(())
+}

@@ -3,8 +3,15 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// Stack of every thread that plans or runs SQL. Planning, optimising and
+/// dropping a deeply nested expression recurse once per level; the default
+/// 2 MiB (8 MiB on the main thread) let one long `1+1+…` end the process.
+/// The pages are reserved, not used, until a query needs them; the SQL size
+/// and expression depth limits (`lakehouse::sql_limits`) keep every accepted
+/// query well inside this.
+const STACK: usize = 256 << 20;
+
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| {
             EnvFilter::new(
@@ -15,7 +22,32 @@ async fn main() -> ExitCode {
         .with_target(false)
         .init();
     let cli = lakehouse::cli::Cli::parse();
-    match lakehouse::cli::dispatch(cli).await {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(STACK)
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // The command itself runs on a thread with the same stack as the
+    // runtime's workers (the main thread's is fixed by the OS).
+    let outcome = std::thread::Builder::new()
+        .name("lakehouse-main".into())
+        .stack_size(STACK)
+        .spawn(move || runtime.block_on(lakehouse::cli::dispatch(cli)))
+        .map_err(|e| lakehouse::Error::Usage(format!("cannot start the main thread: {e}")))
+        .and_then(|t| {
+            t.join().unwrap_or_else(|_| {
+                Err(lakehouse::Error::Usage(
+                    "internal error: the command panicked (see the message above)".into(),
+                ))
+            })
+        });
+    match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {

@@ -93,6 +93,7 @@ async fn append(
         transactions: vec![],
         metadata: crate::ingest::run_metadata(run_id, "runlog"),
         description: None,
+        symlink_manifest: false,
     };
     let url = lake.url(&format!("_lakehouse/{name}"));
     let table = delta::ensure_table(&url, lake.storage_options(), &schema, &spec).await?;

@@ -83,5 +83,13 @@ pub async fn build(
     catalog.refresh().await?;
     ctx.register_catalog(CATALOG, catalog.clone());
     crate::functions::register(&ctx);
+    crate::pg_patterns::register(&ctx);
+    // A batch of `repeat`/`lpad`/`rpad` results may take at most what one
+    // query may hold (and never more than 1 GiB).
+    let text_cap = options
+        .limits
+        .as_ref()
+        .map_or(1 << 30, |l| l.memory.min(1 << 30));
+    crate::functions::register_bounded(&ctx, text_cap);
     Ok((ctx, catalog))
 }

@@ -464,6 +464,7 @@ fn bronze_spec(source: &Source, run_id: &str) -> WriteSpec {
         transactions: vec![],
         metadata: run_metadata(run_id, "ingest"),
         description: source.csv.description.clone(),
+        symlink_manifest: false,
     }
 }
 

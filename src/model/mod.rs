@@ -340,6 +340,7 @@ pub async fn run_model(
         description: Some(format!(
             "Rows of {table_name} that failed a `drop` expectation, with the rule as _reason"
         )),
+        symlink_manifest: false,
     };
     // A model without `drop` rules never quarantines: it gets no table. A
     // backfill leaves the quarantine as it is: it is not partitioned by
@@ -380,6 +381,7 @@ pub async fn run_model(
         transactions: vec![model_txn(&table_name, at)],
         metadata,
         description: settings.description.clone(),
+        symlink_manifest: settings.symlink_manifest,
     };
     let result_schema: SchemaRef = Arc::new(result.schema().as_arrow().clone());
     let quarantine_stage = async {

@@ -63,6 +63,10 @@ pub struct ModelSettings {
     /// last run are read; other inputs are read whole, and a change to one of
     /// them rebuilds the model from all of its input.
     pub incremental_inputs: Vec<String>,
+    /// Keep Delta symlink manifests (`_symlink_format_manifest/<partition>/manifest`)
+    /// current with every commit, for engines that read a table through
+    /// them (Trino, Presto, Athena, Redshift Spectrum, Snowflake, BigQuery).
+    pub symlink_manifest: bool,
 }
 
 /// What a source does with a file whose header differs from bronze's columns
@@ -142,6 +146,8 @@ struct RawModel {
     description: Option<String>,
     #[serde(default)]
     incremental_inputs: Vec<String>,
+    #[serde(default)]
+    symlink_manifest: bool,
     #[serde(default)]
     expect: Vec<Spanned<RawExpectation>>,
 }
@@ -292,5 +298,6 @@ pub fn parse_model(file: &Path, text: &str) -> Result<ModelSettings> {
         max_quarantine_pct,
         description: raw.description,
         incremental_inputs: raw.incremental_inputs,
+        symlink_manifest: raw.symlink_manifest,
     })
 }

@@ -115,11 +115,18 @@ impl Auth {
     }
 }
 
-/// `user:password` from a basic auth value.
+/// `user:password` from a basic auth value, with or without base64's `=`
+/// padding: Go's Flight SQL driver (under ADBC) sends it unpadded, so a
+/// strict decoder refused every password whose `user:password` is not a
+/// multiple of 3 bytes long.
 pub fn decode_basic(value: &str) -> Option<(String, String)> {
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(value)
-        .ok()?;
+    use base64::engine::{general_purpose::GeneralPurpose, DecodePaddingMode};
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let bytes = LENIENT.decode(value).ok()?;
     let text = String::from_utf8(bytes).ok()?;
     let (u, p) = text.split_once(':')?;
     Some((u.to_string(), p.to_string()))
@@ -167,6 +174,28 @@ mod tests {
             auth.check_header(Some(&format!("Bearer {token}"))),
             Verdict::Allowed
         );
+
+        // Every length of `user:password` mod 3, padded and unpadded.
+        for password in ["p", "pw", "pwd", "pass", "passw", "s3cr3t!"] {
+            let auth = Auth::new("ana".into(), Some(password.into()), None);
+            let padded =
+                base64::engine::general_purpose::STANDARD.encode(format!("ana:{password}"));
+            let unpadded =
+                base64::engine::general_purpose::STANDARD_NO_PAD.encode(format!("ana:{password}"));
+            for value in [&padded, &unpadded] {
+                assert_eq!(
+                    auth.check_header(Some(&format!("Basic {value}"))),
+                    Verdict::Allowed,
+                    "{password} as {value}"
+                );
+            }
+            let wrong =
+                base64::engine::general_purpose::STANDARD_NO_PAD.encode(format!("ana:{password}x"));
+            assert_eq!(
+                auth.check_header(Some(&format!("Basic {wrong}"))),
+                Verdict::Wrong
+            );
+        }
 
         let open = Auth::new("x".into(), None, None);
         assert!(!open.required());

@@ -85,7 +85,8 @@ fn sql_info() -> Result<&'static SqlInfoData, Status> {
 pub fn status(e: &QueryError) -> Status {
     match e.kind {
         ErrorKind::Refused => Status::permission_denied(e.message.clone()),
-        ErrorKind::Invalid => Status::invalid_argument(e.message.clone()),
+        ErrorKind::Invalid | ErrorKind::TooComplex => Status::invalid_argument(e.message.clone()),
+        ErrorKind::NoSuchTable => Status::not_found(e.message.clone()),
         ErrorKind::Busy | ErrorKind::Memory => Status::resource_exhausted(e.message.clone()),
         ErrorKind::Timeout => Status::deadline_exceeded(e.message.clone()),
         ErrorKind::Failed => Status::internal(e.message.clone()),

@@ -74,7 +74,11 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 fn query_error(e: &QueryError) -> Response {
     let status = match e.kind {
         ErrorKind::Refused => StatusCode::FORBIDDEN,
-        ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+        // A statement naming an unknown table is a bad request, not a
+        // missing endpoint.
+        ErrorKind::Invalid | ErrorKind::TooComplex | ErrorKind::NoSuchTable => {
+            StatusCode::BAD_REQUEST
+        }
         ErrorKind::Busy => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorKind::Memory => StatusCode::INSUFFICIENT_STORAGE,

@@ -46,6 +46,10 @@ pub enum ErrorKind {
     Timeout,
     /// Went over the per-query memory limit.
     Memory,
+    /// Over the SQL size or expression depth limit.
+    TooComplex,
+    /// Names a table or schema that does not exist.
+    NoSuchTable,
     /// Failed while running.
     Failed,
 }
@@ -90,6 +94,10 @@ impl QueryError {
                 ErrorKind::Timeout
             }
             DataFusionError::ResourcesExhausted(_) => ErrorKind::Memory,
+            // DataFusion says so only in text: `table 'a.b.c' not found`.
+            DataFusionError::Plan(m) if m.starts_with("table '") && m.ends_with("' not found") => {
+                ErrorKind::NoSuchTable
+            }
             DataFusionError::SQL(..)
             | DataFusionError::Plan(_)
             | DataFusionError::SchemaError(..)
@@ -144,6 +152,10 @@ pub fn refusal(statement: &impl std::fmt::Display) -> QueryError {
 
 /// Parses exactly one statement and checks that it only reads.
 pub fn check_sql(sql: &str) -> std::result::Result<(), QueryError> {
+    crate::limits::check_sql_size(sql).map_err(|message| QueryError {
+        kind: ErrorKind::Invalid,
+        message,
+    })?;
     let statements =
         DFParser::parse_sql_with_dialect(sql, &PostgreSqlDialect {}).map_err(|e| QueryError {
             kind: ErrorKind::Invalid,
@@ -160,10 +172,18 @@ pub fn check_sql(sql: &str) -> std::result::Result<(), QueryError> {
 
 fn check_df_statement(statement: &DFStatement) -> std::result::Result<(), QueryError> {
     match statement {
-        DFStatement::Statement(s) if is_read_only(s) => Ok(()),
+        DFStatement::Statement(s) if is_read_only(s) => check_depth(s),
         DFStatement::Explain(e) => check_df_statement(&e.statement),
         other => Err(refusal(other)),
     }
+}
+
+/// Refuses a statement nested too deep to plan safely.
+pub fn check_depth(statement: &Statement) -> std::result::Result<(), QueryError> {
+    crate::limits::check_statement_depth(statement).map_err(|message| QueryError {
+        kind: ErrorKind::TooComplex,
+        message,
+    })
 }
 
 /// Read-only plan options: DataFusion itself refuses DDL, DML and

@@ -5,6 +5,7 @@
 mod corpus;
 mod crash;
 mod expected;
+mod folder_readers;
 #[path = "../../scripts/gen/src/lib.rs"]
 mod gen;
 mod incremental;

@@ -114,6 +114,7 @@ async fn replacing_partitions_leaves_other_partitions_untouched() {
         transactions: vec![],
         metadata: HashMap::new(),
         description: None,
+        symlink_manifest: false,
     };
     let write = |rows: Vec<(&'static str, i64)>| {
         let url = url.clone();

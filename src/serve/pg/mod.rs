@@ -18,6 +18,7 @@ use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{Set, Statement};
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
+use datafusion_postgres::hooks::cursor::CursorStatementHook;
 use datafusion_postgres::hooks::set_show::SetShowHook;
 use datafusion_postgres::hooks::transactions::TransactionStatementHook;
 use datafusion_postgres::hooks::HookClient;
@@ -37,6 +38,8 @@ use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tokio::net::TcpListener;
 
+mod copy;
+
 use super::{is_read_only, refusal, Auth, Engine, ErrorKind, QueryError, Shutdown};
 use crate::catalog::CATALOG;
 use crate::error::{Error, Result};
@@ -46,6 +49,13 @@ use crate::error::{Error, Result};
 pub fn install_catalog(ctx: &SessionContext) -> Result<()> {
     setup_pg_catalog(ctx, CATALOG, EmptyContextProvider)
         .map_err(|e| Error::Usage(format!("cannot set up pg_catalog: {e}")))?;
+    if let Some(catalog) = ctx.catalog(CATALOG) {
+        if let Some(inner) = catalog.schema("pg_catalog") {
+            catalog
+                .register_schema("pg_catalog", Arc::new(NoRoleSecrets { inner }))
+                .map_err(|e| Error::Usage(format!("cannot set up pg_catalog: {e}")))?;
+        }
+    }
     // Drivers (SQLAlchemy, JDBC) parse `version()` for a Postgres version.
     let version = format!(
         "PostgreSQL 16.6 (lakehouse {} on Apache DataFusion {})",
@@ -95,6 +105,39 @@ pub fn install_catalog(ctx: &SessionContext) -> Result<()> {
     ));
     ctx.add_optimizer_rule(Arc::new(LikeEscape));
     Ok(())
+}
+
+/// `pg_catalog` without the fixed `postgres` row and SCRAM verifier that
+/// datafusion-postgres ships in `pg_authid`: this server's one login lives
+/// in its own settings, and no client may read even a stand-in secret.
+#[derive(Debug)]
+struct NoRoleSecrets {
+    inner: Arc<dyn datafusion::catalog::SchemaProvider>,
+}
+
+#[async_trait]
+impl datafusion::catalog::SchemaProvider for NoRoleSecrets {
+    fn table_names(&self) -> Vec<String> {
+        self.inner.table_names()
+    }
+
+    async fn table(
+        &self,
+        name: &str,
+    ) -> datafusion::error::Result<Option<Arc<dyn datafusion::catalog::TableProvider>>> {
+        let table = self.inner.table(name).await?;
+        match table {
+            Some(t) if name.eq_ignore_ascii_case("pg_authid") => {
+                let empty = datafusion::datasource::MemTable::try_new(t.schema(), vec![vec![]])?;
+                Ok(Some(Arc::new(empty)))
+            }
+            other => Ok(other),
+        }
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.inner.table_exist(name)
+    }
 }
 
 /// `LIKE pattern ESCAPE '/'` with a constant pattern becomes the same match
@@ -351,6 +394,8 @@ impl PgHandlers {
         let ctx = Arc::new(engine.ctx.clone());
         let hooks: Vec<Arc<dyn QueryHook>> = vec![
             Arc::new(Guard { engine }),
+            Arc::new(copy::CopyOut),
+            Arc::new(CursorStatementHook),
             Arc::new(SetShowHook),
             Arc::new(TransactionStatementHook),
         ];
@@ -501,7 +546,16 @@ enum Decision {
 
 fn decide(statement: &Statement) -> Decision {
     match statement {
-        s if is_read_only(s) => Decision::Pass,
+        // Queries, and the bulk and cursor forms of a query: `COPY … TO
+        // STDOUT` (answered by `copy::CopyOut`), `DECLARE … CURSOR FOR
+        // query`, `FETCH` and `CLOSE` (datafusion-postgres's cursor hook).
+        s if is_read_only(s) || copy::is_copy_out(s) || is_cursor_declaration(s) => {
+            match super::check_depth(s) {
+                Ok(()) => Decision::Pass,
+                Err(e) => Decision::Refuse(e),
+            }
+        }
+        Statement::Fetch { .. } | Statement::Close { .. } => Decision::Pass,
         Statement::StartTransaction { .. }
         | Statement::Commit { .. }
         | Statement::Rollback { .. } => Decision::Pass,
@@ -527,13 +581,26 @@ fn decide(statement: &Statement) -> Decision {
     }
 }
 
+/// `DECLARE name CURSOR FOR query`: only ever a query.
+fn is_cursor_declaration(statement: &Statement) -> bool {
+    use datafusion::sql::sqlparser::ast::DeclareType;
+    match statement {
+        Statement::Declare { stmts } => stmts
+            .iter()
+            .all(|d| d.declare_type == Some(DeclareType::Cursor) && d.for_query.is_some()),
+        _ => false,
+    }
+}
+
 fn pg_error(e: &QueryError) -> PgWireError {
     let code = match e.kind {
-        ErrorKind::Refused => "25006", // read_only_sql_transaction
-        ErrorKind::Invalid => "42601", // syntax_error (or undefined object; close enough for clients)
-        ErrorKind::Busy => "53300",    // too_many_connections
-        ErrorKind::Timeout => "57014", // query_canceled
-        ErrorKind::Memory => "53200",  // out_of_memory
+        ErrorKind::Refused => "25006",     // read_only_sql_transaction
+        ErrorKind::Invalid => "42601",     // syntax_error
+        ErrorKind::NoSuchTable => "42P01", // undefined_table
+        ErrorKind::TooComplex => "54001",  // statement_too_complex
+        ErrorKind::Busy => "53300",        // too_many_connections
+        ErrorKind::Timeout => "57014",     // query_canceled
+        ErrorKind::Memory => "53200",      // out_of_memory
         ErrorKind::Failed => "XX000",
     };
     PgWireError::UserError(Box::new(ErrorInfo::new(

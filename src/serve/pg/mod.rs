@@ -39,6 +39,7 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tokio::net::TcpListener;
 
 mod copy;
+mod rewrite;
 
 use super::{is_read_only, refusal, Auth, Engine, ErrorKind, QueryError, Shutdown};
 use crate::catalog::CATALOG;
@@ -103,13 +104,38 @@ pub fn install_catalog(ctx: &SessionContext) -> Result<()> {
             ))
         }),
     ));
+    ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
+        GenerateSubscripts::new(),
+    ));
+    ctx.register_udf(current_setting());
+    // Definitions of objects a lake never has (indexes, triggers, rules,
+    // constraints): NULL, as Postgres answers for an OID that is none.
+    for name in [
+        "pg_get_indexdef",
+        "pg_get_triggerdef",
+        "pg_get_ruledef",
+        "pg_get_constraintdef",
+    ] {
+        use datafusion::execution::FunctionRegistry;
+        if ctx.udf(name).is_err() {
+            ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
+                NoDefinition::new(name),
+            ));
+        }
+    }
     ctx.add_optimizer_rule(Arc::new(LikeEscape));
     Ok(())
 }
 
-/// `pg_catalog` without the fixed `postgres` row and SCRAM verifier that
-/// datafusion-postgres ships in `pg_authid`: this server's one login lives
-/// in its own settings, and no client may read even a stand-in secret.
+/// datafusion-postgres's `pg_catalog`, with two tables replaced:
+/// - `pg_authid` is empty: datafusion-postgres ships a fixed `postgres` row
+///   with a SCRAM verifier; this server's one login lives in its own
+///   settings, and no client may read even a stand-in secret.
+/// - `pg_index` is empty (lake tables have no indexes; the shipped rows
+///   describe a real Postgres's own catalogs, which do not exist here) and
+///   types `indkey`, `indclass`, `indcollation` and `indoption` as arrays,
+///   as Postgres does, so the reflection queries of SQLAlchemy and pgjdbc
+///   (`unnest(indkey)`, `_pg_expandarray`) plan.
 #[derive(Debug)]
 struct NoRoleSecrets {
     inner: Arc<dyn datafusion::catalog::SchemaProvider>,
@@ -126,10 +152,67 @@ impl datafusion::catalog::SchemaProvider for NoRoleSecrets {
         name: &str,
     ) -> datafusion::error::Result<Option<Arc<dyn datafusion::catalog::TableProvider>>> {
         let table = self.inner.table(name).await?;
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
         match table {
             Some(t) if name.eq_ignore_ascii_case("pg_authid") => {
                 let empty = datafusion::datasource::MemTable::try_new(t.schema(), vec![vec![]])?;
                 Ok(Some(Arc::new(empty)))
+            }
+            Some(t) if name.eq_ignore_ascii_case("pg_index") => {
+                let fields: Vec<Field> = t
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| {
+                        let element = match f.name().as_str() {
+                            "indkey" | "indoption" => Some(DataType::Int16),
+                            "indclass" | "indcollation" => Some(DataType::Int32),
+                            _ => None,
+                        };
+                        match element {
+                            Some(e) => Field::new(f.name(), DataType::new_list(e, true), true),
+                            None => f.as_ref().clone(),
+                        }
+                    })
+                    .collect();
+                let empty = datafusion::datasource::MemTable::try_new(
+                    Arc::new(Schema::new(fields)),
+                    vec![vec![]],
+                )?;
+                Ok(Some(Arc::new(empty)))
+            }
+            Some(t)
+                if name.eq_ignore_ascii_case("pg_class")
+                    && t.schema().index_of("reloptions").is_err() =>
+            {
+                // Storage options of a relation: none here. SQLAlchemy's
+                // index reflection selects the column.
+                use datafusion::logical_expr::{cast, lit, LogicalPlanBuilder};
+                let columns: Vec<datafusion::logical_expr::Expr> = t
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| {
+                        datafusion::prelude::col(datafusion::common::Column::from_name(f.name()))
+                    })
+                    .chain(std::iter::once(
+                        cast(
+                            lit(datafusion::scalar::ScalarValue::Null),
+                            DataType::new_list(DataType::Utf8, true),
+                        )
+                        .alias("reloptions"),
+                    ))
+                    .collect();
+                let plan = LogicalPlanBuilder::scan(
+                    "pg_class",
+                    datafusion::datasource::provider_as_source(t),
+                    None,
+                )?
+                .project(columns)?
+                .build()?;
+                Ok(Some(Arc::new(datafusion::catalog::view::ViewTable::new(
+                    plan, None,
+                ))))
             }
             other => Ok(other),
         }
@@ -274,6 +357,177 @@ impl datafusion::logical_expr::ScalarUDFImpl for JsonBuildObject {
             out.finish(),
         )))
     }
+}
+
+/// `generate_subscripts(array, dim)` as catalog queries use it, beside
+/// `unnest` over `pg_index.indkey` (SQLAlchemy's index and constraint
+/// reflection). In Postgres it returns a set; DataFusion has no
+/// set-returning scalar functions, so this one plans (as integer) and answers
+/// only arrays that have no elements, such as those of this server's empty
+/// `pg_index`. Any other array is an error, never a wrong number.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct GenerateSubscripts {
+    signature: datafusion::logical_expr::Signature,
+}
+
+impl GenerateSubscripts {
+    fn new() -> Self {
+        Self {
+            signature: datafusion::logical_expr::Signature::any(
+                2,
+                datafusion::logical_expr::Volatility::Immutable,
+            ),
+        }
+    }
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for GenerateSubscripts {
+    fn name(&self) -> &str {
+        "generate_subscripts"
+    }
+
+    fn signature(&self) -> &datafusion::logical_expr::Signature {
+        &self.signature
+    }
+
+    fn return_type(
+        &self,
+        _args: &[datafusion::arrow::datatypes::DataType],
+    ) -> datafusion::error::Result<datafusion::arrow::datatypes::DataType> {
+        Ok(datafusion::arrow::datatypes::DataType::Int32)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> datafusion::error::Result<datafusion::logical_expr::ColumnarValue> {
+        use datafusion::arrow::array::{Array, Int32Array};
+        let arrays = datafusion::logical_expr::ColumnarValue::values_to_arrays(&args.args)?;
+        let lengths = datafusion::arrow::compute::kernels::length::length(&arrays[0])
+            .ok()
+            .and_then(|l| {
+                datafusion::arrow::compute::cast(&l, &datafusion::arrow::datatypes::DataType::Int64)
+                    .ok()
+            });
+        let has_elements = match &lengths {
+            Some(l) => {
+                let l = l
+                    .as_any()
+                    .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                    .map(|a| a.iter().any(|v| v.unwrap_or(0) > 0));
+                l.unwrap_or(true)
+            }
+            None => arrays[0].null_count() < arrays[0].len(),
+        };
+        if has_elements {
+            return Err(DataFusionError::NotImplemented(
+                "generate_subscripts() over a non-empty array: set-returning functions are not \
+                 supported here; use unnest() and row_number() instead"
+                    .into(),
+            ));
+        }
+        Ok(datafusion::logical_expr::ColumnarValue::Array(Arc::new(
+            Int32Array::new_null(args.number_rows),
+        )))
+    }
+}
+
+/// A `pg_get_*def(oid, …)` for objects that do not exist here: NULL.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct NoDefinition {
+    name: &'static str,
+    signature: datafusion::logical_expr::Signature,
+}
+
+impl NoDefinition {
+    fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            signature: datafusion::logical_expr::Signature::variadic_any(
+                datafusion::logical_expr::Volatility::Immutable,
+            ),
+        }
+    }
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for NoDefinition {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &datafusion::logical_expr::Signature {
+        &self.signature
+    }
+
+    fn return_type(
+        &self,
+        _args: &[datafusion::arrow::datatypes::DataType],
+    ) -> datafusion::error::Result<datafusion::arrow::datatypes::DataType> {
+        Ok(datafusion::arrow::datatypes::DataType::Utf8)
+    }
+
+    fn invoke_with_args(
+        &self,
+        _args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> datafusion::error::Result<datafusion::logical_expr::ColumnarValue> {
+        Ok(datafusion::logical_expr::ColumnarValue::Scalar(
+            datafusion::scalar::ScalarValue::Utf8(None),
+        ))
+    }
+}
+
+/// The server settings `current_setting(name)` reports (pandas, SQLAlchemy
+/// and JDBC ask for a few); any other name is Postgres's error 42704.
+fn setting(name: &str) -> Option<&'static str> {
+    Some(match name.trim().to_ascii_lowercase().as_str() {
+        "standard_conforming_strings"
+        | "integer_datetimes"
+        | "default_transaction_read_only"
+        | "transaction_read_only" => "on",
+        "server_version" => "16.6",
+        "server_version_num" => "160006",
+        "server_encoding" | "client_encoding" => "UTF8",
+        "datestyle" => "ISO, MDY",
+        "intervalstyle" => "postgres",
+        "timezone" => "UTC",
+        "search_path" => "gold",
+        "max_identifier_length" => "63",
+        "transaction_isolation" | "default_transaction_isolation" => "read committed",
+        "is_superuser" => "off",
+        "lc_collate" | "lc_ctype" => "C.UTF-8",
+        _ => return None,
+    })
+}
+
+fn current_setting() -> datafusion::logical_expr::ScalarUDF {
+    use datafusion::arrow::array::{Array, StringArray};
+    use datafusion::arrow::datatypes::DataType;
+    use datafusion::logical_expr::ColumnarValue;
+    datafusion::logical_expr::create_udf(
+        "current_setting",
+        vec![DataType::Utf8],
+        DataType::Utf8,
+        datafusion::logical_expr::Volatility::Stable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let names = datafusion::common::cast::as_string_array(&arrays[0])?;
+            let mut out = Vec::with_capacity(names.len());
+            for name in names.iter() {
+                match name {
+                    None => out.push(None),
+                    Some(n) => match setting(n) {
+                        Some(v) => out.push(Some(v)),
+                        None => {
+                            return Err(DataFusionError::Plan(format!(
+                                "unrecognized configuration parameter \"{n}\""
+                            )))
+                        }
+                    },
+                }
+            }
+            Ok(ColumnarValue::Array(Arc::new(StringArray::from(out))))
+        }),
+    )
 }
 
 /// `to_regtype(name)`: the OID of a built-in type, NULL for any other name
@@ -616,18 +870,58 @@ struct Guard {
     engine: Arc<Engine>,
 }
 
+impl Guard {
+    /// Plans a statement the rewrite rules changed.
+    async fn plan(&self, statement: Statement) -> PgWireResult<LogicalPlan> {
+        let state = self.engine.ctx.state();
+        let plan = state
+            .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
+                statement,
+            )))
+            .await
+            .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+        super::read_only_options()
+            .verify_plan(&plan)
+            .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+        Ok(plan)
+    }
+
+    /// Runs a statement the rewrite rules changed (simple protocol).
+    async fn answer(
+        &self,
+        statement: &Statement,
+        client: &mut dyn HookClient,
+    ) -> PgWireResult<Response> {
+        use datafusion_postgres::arrow_pg::datatypes::df::encode_dataframe;
+        let plan = self.plan(statement.clone()).await?;
+        let df = self
+            .engine
+            .ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+        let options = Arc::new(pgwire::types::format::FormatOptions::from_client_metadata(
+            client.metadata(),
+        ));
+        let response =
+            encode_dataframe(df, &pgwire::api::portal::Format::UnifiedText, Some(options)).await?;
+        Ok(Response::Query(response))
+    }
+}
+
 #[async_trait]
 impl QueryHook for Guard {
     async fn handle_simple_query(
         &self,
         statement: &Statement,
         _ctx: &SessionContext,
-        _client: &mut dyn HookClient,
+        client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
         match decide(statement) {
             Decision::Pass => {
                 self.engine.refresh().await;
-                None
+                let rewritten = rewrite::rewrite(statement)?;
+                Some(self.answer(&rewritten, client).await)
             }
             Decision::IgnoreSet => Some(Ok(Response::Execution(Tag::new("SET")))),
             Decision::Acknowledge(tag) => Some(Ok(Response::Execution(Tag::new(tag)))),
@@ -642,7 +936,12 @@ impl QueryHook for Guard {
         _client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
         match decide(statement) {
-            Decision::Pass | Decision::IgnoreSet => {
+            Decision::Pass => {
+                self.engine.refresh().await;
+                let rewritten = rewrite::rewrite(statement)?;
+                Some(self.plan(rewritten).await)
+            }
+            Decision::IgnoreSet => {
                 self.engine.refresh().await;
                 None
             }

@@ -1,0 +1,298 @@
+//! Rewrites of the catalog queries BI tools and drivers send that Postgres
+//! plans and DataFusion does not, applied to the parsed statement before it
+//! is planned. Each rule is narrow: it touches only subqueries over
+//! `pg_catalog`/`information_schema` tables, so a user's own query over lake
+//! tables is never changed behind their back.
+//!
+//! - A correlated scalar subquery that is not an aggregate (SQLAlchemy's
+//!   column reflection: `(SELECT pg_get_expr(d.adbin, …) FROM pg_attrdef d
+//!   WHERE d.adrelid = a.attrelid …)`): Postgres checks at run time that it
+//!   returns at most one row; DataFusion refuses to plan it. Wrapped in
+//!   `max(…)`, it plans, and gives the same value whenever Postgres would
+//!   give one (zero or one row).
+//! - A scalar subquery reading a catalog table this server keeps empty
+//!   ([`EMPTY_TABLES`]: no defaults, sequences, indexes, triggers or
+//!   inheritance exist in a lake) is `NULL`, which is what it returns; the
+//!   correlated forms of these (SQLAlchemy's identity and default columns)
+//!   are ones DataFusion cannot decorrelate.
+
+use std::ops::ControlFlow;
+
+use datafusion::sql::sqlparser::ast::{
+    Expr, GroupByExpr, ObjectName, Query, SelectItem, SetExpr, Statement, TableFactor, VisitMut,
+    VisitorMut,
+};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+
+/// The statement with the rules applied, or `None` when no rule applies.
+pub fn rewrite(statement: &Statement) -> Option<Statement> {
+    let mut s = statement.clone();
+    let mut rules = Rules { changed: false };
+    let _ = s.visit(&mut rules);
+    rules.changed.then_some(s)
+}
+
+struct Rules {
+    changed: bool,
+}
+
+/// Catalog tables that are empty on this server (checked by
+/// `tests/it/serve.rs`).
+pub const EMPTY_TABLES: &[&str] = &[
+    "pg_attrdef",
+    "pg_sequence",
+    "pg_index",
+    "pg_trigger",
+    "pg_inherits",
+    "pg_statistic_ext",
+];
+
+const AGGREGATES: &[&str] = &[
+    "count",
+    "max",
+    "min",
+    "sum",
+    "avg",
+    "array_agg",
+    "string_agg",
+    "bool_and",
+    "bool_or",
+    "every",
+    "first_value",
+    "last_value",
+    "json_agg",
+    "jsonb_agg",
+];
+
+fn is_catalog_table(name: &ObjectName) -> bool {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .map(|p| p.to_string().trim_matches('"').to_ascii_lowercase())
+        .collect();
+    match parts.as_slice() {
+        [table] => table.starts_with("pg_"),
+        [.., schema, _] => schema == "pg_catalog" || schema == "information_schema",
+        [] => false,
+    }
+}
+
+fn only_catalog_tables(query: &Query) -> bool {
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return false;
+    };
+    let factors = select
+        .from
+        .iter()
+        .flat_map(|t| std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation)));
+    let mut any = false;
+    for f in factors {
+        match f {
+            TableFactor::Table { name, .. } if is_catalog_table(name) => any = true,
+            _ => return false,
+        }
+    }
+    any
+}
+
+/// Whether the subquery's rows come from a join in which an always-empty
+/// catalog table takes part (its first table, or one inner-joined).
+fn reads_empty_table(query: &Query) -> bool {
+    use datafusion::sql::sqlparser::ast::JoinOperator;
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return false;
+    };
+    if !only_catalog_tables(query) || select.from.len() != 1 {
+        return false;
+    }
+    let empty = |f: &TableFactor| match f {
+        TableFactor::Table { name, .. } => name.0.last().is_some_and(|p| {
+            EMPTY_TABLES.contains(
+                &p.to_string()
+                    .trim_matches('"')
+                    .to_ascii_lowercase()
+                    .as_str(),
+            )
+        }),
+        _ => false,
+    };
+    let from = &select.from[0];
+    empty(&from.relation)
+        || from.joins.iter().any(|j| {
+            matches!(
+                j.join_operator,
+                JoinOperator::Inner(_) | JoinOperator::Join(_)
+            ) && empty(&j.relation)
+        })
+}
+
+fn is_aggregate(expr: &Expr) -> bool {
+    match expr {
+        Expr::Function(f) => {
+            let name = f
+                .name
+                .0
+                .last()
+                .map(|p| p.to_string().to_ascii_lowercase())
+                .unwrap_or_default();
+            AGGREGATES.contains(&name.as_str())
+        }
+        Expr::Nested(e) | Expr::Cast { expr: e, .. } => is_aggregate(e),
+        _ => false,
+    }
+}
+
+fn wrapped_in_max(expr: &Expr) -> Option<Expr> {
+    Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(&format!("max({expr})"))
+        .ok()?
+        .parse_expr()
+        .ok()
+}
+
+/// `NULL`, in a form that still names every bound parameter the subquery
+/// named (with its cast), so that parameter numbers and types stay as the
+/// client sent them: `CASE WHEN $2::VARCHAR IS NULL AND … AND FALSE THEN NULL END`.
+fn null_keeping_parameters(query: &Query) -> Expr {
+    use datafusion::sql::sqlparser::ast::{Value, Visit, Visitor};
+    struct Params(Vec<String>, Vec<String>);
+    impl Visitor for Params {
+        type Break = ();
+        fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+            match e {
+                Expr::Cast { expr, .. } => {
+                    if let Expr::Value(v) = expr.as_ref() {
+                        if let Value::Placeholder(p) = &v.value {
+                            self.0.push(e.to_string());
+                            self.1.push(p.clone());
+                        }
+                    }
+                }
+                Expr::Value(v) => {
+                    if let Value::Placeholder(p) = &v.value {
+                        if !self.1.contains(p) {
+                            self.0.push(p.clone());
+                            self.1.push(p.clone());
+                        }
+                    }
+                }
+                _ => {}
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let null = Expr::Value(Value::Null.into());
+    let mut params = Params(vec![], vec![]);
+    let _ = query.visit(&mut params);
+    if params.0.is_empty() {
+        return null;
+    }
+    let conditions: Vec<String> = params.0.iter().map(|p| format!("({p}) IS NULL")).collect();
+    let sql = format!(
+        "CASE WHEN {} AND FALSE THEN NULL END",
+        conditions.join(" AND ")
+    );
+    Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(&sql)
+        .and_then(|mut p| p.parse_expr())
+        .unwrap_or(null)
+}
+
+/// Wraps the one output of a catalog scalar subquery in `max(…)`.
+fn aggregate_scalar_subquery(query: &mut Query) -> bool {
+    if query.limit_clause.is_some() || query.fetch.is_some() || !only_catalog_tables(query) {
+        return false;
+    }
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return false;
+    };
+    let grouped = !matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty());
+    if grouped || select.having.is_some() || select.projection.len() != 1 {
+        return false;
+    }
+    let expr = match &mut select.projection[0] {
+        SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
+        _ => return false,
+    };
+    if is_aggregate(expr) {
+        return false;
+    }
+    match wrapped_in_max(expr) {
+        Some(wrapped) => {
+            *expr = wrapped;
+            true
+        }
+        None => false,
+    }
+}
+
+impl VisitorMut for Rules {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        if let Expr::Subquery(query) = expr {
+            if reads_empty_table(query) {
+                *expr = null_keeping_parameters(query);
+                self.changed = true;
+            } else if aggregate_scalar_subquery(query) {
+                self.changed = true;
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(sql: &str) -> Statement {
+        Parser::parse_sql(&PostgreSqlDialect {}, sql)
+            .unwrap()
+            .remove(0)
+    }
+
+    #[test]
+    fn catalog_scalar_subqueries_are_aggregated() {
+        let s = one(
+            "SELECT a.attname, (SELECT t.typcollation FROM pg_catalog.pg_type t \
+             WHERE t.oid = a.atttypid) AS coll FROM pg_catalog.pg_attribute a",
+        );
+        let r = rewrite(&s).expect("rewritten").to_string();
+        assert!(
+            r.contains("(SELECT max(t.typcollation) FROM pg_catalog.pg_type t WHERE"),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn subqueries_over_always_empty_catalog_tables_are_null() {
+        let s = one(
+            "SELECT CASE WHEN a.atthasdef THEN (SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid)              FROM pg_catalog.pg_attrdef d WHERE d.adrelid = a.attrelid) ELSE NULL END FROM pg_catalog.pg_attribute a",
+        );
+        let r = rewrite(&s).expect("rewritten").to_string();
+        assert!(r.contains("THEN NULL ELSE NULL"), "{r}");
+        // Bound parameters inside keep their numbers and casts.
+        let s = one(
+            "SELECT $1::INT, CASE WHEN a.attidentity != $2::VARCHAR THEN (SELECT json_build_object($3::VARCHAR, s.seqstart)              FROM pg_catalog.pg_sequence s WHERE a.attidentity != $4) ELSE NULL END, $5::VARCHAR FROM pg_catalog.pg_attribute a",
+        );
+        let r = rewrite(&s).expect("rewritten").to_string();
+        assert!(
+            r.contains("THEN CASE WHEN ($3::VARCHAR) IS NULL AND ($4) IS NULL AND false THEN NULL END ELSE NULL END"),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn queries_over_lake_tables_and_aggregates_are_left_alone() {
+        for sql in [
+            "SELECT (SELECT region FROM gold.daily_region_sales s WHERE s.orders = t.orders) FROM gold.t t",
+            "SELECT (SELECT count(*) FROM pg_catalog.pg_class c WHERE c.oid = a.attrelid) FROM pg_catalog.pg_attribute a",
+            "SELECT (SELECT relname FROM pg_catalog.pg_class LIMIT 1)",
+            "SELECT 1",
+        ] {
+            assert!(rewrite(&one(sql)).is_none(), "{sql}");
+        }
+    }
+}

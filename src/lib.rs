@@ -12,6 +12,7 @@ pub mod limits;
 pub mod lock;
 pub mod manifest;
 pub mod model;
+pub mod pg_bool;
 pub mod pg_patterns;
 pub mod pipeline;
 pub mod quality;

@@ -72,8 +72,13 @@ pub async fn build(
         Some(limits) => Arc::new(LimitedPlanner::new(planner, limits.clone())),
         None => planner,
     };
+    // Postgres's boolean literals are resolved before type coercion sees them.
+    let mut analyzer_rules: Vec<Arc<dyn datafusion::optimizer::AnalyzerRule + Send + Sync>> =
+        vec![crate::pg_bool::BooleanLiterals::new()];
+    analyzer_rules.extend(datafusion::optimizer::Analyzer::new().rules);
     let state = SessionStateBuilder::new()
         .with_default_features()
+        .with_analyzer_rules(analyzer_rules)
         .with_config(config)
         .with_runtime_env(runtime.clone())
         .with_query_planner(planner)

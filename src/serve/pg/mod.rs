@@ -108,6 +108,23 @@ pub fn install_catalog(ctx: &SessionContext) -> Result<()> {
         GenerateSubscripts::new(),
     ));
     ctx.register_udf(current_setting());
+    // Every type lives in pg_catalog, which is always on the search path.
+    ctx.register_udf(datafusion::logical_expr::create_udf(
+        "pg_type_is_visible",
+        vec![datafusion::arrow::datatypes::DataType::Int64],
+        datafusion::arrow::datatypes::DataType::Boolean,
+        datafusion::logical_expr::Volatility::Stable,
+        Arc::new(|args: &[datafusion::logical_expr::ColumnarValue]| {
+            use datafusion::arrow::array::{Array, BooleanArray};
+            let arrays = datafusion::logical_expr::ColumnarValue::values_to_arrays(args)?;
+            let out: BooleanArray = (0..arrays[0].len())
+                .map(|i| (!arrays[0].is_null(i)).then_some(true))
+                .collect();
+            Ok(datafusion::logical_expr::ColumnarValue::Array(Arc::new(
+                out,
+            )))
+        }),
+    ));
     // Definitions of objects a lake never has (indexes, triggers, rules,
     // constraints): NULL, as Postgres answers for an OID that is none.
     for name in [
@@ -131,11 +148,13 @@ pub fn install_catalog(ctx: &SessionContext) -> Result<()> {
 /// - `pg_authid` is empty: datafusion-postgres ships a fixed `postgres` row
 ///   with a SCRAM verifier; this server's one login lives in its own
 ///   settings, and no client may read even a stand-in secret.
-/// - `pg_index` is empty (lake tables have no indexes; the shipped rows
-///   describe a real Postgres's own catalogs, which do not exist here) and
-///   types `indkey`, `indclass`, `indcollation` and `indoption` as arrays,
-///   as Postgres does, so the reflection queries of SQLAlchemy and pgjdbc
-///   (`unnest(indkey)`, `_pg_expandarray`) plan.
+/// - `pg_index` and `pg_constraint` are empty (lake tables have no indexes
+///   or constraints; the shipped rows describe a real Postgres's own
+///   catalogs, which do not exist here) and type their column-number and
+///   operator lists (`indkey`, `conkey`, …) as arrays, as Postgres does, so
+///   the reflection queries of SQLAlchemy and pgjdbc (`unnest(indkey)`,
+///   `attnum = ANY(conkey)`, `_pg_expandarray`) plan.
+/// - `pg_class` gains `reloptions` (always NULL here).
 #[derive(Debug)]
 struct NoRoleSecrets {
     inner: Arc<dyn datafusion::catalog::SchemaProvider>,
@@ -158,23 +177,28 @@ impl datafusion::catalog::SchemaProvider for NoRoleSecrets {
                 let empty = datafusion::datasource::MemTable::try_new(t.schema(), vec![vec![]])?;
                 Ok(Some(Arc::new(empty)))
             }
-            Some(t) if name.eq_ignore_ascii_case("pg_index") => {
-                let fields: Vec<Field> = t
-                    .schema()
-                    .fields()
-                    .iter()
-                    .map(|f| {
-                        let element = match f.name().as_str() {
-                            "indkey" | "indoption" => Some(DataType::Int16),
-                            "indclass" | "indcollation" => Some(DataType::Int32),
-                            _ => None,
-                        };
-                        match element {
-                            Some(e) => Field::new(f.name(), DataType::new_list(e, true), true),
-                            None => f.as_ref().clone(),
-                        }
-                    })
-                    .collect();
+            Some(t)
+                if name.eq_ignore_ascii_case("pg_index")
+                    || name.eq_ignore_ascii_case("pg_constraint") =>
+            {
+                let fields: Vec<Field> =
+                    t.schema()
+                        .fields()
+                        .iter()
+                        .map(|f| {
+                            let element = match f.name().as_str() {
+                                "indkey" | "indoption" | "conkey" | "confkey"
+                                | "confdelsetcols" => Some(DataType::Int16),
+                                "indclass" | "indcollation" | "conpfeqop" | "conppeqop"
+                                | "conffeqop" | "conexclop" => Some(DataType::Int32),
+                                _ => None,
+                            };
+                            match element {
+                                Some(e) => Field::new(f.name(), DataType::new_list(e, true), true),
+                                None => f.as_ref().clone(),
+                            }
+                        })
+                        .collect();
                 let empty = datafusion::datasource::MemTable::try_new(
                     Arc::new(Schema::new(fields)),
                     vec![vec![]],

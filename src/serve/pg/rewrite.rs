@@ -46,6 +46,7 @@ pub const EMPTY_TABLES: &[&str] = &[
     "pg_trigger",
     "pg_inherits",
     "pg_statistic_ext",
+    "pg_constraint",
 ];
 
 const AGGREGATES: &[&str] = &[

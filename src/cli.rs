@@ -324,7 +324,7 @@ pub async fn dispatch(cli: Cli) -> Result<bool> {
             };
             let lake = open_existing(&cli.lake, &config)?;
             let engine = crate::serve::Engine::new(lake, &options).await?;
-            crate::serve::pg::install_catalog(&engine.ctx)?;
+            crate::serve::pg::install_catalog(&engine.ctx).await?;
             let auth = crate::serve::Auth::new(
                 args.user.unwrap_or_else(|| "lakehouse".into()),
                 args.password,

@@ -10,6 +10,16 @@
 //!   returns at most one row; DataFusion refuses to plan it. Wrapped in
 //!   `max(…)`, it plans, and gives the same value whenever Postgres would
 //!   give one (zero or one row).
+//! - `(expression).field`, Postgres's access to a field of a composite
+//!   (pgjdbc: `(information_schema._pg_expandarray(i.indkey)).n`), becomes
+//!   `(expression)['field']`, the form DataFusion plans.
+//! - `pg_type`'s function columns (`typinput`, `typreceive`, …) hold the
+//!   function's name, as Postgres prints a `regproc`; Postgres also compares
+//!   them as OIDs. `typreceive != 0` (the ADBC Postgres driver) becomes
+//!   `typreceive != '-'` (Postgres prints OID 0 as `-`), and
+//!   `typinput = 'pg_catalog.array_in'::regproc` (pgjdbc), which
+//!   datafusion-postgres turns into an OID lookup in `pg_proc`, becomes
+//!   `typinput = 'array_in'`.
 //! - A scalar subquery reading a catalog table this server keeps empty
 //!   ([`EMPTY_TABLES`]: no defaults, sequences, indexes, triggers or
 //!   inheritance exist in a lake) is `NULL`, which is what it returns; the
@@ -28,13 +38,18 @@ use datafusion::sql::sqlparser::parser::Parser;
 /// The statement with the rules applied, or `None` when no rule applies.
 pub fn rewrite(statement: &Statement) -> Option<Statement> {
     let mut s = statement.clone();
-    let mut rules = Rules { changed: false };
+    let mut rules = Rules {
+        changed: false,
+        pg_type: reads_pg_type(statement),
+    };
     let _ = s.visit(&mut rules);
     rules.changed.then_some(s)
 }
 
 struct Rules {
     changed: bool,
+    /// The statement reads `pg_type`: its regproc columns may be compared.
+    pg_type: bool,
 }
 
 /// Catalog tables that are empty on this server (checked by
@@ -48,6 +63,118 @@ pub const EMPTY_TABLES: &[&str] = &[
     "pg_statistic_ext",
     "pg_constraint",
 ];
+
+/// `pg_type`'s `regproc` columns.
+const REGPROC: &[&str] = &[
+    "typinput",
+    "typoutput",
+    "typreceive",
+    "typsend",
+    "typmodin",
+    "typmodout",
+    "typanalyze",
+];
+
+fn is_regproc_column(e: &Expr) -> bool {
+    let name = match e {
+        Expr::Identifier(i) => &i.value,
+        Expr::CompoundIdentifier(parts) => match parts.last() {
+            Some(i) => &i.value,
+            None => return false,
+        },
+        _ => return false,
+    };
+    REGPROC.contains(&name.to_ascii_lowercase().as_str())
+}
+
+/// `'name'` for `(SELECT oid FROM pg_catalog.pg_proc WHERE proname = 'pg_catalog.name')`.
+fn proc_name_lookup(e: &Expr) -> Option<String> {
+    use datafusion::sql::sqlparser::ast::{BinaryOperator, Value};
+    let Expr::Subquery(q) = e else { return None };
+    let SetExpr::Select(s) = q.body.as_ref() else {
+        return None;
+    };
+    let reads_pg_proc = s.from.len() == 1
+        && matches!(&s.from[0].relation, TableFactor::Table { name, .. }
+            if name.0.last().is_some_and(|p| p.to_string().eq_ignore_ascii_case("pg_proc")));
+    if !reads_pg_proc {
+        return None;
+    }
+    match s.selection.as_ref()? {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Eq,
+            right,
+        } if matches!(left.as_ref(), Expr::Identifier(i) if i.value.eq_ignore_ascii_case("proname")) => {
+            match right.as_ref() {
+                Expr::Value(v) => match &v.value {
+                    Value::SingleQuotedString(n) => {
+                        Some(n.strip_prefix("pg_catalog.").unwrap_or(n).to_string())
+                    }
+                    _ => None,
+                },
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The regproc comparison rules, on one comparison.
+fn regproc_comparison(expr: &mut Expr) -> bool {
+    use datafusion::sql::sqlparser::ast::{BinaryOperator, Value};
+    let Expr::BinaryOp { left, op, right } = expr else {
+        return false;
+    };
+    if !matches!(op, BinaryOperator::Eq | BinaryOperator::NotEq) {
+        return false;
+    }
+    let replacement = |column: &Expr, other: &Expr| -> Option<Expr> {
+        if !is_regproc_column(column) {
+            return None;
+        }
+        let zero =
+            matches!(other, Expr::Value(v) if matches!(&v.value, Value::Number(n, _) if n == "0"));
+        let name = if zero {
+            "-".to_string()
+        } else {
+            proc_name_lookup(other)?
+        };
+        Some(Expr::Value(Value::SingleQuotedString(name).into()))
+    };
+    if let Some(r) = replacement(left, right) {
+        **right = r;
+        return true;
+    }
+    if let Some(l) = replacement(right, left) {
+        **left = l;
+        return true;
+    }
+    false
+}
+
+/// Whether the statement reads `pg_type`.
+fn reads_pg_type(statement: &Statement) -> bool {
+    use datafusion::sql::sqlparser::ast::{Visit, Visitor};
+    struct Finder(bool);
+    impl Visitor for Finder {
+        type Break = ();
+        fn pre_visit_relation(&mut self, name: &ObjectName) -> ControlFlow<()> {
+            if name
+                .0
+                .last()
+                .is_some_and(|p| p.to_string().eq_ignore_ascii_case("pg_type"))
+            {
+                self.0 = true;
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut f = Finder(false);
+    let _ = statement.visit(&mut f);
+    f.0
+}
 
 const AGGREGATES: &[&str] = &[
     "count",
@@ -232,6 +359,25 @@ impl VisitorMut for Rules {
     type Break = ();
 
     fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        if self.pg_type && regproc_comparison(expr) {
+            self.changed = true;
+        }
+        if let Expr::CompoundFieldAccess { root, access_chain } = expr {
+            use datafusion::sql::sqlparser::ast::{AccessExpr, Subscript, Value};
+            // `t.col[1]` (a column path) is DataFusion's already; only a
+            // computed composite needs the subscript form.
+            let computed = !matches!(
+                root.as_ref(),
+                Expr::Identifier(_) | Expr::CompoundIdentifier(_)
+            );
+            for access in access_chain.iter_mut().filter(|_| computed) {
+                if let AccessExpr::Dot(Expr::Identifier(field)) = access {
+                    let key = Expr::Value(Value::SingleQuotedString(field.value.clone()).into());
+                    *access = AccessExpr::Subscript(Subscript::Index { index: key });
+                    self.changed = true;
+                }
+            }
+        }
         if let Expr::Subquery(query) = expr {
             if reads_empty_table(query) {
                 *expr = null_keeping_parameters(query);
@@ -283,6 +429,36 @@ mod tests {
             r.contains("THEN CASE WHEN ($3::VARCHAR) IS NULL AND ($4) IS NULL AND false THEN NULL END ELSE NULL END"),
             "{r}"
         );
+    }
+
+    #[test]
+    fn composite_field_access_becomes_a_subscript() {
+        let s = one(
+            "SELECT (information_schema._pg_expandarray(i.indkey)).n FROM pg_catalog.pg_index i",
+        );
+        let r = rewrite(&s).expect("rewritten").to_string();
+        assert!(
+            r.contains("(information_schema._pg_expandarray(i.indkey))['n']"),
+            "{r}"
+        );
+        let path = one("SELECT tmp.i_indoption[tmp.ordinal_position - 1] FROM t AS tmp");
+        assert!(rewrite(&path).is_none());
+    }
+
+    #[test]
+    fn regproc_columns_compare_as_postgres_compares_them() {
+        let s = one(
+            "SELECT oid FROM pg_catalog.pg_type WHERE (typreceive != 0 OR typsend != 0) AND typtype != 'r'",
+        );
+        let r = rewrite(&s).expect("rewritten").to_string();
+        assert!(r.contains("(typreceive <> '-' OR typsend <> '-')"), "{r}");
+        let s = one(
+            "SELECT typinput = (SELECT oid FROM pg_catalog.pg_proc WHERE proname = 'pg_catalog.array_in') AS is_array FROM pg_catalog.pg_type",
+        );
+        let r = rewrite(&s).expect("rewritten").to_string();
+        assert!(r.contains("typinput = 'array_in' AS is_array"), "{r}");
+        // The same column names elsewhere are left alone.
+        assert!(rewrite(&one("SELECT * FROM gold.t WHERE typreceive != 0")).is_none());
     }
 
     #[test]

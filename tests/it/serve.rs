@@ -1020,3 +1020,221 @@ with flightsql.connect(f"grpc://{sys.argv[1]}", db_kwargs={"username": "analyst"
         assert!(!wrong.status.success(), "a wrong password logged in");
     }
 }
+
+/// The Postgres client matrix BI tools stand on, each checked against the
+/// Delta figures: SQLAlchemy 2.x + psycopg and 1.4 + psycopg2 (Superset's
+/// stack) Inspector calls, pandas.read_sql_table, psycopg's named cursor and
+/// COPY TO STDOUT (text, CSV, binary), connectorx, the ADBC Postgres driver
+/// with a bound parameter, pgjdbc's DatabaseMetaData (DBeaver, Metabase,
+/// Tableau), and psql's `\d+`, `FETCH_COUNT` and `\copy`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_drivers_and_bi_tools_get_the_delta_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = example_lake(dir.path());
+    let server = Server::start(&lake, &[]);
+    let by_region = strings(
+        &lake,
+        "SELECT region, CAST(sum(revenue) AS VARCHAR), CAST(count(*) AS VARCHAR) \
+         FROM gold.daily_region_sales GROUP BY region ORDER BY region",
+    )
+    .await;
+    let all_rows = strings(
+        &lake,
+        "SELECT region, CAST(revenue AS VARCHAR) FROM gold.daily_region_sales ORDER BY order_date, region",
+    )
+    .await;
+    let total: usize = all_rows.len();
+    let total_revenue = strings(
+        &lake,
+        "SELECT CAST(sum(revenue) AS VARCHAR) FROM gold.daily_region_sales",
+    )
+    .await[0][0]
+        .clone();
+
+    let run = |sa14: bool| {
+        let mut cmd = Command::new(super::python());
+        cmd.arg(repo().join("tests/pg_clients.py"))
+            .args([&server.pg, "analyst", PASSWORD]);
+        if sa14 {
+            cmd.arg("sa14").env("PYTHONPATH", repo().join(".venv/sa14"));
+        }
+        let out = cmd.output().expect("python runs");
+        assert!(
+            out.status.success(),
+            "tests/pg_clients.py {sa14}:\n{}",
+            text(&out)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let expected_columns = serde_json::json!([
+        ["order_date", "DATE", true],
+        ["region", "TEXT", true],
+        ["orders", "BIGINT", true],
+        ["units", "BIGINT", true],
+        ["revenue", "NUMERIC", true],
+        ["returns", "BIGINT", true],
+        ["avg_order_value", "NUMERIC", true]
+    ]);
+    let sql_rows: Vec<serde_json::Value> = by_region
+        .iter()
+        .map(|r| serde_json::json!([r[0], r[1], r[2].parse::<u64>().unwrap()]))
+        .collect();
+    for (sa14, version) in [(false, "2."), (true, "1.4")] {
+        let a = run(sa14);
+        assert!(
+            a["sqlalchemy_version"]
+                .as_str()
+                .unwrap()
+                .starts_with(version),
+            "{}",
+            a["sqlalchemy_version"]
+        );
+        assert_eq!(a["columns"], expected_columns, "SQLAlchemy {version}");
+        for empty in ["pk", "fks", "indexes", "unique", "checks", "views"] {
+            assert_eq!(a[empty], serde_json::json!([]), "{empty} on {version}");
+        }
+        assert_eq!(a["has_table"], true);
+        assert_eq!(
+            a["sqlalchemy_keys"],
+            serde_json::json!(["region", "sum", "count"])
+        );
+        assert_eq!(
+            a["sqlalchemy_rows"],
+            serde_json::json!(sql_rows),
+            "{version}"
+        );
+        assert_eq!(a["streamed_rows"], total, "{version}");
+        if sa14 {
+            continue;
+        }
+        assert_eq!(a["pandas_shape"], serde_json::json!([total, 7]));
+        assert_eq!(a["pandas_revenue"], total_revenue);
+        assert_eq!(a["named_cursor_rows"], total);
+        for fmt in ["text", "csv", "binary"] {
+            assert_eq!(a["copy"][fmt], serde_json::json!(all_rows), "COPY {fmt}");
+        }
+        let scaled: Vec<String> = by_region
+            .iter()
+            .map(|r| format!("{}00000000", r[1]))
+            .collect();
+        // connectorx maps numeric to decimal(38,10) whatever the server
+        // says (it does against Postgres too); the values are exact.
+        assert_eq!(a["connectorx_revenue"], serde_json::json!(scaled));
+        let east = by_region.iter().find(|r| r[0] == "east").unwrap();
+        assert_eq!(a["adbc_pg_east"], serde_json::json!([east[1]]));
+    }
+
+    // pgjdbc, as DBeaver, Metabase and Tableau call it.
+    let classes = dir.path().join("jdbc");
+    std::fs::create_dir_all(&classes).unwrap();
+    let javac = Command::new("javac")
+        .args(["-d", classes.to_str().unwrap()])
+        .arg(repo().join("tests/jdbc/Metadata.java"))
+        .output()
+        .expect("javac is installed (scripts/setup installs a JDK)");
+    assert!(javac.status.success(), "{}", text(&javac));
+    let (host, port) = server.pg.rsplit_once(':').unwrap();
+    let jdbc = Command::new("java")
+        .arg("-cp")
+        .arg(format!(
+            "/usr/share/java/postgresql.jar:{}",
+            classes.display()
+        ))
+        .args(["Metadata", host, port, "analyst", PASSWORD])
+        .output()
+        .expect("java runs");
+    assert!(jdbc.status.success(), "pgjdbc:\n{}", text(&jdbc));
+    let jdbc = String::from_utf8_lossy(&jdbc.stdout).to_string();
+    let east = &by_region.iter().find(|r| r[0] == "east").unwrap()[1];
+    for line in [
+        "product=PostgreSQL 16",
+        "tables=2",
+        "column=revenue:numeric",
+        "column=order_date:date",
+        "primary_keys=0",
+        "indexes=0",
+        "imported_keys=0",
+        "exported_keys=0",
+        "type_info=true",
+        "functions=true",
+        "result_columns=region,sum",
+        "sum_type=numeric(28,2)",
+        &format!("east_revenue={east}"),
+    ] {
+        assert!(
+            jdbc.lines().any(|l| l == line),
+            "pgjdbc lacks `{line}`:\n{jdbc}"
+        );
+    }
+
+    // psql: \d+, FETCH_COUNT (a cursor underneath) and \copy.
+    let psql = |args: &[&str]| {
+        let out = Command::new("psql")
+            .args([
+                "-h",
+                host,
+                "-p",
+                port,
+                "-U",
+                "analyst",
+                "-d",
+                "lakehouse",
+                "-X",
+            ])
+            .args(args)
+            .env("PGPASSWORD", PASSWORD)
+            .output()
+            .expect("psql is installed");
+        assert!(out.status.success(), "psql {args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let d = psql(&["-c", "\\d+ gold.daily_region_sales"]);
+    assert!(d.contains("revenue") && d.contains("numeric"), "{d}");
+    let fetched = psql(&[
+        "-A",
+        "-t",
+        "-v",
+        "FETCH_COUNT=7",
+        "-c",
+        "SELECT region, CAST(revenue AS VARCHAR) FROM gold.daily_region_sales ORDER BY order_date, region",
+    ]);
+    let fetched: Vec<Vec<String>> = fetched
+        .lines()
+        .map(|l| l.split('|').map(String::from).collect())
+        .collect();
+    assert_eq!(fetched, all_rows);
+    let copied = psql(&[
+        "-c",
+        "\\copy (SELECT region, revenue FROM gold.daily_region_sales ORDER BY order_date, region) TO STDOUT WITH (FORMAT csv)",
+    ]);
+    let copied: Vec<Vec<String>> = copied
+        .lines()
+        .map(|l| l.split(',').map(String::from).collect())
+        .collect();
+    assert_eq!(copied, all_rows);
+    // Writes are still refused, COPY FROM and COPY to a file included.
+    for bad in [
+        "COPY gold.daily_region_sales FROM STDIN",
+        "COPY (SELECT 1) TO '/tmp/lakehouse-copy-test'",
+    ] {
+        let out = Command::new("psql")
+            .args([
+                "-h",
+                host,
+                "-p",
+                port,
+                "-U",
+                "analyst",
+                "-d",
+                "lakehouse",
+                "-X",
+                "-c",
+                bad,
+            ])
+            .env("PGPASSWORD", PASSWORD)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{bad} was accepted");
+        assert!(text(&out).contains("read-only"), "{bad}: {}", text(&out));
+    }
+}

@@ -102,8 +102,10 @@ pub async fn install_catalog(ctx: &SessionContext) -> Result<()> {
         }),
     ));
     // Definitions of objects a lake never has (indexes, triggers, rules,
-    // constraints): NULL, as Postgres answers for an OID that is none.
+    // constraints, column comments): NULL, as Postgres answers for an OID
+    // that is none.
     for name in [
+        "col_description",
         "pg_get_indexdef",
         "pg_get_triggerdef",
         "pg_get_ruledef",
@@ -677,12 +679,10 @@ fn pg_settings(
                 "context" => text(vec!["internal"; rows]),
                 "source" => text(vec!["default"; rows]),
                 "vartype" => text(vec!["string"; rows]),
-                "pending_restart" => {
-                    Arc::new(datafusion::arrow::array::BooleanArray::from(vec![
+                "pending_restart" => Arc::new(datafusion::arrow::array::BooleanArray::from(vec![
                         false;
                         rows
-                    ]))
-                }
+                    ])),
                 _ => new_null_array(f.data_type(), rows),
             }
         })

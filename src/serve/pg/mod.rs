@@ -18,7 +18,9 @@ use datafusion::common::ParamValues;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::DFParser;
 use datafusion::sql::sqlparser::ast::{Set, Statement};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion_postgres::hooks::cursor::CursorStatementHook;
 use datafusion_postgres::hooks::set_show::SetShowHook;
 use datafusion_postgres::hooks::transactions::TransactionStatementHook;
@@ -404,13 +406,13 @@ impl Guard {
         Ok(plan)
     }
 
-    /// Runs a query (simple protocol) with Postgres's column names and
-    /// type modifiers.
-    async fn answer(
+    /// Plans and starts a query, with Postgres's column names and type
+    /// modifiers in its row description.
+    async fn respond(
         &self,
         statement: &Statement,
-        client: &mut dyn HookClient,
-    ) -> PgWireResult<Response> {
+        metadata: &std::collections::HashMap<String, String>,
+    ) -> PgWireResult<(LogicalPlan, pgwire::api::results::QueryResponse)> {
         use datafusion_postgres::arrow_pg::datatypes::{
             arrow_schema_to_pg_fields, encode_recordbatch,
         };
@@ -419,11 +421,11 @@ impl Guard {
         let df = self
             .engine
             .ctx
-            .execute_logical_plan(plan)
+            .execute_logical_plan(plan.clone())
             .await
             .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
         let options = Arc::new(pgwire::types::format::FormatOptions::from_client_metadata(
-            client.metadata(),
+            metadata,
         ));
         let schema = df.schema().as_arrow().clone();
         let fields = arrow_schema_to_pg_fields(
@@ -450,10 +452,88 @@ impl Guard {
                 futures::stream::iter(rows)
             })
             .flatten();
-        Ok(Response::Query(pgwire::api::results::QueryResponse::new(
-            fields, rows,
-        )))
+        Ok((plan, pgwire::api::results::QueryResponse::new(fields, rows)))
     }
+
+    /// Runs a query (simple protocol).
+    async fn answer(
+        &self,
+        statement: &Statement,
+        client: &mut dyn HookClient,
+    ) -> PgWireResult<Response> {
+        let (_, response) = self.respond(statement, client.metadata()).await?;
+        Ok(Response::Query(response))
+    }
+
+    /// `DECLARE name CURSOR FOR query`: the query starts, its rows wait in a
+    /// portal of the connection for `FETCH`, and the portal carries the plan,
+    /// so that a Describe of the cursor (psycopg's named cursors) gives its
+    /// columns. The query's text is kept in the connection's metadata, so a
+    /// later `FETCH` can be described too (see `handle_extended_parse_query`).
+    async fn declare(
+        &self,
+        statement: &Statement,
+        client: &mut dyn HookClient,
+    ) -> PgWireResult<Response> {
+        use pgwire::api::store::PortalStore;
+        let Statement::Declare { stmts } = statement else {
+            return Err(pg_error(&QueryError::refused("not a DECLARE")));
+        };
+        for declare in stmts {
+            let (Some(name), Some(query)) = (declare.names.first(), declare.for_query.as_ref())
+            else {
+                return Err(pg_error(&QueryError {
+                    kind: ErrorKind::Invalid,
+                    message: "DECLARE needs a cursor name and FOR query".into(),
+                }));
+            };
+            let query = Statement::Query(query.clone());
+            let query = rewrite::rewrite(&query).unwrap_or(query);
+            let (plan, response) = self.respond(&query, client.metadata()).await?;
+            let sql = query.to_string();
+            let stored = Arc::new(pgwire::api::stmt::StoredStatement::new(
+                name.value.clone(),
+                (sql.clone(), Some((query, plan))),
+                vec![],
+            ));
+            let portal = pgwire::api::portal::Portal::new_cursor(name.value.clone(), stored);
+            portal.start(response).await;
+            client.portal_store().put_portal(Arc::new(portal));
+            client.metadata_mut().insert(cursor_key(&name.value), sql);
+        }
+        Ok(Response::Execution(Tag::new("DECLARE CURSOR")))
+    }
+}
+
+impl Guard {
+    /// DECLARE is answered here; CLOSE forgets the cursor's query, then
+    /// passes on (with FETCH) to datafusion-postgres's cursor hook.
+    async fn cursor_statement(
+        &self,
+        statement: &Statement,
+        client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        match statement {
+            Statement::Declare { .. } => Some(self.declare(statement, client).await),
+            Statement::Close { cursor } => {
+                use datafusion::sql::sqlparser::ast::CloseCursor;
+                match cursor {
+                    CloseCursor::All => client
+                        .metadata_mut()
+                        .retain(|k, _| !k.starts_with("lakehouse.cursor.")),
+                    CloseCursor::Specific { name } => {
+                        client.metadata_mut().remove(&cursor_key(&name.value));
+                    }
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+}
+
+fn cursor_key(name: &str) -> String {
+    format!("lakehouse.cursor.{name}")
 }
 
 #[async_trait]
@@ -475,10 +555,7 @@ impl QueryHook for Guard {
                         .await,
                 )
             }
-            Decision::Pass => {
-                self.engine.refresh().await;
-                None
-            }
+            Decision::Pass => self.cursor_statement(statement, client).await,
             Decision::IgnoreSet => Some(Ok(Response::Execution(Tag::new("SET")))),
             Decision::Acknowledge(tag) => Some(Ok(Response::Execution(Tag::new(tag)))),
             Decision::Refuse(e) => Some(Err(pg_error(&e))),
@@ -489,11 +566,23 @@ impl QueryHook for Guard {
         &self,
         statement: &Statement,
         _ctx: &SessionContext,
-        _client: &(dyn ClientInfo + Send + Sync),
+        client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
         match decide(statement) {
             Decision::Pass => {
                 self.engine.refresh().await;
+                if let Statement::Fetch { name, .. } = statement {
+                    // Described as the cursor's query: its rows are what
+                    // FETCH returns.
+                    let sql = client.metadata().get(&cursor_key(&name.value))?;
+                    let query = DFParser::parse_sql_with_dialect(sql, &PostgreSqlDialect {})
+                        .ok()?
+                        .pop_front()?;
+                    let datafusion::sql::parser::Statement::Statement(query) = query else {
+                        return None;
+                    };
+                    return Some(self.plan(*query).await);
+                }
                 let rewritten = rewrite::rewrite(statement)?;
                 Some(self.plan(rewritten).await)
             }
@@ -517,10 +606,10 @@ impl QueryHook for Guard {
         _plan: &LogicalPlan,
         _params: &ParamValues,
         _ctx: &SessionContext,
-        _client: &mut dyn HookClient,
+        client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
         match decide(statement) {
-            Decision::Pass => None,
+            Decision::Pass => self.cursor_statement(statement, client).await,
             Decision::IgnoreSet => Some(Ok(Response::Execution(Tag::new("SET")))),
             Decision::Acknowledge(tag) => Some(Ok(Response::Execution(Tag::new(tag)))),
             Decision::Refuse(e) => Some(Err(pg_error(&e))),

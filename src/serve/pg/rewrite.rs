@@ -20,6 +20,9 @@
 //!   `typinput = 'pg_catalog.array_in'::regproc` (pgjdbc), which
 //!   datafusion-postgres turns into an OID lookup in `pg_proc`, becomes
 //!   `typinput = 'array_in'`.
+//! - `array(SELECT … FROM unnest(t.reloptions) …)` (psql's `\d+`) is a NULL
+//!   `text[]`: `reloptions` is always NULL here (see `catalog.rs`), and
+//!   DataFusion has no `array(subquery)`.
 //! - A scalar subquery reading a catalog table this server keeps empty
 //!   ([`EMPTY_TABLES`]: no defaults, sequences, indexes, triggers or
 //!   inheritance exist in a lake) is `NULL`, which is what it returns; the
@@ -359,6 +362,27 @@ impl VisitorMut for Rules {
     type Break = ();
 
     fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        if let Expr::Function(f) = expr {
+            use datafusion::sql::sqlparser::ast::FunctionArguments;
+            let is_array = f
+                .name
+                .0
+                .last()
+                .is_some_and(|p| p.to_string().eq_ignore_ascii_case("array"));
+            if let (true, FunctionArguments::Subquery(q)) = (is_array, &f.args) {
+                let text = q.to_string().to_ascii_lowercase();
+                if text.contains("unnest(") && text.contains("reloptions") {
+                    if let Ok(null) = Parser::new(&PostgreSqlDialect {})
+                        .try_with_sql("CAST(NULL AS TEXT[])")
+                        .and_then(|mut p| p.parse_expr())
+                    {
+                        *expr = null;
+                        self.changed = true;
+                        return ControlFlow::Continue(());
+                    }
+                }
+            }
+        }
         if self.pg_type && regproc_comparison(expr) {
             self.changed = true;
         }
@@ -459,6 +483,16 @@ mod tests {
         assert!(r.contains("typinput = 'array_in' AS is_array"), "{r}");
         // The same column names elsewhere are left alone.
         assert!(rewrite(&one("SELECT * FROM gold.t WHERE typreceive != 0")).is_none());
+    }
+
+    #[test]
+    fn psql_reloptions_arrays_are_null() {
+        let s = one(
+            "SELECT pg_catalog.array_to_string(c.reloptions || array(select 'toast.' || x from pg_catalog.unnest(tc.reloptions) x), ', ') \
+             FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_class tc ON (c.reltoastrelid = tc.oid)",
+        );
+        let r = rewrite(&s).expect("rewritten").to_string();
+        assert!(r.contains("c.reloptions || CAST(NULL AS TEXT[])"), "{r}");
     }
 
     #[test]

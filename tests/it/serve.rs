@@ -974,6 +974,52 @@ async fn bi_queries_get_postgres_answers_and_no_query_ends_the_server() {
         [["2000"]]
     );
 
+    // SET search_path: unqualified names resolve along it, for this
+    // connection only; current_schema() follows.
+    let silver_rows = strings(&lake, "SELECT CAST(count(*) AS VARCHAR) FROM silver.orders").await;
+    let gold_rows = strings(
+        &lake,
+        "SELECT CAST(count(*) AS VARCHAR) FROM gold.daily_region_sales",
+    )
+    .await;
+    let other = server.pg().await;
+    other
+        .simple_query("SET search_path = silver, gold")
+        .await
+        .unwrap();
+    assert_eq!(
+        pg_text(&other, "SELECT count(*) FROM orders").await,
+        silver_rows
+    );
+    assert_eq!(
+        pg_text(&other, "SELECT count(*) FROM daily_region_sales").await,
+        gold_rows
+    );
+    assert_eq!(
+        pg_text(&other, "SELECT current_schema()").await,
+        [["silver"]]
+    );
+    let rows = other
+        .query("SELECT count(*) FROM orders WHERE region = $1", &[&"east"])
+        .await
+        .unwrap();
+    let east: i64 = rows[0].get(0);
+    let expected_east = strings(
+        &lake,
+        "SELECT CAST(count(*) AS VARCHAR) FROM silver.orders WHERE region = 'east'",
+    )
+    .await;
+    assert_eq!(east.to_string(), expected_east[0][0]);
+    let e = client
+        .simple_query("SELECT count(*) FROM orders")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        pg_code(&e).0,
+        "42P01",
+        "another connection's search_path leaked: {e}"
+    );
+
     // Still serving, on the same connection and a new one.
     assert_eq!(pg_text(&client, "SELECT 1").await, [["1"]]);
     assert_eq!(pg_text(&server.pg().await, "SELECT 2").await, [["2"]]);

@@ -310,6 +310,8 @@ const CLIENT_SETTINGS: [&str; 7] = [
 enum Decision {
     /// Let the next hooks and the engine handle it.
     Pass,
+    /// `SET search_path`: the connection's schemas for unqualified names.
+    SearchPath(Vec<String>),
     /// Answer `SET` and do nothing: a Postgres setting this server has no use for.
     IgnoreSet,
     /// Answer with this tag and do nothing: savepoints and session resets,
@@ -334,9 +336,13 @@ fn decide(statement: &Statement) -> Decision {
         | Statement::Commit { .. }
         | Statement::Rollback { .. } => Decision::Pass,
         Statement::Set(Set::SetTimeZone { .. }) => Decision::Pass,
-        Statement::Set(Set::SingleAssignment { variable, .. }) => {
+        Statement::Set(Set::SingleAssignment {
+            variable, values, ..
+        }) => {
             let name = variable.to_string().to_lowercase();
-            if CLIENT_SETTINGS.contains(&name.as_str()) {
+            if name == "search_path" {
+                Decision::SearchPath(search_path(values))
+            } else if CLIENT_SETTINGS.contains(&name.as_str()) {
                 Decision::Pass
             } else if name.starts_with("datafusion.") {
                 Decision::Refuse(QueryError::refused(format!(
@@ -354,6 +360,29 @@ fn decide(statement: &Statement) -> Decision {
         other => Decision::Refuse(refusal(other)),
     }
 }
+
+/// The schemas of a `SET search_path` value (`silver, gold`, `'silver'`,
+/// `"$user", public`), lower-cased; names that are no schema here are kept
+/// (Postgres skips them when resolving, and so does the lookup).
+fn search_path(values: &[datafusion::sql::sqlparser::ast::Expr]) -> Vec<String> {
+    use datafusion::sql::sqlparser::ast::Expr;
+    values
+        .iter()
+        .flat_map(|v| {
+            let text = match v {
+                Expr::Identifier(i) => i.value.clone(),
+                Expr::Value(v) => v.clone().into_string().unwrap_or_default(),
+                other => other.to_string(),
+            };
+            text.split(',')
+                .map(|s| s.trim().trim_matches('"').to_ascii_lowercase())
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+const SEARCH_PATH: &str = "search_path";
 
 /// `DECLARE name CURSOR FOR query`: only ever a query.
 fn is_cursor_declaration(statement: &Statement) -> bool {
@@ -406,11 +435,13 @@ impl Guard {
         Ok(plan)
     }
 
-    /// Plans and starts a query, with Postgres's column names and type
+    /// Plans and starts a query (`statement`, rewritten), with Postgres's
+    /// column names (of the statement as the client sent it) and type
     /// modifiers in its row description.
     async fn respond(
         &self,
         statement: &Statement,
+        as_sent: &Statement,
         metadata: &std::collections::HashMap<String, String>,
     ) -> PgWireResult<(LogicalPlan, pgwire::api::results::QueryResponse)> {
         use datafusion_postgres::arrow_pg::datatypes::{
@@ -433,7 +464,7 @@ impl Guard {
             &pgwire::api::portal::Format::UnifiedText,
             Some(options),
         )?;
-        let fields = Arc::new(fields::patch(fields, &schema, Some(statement)));
+        let fields = Arc::new(fields::patch(fields, &schema, Some(as_sent)));
         let batches = df
             .execute_stream()
             .await
@@ -459,9 +490,10 @@ impl Guard {
     async fn answer(
         &self,
         statement: &Statement,
+        as_sent: &Statement,
         client: &mut dyn HookClient,
     ) -> PgWireResult<Response> {
-        let (_, response) = self.respond(statement, client.metadata()).await?;
+        let (_, response) = self.respond(statement, as_sent, client.metadata()).await?;
         Ok(Response::Query(response))
     }
 
@@ -487,9 +519,11 @@ impl Guard {
                     message: "DECLARE needs a cursor name and FOR query".into(),
                 }));
             };
-            let query = Statement::Query(query.clone());
-            let query = rewrite::rewrite(&query).unwrap_or(query);
-            let (plan, response) = self.respond(&query, client.metadata()).await?;
+            let as_sent = Statement::Query(query.clone());
+            let query = self
+                .rewrite(&as_sent, client.metadata())
+                .unwrap_or_else(|| as_sent.clone());
+            let (plan, response) = self.respond(&query, &as_sent, client.metadata()).await?;
             let sql = query.to_string();
             let stored = Arc::new(pgwire::api::stmt::StoredStatement::new(
                 name.value.clone(),
@@ -506,6 +540,36 @@ impl Guard {
 }
 
 impl Guard {
+    /// Rewrites a statement for this connection: the catalog rules, and
+    /// unqualified names resolved along its `search_path` when it set one.
+    fn rewrite(
+        &self,
+        statement: &Statement,
+        metadata: &std::collections::HashMap<String, String>,
+    ) -> Option<Statement> {
+        let path: Option<Vec<String>> = metadata
+            .get(SEARCH_PATH)
+            .map(|p| p.split(',').map(|s| s.trim().to_string()).collect())
+            .filter(|p: &Vec<String>| p.as_slice() != ["gold"]);
+        let catalog = self.engine.ctx.catalog(crate::catalog::CATALOG);
+        let exists = move |schema: &str, table: &str| {
+            catalog
+                .as_ref()
+                .and_then(|c| c.schema(schema))
+                .is_some_and(|s| s.table_exist(table))
+        };
+        match &path {
+            Some(search_path) => rewrite::rewrite(
+                statement,
+                Some(&rewrite::Resolution {
+                    search_path,
+                    exists: &exists,
+                }),
+            ),
+            None => rewrite::rewrite(statement, None),
+        }
+    }
+
     /// DECLARE is answered here; CLOSE forgets the cursor's query, then
     /// passes on (with FETCH) to datafusion-postgres's cursor hook.
     async fn cursor_statement(
@@ -549,13 +613,19 @@ impl QueryHook for Guard {
             // are Postgres's (`fields`); COPY, cursors and SHOW pass on.
             Decision::Pass if matches!(statement, Statement::Query(_)) => {
                 self.engine.refresh().await;
-                let rewritten = rewrite::rewrite(statement);
+                let rewritten = self.rewrite(statement, client.metadata());
                 Some(
-                    self.answer(rewritten.as_ref().unwrap_or(statement), client)
+                    self.answer(rewritten.as_ref().unwrap_or(statement), statement, client)
                         .await,
                 )
             }
             Decision::Pass => self.cursor_statement(statement, client).await,
+            Decision::SearchPath(path) => {
+                client
+                    .metadata_mut()
+                    .insert(SEARCH_PATH.into(), path.join(","));
+                Some(Ok(Response::Execution(Tag::new("SET"))))
+            }
             Decision::IgnoreSet => Some(Ok(Response::Execution(Tag::new("SET")))),
             Decision::Acknowledge(tag) => Some(Ok(Response::Execution(Tag::new(tag)))),
             Decision::Refuse(e) => Some(Err(pg_error(&e))),
@@ -583,19 +653,19 @@ impl QueryHook for Guard {
                     };
                     return Some(self.plan(*query).await);
                 }
-                let rewritten = rewrite::rewrite(statement)?;
+                let rewritten = self.rewrite(statement, client.metadata())?;
                 Some(self.plan(rewritten).await)
             }
             Decision::IgnoreSet => {
                 self.engine.refresh().await;
                 None
             }
-            Decision::Acknowledge(_) => Some(Ok(LogicalPlan::EmptyRelation(
-                datafusion::logical_expr::EmptyRelation {
+            Decision::Acknowledge(_) | Decision::SearchPath(_) => Some(Ok(
+                LogicalPlan::EmptyRelation(datafusion::logical_expr::EmptyRelation {
                     produce_one_row: false,
                     schema: Arc::new(datafusion::common::DFSchema::empty()),
-                },
-            ))),
+                }),
+            )),
             Decision::Refuse(e) => Some(Err(pg_error(&e))),
         }
     }
@@ -610,6 +680,12 @@ impl QueryHook for Guard {
     ) -> Option<PgWireResult<Response>> {
         match decide(statement) {
             Decision::Pass => self.cursor_statement(statement, client).await,
+            Decision::SearchPath(path) => {
+                client
+                    .metadata_mut()
+                    .insert(SEARCH_PATH.into(), path.join(","));
+                Some(Ok(Response::Execution(Tag::new("SET"))))
+            }
             Decision::IgnoreSet => Some(Ok(Response::Execution(Tag::new("SET")))),
             Decision::Acknowledge(tag) => Some(Ok(Response::Execution(Tag::new(tag)))),
             Decision::Refuse(e) => Some(Err(pg_error(&e))),

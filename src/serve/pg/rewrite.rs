@@ -39,20 +39,52 @@ use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
 /// The statement with the rules applied, or `None` when no rule applies.
-pub fn rewrite(statement: &Statement) -> Option<Statement> {
+pub fn rewrite(statement: &Statement, resolution: Option<&Resolution>) -> Option<Statement> {
     let mut s = statement.clone();
     let mut rules = Rules {
         changed: false,
         pg_type: reads_pg_type(statement),
+        resolution,
+        ctes: cte_names(statement),
     };
     let _ = s.visit(&mut rules);
     rules.changed.then_some(s)
 }
 
-struct Rules {
+/// Where a connection's unqualified table names resolve (`SET search_path`):
+/// the first schema of `search_path` that has the table. Postgres's
+/// `current_schema()` is the first schema.
+pub struct Resolution<'a> {
+    pub search_path: &'a [String],
+    pub exists: &'a (dyn Fn(&str, &str) -> bool + Send + Sync),
+}
+
+fn cte_names(statement: &Statement) -> Vec<String> {
+    use datafusion::sql::sqlparser::ast::{Visit, Visitor};
+    struct Ctes(Vec<String>);
+    impl Visitor for Ctes {
+        type Break = ();
+        fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+            if let Some(with) = &q.with {
+                for cte in &with.cte_tables {
+                    self.0.push(cte.alias.name.value.to_ascii_lowercase());
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut c = Ctes(vec![]);
+    let _ = statement.visit(&mut c);
+    c.0
+}
+
+struct Rules<'a> {
     changed: bool,
     /// The statement reads `pg_type`: its regproc columns may be compared.
     pg_type: bool,
+    resolution: Option<&'a Resolution<'a>>,
+    /// Names the statement's `WITH` clauses define (never lake tables).
+    ctes: Vec<String>,
 }
 
 /// Catalog tables that are empty on this server (checked by
@@ -358,10 +390,43 @@ fn aggregate_scalar_subquery(query: &mut Query) -> bool {
     }
 }
 
-impl VisitorMut for Rules {
+impl VisitorMut for Rules<'_> {
     type Break = ();
 
+    fn pre_visit_relation(&mut self, name: &mut ObjectName) -> ControlFlow<()> {
+        let Some(r) = self.resolution else {
+            return ControlFlow::Continue(());
+        };
+        if name.0.len() != 1 {
+            return ControlFlow::Continue(());
+        }
+        let Some(table) = name.0[0].as_ident().map(|i| i.value.clone()) else {
+            return ControlFlow::Continue(());
+        };
+        if table.starts_with("pg_") || self.ctes.contains(&table.to_ascii_lowercase()) {
+            return ControlFlow::Continue(());
+        }
+        if let Some(schema) = r.search_path.iter().find(|s| (r.exists)(s, &table)) {
+            use datafusion::sql::sqlparser::ast::{Ident, ObjectNamePart};
+            name.0
+                .insert(0, ObjectNamePart::Identifier(Ident::new(schema.clone())));
+            self.changed = true;
+        }
+        ControlFlow::Continue(())
+    }
+
     fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        if let (Some(r), Expr::Function(f)) = (self.resolution, &*expr) {
+            let name = f.name.0.last().map(|p| p.to_string().to_ascii_lowercase());
+            if name.as_deref() == Some("current_schema") {
+                if let Some(first) = r.search_path.first() {
+                    use datafusion::sql::sqlparser::ast::Value;
+                    *expr = Expr::Value(Value::SingleQuotedString(first.clone()).into());
+                    self.changed = true;
+                    return ControlFlow::Continue(());
+                }
+            }
+        }
         if let Expr::Function(f) = expr {
             use datafusion::sql::sqlparser::ast::FunctionArguments;
             let is_array = f
@@ -430,7 +495,7 @@ mod tests {
             "SELECT a.attname, (SELECT t.typcollation FROM pg_catalog.pg_type t \
              WHERE t.oid = a.atttypid) AS coll FROM pg_catalog.pg_attribute a",
         );
-        let r = rewrite(&s).expect("rewritten").to_string();
+        let r = rewrite(&s, None).expect("rewritten").to_string();
         assert!(
             r.contains("(SELECT max(t.typcollation) FROM pg_catalog.pg_type t WHERE"),
             "{r}"
@@ -442,13 +507,13 @@ mod tests {
         let s = one(
             "SELECT CASE WHEN a.atthasdef THEN (SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid)              FROM pg_catalog.pg_attrdef d WHERE d.adrelid = a.attrelid) ELSE NULL END FROM pg_catalog.pg_attribute a",
         );
-        let r = rewrite(&s).expect("rewritten").to_string();
+        let r = rewrite(&s, None).expect("rewritten").to_string();
         assert!(r.contains("THEN NULL ELSE NULL"), "{r}");
         // Bound parameters inside keep their numbers and casts.
         let s = one(
             "SELECT $1::INT, CASE WHEN a.attidentity != $2::VARCHAR THEN (SELECT json_build_object($3::VARCHAR, s.seqstart)              FROM pg_catalog.pg_sequence s WHERE a.attidentity != $4) ELSE NULL END, $5::VARCHAR FROM pg_catalog.pg_attribute a",
         );
-        let r = rewrite(&s).expect("rewritten").to_string();
+        let r = rewrite(&s, None).expect("rewritten").to_string();
         assert!(
             r.contains("THEN CASE WHEN ($3::VARCHAR) IS NULL AND ($4) IS NULL AND false THEN NULL END ELSE NULL END"),
             "{r}"
@@ -460,13 +525,13 @@ mod tests {
         let s = one(
             "SELECT (information_schema._pg_expandarray(i.indkey)).n FROM pg_catalog.pg_index i",
         );
-        let r = rewrite(&s).expect("rewritten").to_string();
+        let r = rewrite(&s, None).expect("rewritten").to_string();
         assert!(
             r.contains("(information_schema._pg_expandarray(i.indkey))['n']"),
             "{r}"
         );
         let path = one("SELECT tmp.i_indoption[tmp.ordinal_position - 1] FROM t AS tmp");
-        assert!(rewrite(&path).is_none());
+        assert!(rewrite(&path, None).is_none());
     }
 
     #[test]
@@ -474,15 +539,15 @@ mod tests {
         let s = one(
             "SELECT oid FROM pg_catalog.pg_type WHERE (typreceive != 0 OR typsend != 0) AND typtype != 'r'",
         );
-        let r = rewrite(&s).expect("rewritten").to_string();
+        let r = rewrite(&s, None).expect("rewritten").to_string();
         assert!(r.contains("(typreceive <> '-' OR typsend <> '-')"), "{r}");
         let s = one(
             "SELECT typinput = (SELECT oid FROM pg_catalog.pg_proc WHERE proname = 'pg_catalog.array_in') AS is_array FROM pg_catalog.pg_type",
         );
-        let r = rewrite(&s).expect("rewritten").to_string();
+        let r = rewrite(&s, None).expect("rewritten").to_string();
         assert!(r.contains("typinput = 'array_in' AS is_array"), "{r}");
         // The same column names elsewhere are left alone.
-        assert!(rewrite(&one("SELECT * FROM gold.t WHERE typreceive != 0")).is_none());
+        assert!(rewrite(&one("SELECT * FROM gold.t WHERE typreceive != 0"), None).is_none());
     }
 
     #[test]
@@ -491,8 +556,38 @@ mod tests {
             "SELECT pg_catalog.array_to_string(c.reloptions || array(select 'toast.' || x from pg_catalog.unnest(tc.reloptions) x), ', ') \
              FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_class tc ON (c.reltoastrelid = tc.oid)",
         );
-        let r = rewrite(&s).expect("rewritten").to_string();
+        let r = rewrite(&s, None).expect("rewritten").to_string();
         assert!(r.contains("c.reloptions || CAST(NULL AS TEXT[])"), "{r}");
+    }
+
+    #[test]
+    fn unqualified_tables_resolve_along_the_search_path() {
+        let path = vec!["silver".to_string(), "gold".to_string()];
+        let exists = |schema: &str, table: &str| {
+            matches!(
+                (schema, table),
+                ("silver", "orders")
+                    | ("gold", "daily_region_sales")
+                    | ("silver", "daily_region_sales")
+            )
+        };
+        let r = Resolution {
+            search_path: &path,
+            exists: &exists,
+        };
+        let s = one(
+            "WITH orders AS (SELECT 1) SELECT current_schema(), * FROM daily_region_sales d \
+             JOIN gold.category_daily c ON true JOIN orders ON true JOIN pg_class ON true JOIN nowhere ON true",
+        );
+        let out = rewrite(&s, Some(&r)).expect("rewritten").to_string();
+        assert!(
+            out.contains("SELECT 'silver', * FROM silver.daily_region_sales d"),
+            "{out}"
+        );
+        assert!(out.contains("JOIN gold.category_daily"), "{out}");
+        assert!(out.contains("JOIN orders ON"), "{out}");
+        assert!(out.contains("JOIN pg_class ON"), "{out}");
+        assert!(out.contains("JOIN nowhere ON"), "{out}");
     }
 
     #[test]
@@ -503,7 +598,7 @@ mod tests {
             "SELECT (SELECT relname FROM pg_catalog.pg_class LIMIT 1)",
             "SELECT 1",
         ] {
-            assert!(rewrite(&one(sql)).is_none(), "{sql}");
+            assert!(rewrite(&one(sql), None).is_none(), "{sql}");
         }
     }
 }

@@ -136,7 +136,7 @@ impl FlightSql {
     /// values) are sent as their plain values, as the encoder hydrates them.
     async fn schema_of(&self, sql: &str) -> Result<SchemaRef, Status> {
         let df = self.engine.plan(sql).await.map_err(|e| status(&e))?;
-        Ok(plain_schema(df.schema().as_arrow()))
+        Ok(super::plain_schema(df.schema().as_arrow()))
     }
 
     async fn run(&self, sql: &str) -> Result<Response<FlightStream>, Status> {
@@ -378,7 +378,7 @@ impl FlightSqlService for FlightSql {
             for name in names {
                 let table_schema = if include_schema {
                     match schema.table(&name).await {
-                        Ok(Some(t)) => plain_schema(&t.schema()),
+                        Ok(Some(t)) => super::plain_schema(&t.schema()),
                         Ok(None) => continue,
                         Err(e) => return Err(status(&QueryError::from(e))),
                     }
@@ -452,20 +452,6 @@ impl FlightSqlService for FlightSql {
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
-}
-
-fn plain_schema(schema: &Schema) -> SchemaRef {
-    let fields: Vec<Field> = schema
-        .fields()
-        .iter()
-        .map(|f| match f.data_type() {
-            DataType::Dictionary(_, values) => {
-                f.as_ref().clone().with_data_type(values.as_ref().clone())
-            }
-            _ => f.as_ref().clone(),
-        })
-        .collect();
-    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
 fn table_types_schema() -> Schema {

@@ -196,16 +196,21 @@ impl Encoder {
             Format::Json => Encoder::Json { started: false },
             Format::NdJson => Encoder::NdJson,
             Format::Csv => Encoder::Csv { header: true },
+            // Partition columns arrive dictionary-encoded; clients get their
+            // plain values, as over Flight SQL.
             Format::Arrow => Encoder::Arrow(
-                datafusion::arrow::ipc::writer::StreamWriter::try_new(Vec::new(), schema)
-                    .map_err(|e| e.to_string())?,
+                datafusion::arrow::ipc::writer::StreamWriter::try_new(
+                    Vec::new(),
+                    &super::plain_schema(schema),
+                )
+                .map_err(|e| e.to_string())?,
             ),
             Format::Parquet => {
                 let props = datafusion::parquet::file::properties::WriterProperties::builder()
                     .set_compression(datafusion::parquet::basic::Compression::SNAPPY)
                     .build();
                 Encoder::Parquet(
-                    ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props))
+                    ArrowWriter::try_new(Vec::new(), super::plain_schema(schema), Some(props))
                         .map_err(|e| e.to_string())?,
                 )
             }
@@ -247,11 +252,13 @@ impl Encoder {
                 Ok(Bytes::from(buf))
             }
             Encoder::Arrow(w) => {
-                w.write(batch).map_err(err)?;
+                w.write(&super::plain_batch(batch).map_err(err)?)
+                    .map_err(err)?;
                 Ok(Bytes::from(std::mem::take(w.get_mut())))
             }
             Encoder::Parquet(w) => {
-                w.write(batch).map_err(|e| e.to_string())?;
+                w.write(&super::plain_batch(batch).map_err(err)?)
+                    .map_err(|e| e.to_string())?;
                 // Row groups are written out as they fill; pass on what is done.
                 Ok(Bytes::from(std::mem::take(w.inner_mut())))
             }

@@ -254,6 +254,49 @@ impl Engine {
     }
 }
 
+/// The schema clients receive: dictionary-encoded columns (partition values
+/// such as `region`) as their plain value type, the same on every protocol.
+pub fn plain_schema(
+    schema: &datafusion::arrow::datatypes::Schema,
+) -> datafusion::arrow::datatypes::SchemaRef {
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Dictionary(_, values) => {
+                f.as_ref().clone().with_data_type(values.as_ref().clone())
+            }
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+/// A batch with its dictionary columns as plain values ([`plain_schema`]).
+pub fn plain_batch(
+    batch: &datafusion::arrow::array::RecordBatch,
+) -> std::result::Result<datafusion::arrow::array::RecordBatch, datafusion::arrow::error::ArrowError>
+{
+    use datafusion::arrow::datatypes::DataType;
+    if !batch
+        .schema()
+        .fields()
+        .iter()
+        .any(|f| matches!(f.data_type(), DataType::Dictionary(..)))
+    {
+        return Ok(batch.clone());
+    }
+    let schema = plain_schema(&batch.schema());
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| datafusion::arrow::compute::cast(c, f.data_type()))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    datafusion::arrow::array::RecordBatch::try_new(schema, columns)
+}
+
 /// Addresses and settings of `lakehouse serve`.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {

@@ -406,6 +406,11 @@ async fn http_answers_in_every_format() {
             .unwrap();
     let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().unwrap();
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 5);
+    // The partition column comes as plain strings, as over Flight SQL.
+    assert_eq!(
+        batches[0].schema().field(0).data_type(),
+        &datafusion::arrow::datatypes::DataType::Utf8
+    );
     // Parquet
     let pq = post("application/vnd.apache.parquet", BY_REGION)
         .await
@@ -420,6 +425,10 @@ async fn http_answers_in_every_format() {
             .unwrap();
     let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().unwrap();
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 5);
+    assert_eq!(
+        batches[0].schema().field(0).data_type(),
+        &datafusion::arrow::datatypes::DataType::Utf8
+    );
     // An empty result in CSV still has its header, in JSON is [].
     let empty = post(
         "text/csv",

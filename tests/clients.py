@@ -30,6 +30,15 @@ with flightsql.connect(
         cur.execute(BY_REGION)
         table = cur.fetch_arrow_table()
         out["adbc_revenue"] = [str(v) for v in table.column("revenue").to_pylist()]
+        # Bound parameters: Postgres-style `$1` and JDBC-style `?`.
+        bound = []
+        for sql, params in [
+            ("SELECT sum(revenue) AS r FROM gold.daily_region_sales WHERE region = $1", ("east",)),
+            ("SELECT sum(revenue) AS r FROM gold.daily_region_sales WHERE region = ? AND orders >= ?", ("west", 0)),
+        ]:
+            cur.execute(sql, parameters=params)
+            bound.append(str(cur.fetch_arrow_table().column("r")[0].as_py()))
+        out["adbc_bound"] = bound
         try:
             cur.execute("DROP TABLE gold.daily_region_sales")
             out["adbc_refused"] = "accepted"

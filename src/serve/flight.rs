@@ -26,6 +26,7 @@ use arrow_flight::{
 use datafusion::arrow::array::{RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::ipc::writer::IpcWriteOptions;
+use datafusion::scalar::ScalarValue;
 use futures::{Stream, TryStreamExt};
 use prost::Message;
 use tokio::net::TcpListener;
@@ -135,12 +136,36 @@ impl FlightSql {
     /// The schema clients will receive: dictionary columns (partition
     /// values) are sent as their plain values, as the encoder hydrates them.
     async fn schema_of(&self, sql: &str) -> Result<SchemaRef, Status> {
-        let df = self.engine.plan(sql).await.map_err(|e| status(&e))?;
+        self.schema_with(sql, None).await
+    }
+
+    async fn schema_with(
+        &self,
+        sql: &str,
+        params: Option<Vec<ScalarValue>>,
+    ) -> Result<SchemaRef, Status> {
+        let df = self
+            .engine
+            .plan_with(sql, params)
+            .await
+            .map_err(|e| status(&e))?;
         Ok(super::plain_schema(df.schema().as_arrow()))
     }
 
     async fn run(&self, sql: &str) -> Result<Response<FlightStream>, Status> {
-        let stream = self.engine.sql(sql).await.map_err(|e| status(&e))?;
+        self.run_with(sql, None).await
+    }
+
+    async fn run_with(
+        &self,
+        sql: &str,
+        params: Option<Vec<ScalarValue>>,
+    ) -> Result<Response<FlightStream>, Status> {
+        let stream = self
+            .engine
+            .sql_with(sql, params)
+            .await
+            .map_err(|e| status(&e))?;
         let schema = stream.schema();
         let batches =
             stream.map_err(|e| FlightError::Tonic(Box::new(status(&QueryError::from(e)))));
@@ -167,6 +192,82 @@ impl FlightSql {
 fn handle_sql(handle: &[u8]) -> Result<String, Status> {
     String::from_utf8(handle.to_vec())
         .map_err(|_| Status::invalid_argument("statement handle is not UTF-8 SQL"))
+}
+
+/// `?` placeholders (JDBC's and ODBC's) numbered as `$1, $2, …` in order of
+/// appearance, the form the Postgres dialect plans; `?` inside strings and
+/// quoted names is left alone.
+fn numbered_placeholders(sql: &str) -> String {
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize() else {
+        return sql.to_string();
+    };
+    if !tokens
+        .iter()
+        .any(|t| matches!(t, Token::Placeholder(p) if p == "?"))
+    {
+        return sql.to_string();
+    }
+    let mut n = 0;
+    tokens
+        .into_iter()
+        .map(|t| match t {
+            Token::Placeholder(p) if p == "?" => {
+                n += 1;
+                format!("${n}")
+            }
+            other => other.to_string(),
+        })
+        .collect()
+}
+
+/// Prepared statement handles are stateless: the SQL itself, or, once
+/// parameters are bound (DoPut), this prefix, the SQL's length (4 bytes,
+/// big-endian), the SQL and the parameter row as an Arrow IPC stream. Any
+/// server of a pool can run any handle, and nothing is kept per client.
+const BOUND: &[u8] = b"lakehouse-bound-v1\0";
+
+fn bound_handle(sql: &str, params: &RecordBatch) -> Result<bytes::Bytes, Status> {
+    let mut out = BOUND.to_vec();
+    out.extend_from_slice(&(sql.len() as u32).to_be_bytes());
+    out.extend_from_slice(sql.as_bytes());
+    let mut writer =
+        datafusion::arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &params.schema())
+            .map_err(arrow_status)?;
+    writer.write(params).map_err(arrow_status)?;
+    writer.finish().map_err(arrow_status)?;
+    out.extend_from_slice(&writer.into_inner().map_err(arrow_status)?);
+    Ok(out.into())
+}
+
+/// The SQL of a prepared statement handle and its bound values, in order.
+fn prepared(handle: &[u8]) -> Result<(String, Option<Vec<ScalarValue>>), Status> {
+    let Some(rest) = handle.strip_prefix(BOUND) else {
+        return Ok((handle_sql(handle)?, None));
+    };
+    let bad = || Status::invalid_argument("malformed prepared statement handle");
+    let len = u32::from_be_bytes(
+        rest.get(..4)
+            .ok_or_else(bad)?
+            .try_into()
+            .map_err(|_| bad())?,
+    ) as usize;
+    let sql = rest.get(4..4 + len).ok_or_else(bad)?;
+    let sql = handle_sql(sql)?;
+    let ipc = rest.get(4 + len..).ok_or_else(bad)?;
+    let reader =
+        datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(ipc), None)
+            .map_err(arrow_status)?;
+    let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().map_err(arrow_status)?;
+    let batch = batches.first().ok_or_else(bad)?;
+    let values = batch
+        .columns()
+        .iter()
+        .map(|c| ScalarValue::try_from_array(c, 0))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok((sql, Some(values)))
 }
 
 #[tonic::async_trait]
@@ -244,11 +345,31 @@ impl FlightSqlService for FlightSql {
         request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         self.authorize(request.metadata())?;
-        let schema = self.schema_of(&query.query).await?;
+        let sql = numbered_placeholders(&query.query);
+        let df = self.engine.plan(&sql).await.map_err(|e| status(&e))?;
+        let schema = super::plain_schema(df.schema().as_arrow());
+        // The placeholders, in order, with the types DataFusion infers.
+        let mut parameters: Vec<(String, Option<DataType>)> = df
+            .logical_plan()
+            .get_parameter_types()
+            .map_err(|e| status(&QueryError::from(e)))?
+            .into_iter()
+            .collect();
+        parameters.sort_by_key(|(name, _)| {
+            name.trim_start_matches('$')
+                .parse::<usize>()
+                .unwrap_or(usize::MAX)
+        });
+        let parameter_schema = Schema::new(
+            parameters
+                .into_iter()
+                .map(|(name, t)| Field::new(name, t.unwrap_or(DataType::Utf8), true))
+                .collect::<Vec<_>>(),
+        );
         Ok(ActionCreatePreparedStatementResult {
-            prepared_statement_handle: query.query.into_bytes().into(),
+            prepared_statement_handle: sql.into_bytes().into(),
             dataset_schema: schema_ipc(&schema)?,
-            parameter_schema: schema_ipc(&Schema::empty())?,
+            parameter_schema: schema_ipc(&parameter_schema)?,
         })
     }
 
@@ -266,8 +387,8 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.authorize(request.metadata())?;
-        let sql = handle_sql(&cmd.prepared_statement_handle)?;
-        let schema = self.schema_of(&sql).await?;
+        let (sql, params) = prepared(&cmd.prepared_statement_handle)?;
+        let schema = self.schema_with(&sql, params).await?;
         self.info(&schema, cmd.as_any().encode_to_vec(), request.into_inner())
     }
 
@@ -277,18 +398,40 @@ impl FlightSqlService for FlightSql {
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         self.authorize(request.metadata())?;
-        self.run(&handle_sql(&cmd.prepared_statement_handle)?).await
+        let (sql, params) = prepared(&cmd.prepared_statement_handle)?;
+        self.run_with(&sql, params).await
     }
 
+    /// Binds parameters: the client sends one row of values; the answer is a
+    /// new handle that carries them (see [`BOUND`]).
     async fn do_put_prepared_statement_query(
         &self,
-        _query: CommandPreparedStatementQuery,
+        query: CommandPreparedStatementQuery,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<arrow_flight::sql::DoPutPreparedStatementResult, Status> {
         self.authorize(request.metadata())?;
-        Err(Status::unimplemented(
-            "bound parameters are not supported over Flight SQL yet; put the values in the SQL text",
-        ))
+        let (sql, _) = prepared(&query.prepared_statement_handle)?;
+        let batches: Vec<RecordBatch> =
+            arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(
+                request.into_inner().map_err(FlightError::from),
+            )
+            .try_collect()
+            .await
+            .map_err(|e| Status::invalid_argument(format!("parameters: {e}")))?;
+        let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        let handle = match (rows, batches.first()) {
+            (0, _) | (_, None) => sql.into_bytes().into(),
+            (1, Some(batch)) => bound_handle(&sql, batch)?,
+            (n, _) => {
+                return Err(Status::invalid_argument(format!(
+                    "{n} rows of parameters were bound; a query takes one row (run it once per row)"
+                )))
+            }
+        };
+        Ok(arrow_flight::sql::DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(handle),
+        })
     }
 
     async fn get_flight_info_catalogs(
@@ -456,4 +599,18 @@ impl FlightSqlService for FlightSql {
 
 fn table_types_schema() -> Schema {
     Schema::new(vec![Field::new("table_type", DataType::Utf8, false)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::numbered_placeholders;
+
+    #[test]
+    fn question_marks_become_numbered_placeholders() {
+        assert_eq!(
+            numbered_placeholders("SELECT * FROM t WHERE a = ? AND b > ? AND c = '?'"),
+            "SELECT * FROM t WHERE a = $1 AND b > $2 AND c = '?'"
+        );
+        assert_eq!(numbered_placeholders("SELECT 1"), "SELECT 1");
+    }
 }

@@ -249,7 +249,32 @@ impl Engine {
         &self,
         sql: &str,
     ) -> std::result::Result<SendableRecordBatchStream, QueryError> {
+        self.sql_with(sql, None).await
+    }
+
+    /// Plans one read-only statement with its placeholders (`$1`, `?`)
+    /// bound to `params`, in order.
+    pub async fn plan_with(
+        &self,
+        sql: &str,
+        params: Option<Vec<datafusion::scalar::ScalarValue>>,
+    ) -> std::result::Result<DataFrame, QueryError> {
         let df = self.plan(sql).await?;
+        match params {
+            Some(values) => Ok(df.with_param_values(datafusion::common::ParamValues::List(
+                values.into_iter().map(Into::into).collect(),
+            ))?),
+            None => Ok(df),
+        }
+    }
+
+    /// Plans and starts one read-only statement with bound parameters.
+    pub async fn sql_with(
+        &self,
+        sql: &str,
+        params: Option<Vec<datafusion::scalar::ScalarValue>>,
+    ) -> std::result::Result<SendableRecordBatchStream, QueryError> {
+        let df = self.plan_with(sql, params).await?;
         Ok(df.execute_stream().await?)
     }
 }

@@ -597,6 +597,11 @@ async fn flight_sql_streams_arrow_to_authenticated_clients() {
         .unwrap()
         .contains("read-only"));
     assert_eq!(answers["adbc_vendor"], "lakehouse");
+    let region = |name: &str| expected.iter().find(|r| r[0] == name).unwrap()[1].clone();
+    assert_eq!(
+        answers["adbc_bound"],
+        serde_json::json!([region("east"), region("west")])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

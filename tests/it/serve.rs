@@ -918,6 +918,25 @@ async fn bi_queries_get_postgres_answers_and_no_query_ends_the_server() {
         ]]
     );
 
+    // information_schema.columns in Postgres's type names, numbered from 1.
+    assert_eq!(
+        pg_text(
+            &client,
+            "SELECT column_name, ordinal_position, data_type, udt_name FROM information_schema.columns \
+             WHERE table_schema = 'gold' AND table_name = 'daily_region_sales' ORDER BY ordinal_position",
+        )
+        .await,
+        [
+            ["order_date", "1", "date", "date"],
+            ["region", "2", "text", "text"],
+            ["orders", "3", "bigint", "int8"],
+            ["units", "4", "bigint", "int8"],
+            ["revenue", "5", "numeric", "numeric"],
+            ["returns", "6", "bigint", "int8"],
+            ["avg_order_value", "7", "numeric", "numeric"],
+        ]
+    );
+
     // An unknown table is undefined_table, as in Postgres.
     let e = client
         .simple_query("SELECT * FROM gold.no_such_table")

@@ -81,6 +81,8 @@ pub async fn install_catalog(ctx: &SessionContext) -> Result<()> {
         GenerateSubscripts::new(),
     ));
     ctx.register_udf(current_setting());
+    ctx.register_udf(type_name_udf("lakehouse_pg_type_name", pg_type_name));
+    ctx.register_udf(type_name_udf("lakehouse_pg_udt_name", pg_udt_name));
     ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
         ExpandArray::new(),
     ));
@@ -659,6 +661,118 @@ fn setting(name: &str) -> Option<&'static str> {
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case(name))
         .map(|(_, v)| *v)
+}
+
+/// Postgres's name of an Arrow type as DataFusion's `information_schema`
+/// writes it (`Int64`, `Decimal128(18, 2)`, `Timestamp(µs, "UTC")`).
+pub fn pg_type_name(arrow: &str) -> String {
+    let t = arrow.trim();
+    let name = match t {
+        "Boolean" => "boolean",
+        "Int8" | "Int16" | "UInt8" => "smallint",
+        "Int32" | "UInt16" => "integer",
+        "Int64" | "UInt32" => "bigint",
+        "UInt64" => "numeric",
+        "Float16" | "Float32" => "real",
+        "Float64" => "double precision",
+        "Utf8" | "LargeUtf8" | "Utf8View" => "text",
+        "Binary" | "LargeBinary" | "BinaryView" => "bytea",
+        "Date32" | "Date64" => "date",
+        "Null" => "unknown",
+        _ if t.starts_with("Decimal") => "numeric",
+        _ if t.starts_with("Timestamp(") && t.ends_with(", None)") => "timestamp without time zone",
+        _ if t.starts_with("Timestamp(") => "timestamp with time zone",
+        _ if t.starts_with("Time32") || t.starts_with("Time64") => "time without time zone",
+        _ if t.starts_with("Interval") || t.starts_with("Duration") => "interval",
+        _ if t.starts_with("Dictionary(") => {
+            // The value type follows the key type.
+            let inner = t
+                .trim_start_matches("Dictionary(")
+                .trim_end_matches(')')
+                .split_once(", ")
+                .map(|(_, v)| v.to_string())
+                .unwrap_or_default();
+            return pg_type_name(&inner);
+        }
+        _ if t.starts_with("List(")
+            || t.starts_with("LargeList(")
+            || t.starts_with("FixedSizeList(") =>
+        {
+            "ARRAY"
+        }
+        _ if t.starts_with("Struct(") => "record",
+        _ => return t.to_ascii_lowercase(),
+    };
+    name.to_string()
+}
+
+/// Postgres's `udt_name` (the internal type name) of an Arrow type.
+pub fn pg_udt_name(arrow: &str) -> String {
+    match pg_type_name(arrow).as_str() {
+        "boolean" => "bool",
+        "smallint" => "int2",
+        "integer" => "int4",
+        "bigint" => "int8",
+        "real" => "float4",
+        "double precision" => "float8",
+        "timestamp with time zone" => "timestamptz",
+        "timestamp without time zone" => "timestamp",
+        "time without time zone" => "time",
+        other => return other.to_string(),
+    }
+    .to_string()
+}
+
+fn type_name_udf(name: &str, f: fn(&str) -> String) -> datafusion::logical_expr::ScalarUDF {
+    use datafusion::arrow::array::{Array, StringArray};
+    use datafusion::arrow::datatypes::DataType;
+    use datafusion::logical_expr::ColumnarValue;
+    datafusion::logical_expr::create_udf(
+        name,
+        vec![DataType::Utf8],
+        DataType::Utf8,
+        datafusion::logical_expr::Volatility::Immutable,
+        Arc::new(move |args: &[ColumnarValue]| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let names = datafusion::common::cast::as_string_array(&arrays[0])?;
+            let out: StringArray = (0..names.len())
+                .map(|i| (!names.is_null(i)).then(|| f(names.value(i))))
+                .collect();
+            Ok(ColumnarValue::Array(Arc::new(out)))
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{pg_type_name, pg_udt_name};
+
+    #[test]
+    fn arrow_types_get_postgres_names() {
+        for (arrow, pg, udt) in [
+            ("Int64", "bigint", "int8"),
+            ("Decimal128(18, 2)", "numeric", "numeric"),
+            ("Dictionary(UInt16, Utf8)", "text", "text"),
+            (
+                "Timestamp(µs, \"UTC\")",
+                "timestamp with time zone",
+                "timestamptz",
+            ),
+            (
+                "Timestamp(µs, None)",
+                "timestamp without time zone",
+                "timestamp",
+            ),
+            ("Date32", "date", "date"),
+            ("Utf8View", "text", "text"),
+            ("Float64", "double precision", "float8"),
+            ("Boolean", "boolean", "bool"),
+            ("BinaryView", "bytea", "bytea"),
+        ] {
+            assert_eq!(pg_type_name(arrow), pg, "{arrow}");
+            assert_eq!(pg_udt_name(arrow), udt, "{arrow}");
+        }
+    }
 }
 
 /// `pg_settings` with the rows of [`SETTINGS`] (pgjdbc reads

@@ -23,6 +23,10 @@
 //! - `array(SELECT … FROM unnest(t.reloptions) …)` (psql's `\d+`) is a NULL
 //!   `text[]`: `reloptions` is always NULL here (see `catalog.rs`), and
 //!   DataFusion has no `array(subquery)`.
+//! - `information_schema.columns` reads as Postgres's: `data_type` in
+//!   Postgres's names (`bigint`, `numeric`, `text`, `timestamp with time
+//!   zone`) rather than Arrow's (`Int64`, `Decimal128(18, 2)`,
+//!   `Dictionary(UInt16, Utf8)`), `ordinal_position` from 1.
 //! - A scalar subquery reading a catalog table this server keeps empty
 //!   ([`EMPTY_TABLES`]: no defaults, sequences, indexes, triggers or
 //!   inheritance exist in a lake) is `NULL`, which is what it returns; the
@@ -390,8 +394,56 @@ fn aggregate_scalar_subquery(query: &mut Query) -> bool {
     }
 }
 
+/// `information_schema.columns` as Postgres shows it (see the module doc).
+const PG_COLUMNS: &str = "SELECT table_catalog, table_schema, table_name, column_name, \
+     ordinal_position + 1 AS ordinal_position, column_default, is_nullable, \
+     lakehouse_pg_type_name(data_type) AS data_type, character_maximum_length, \
+     character_octet_length, numeric_precision, numeric_precision_radix, numeric_scale, \
+     datetime_precision, interval_type, lakehouse_pg_udt_name(data_type) AS udt_name \
+     FROM information_schema.columns";
+
+fn is_information_schema_columns(name: &ObjectName) -> bool {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .map(|p| p.to_string().trim_matches('"').to_ascii_lowercase())
+        .collect();
+    matches!(parts.as_slice(), [.., schema, table] if schema == "information_schema" && table == "columns")
+}
+
 impl VisitorMut for Rules<'_> {
     type Break = ();
+
+    // After the children: the derived table put in is not visited again.
+    fn post_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        use datafusion::sql::sqlparser::ast::{Ident, TableAlias};
+        let TableFactor::Table { name, alias, .. } = factor else {
+            return ControlFlow::Continue(());
+        };
+        if !is_information_schema_columns(name) {
+            return ControlFlow::Continue(());
+        }
+        let Ok(Statement::Query(subquery)) = Parser::new(&PostgreSqlDialect {})
+            .try_with_sql(PG_COLUMNS)
+            .and_then(|mut p| p.parse_statement())
+        else {
+            return ControlFlow::Continue(());
+        };
+        let alias = alias.clone().unwrap_or(TableAlias {
+            explicit: true,
+            name: Ident::new("columns"),
+            columns: vec![],
+            at: None,
+        });
+        *factor = TableFactor::Derived {
+            lateral: false,
+            subquery,
+            alias: Some(alias),
+            sample: None,
+        };
+        self.changed = true;
+        ControlFlow::Continue(())
+    }
 
     fn pre_visit_relation(&mut self, name: &mut ObjectName) -> ControlFlow<()> {
         let Some(r) = self.resolution else {
@@ -588,6 +640,22 @@ mod tests {
         assert!(out.contains("JOIN orders ON"), "{out}");
         assert!(out.contains("JOIN pg_class ON"), "{out}");
         assert!(out.contains("JOIN nowhere ON"), "{out}");
+    }
+
+    #[test]
+    fn information_schema_columns_reads_as_postgres() {
+        let s = one(
+            "SELECT column_name, data_type FROM information_schema.columns c WHERE c.table_name = 't'",
+        );
+        let r = rewrite(&s, None).expect("rewritten").to_string();
+        assert!(
+            r.contains("lakehouse_pg_type_name(data_type) AS data_type"),
+            "{r}"
+        );
+        assert!(
+            r.contains("FROM information_schema.columns) c WHERE"),
+            "{r}"
+        );
     }
 
     #[test]

@@ -182,38 +182,8 @@ fn load_config(path: Option<&std::path::Path>) -> Result<ConfigFile> {
 }
 
 /// `30s`, `5m`, `500ms`, `1h`, or plain seconds.
-pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration like 30s, 5m or 500ms"))?;
-    let secs = match unit.trim() {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("`{s}` is not a duration like 30s, 5m or 500ms")),
-    };
-    Ok(std::time::Duration::from_secs_f64(secs))
-}
-
-fn parse_size(s: &str) -> std::result::Result<usize, String> {
-    let s = s.trim();
-    let (num, mult) = match s.chars().last().map(|c| c.to_ascii_uppercase()) {
-        Some('K') => (&s[..s.len() - 1], 1usize << 10),
-        Some('M') => (&s[..s.len() - 1], 1 << 20),
-        Some('G') => (&s[..s.len() - 1], 1 << 30),
-        _ => (s, 1),
-    };
-    num.trim()
-        .parse::<f64>()
-        .map(|n| (n * mult as f64) as usize)
-        .map_err(|_| format!("`{s}` is not a size like 2G, 512M or 1048576"))
-}
+pub use crate::units::parse_duration;
+use crate::units::parse_positive_size as parse_size;
 
 fn parse_date(s: &str) -> std::result::Result<chrono::NaiveDate, String> {
     chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")

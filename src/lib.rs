@@ -22,6 +22,7 @@ pub mod runner;
 pub mod serve;
 pub mod session;
 pub mod storage;
+pub mod units;
 pub mod upsert;
 
 pub use error::{Error, Result};

@@ -256,17 +256,26 @@ pub fn retry_config(
     let bad = |k: &str, v: &str| Error::Lake {
         uri: url.to_string(),
         message: format!(
-            "storage option {k} = {v:?} is not valid (a count, or a duration like 30s / 500ms)"
+            "storage option {k} = {v:?} is not valid (max_retries: a count; retry_timeout and \
+             backoff_config.init_backoff/max_backoff: a duration like 30s or 500ms, at most \
+             365 days; backoff_config.base: a number from 1 to 100)"
         ),
     };
-    let duration = |k: &str, v: &str| crate::cli::parse_duration(v).map_err(|_| bad(k, v));
+    let duration = |k: &str, v: &str| crate::units::parse_duration(v).map_err(|_| bad(k, v));
     for (k, v) in options {
         match k.to_ascii_lowercase().as_str() {
             "max_retries" => config.max_retries = v.parse().map_err(|_| bad(k, v))?,
             "retry_timeout" => config.retry_timeout = duration(k, v)?,
             "backoff_config.init_backoff" => config.backoff.init_backoff = duration(k, v)?,
             "backoff_config.max_backoff" => config.backoff.max_backoff = duration(k, v)?,
-            "backoff_config.base" => config.backoff.base = v.parse().map_err(|_| bad(k, v))?,
+            "backoff_config.base" => {
+                // A growth factor per retry: finite, at least 1.
+                config.backoff.base = v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|b| b.is_finite() && (1.0..=100.0).contains(b))
+                    .ok_or_else(|| bad(k, v))?
+            }
             _ => {}
         }
     }

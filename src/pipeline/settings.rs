@@ -201,6 +201,30 @@ pub fn parse_source(file: &Path, text: &str) -> Result<CsvSource> {
     };
     let delimiter = one_byte(&raw.delimiter, "delimiter", b',')?;
     let quote = one_byte(&raw.quote, "quote", b'"')?;
+    let line_of =
+        |v: &Option<Spanned<String>>| v.as_ref().map_or(1, |s| line_at(text, s.span().start));
+    for (byte, what, at) in [
+        (delimiter, "delimiter", &raw.delimiter),
+        (quote, "quote", &raw.quote),
+    ] {
+        if byte == b'\n' || byte == b'\r' {
+            return Err(file_error(
+                file,
+                line_of(at),
+                format!("{what} cannot be a line break: it would split every row"),
+            ));
+        }
+    }
+    if delimiter == quote {
+        return Err(file_error(
+            file,
+            line_of(if raw.quote.is_some() { &raw.quote } else { &raw.delimiter }),
+            format!(
+                "delimiter and quote are both `{}`: a field could never be told from a quoted one; pick different characters",
+                delimiter as char
+            ),
+        ));
+    }
     if !raw.header && raw.columns.is_none() {
         return Err(file_error(
             file,

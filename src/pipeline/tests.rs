@@ -73,6 +73,25 @@ fn unknown_source_setting_and_bad_values_name_file_and_line() {
         e.starts_with("bronze/orders.toml:2: delimiter must be a single ASCII character"),
         "{e}"
     );
+    // A delimiter equal to the quote, or a line break, can never split rows.
+    let e = err(&[(
+        "bronze/orders.toml",
+        "files = \"x\"\ndelimiter = \"'\"\nquote = \"'\"\n",
+    )]);
+    assert!(
+        e.starts_with("bronze/orders.toml:3: delimiter and quote are both `'`"),
+        "{e}"
+    );
+    let e = err(&[("bronze/orders.toml", "files = \"x\"\ndelimiter = \"\\n\"\n")]);
+    assert!(
+        e.starts_with("bronze/orders.toml:2: delimiter cannot be a line break"),
+        "{e}"
+    );
+    let e = err(&[("bronze/orders.toml", "files = \"x\"\nquote = \"\\r\"\n")]);
+    assert!(
+        e.starts_with("bronze/orders.toml:2: quote cannot be a line break"),
+        "{e}"
+    );
     let e = err(&[
         SRC,
         ("silver/o.sql", "SELECT 1"),

@@ -460,3 +460,61 @@ async fn a_file_changed_after_ingest_is_reported_not_ingested_twice() {
         text(&out)
     );
 }
+
+/// Durations and sizes out of range are clear errors with exit code 2,
+/// never a panic (a timeout of 10^20 seconds once aborted `serve`).
+#[test]
+fn settings_out_of_range_are_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("lake")).unwrap();
+    let lake = dir.path().join("lake");
+    let lake = lake.to_str().unwrap();
+    for (args, expected) in [
+        (
+            vec![
+                "--lake",
+                lake,
+                "serve",
+                "--query-timeout",
+                "99999999999999999999s",
+            ],
+            "longer than the longest duration",
+        ),
+        (
+            vec![
+                "--lake",
+                lake,
+                "serve",
+                "--query-timeout",
+                "18446744073709551615s",
+            ],
+            "longer than the longest duration",
+        ),
+        (
+            vec!["--lake", lake, "serve", "--query-timeout", "soon"],
+            "not a duration",
+        ),
+        (
+            vec!["--lake", lake, "serve", "--query-memory", "NaN"],
+            "not a size",
+        ),
+        (
+            vec!["--lake", lake, "serve", "--query-memory", "0"],
+            "is zero",
+        ),
+        (
+            vec!["--lake", lake, "--memory-limit=-1G", "tables"],
+            "not a size",
+        ),
+        (
+            vec!["--lake", lake, "--memory-limit=1e400", "tables"],
+            "not a size",
+        ),
+    ] {
+        let out = lakehouse(&args, dir.path());
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {t}");
+        assert!(t.contains(expected), "{args:?}: {t}");
+        assert!(!t.contains("panicked"), "{args:?}: {t}");
+    }
+}

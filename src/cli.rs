@@ -231,8 +231,12 @@ pub async fn dispatch(cli: Cli) -> Result<bool> {
             let lake = Lake::open(&cli.lake, config.storage.clone())?;
             let run_id = crate::runner::new_run_id();
             let lock = crate::lock::RunLock::acquire(&lake, &run_id, wait).await?;
-            let report =
-                crate::runner::run(&lake, &pipeline, &options, &run_id, &run_options).await;
+            let report = crate::delta::FENCE
+                .scope(
+                    lock.fence(),
+                    crate::runner::run(&lake, &pipeline, &options, &run_id, &run_options),
+                )
+                .await;
             lock.release().await;
             let report = report?;
             print!("{}", crate::runner::summary(&report));

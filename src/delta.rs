@@ -73,6 +73,19 @@ pub struct WriteSpec {
     pub symlink_manifest: bool,
 }
 
+/// A check every commit passes first: the caller's right to write still
+/// holds (a run's lease, see `crate::lock`). Set for a whole task with
+/// [`FENCE`]; commits outside any fence are not checked.
+#[async_trait::async_trait]
+pub trait Fence: Send + Sync + std::fmt::Debug {
+    async fn check(&self) -> Result<()>;
+}
+
+tokio::task_local! {
+    /// The fence of the commits made by the current task.
+    pub static FENCE: Arc<dyn Fence>;
+}
+
 /// What a write did.
 #[derive(Debug, Clone, Default)]
 pub struct Written {
@@ -428,6 +441,9 @@ pub async fn commit(
         },
         predicate: None,
     };
+    if let Ok(fence) = FENCE.try_with(|f| f.clone()) {
+        fence.check().await?;
+    }
     let snapshot = table.snapshot()?.clone();
     let commit = CommitBuilder::from(props)
         .with_actions(actions)

@@ -75,6 +75,8 @@ pub enum Error {
     ObjectStore(#[from] object_store::Error),
 
     #[error("{0}")]
+    LeaseLost(String),
+    #[error("{0}")]
     Usage(String),
 }
 

@@ -143,3 +143,141 @@ async fn killed_runs_leave_readable_tables_and_the_next_run_finishes_the_work() 
     assert!(last.status.success(), "{}", text(&last));
     crate::retail::assert_figures(&lake, &expected).await;
 }
+
+/// A lock file naming another run, written the way a run writes it.
+fn foreign_lock(lake: &Path, run_id: &str, expires_in_ms: i64) {
+    let lock = lake.join("_lakehouse/run.lock");
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    let body = serde_json::json!({
+        "run_id": run_id,
+        "host": "another-host",
+        "pid": 1,
+        "acquired_at": chrono::Utc::now().to_rfc3339(),
+        "expires_at": chrono::Utc::now().timestamp_millis() + expires_in_ms,
+    });
+    let tmp = lock.with_extension("steal");
+    std::fs::write(&tmp, body.to_string()).unwrap();
+    std::fs::rename(&tmp, &lock).unwrap();
+}
+
+fn commits(table: &Path) -> usize {
+    std::fs::read_dir(table.join("_delta_log"))
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            })
+            .count()
+        })
+        .unwrap_or(0)
+}
+
+/// After its lease is taken (it expired while the run was stalled, and
+/// another run took it), a run commits nothing more, says why, and leaves
+/// the other run's lock alone. Before the fence, it went on committing and
+/// then deleted the other run's lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_lease_is_taken_stops_before_its_next_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    gen::generate(
+        &lake,
+        &gen::Options {
+            rows: 150_000,
+            files: 3,
+            days: 10,
+            seed: 9,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let run = spawn_run(&lake, &[]);
+    let bronze = lake.join("bronze/orders");
+    let started = Instant::now();
+    // Once bronze.orders has its first rows committed, another run takes
+    // the lease.
+    while commits(&bronze) < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the run never committed bronze.orders"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    foreign_lock(&lake, "thief", 600_000);
+    let out = run.wait_with_output().unwrap();
+    let t = text(&out);
+    assert!(
+        !out.status.success(),
+        "the run went on after losing its lease: {t}"
+    );
+    assert!(t.contains("lost the lake's lease to run thief"), "{t}");
+    // Nothing after the theft: silver and gold have no data commit.
+    for table in ["silver/orders", "gold/daily_region_sales"] {
+        let parquet = walk(&lake.join(table))
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .count();
+        assert_eq!(parquet, 0, "{table} was written after the lease was lost");
+    }
+    // The thief's lock is still there.
+    let lock = std::fs::read_to_string(lake.join("_lakehouse/run.lock")).unwrap();
+    assert!(lock.contains("\"thief\""), "{lock}");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// An expired lease is taken over; of two runs racing for it exactly one
+/// wins, the other is told another run holds the lake, and nothing is
+/// ingested twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lease_is_taken_over_by_exactly_one_of_two_racing_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    gen::generate(
+        &lake,
+        &gen::Options {
+            rows: 150_000,
+            files: 3,
+            days: 10,
+            seed: 11,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let expected = compute(&lake);
+    foreign_lock(&lake, "expired", -1_000);
+    let a = spawn_run(&lake, &[]);
+    let b = spawn_run(&lake, &[]);
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let codes = [a.status.code(), b.status.code()];
+    let winners = codes.iter().filter(|c| **c == Some(0)).count();
+    assert_eq!(winners, 1, "{codes:?}\n{}\n{}", text(&a), text(&b));
+    let loser = if a.status.success() { &b } else { &a };
+    assert_eq!(loser.status.code(), Some(2), "{}", text(loser));
+    assert!(
+        text(loser).contains("another run holds this lake"),
+        "{}",
+        text(loser)
+    );
+    assert!(
+        !lake.join("_lakehouse/run.lock").exists(),
+        "the winner released the lock"
+    );
+    assert_eq!(
+        one(&lake, "SELECT count(*) FROM bronze.orders").await as u64,
+        expected.bronze_rows
+    );
+}

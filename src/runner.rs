@@ -36,6 +36,9 @@ pub struct RunReport {
     pub run_id: String,
     pub started_at: chrono::DateTime<chrono::Utc>,
     pub sources: Vec<SourceStep>,
+    /// Files under `landing/` that no source's glob matches: landed, but
+    /// nobody reads them (a `.csv.gz` next to `*.csv`, a misspelt folder).
+    pub unread: Vec<String>,
     pub models: Vec<ModelStep>,
     pub errors: Vec<String>,
     pub seconds: f64,
@@ -147,6 +150,7 @@ pub async fn run(
         run_id: run_id.clone(),
         started_at,
         sources: vec![],
+        unread: vec![],
         models: vec![],
         errors: vec![],
         seconds: 0.0,
@@ -238,6 +242,11 @@ pub async fn run(
         }
     }
 
+    report.unread = unread_landing_files(lake, pipeline).await;
+    for file in &report.unread {
+        tracing::warn!(file = %file, "landed file matches no source's `files` glob: it is not read");
+    }
+
     let (ctx, catalog) = session::build(lake, options).await?;
     let mut failed: HashSet<String> = HashSet::new();
     for m in pipeline
@@ -309,6 +318,36 @@ pub async fn run(
 }
 
 /// The one-screen summary printed at the end of a run.
+/// Files under the lake's `landing/` that no source's glob matches (hidden
+/// files, such as `.DS_Store`, aside). A listing failure is logged and
+/// reports nothing: this is a hint, not part of the run's work.
+async fn unread_landing_files(lake: &Lake, pipeline: &Pipeline) -> Vec<String> {
+    let landed = match lake.glob("landing/**/*").await {
+        Ok(files) => files,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not list landing/ to look for files no source reads");
+            return vec![];
+        }
+    };
+    let patterns: Vec<glob::Pattern> = pipeline
+        .sources
+        .iter()
+        .filter_map(|s| glob::Pattern::new(s.csv.files.trim_start_matches('/')).ok())
+        .collect();
+    let options = glob::MatchOptions {
+        require_literal_separator: true,
+        ..Default::default()
+    };
+    landed
+        .into_iter()
+        .map(|f| f.name)
+        .filter(|name| {
+            let hidden = name.rsplit('/').next().is_some_and(|n| n.starts_with('.'));
+            !hidden && !patterns.iter().any(|p| p.matches_with(name, options))
+        })
+        .collect()
+}
+
 pub fn summary(report: &RunReport) -> String {
     let mut rows: Vec<[String; 7]> = vec![[
         "table".into(),
@@ -392,6 +431,19 @@ pub fn summary(report: &RunReport) -> String {
                 ));
             }
         }
+    }
+    if !report.unread.is_empty() {
+        let shown: Vec<&str> = report.unread.iter().take(5).map(String::as_str).collect();
+        out.push_str(&format!(
+            "  {} landed file(s) match no source's `files` glob and were not read: {}{}\n",
+            report.unread.len(),
+            shown.join(", "),
+            if report.unread.len() > shown.len() {
+                ", …"
+            } else {
+                ""
+            }
+        ));
     }
     for src in &report.sources {
         for (name, what) in &src.report.changed {

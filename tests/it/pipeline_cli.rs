@@ -518,3 +518,28 @@ fn settings_out_of_range_are_errors_not_panics() {
         assert!(!t.contains("panicked"), "{args:?}: {t}");
     }
 }
+
+/// A landed file no source's glob matches is reported (summary and log),
+/// not silently ignored; hidden files are not.
+#[test]
+fn landed_files_no_source_reads_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(
+        dir.path(),
+        "id,day,v,updated\n1,d1,5,1\n",
+        &[("bronze/events.toml", SOURCE)],
+    );
+    let landing = dir.path().join("lake/landing");
+    std::fs::write(landing.join("events_2.csv.gz"), b"not read").unwrap();
+    std::fs::create_dir_all(landing.join("other")).unwrap();
+    std::fs::write(landing.join("other/events_3.csv"), b"id\n").unwrap();
+    std::fs::write(landing.join(".DS_Store"), b"").unwrap();
+    let out = run(dir.path());
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("2 landed file(s) match no source's `files` glob and were not read: landing/events_2.csv.gz, landing/other/events_3.csv"),
+        "{t}"
+    );
+    assert!(!t.contains(".DS_Store"), "{t}");
+}

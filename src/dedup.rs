@@ -30,13 +30,20 @@ use futures::StreamExt;
 use crate::error::{Error, Result};
 use crate::quality::error_stream;
 
+/// Rows the deduplication collapsed, counted where they are dropped, so
+/// that "rows in = written + quarantined + duplicates" compares independent
+/// counts (a lost row cannot hide as a duplicate).
+pub type Collapsed = Arc<std::sync::atomic::AtomicU64>;
+
 /// `df` with one row per `keys`: the greatest by `sequence_by` (in order,
-/// NULLs lowest); without `sequence_by`, the first one read.
+/// NULLs lowest); without `sequence_by`, the first one read. The counter
+/// grows by every row dropped as a duplicate.
 pub async fn latest_per_key(
     ctx: &SessionContext,
     df: DataFrame,
     keys: &[String],
     sequence_by: &[String],
+    collapsed: Collapsed,
 ) -> Result<DataFrame> {
     let plan = df.create_physical_plan().await?;
     let schema = plan.schema();
@@ -85,6 +92,7 @@ pub async fn latest_per_key(
                 keys: key_indices.clone(),
                 schema: schema.clone(),
                 used: Mutex::new(false),
+                collapsed: collapsed.clone(),
             }) as Arc<dyn PartitionStream>
         })
         .collect();
@@ -98,6 +106,7 @@ struct FirstOfRun {
     keys: Vec<usize>,
     schema: SchemaRef,
     used: Mutex<bool>,
+    collapsed: Collapsed,
 }
 
 impl std::fmt::Debug for FirstOfRun {
@@ -141,9 +150,17 @@ impl PartitionStream for FirstOfRun {
             Err(e) => return fail(e.to_string()),
         };
         let keys = self.keys.clone();
+        let collapsed = self.collapsed.clone();
         let state = (converter, None::<OwnedRow>);
         let stream = inner.scan(state, move |(converter, last), batch| {
-            let out = batch.and_then(|batch| first_of_runs(&batch, &keys, converter, last));
+            let out = batch.and_then(|batch| {
+                let kept = first_of_runs(&batch, &keys, converter, last)?;
+                collapsed.fetch_add(
+                    (batch.num_rows() - kept.num_rows()) as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                Ok(kept)
+            });
             futures::future::ready(Some(out))
         });
         Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))

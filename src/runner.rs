@@ -317,7 +317,6 @@ pub async fn run(
     Ok(report)
 }
 
-/// The one-screen summary printed at the end of a run.
 /// Files under the lake's `landing/` that no source's glob matches (hidden
 /// files, such as `.DS_Store`, aside). A listing failure is logged and
 /// reports nothing: this is a hint, not part of the run's work.
@@ -348,6 +347,7 @@ async fn unread_landing_files(lake: &Lake, pipeline: &Pipeline) -> Vec<String> {
         .collect()
 }
 
+/// The one-screen summary printed at the end of a run.
 pub fn summary(report: &RunReport) -> String {
     let mut rows: Vec<[String; 7]> = vec![[
         "table".into(),

@@ -292,10 +292,16 @@ pub async fn run_model(
     let plan = df.create_physical_plan().await?;
     let (checked, quarantine_stream) = quality::checked(plan, checker.clone())?;
     let mut result = ctx.read_table(checked)?;
+    let collapsed: crate::dedup::Collapsed = Default::default();
     if !settings.unique_key.is_empty() {
-        result =
-            crate::dedup::latest_per_key(ctx, result, &settings.unique_key, &settings.sequence_by)
-                .await?;
+        result = crate::dedup::latest_per_key(
+            ctx,
+            result,
+            &settings.unique_key,
+            &settings.sequence_by,
+            collapsed.clone(),
+        )
+        .await?;
     }
     let visible: Vec<&str> = columns
         .iter()
@@ -476,7 +482,7 @@ pub async fn run_model(
             json!({
                 "rowsIn": checker.rows_in(),
                 "rowsQuarantined": quarantined,
-                "duplicatesCollapsed": checker.rows_in().saturating_sub(quarantined + rows),
+                "duplicatesCollapsed": collapsed.load(std::sync::atomic::Ordering::Relaxed),
                 "rules": checker.results(),
             }),
         );
@@ -507,12 +513,16 @@ pub async fn run_model(
     } else {
         report.rows_in = checker.rows_in();
         report.quarantined = checker.rows_quarantined();
-        // Every checked row is written, quarantined or collapsed as a duplicate.
-        report.duplicates = report
-            .rows_in
-            .saturating_sub(report.quarantined + report.rows_written);
+        // Counted where rows are dropped, not as a remainder: the identity
+        // below compares independent counts.
+        report.duplicates = collapsed.load(std::sync::atomic::Ordering::Relaxed);
         report.reconciled = outcome.3
-            && report.rows_in == report.rows_written + report.quarantined + report.duplicates;
+            && reconciles(
+                report.rows_in,
+                report.rows_written,
+                report.quarantined,
+                report.duplicates,
+            );
     }
     if !report.reconciled {
         return Err(Error::Table {
@@ -525,6 +535,15 @@ pub async fn run_model(
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Every row that entered the checks is written, quarantined or collapsed
+/// as a duplicate: three counts taken in three places.
+fn reconciles(rows_in: u64, written: u64, quarantined: u64, duplicates: u64) -> bool {
+    written
+        .checked_add(quarantined)
+        .and_then(|n| n.checked_add(duplicates))
+        == Some(rows_in)
 }
 
 async fn commit_quarantine(
@@ -584,4 +603,20 @@ async fn write_streams(
 /// no data (an incremental run with nothing to change) still a commit.
 fn model_txn(table: &str, at: chrono::DateTime<chrono::Utc>) -> deltalake::kernel::Transaction {
     deltalake::kernel::Transaction::new(format!("lakehouse-model:{table}"), at.timestamp_millis())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reconciles;
+
+    #[test]
+    fn a_lost_row_fails_reconciliation() {
+        // 10 in, 9 written, none quarantined or collapsed: one row lost. When
+        // duplicates were the remainder, it was reported as a duplicate.
+        assert!(!reconciles(10, 9, 0, 0));
+        assert!(!reconciles(10, 9, 0, 2));
+        assert!(reconciles(10, 7, 2, 1));
+        assert!(reconciles(0, 0, 0, 0));
+        assert!(!reconciles(u64::MAX, u64::MAX, 1, 0));
+    }
 }

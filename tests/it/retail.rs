@@ -177,6 +177,24 @@ async fn example_pipeline_matches_an_independent_computation_and_reruns_change_n
     assert!(text(&first).contains("succeeded"), "{}", text(&first));
     assert_figures(&lake, &expected).await;
     readers_agree(&lake, &expected);
+    // Duplicates are counted where they collapse, and equal the oracle's;
+    // a model without unique_key collapses none.
+    assert_eq!(
+        one(
+            &lake,
+            "SELECT duplicates FROM system.steps WHERE step = 'silver.orders'"
+        )
+        .await as u64,
+        expected.duplicates
+    );
+    assert_eq!(
+        one(
+            &lake,
+            "SELECT max(duplicates) FROM system.steps WHERE step LIKE 'gold.%'"
+        )
+        .await,
+        0
+    );
 
     let before = versions(&lake).await;
     let second = lakehouse(&args, dir.path());

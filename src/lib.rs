@@ -21,6 +21,7 @@ pub mod runlog;
 pub mod runner;
 pub mod serve;
 pub mod session;
+pub mod sql_policy;
 pub mod storage;
 pub mod units;
 pub mod upsert;

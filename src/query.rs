@@ -19,7 +19,7 @@ pub enum Format {
 /// Refuses anything but a read-only query (SELECT, WITH, SHOW, EXPLAIN of a
 /// query), with the same rules as the server.
 pub fn check_read_only(sql: &str) -> Result<()> {
-    crate::serve::check_sql(sql).map_err(|e| Error::Usage(e.message))
+    crate::sql_policy::check_sql(sql).map_err(|e| Error::Usage(e.message))
 }
 
 pub async fn run_query(
@@ -30,7 +30,7 @@ pub async fn run_query(
 ) -> Result<u64> {
     check_read_only(sql)?;
     let df = ctx
-        .sql_with_options(sql, crate::serve::read_only_options())
+        .sql_with_options(sql, crate::sql_policy::read_only_options())
         .await?;
     let mut stream = df.execute_stream().await?;
     let mut rows = 0u64;

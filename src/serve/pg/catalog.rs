@@ -458,35 +458,44 @@ impl datafusion::logical_expr::ScalarUDFImpl for GenerateSubscripts {
         &self,
         args: datafusion::logical_expr::ScalarFunctionArgs,
     ) -> datafusion::error::Result<datafusion::logical_expr::ColumnarValue> {
-        use datafusion::arrow::array::{Array, Int32Array};
+        use datafusion::arrow::array::Int32Array;
         let arrays = datafusion::logical_expr::ColumnarValue::values_to_arrays(&args.args)?;
-        let lengths = datafusion::arrow::compute::kernels::length::length(&arrays[0])
-            .ok()
-            .and_then(|l| {
-                datafusion::arrow::compute::cast(&l, &datafusion::arrow::datatypes::DataType::Int64)
-                    .ok()
-            });
-        let has_elements = match &lengths {
-            Some(l) => {
-                let l = l
-                    .as_any()
-                    .downcast_ref::<datafusion::arrow::array::Int64Array>()
-                    .map(|a| a.iter().any(|v| v.unwrap_or(0) > 0));
-                l.unwrap_or(true)
-            }
-            None => arrays[0].null_count() < arrays[0].len(),
-        };
-        if has_elements {
-            return Err(DataFusionError::NotImplemented(
-                "generate_subscripts() over a non-empty array: set-returning functions are not \
-                 supported here; use unnest() and row_number() instead"
-                    .into(),
-            ));
-        }
+        only_empty_arrays(
+            &arrays[0],
+            "generate_subscripts",
+            "use unnest() and row_number()",
+        )?;
         Ok(datafusion::logical_expr::ColumnarValue::Array(Arc::new(
             Int32Array::new_null(args.number_rows),
         )))
     }
+}
+
+/// The stand-ins for Postgres's set-returning catalog functions answer only
+/// arrays without elements (all that this server's empty `pg_index` holds);
+/// anything else is an error, never a wrong number.
+fn only_empty_arrays(
+    array: &datafusion::arrow::array::ArrayRef,
+    function: &str,
+    instead: &str,
+) -> datafusion::error::Result<()> {
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::{DataType, Int64Type};
+    if array.logical_null_count() == array.len() {
+        return Ok(()); // no rows, or only NULL arrays
+    }
+    let lengths = datafusion::arrow::compute::kernels::length::length(array)?;
+    let lengths = datafusion::arrow::compute::cast(&lengths, &DataType::Int64)?;
+    let any = lengths
+        .as_primitive_opt::<Int64Type>()
+        .is_none_or(|l| l.iter().any(|v| v.unwrap_or(0) > 0));
+    if any {
+        return Err(DataFusionError::NotImplemented(format!(
+            "{function}() over a non-empty array: set-returning functions are not supported \
+             here; {instead} instead"
+        )));
+    }
+    Ok(())
 }
 
 /// `information_schema._pg_expandarray(array)`, which pgjdbc's
@@ -559,24 +568,8 @@ impl datafusion::logical_expr::ScalarUDFImpl for ExpandArray {
         &self,
         args: datafusion::logical_expr::ScalarFunctionArgs,
     ) -> datafusion::error::Result<datafusion::logical_expr::ColumnarValue> {
-        use datafusion::arrow::array::Array;
         let arrays = datafusion::logical_expr::ColumnarValue::values_to_arrays(&args.args)?;
-        let lengths = datafusion::arrow::compute::kernels::length::length(&arrays[0])?;
-        let lengths = datafusion::arrow::compute::cast(
-            &lengths,
-            &datafusion::arrow::datatypes::DataType::Int64,
-        )?;
-        let any = lengths
-            .as_any()
-            .downcast_ref::<datafusion::arrow::array::Int64Array>()
-            .is_none_or(|l| l.iter().any(|v| v.unwrap_or(0) > 0));
-        if any {
-            return Err(DataFusionError::NotImplemented(
-                "_pg_expandarray() over a non-empty array: set-returning functions are not \
-                 supported here; use unnest() instead"
-                    .into(),
-            ));
-        }
+        only_empty_arrays(&arrays[0], "_pg_expandarray", "use unnest()")?;
         let element = Self::element(arrays[0].data_type());
         let fields = Self::fields(&element);
         Ok(datafusion::logical_expr::ColumnarValue::Array(Arc::new(

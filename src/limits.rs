@@ -241,8 +241,8 @@ where
             self.done = true;
             return Poll::Ready(Some(Err(DataFusionError::ResourcesExhausted(format!(
                 "query cancelled: it ran past the server's time limit of {} \
-                 (--query-timeout). Filter on the partition columns (order_date, region) \
-                 or aggregate in the query to make it cheaper.",
+                 (--query-timeout). Filter on the table's partition columns (`lakehouse \
+                 tables` lists them) or aggregate in the query to make it cheaper.",
                 human_duration(self.timeout)
             )))));
         }

@@ -174,11 +174,11 @@ fn is_loopback(addr: &SocketAddr) -> bool {
     addr.ip().is_loopback()
 }
 
-async fn bind(what: &str, addr: &str) -> Result<TcpListener> {
+/// Listens for `what` on `addr`; `flag` is the option that sets it.
+async fn bind(what: &str, flag: &str, addr: &str) -> Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|e| {
         Error::Usage(format!(
-            "cannot listen for {what} on {addr}: {e}. Pick another address with --{}-addr, or `off`.",
-            what.split_whitespace().next().unwrap_or(what).to_lowercase()
+            "cannot listen for {what} on {addr}: {e}. Pick another address with {flag}, or `{flag} off`."
         ))
     })
 }
@@ -193,15 +193,15 @@ pub async fn serve(engine: Arc<Engine>, auth: Arc<Auth>, options: ServeOptions) 
             .map(str::to_string)
     };
     let pg = match enabled(&options.pg_addr) {
-        Some(a) => Some(bind("postgres", &a).await?),
+        Some(a) => Some(bind("postgres", "--pg-addr", &a).await?),
         None => None,
     };
     let flight = match enabled(&options.flight_addr) {
-        Some(a) => Some(bind("flight", &a).await?),
+        Some(a) => Some(bind("flight", "--flight-addr", &a).await?),
         None => None,
     };
     let http = match enabled(&options.http_addr) {
-        Some(a) => Some(bind("http", &a).await?),
+        Some(a) => Some(bind("http", "--http-addr", &a).await?),
         None => None,
     };
     let mut addrs = Vec::new();

@@ -1317,3 +1317,40 @@ async fn postgres_drivers_and_bi_tools_get_the_delta_figures() {
         assert!(text(&out).contains("read-only"), "{bad}: {}", text(&out));
     }
 }
+
+/// An address in use is named with the flag that changes it.
+#[test]
+fn an_address_in_use_names_the_flag_that_moves_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    std::fs::create_dir_all(&lake).unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    for (flag, what) in [
+        ("--pg-addr", "postgres"),
+        ("--flight-addr", "flight"),
+        ("--http-addr", "http"),
+    ] {
+        let mut args = vec![
+            "--lake",
+            lake.to_str().unwrap(),
+            "serve",
+            "--pg-addr",
+            "127.0.0.1:0",
+            "--flight-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ];
+        let i = args.iter().position(|a| *a == flag).unwrap();
+        args[i + 1] = &addr;
+        let out = lakehouse(&args, dir.path());
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{t}");
+        assert!(
+            t.contains(&format!("cannot listen for {what} on {addr}"))
+                && t.contains(&format!("with {flag}")),
+            "{t}"
+        );
+    }
+}

@@ -140,13 +140,80 @@ enum Growth {
     Pad,
 }
 
-/// A built-in string function that refuses, before allocating, a batch whose
+/// A step run on a built-in function's arguments before it runs: check
+/// them, or rewrite them. [`Wrapped`] puts it in front of the function.
+pub trait Before:
+    std::fmt::Debug + PartialEq + Eq + std::hash::Hash + Clone + Send + Sync + 'static
+{
+    fn before(&self, name: &str, args: &mut ScalarFunctionArgs) -> Result<()>;
+}
+
+/// A built-in function with a [`Before`] step, and otherwise exactly the
+/// built-in: name, aliases, signature, types, and its own updates when the
+/// session's settings change.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Wrapped<B: Before> {
+    inner: ScalarUDF,
+    before: B,
+}
+
+impl<B: Before> Wrapped<B> {
+    pub fn udf(inner: &ScalarUDF, before: B) -> ScalarUDF {
+        ScalarUDF::new_from_impl(Wrapped {
+            inner: inner.clone(),
+            before,
+        })
+    }
+}
+
+impl<B: Before> ScalarUDFImpl for Wrapped<B> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn aliases(&self) -> &[String] {
+        self.inner.aliases()
+    }
+
+    fn signature(&self) -> &Signature {
+        self.inner.signature()
+    }
+
+    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+        self.inner.return_type(args)
+    }
+
+    fn return_field_from_args(
+        &self,
+        args: datafusion::logical_expr::ReturnFieldArgs,
+    ) -> Result<datafusion::arrow::datatypes::FieldRef> {
+        self.inner.return_field_from_args(args)
+    }
+
+    fn coerce_types(&self, args: &[DataType]) -> Result<Vec<DataType>> {
+        self.inner.coerce_types(args)
+    }
+
+    fn with_updated_config(
+        &self,
+        config: &datafusion::common::config::ConfigOptions,
+    ) -> Option<ScalarUDF> {
+        let inner = self.inner.inner().with_updated_config(config)?;
+        Some(Wrapped::udf(&inner, self.before.clone()))
+    }
+
+    fn invoke_with_args(&self, mut args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        self.before.before(self.inner.name(), &mut args)?;
+        self.inner.invoke_with_args(args)
+    }
+}
+
+/// `repeat`, `lpad` and `rpad` refuse, before allocating, a batch whose
 /// results would take more than `cap` bytes. Without it one
 /// `repeat('x', 2000000000)` allocates gigabytes in a single call that no
 /// memory pool sees and no time limit can interrupt.
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Bounded {
-    inner: ScalarUDF,
     growth: Growth,
     cap: usize,
 }
@@ -160,11 +227,7 @@ pub fn register_bounded(ctx: &SessionContext, cap: usize) {
         (unicode::lpad(), Growth::Pad),
         (unicode::rpad(), Growth::Pad),
     ] {
-        ctx.register_udf(ScalarUDF::new_from_impl(Bounded {
-            inner: inner.as_ref().clone(),
-            growth,
-            cap,
-        }));
+        ctx.register_udf(Wrapped::udf(inner.as_ref(), Bounded { growth, cap }));
     }
 }
 
@@ -205,47 +268,19 @@ impl Bounded {
     }
 }
 
-impl ScalarUDFImpl for Bounded {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn aliases(&self) -> &[String] {
-        self.inner.aliases()
-    }
-
-    fn signature(&self) -> &Signature {
-        self.inner.signature()
-    }
-
-    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
-        self.inner.return_type(args)
-    }
-
-    fn return_field_from_args(
-        &self,
-        args: datafusion::logical_expr::ReturnFieldArgs,
-    ) -> Result<datafusion::arrow::datatypes::FieldRef> {
-        self.inner.return_field_from_args(args)
-    }
-
-    fn coerce_types(&self, args: &[DataType]) -> Result<Vec<DataType>> {
-        self.inner.coerce_types(args)
-    }
-
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let bytes = self.result_bytes(&args)?;
+impl Before for Bounded {
+    fn before(&self, name: &str, args: &mut ScalarFunctionArgs) -> Result<()> {
+        let bytes = self.result_bytes(args)?;
         if bytes > self.cap as u128 {
             return Err(datafusion::error::DataFusionError::ResourcesExhausted(
                 format!(
-                    "{}() would build {} MiB of text in one batch; the limit is {} MiB. \
-                 Ask for shorter values.",
-                    self.inner.name(),
+                    "{name}() would build {} MiB of text in one batch; the limit is {} MiB. \
+                     Ask for shorter values.",
                     bytes >> 20,
                     self.cap >> 20
                 ),
             ));
         }
-        self.inner.invoke_with_args(args)
+        Ok(())
     }
 }

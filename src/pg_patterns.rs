@@ -12,20 +12,18 @@
 //! the function's name and the query's column names unchanged.
 //! Owns the translation; must not know about protocols.
 
-use datafusion::arrow::datatypes::DataType;
 use datafusion::error::Result;
 use datafusion::execution::FunctionRegistry;
-use datafusion::logical_expr::{
-    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
-};
+use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs};
 use datafusion::prelude::SessionContext;
 use datafusion::scalar::ScalarValue;
 
-/// DataFusion's function with Postgres patterns understood.
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct PostgresPatterns {
-    inner: ScalarUDF,
-}
+use crate::functions::{Before, Wrapped};
+
+/// Translates Postgres patterns among a function's arguments (all but the
+/// first) before DataFusion's function runs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PostgresPatterns;
 
 /// Registers `to_char` (and its alias `date_format`), `to_date` and the
 /// `to_timestamp*` family with Postgres patterns understood.
@@ -41,9 +39,7 @@ pub fn register(ctx: &SessionContext) {
     ] {
         // The session's own instance, configured for its settings.
         if let Ok(inner) = ctx.udf(name) {
-            ctx.register_udf(ScalarUDF::new_from_impl(PostgresPatterns {
-                inner: inner.as_ref().clone(),
-            }));
+            ctx.register_udf(Wrapped::udf(inner.as_ref(), PostgresPatterns));
         }
     }
 }
@@ -61,49 +57,14 @@ fn translated(arg: &ColumnarValue) -> Option<ColumnarValue> {
     Some(ColumnarValue::Scalar(scalar))
 }
 
-impl ScalarUDFImpl for PostgresPatterns {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn aliases(&self) -> &[String] {
-        self.inner.aliases()
-    }
-
-    fn signature(&self) -> &Signature {
-        self.inner.signature()
-    }
-
-    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
-        self.inner.return_type(args)
-    }
-
-    fn return_field_from_args(
-        &self,
-        args: ReturnFieldArgs,
-    ) -> Result<datafusion::arrow::datatypes::FieldRef> {
-        self.inner.return_field_from_args(args)
-    }
-
-    fn coerce_types(&self, args: &[DataType]) -> Result<Vec<DataType>> {
-        self.inner.coerce_types(args)
-    }
-
-    fn with_updated_config(
-        &self,
-        config: &datafusion::common::config::ConfigOptions,
-    ) -> Option<ScalarUDF> {
-        let inner = self.inner.inner().with_updated_config(config)?;
-        Some(ScalarUDF::new_from_impl(PostgresPatterns { inner }))
-    }
-
-    fn invoke_with_args(&self, mut args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+impl Before for PostgresPatterns {
+    fn before(&self, _name: &str, args: &mut ScalarFunctionArgs) -> Result<()> {
         for arg in args.args.iter_mut().skip(1) {
             if let Some(chrono) = translated(arg) {
                 *arg = chrono;
             }
         }
-        self.inner.invoke_with_args(args)
+        Ok(())
     }
 }
 

@@ -15,47 +15,7 @@ use crate::pipeline::Pipeline;
 use crate::session::{self, SessionOptions};
 use crate::storage::Lake;
 
-#[derive(Debug, Clone)]
-pub struct SourceStep {
-    pub name: String,
-    pub status: String,
-    pub message: Option<String>,
-    pub report: SourceReport,
-    pub seconds: f64,
-}
-
-#[derive(Debug, Clone)]
-pub struct ModelStep {
-    pub status: String,
-    pub message: Option<String>,
-    pub report: ModelReport,
-}
-
-#[derive(Debug, Clone)]
-pub struct RunReport {
-    pub run_id: String,
-    pub started_at: chrono::DateTime<chrono::Utc>,
-    pub sources: Vec<SourceStep>,
-    /// Files under `landing/` that no source's glob matches: landed, but
-    /// nobody reads them (a `.csv.gz` next to `*.csv`, a misspelt folder).
-    pub unread: Vec<String>,
-    pub models: Vec<ModelStep>,
-    pub errors: Vec<String>,
-    pub seconds: f64,
-}
-
-impl RunReport {
-    pub fn succeeded(&self) -> bool {
-        self.errors.is_empty()
-    }
-
-    /// Succeeded without ingesting a file or running a model.
-    pub fn changed_nothing(&self) -> bool {
-        self.succeeded()
-            && self.sources.iter().all(|s| s.report.files.is_empty())
-            && self.models.iter().all(|m| m.report.skipped)
-    }
-}
+pub use crate::runlog::{ModelStep, RunReport, SourceStep};
 
 fn spinner(label: &str) -> ProgressBar {
     if console_is_terminal() {

@@ -596,6 +596,26 @@ impl Guard {
     }
 }
 
+/// The answer to a statement the guard settles without the engine (both
+/// protocols): `SET search_path` kept for the connection, settings that
+/// mean nothing here acknowledged, anything else refused.
+fn answer_directly(decision: Decision, client: &mut dyn HookClient) -> PgWireResult<Response> {
+    match decision {
+        Decision::SearchPath(path) => {
+            client
+                .metadata_mut()
+                .insert(SEARCH_PATH.into(), path.join(","));
+            Ok(Response::Execution(Tag::new("SET")))
+        }
+        Decision::IgnoreSet => Ok(Response::Execution(Tag::new("SET"))),
+        Decision::Acknowledge(tag) => Ok(Response::Execution(Tag::new(tag))),
+        Decision::Refuse(e) => Err(pg_error(&e)),
+        Decision::Pass => Err(pg_error(&QueryError::refused(
+            "internal error: a query reached the guard's direct answers",
+        ))),
+    }
+}
+
 fn cursor_key(name: &str) -> String {
     format!("lakehouse.cursor.{name}")
 }
@@ -620,15 +640,7 @@ impl QueryHook for Guard {
                 )
             }
             Decision::Pass => self.cursor_statement(statement, client).await,
-            Decision::SearchPath(path) => {
-                client
-                    .metadata_mut()
-                    .insert(SEARCH_PATH.into(), path.join(","));
-                Some(Ok(Response::Execution(Tag::new("SET"))))
-            }
-            Decision::IgnoreSet => Some(Ok(Response::Execution(Tag::new("SET")))),
-            Decision::Acknowledge(tag) => Some(Ok(Response::Execution(Tag::new(tag)))),
-            Decision::Refuse(e) => Some(Err(pg_error(&e))),
+            other => Some(answer_directly(other, client)),
         }
     }
 
@@ -680,15 +692,7 @@ impl QueryHook for Guard {
     ) -> Option<PgWireResult<Response>> {
         match decide(statement) {
             Decision::Pass => self.cursor_statement(statement, client).await,
-            Decision::SearchPath(path) => {
-                client
-                    .metadata_mut()
-                    .insert(SEARCH_PATH.into(), path.join(","));
-                Some(Ok(Response::Execution(Tag::new("SET"))))
-            }
-            Decision::IgnoreSet => Some(Ok(Response::Execution(Tag::new("SET")))),
-            Decision::Acknowledge(tag) => Some(Ok(Response::Execution(Tag::new(tag)))),
-            Decision::Refuse(e) => Some(Err(pg_error(&e))),
+            other => Some(answer_directly(other, client)),
         }
     }
 }

@@ -113,6 +113,28 @@ impl Server {
         format!("host={host} port={port} user=analyst password='{password}' dbname=lakehouse")
     }
 
+    /// psql against this server as `analyst`, with `args` after the
+    /// connection options.
+    pub(crate) fn psql(&self, args: &[&str]) -> std::process::Output {
+        let (host, port) = self.pg.rsplit_once(':').unwrap();
+        Command::new("psql")
+            .args([
+                "-h",
+                host,
+                "-p",
+                port,
+                "-U",
+                "analyst",
+                "-d",
+                "lakehouse",
+                "-X",
+            ])
+            .args(args)
+            .env("PGPASSWORD", PASSWORD)
+            .output()
+            .expect("psql is installed (scripts/setup installs postgresql-client)")
+    }
+
     pub(crate) async fn pg(&self) -> tokio_postgres::Client {
         let (client, conn) =
             tokio_postgres::connect(&self.pg_config(PASSWORD), tokio_postgres::NoTls)
@@ -290,24 +312,9 @@ async fn postgres_wire_answers_clients_and_refuses_writes() {
 
     // psql: \dt and \d work on the catalog, and a gold query.
     let psql = |args: &[&str]| {
-        let (host, port) = server.pg.rsplit_once(':').unwrap();
-        let out = Command::new("psql")
-            .args([
-                "-h",
-                host,
-                "-p",
-                port,
-                "-U",
-                "analyst",
-                "-d",
-                "lakehouse",
-                "-X",
-                "-c",
-            ])
-            .args(args)
-            .env("PGPASSWORD", PASSWORD)
-            .output()
-            .expect("psql is installed (scripts/setup installs postgresql-client)");
+        let mut with_c = vec!["-c"];
+        with_c.extend_from_slice(args);
+        let out = server.psql(&with_c);
         assert!(out.status.success(), "psql {args:?}: {}", text(&out));
         String::from_utf8_lossy(&out.stdout).to_string()
     };
@@ -1248,22 +1255,7 @@ async fn postgres_drivers_and_bi_tools_get_the_delta_figures() {
 
     // psql: \d+, FETCH_COUNT (a cursor underneath) and \copy.
     let psql = |args: &[&str]| {
-        let out = Command::new("psql")
-            .args([
-                "-h",
-                host,
-                "-p",
-                port,
-                "-U",
-                "analyst",
-                "-d",
-                "lakehouse",
-                "-X",
-            ])
-            .args(args)
-            .env("PGPASSWORD", PASSWORD)
-            .output()
-            .expect("psql is installed");
+        let out = server.psql(args);
         assert!(out.status.success(), "psql {args:?}: {}", text(&out));
         String::from_utf8_lossy(&out.stdout).to_string()
     };
@@ -1296,23 +1288,7 @@ async fn postgres_drivers_and_bi_tools_get_the_delta_figures() {
         "COPY gold.daily_region_sales FROM STDIN",
         "COPY (SELECT 1) TO '/tmp/lakehouse-copy-test'",
     ] {
-        let out = Command::new("psql")
-            .args([
-                "-h",
-                host,
-                "-p",
-                port,
-                "-U",
-                "analyst",
-                "-d",
-                "lakehouse",
-                "-X",
-                "-c",
-                bad,
-            ])
-            .env("PGPASSWORD", PASSWORD)
-            .output()
-            .unwrap();
+        let out = server.psql(&["-c", bad]);
         assert!(!out.status.success(), "{bad} was accepted");
         assert!(text(&out).contains("read-only"), "{bad}: {}", text(&out));
     }

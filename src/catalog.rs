@@ -52,7 +52,10 @@ pub struct LakeCatalog {
 }
 
 impl LakeCatalog {
-    pub fn new(lake: &Lake, runtime: Arc<RuntimeEnv>) -> Self {
+    /// With `snapshots`, a table is read as the Parquet files of its
+    /// snapshot ([`crate::cluster::scan::SnapshotTable`]), a scan that can
+    /// run on other machines; otherwise through delta-rs.
+    pub fn new(lake: &Lake, runtime: Arc<RuntimeEnv>, snapshots: bool) -> Self {
         let schemas = SCHEMAS
             .iter()
             .map(|(name, folder)| {
@@ -63,6 +66,7 @@ impl LakeCatalog {
                         folder: folder.to_string(),
                         names: RwLock::new(Vec::new()),
                         runtime: runtime.clone(),
+                        snapshots,
                     }),
                 )
             })
@@ -132,6 +136,7 @@ struct FolderSchema {
     folder: String,
     names: RwLock<Vec<String>>,
     runtime: Arc<RuntimeEnv>,
+    snapshots: bool,
 }
 
 #[async_trait]
@@ -155,6 +160,12 @@ impl SchemaProvider for FolderSchema {
                 )),
             })?;
         let Some(table) = table else { return Ok(None) };
+        if self.snapshots {
+            let snapshot = crate::cluster::scan::SnapshotTable::resolve(&table)
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            return Ok(Some(Arc::new(snapshot)));
+        }
         // Scans resolve files through the session's object store registry.
         let root = table.log_store().root_url().clone();
         let store_url = datafusion::execution::object_store::ObjectStoreUrl::parse(format!(
@@ -190,7 +201,7 @@ impl SchemaProvider for FolderSchema {
 /// partition). A leaf plan that claims pushdown but takes no fetch is put
 /// under [`KeepLimit`], which makes the optimizer keep the limit above it.
 #[derive(Debug)]
-struct LakeTable {
+pub(crate) struct LakeTable {
     inner: Arc<dyn TableProvider>,
 }
 

@@ -69,6 +69,14 @@ pub enum Command {
     Query {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
+        /// Run the query on a Ballista cluster: df://HOST:PORT of its
+        /// scheduler, or `standalone` for one started in this process.
+        #[arg(
+            long,
+            env = "LAKEHOUSE_CLUSTER",
+            value_name = "df://HOST:PORT|standalone"
+        )]
+        cluster: Option<String>,
         /// The query.
         sql: String,
     },
@@ -82,6 +90,36 @@ pub enum Command {
     },
     /// Answer SQL over every table on Postgres wire, Arrow Flight SQL and HTTP (read-only).
     Serve(ServeArgs),
+    /// Run a Ballista scheduler for `--cluster` runs and queries (this binary
+    /// is every node of the cluster).
+    Scheduler {
+        /// Address to listen on; port 0 picks a free one (printed at start).
+        #[arg(
+            long,
+            env = "LAKEHOUSE_SCHEDULER_BIND",
+            default_value = "127.0.0.1:50050"
+        )]
+        bind: std::net::SocketAddr,
+    },
+    /// Run a Ballista executor that takes tasks from a scheduler.
+    Executor {
+        /// The scheduler, as df://HOST:PORT.
+        #[arg(long, env = "LAKEHOUSE_SCHEDULER")]
+        scheduler: String,
+        /// Address other nodes fetch this executor's results from (Arrow
+        /// Flight); port 0 picks a free one.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        bind: std::net::SocketAddr,
+        /// Address of the executor's gRPC service; port 0 picks a free one.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        grpc_bind: std::net::SocketAddr,
+        /// Tasks run at once [default: the number of cores].
+        #[arg(long)]
+        slots: Option<usize>,
+        /// Folder for shuffle files [default: a temporary folder].
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+    },
 }
 
 /// Settings of `lakehouse serve`. Each comes from its flag, else its
@@ -242,8 +280,19 @@ pub async fn dispatch(cli: Cli) -> Result<bool> {
             print!("{}", crate::runner::summary(&report));
             Ok(report.succeeded())
         }
-        Command::Query { format, sql } => {
+        Command::Query {
+            format,
+            cluster,
+            sql,
+        } => {
             let lake = open_existing(&cli.lake, &config)?;
+            let options = SessionOptions {
+                cluster: cluster
+                    .as_deref()
+                    .map(crate::cluster::Cluster::parse)
+                    .transpose()?,
+                ..options
+            };
             let (ctx, _) = crate::session::build(&lake, &options).await?;
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
@@ -276,6 +325,39 @@ pub async fn dispatch(cli: Cli) -> Result<bool> {
                 if n == 1 { "" } else { "s" },
                 delta.version().unwrap_or(0)
             );
+            Ok(true)
+        }
+        Command::Scheduler { bind } => {
+            let listener = tokio::net::TcpListener::bind(bind).await.map_err(|e| {
+                Error::io(
+                    format!("listen on {bind} (move it with --bind or LAKEHOUSE_SCHEDULER_BIND)"),
+                    e,
+                )
+            })?;
+            let addr = listener
+                .local_addr()
+                .map_err(|e| Error::io("scheduler address", e))?;
+            println!("lakehouse scheduler listening on df://{addr}");
+            crate::cluster::run_scheduler(listener, config.storage.clone(), cli.memory_limit)
+                .await?;
+            Ok(true)
+        }
+        Command::Executor {
+            scheduler,
+            bind,
+            grpc_bind,
+            slots,
+            work_dir,
+        } => {
+            let settings = crate::cluster::ExecutorSettings {
+                scheduler: scheduler_address(&scheduler)?,
+                bind,
+                grpc_bind,
+                slots: slots.unwrap_or(options.target_partitions),
+                work_dir,
+            };
+            crate::cluster::run_executor(settings, config.storage.clone(), cli.memory_limit)
+                .await?;
             Ok(true)
         }
         Command::Tables => {
@@ -320,6 +402,27 @@ pub async fn dispatch(cli: Cli) -> Result<bool> {
             Ok(true)
         }
     }
+}
+
+/// The scheduler's socket address from `df://HOST:PORT`.
+fn scheduler_address(text: &str) -> Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let crate::cluster::Cluster::Remote(url) = crate::cluster::Cluster::parse(text)? else {
+        return Err(Error::Usage(
+            "--scheduler: give the scheduler as df://HOST:PORT; `standalone` is for --cluster"
+                .into(),
+        ));
+    };
+    let host_port = url.trim_start_matches("http://");
+    host_port
+        .to_socket_addrs()
+        .map_err(|e| {
+            Error::Usage(format!(
+                "--scheduler {text}: cannot resolve {host_port}: {e}"
+            ))
+        })?
+        .next()
+        .ok_or_else(|| Error::Usage(format!("--scheduler {text}: {host_port} has no address")))
 }
 
 fn open_existing(uri: &str, config: &ConfigFile) -> Result<Lake> {

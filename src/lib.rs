@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod cli;
+pub mod cluster;
 pub mod dedup;
 pub mod delta;
 pub mod error;

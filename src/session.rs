@@ -26,6 +26,8 @@ pub struct SessionOptions {
     pub target_partitions: usize,
     /// Per-query limits, for sessions that answer other people's queries.
     pub limits: Option<crate::limits::QueryLimits>,
+    /// Run plans on this Ballista cluster instead of in this process.
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 impl Default for SessionOptions {
@@ -36,6 +38,7 @@ impl Default for SessionOptions {
                 .map(|n| n.get())
                 .unwrap_or(2),
             limits: None,
+            cluster: None,
         }
     }
 }
@@ -84,7 +87,9 @@ pub async fn build(
         .with_query_planner(planner)
         .build();
     let ctx = SessionContext::new_with_state(state);
-    let catalog = Arc::new(LakeCatalog::new(lake, runtime));
+    // On a cluster, tables are read as the Parquet files of their snapshot,
+    // which executors can scan; delta-rs's scan cannot leave this process.
+    let catalog = Arc::new(LakeCatalog::new(lake, runtime, options.cluster.is_some()));
     catalog.refresh().await?;
     ctx.register_catalog(CATALOG, catalog.clone());
     crate::functions::register(&ctx);
@@ -96,5 +101,15 @@ pub async fn build(
         .as_ref()
         .map_or(1 << 30, |l| l.memory.min(1 << 30));
     crate::functions::register_bounded(&ctx, text_cap);
+    if let Some(cluster) = &options.cluster {
+        let state = crate::cluster::connect(
+            cluster,
+            ctx.state(),
+            lake.storage_options(),
+            options.memory_limit,
+        )
+        .await?;
+        return Ok((SessionContext::new_with_state(state), catalog));
+    }
     Ok((ctx, catalog))
 }

@@ -2,6 +2,7 @@
 //! real `lakehouse` binary against real Delta tables in temp folders and read
 //! the results back with SQL (and with Python readers in `retail`).
 
+mod cluster;
 mod corpus;
 mod crash;
 mod expected;

@@ -1,0 +1,383 @@
+//! Scale-out on Apache DataFusion Ballista: `lakehouse scheduler` and
+//! `lakehouse executor` embed Ballista's scheduler and executor with this
+//! project's codecs, functions and object stores, and a driver session
+//! (`--cluster`) sends its plans to them. Every node is this binary, so
+//! every node knows every plan node and SQL function of the project.
+//!
+//! What crosses the wire is a recipe, never a live object: a Delta input is
+//! a list of Parquet files ([`scan::SnapshotTable`]); stores are rebuilt on
+//! each node from its own configuration and credentials.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use ballista_core::extension::{SessionConfigExt, SessionStateExt};
+use ballista_core::registry::BallistaFunctionRegistry;
+use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
+use ballista_core::serde::BallistaCodec;
+use datafusion::execution::disk_manager::DiskManagerBuilder;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::session_state::SessionState;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use object_store::ObjectStore;
+use url::Url;
+
+use crate::error::{Error, Result};
+
+pub mod codec;
+pub mod scan;
+pub mod stage;
+
+/// Where plans run when not in this process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cluster {
+    /// A scheduler and executors started inside this process, to try the
+    /// cluster path on one machine.
+    Standalone,
+    /// A running scheduler, as its gRPC URL (`http://host:port`).
+    Remote(String),
+}
+
+impl Cluster {
+    /// `standalone` or `df://HOST:PORT`.
+    pub fn parse(text: &str) -> Result<Self> {
+        if text == "standalone" {
+            return Ok(Self::Standalone);
+        }
+        let bad = || {
+            Error::Usage(format!(
+                "--cluster `{text}`: give the scheduler as df://HOST:PORT (e.g. df://10.0.0.5:50050), or `standalone` to start one in this process"
+            ))
+        };
+        let url = Url::parse(text).map_err(|_| bad())?;
+        if url.scheme() != "df" || url.path().len() > 1 {
+            return Err(bad());
+        }
+        let host = url.host_str().filter(|h| !h.is_empty()).ok_or_else(bad)?;
+        let port = url.port().unwrap_or(50050);
+        Ok(Self::Remote(format!("http://{host}:{port}")))
+    }
+}
+
+/// Object stores of a node, made on first use from the node's own storage
+/// settings and credentials (`[storage]` of its config, the AWS chain), so a
+/// plan never carries a secret.
+#[derive(Debug)]
+pub struct NodeStores {
+    options: HashMap<String, String>,
+    made: RwLock<HashMap<String, Arc<dyn ObjectStore>>>,
+    local: DefaultObjectStoreRegistry,
+}
+
+impl NodeStores {
+    pub fn new(options: HashMap<String, String>) -> Self {
+        Self {
+            options,
+            made: Default::default(),
+            local: DefaultObjectStoreRegistry::new(),
+        }
+    }
+
+    fn key(url: &Url) -> String {
+        format!(
+            "{}://{}",
+            url.scheme(),
+            &url[url::Position::BeforeHost..url::Position::AfterPort]
+        )
+    }
+}
+
+impl ObjectStoreRegistry for NodeStores {
+    fn register_store(
+        &self,
+        url: &Url,
+        store: Arc<dyn ObjectStore>,
+    ) -> Option<Arc<dyn ObjectStore>> {
+        if url.scheme() == "file" {
+            return self.local.register_store(url, store);
+        }
+        self.made
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(Self::key(url), store)
+    }
+
+    fn get_store(&self, url: &Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
+        if url.scheme() == "file" {
+            return self.local.get_store(url);
+        }
+        let key = Self::key(url);
+        if let Some(s) = self
+            .made
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(s.clone());
+        }
+        let store = crate::storage::Lake::open(&format!("{key}/"), self.options.clone())
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?
+            .store();
+        self.made
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, store.clone());
+        Ok(store)
+    }
+}
+
+/// The runtime of a cluster node: its memory cap, spill folder and stores.
+pub fn node_runtime(
+    options: &HashMap<String, String>,
+    memory_limit: usize,
+) -> Result<Arc<RuntimeEnv>> {
+    Ok(RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(FairSpillPool::new(memory_limit)))
+        .with_disk_manager_builder(DiskManagerBuilder::default())
+        .with_object_store_registry(Arc::new(NodeStores::new(options.clone())))
+        .build_arc()?)
+}
+
+/// The session a scheduler plans in and an executor runs in: DataFusion's
+/// defaults, the project's SQL functions and plan nodes, this node's runtime.
+pub fn node_state(config: SessionConfig, runtime: Arc<RuntimeEnv>) -> SessionState {
+    let state = SessionStateBuilder::new()
+        .with_default_features()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_query_planner(stage::planner())
+        .build();
+    let ctx = SessionContext::new_with_state(state);
+    register_functions(&ctx);
+    ctx.state()
+}
+
+/// Every SQL function the project adds, for a driver or a node.
+pub fn register_functions(ctx: &SessionContext) {
+    crate::functions::register(ctx);
+    crate::pg_patterns::register(ctx);
+    crate::functions::register_bounded(ctx, 1 << 30);
+}
+
+fn codec() -> BallistaCodec {
+    BallistaCodec::new(
+        Arc::new(codec::LogicalCodec::default()),
+        Arc::new(codec::PhysicalCodec::default()),
+    )
+}
+
+fn ballista_error(what: &str) -> impl Fn(ballista_core::error::BallistaError) -> Error + '_ {
+    move |e| Error::Usage(format!("{what}: {e}"))
+}
+
+/// Runs a scheduler on `listener` until the process ends.
+pub async fn run_scheduler(
+    listener: tokio::net::TcpListener,
+    options: HashMap<String, String>,
+    memory_limit: usize,
+) -> Result<()> {
+    use ballista_scheduler::config::SchedulerConfig;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::io("scheduler address", e))?;
+    let runtime = node_runtime(&options, memory_limit)?;
+    let builder: ballista_scheduler::SessionBuilder =
+        Arc::new(move |config: SessionConfig| Ok(node_state(config, runtime.clone())));
+    let config = SchedulerConfig {
+        bind_host: addr.ip().to_string(),
+        bind_port: addr.port(),
+        external_host: addr.ip().to_string(),
+        override_session_builder: Some(builder),
+        override_logical_codec: Some(Arc::new(codec::LogicalCodec::default())),
+        override_physical_codec: Some(Arc::new(codec::PhysicalCodec::default())),
+        ..Default::default()
+    };
+    let config = Arc::new(config);
+    let cluster = ballista_scheduler::cluster::BallistaCluster::new_from_config(&config)
+        .await
+        .map_err(ballista_error("cannot start the scheduler"))?;
+    let server = ballista_scheduler::scheduler_process::create_scheduler::<
+        datafusion_proto::protobuf::LogicalPlanNode,
+        datafusion_proto::protobuf::PhysicalPlanNode,
+    >(cluster, config)
+    .await
+    .map_err(ballista_error("cannot start the scheduler"))?;
+    tracing::info!(address = %addr, "scheduler listening; start executors with `lakehouse executor --scheduler df://{addr}`");
+    ballista_scheduler::scheduler_process::start_grpc_service_with_listener(listener, server)
+        .await
+        .map_err(ballista_error("the scheduler stopped"))
+}
+
+/// Settings of one executor.
+#[derive(Debug, Clone)]
+pub struct ExecutorSettings {
+    pub scheduler: SocketAddr,
+    /// Address the executor serves shuffle data on (Arrow Flight).
+    pub bind: SocketAddr,
+    /// Address of its gRPC service (tasks pushed by the scheduler).
+    pub grpc_bind: SocketAddr,
+    pub slots: usize,
+    pub work_dir: Option<std::path::PathBuf>,
+}
+
+/// A free port on `addr`'s interface when `addr` asks for port 0: an
+/// executor tells the scheduler its ports, so they must be real ones.
+pub fn concrete(addr: SocketAddr) -> Result<SocketAddr> {
+    if addr.port() != 0 {
+        return Ok(addr);
+    }
+    let probe =
+        std::net::TcpListener::bind(addr).map_err(|e| Error::io(format!("bind {addr}"), e))?;
+    probe
+        .local_addr()
+        .map_err(|e| Error::io(format!("bind {addr}"), e))
+}
+
+/// Runs an executor until the process ends.
+pub async fn run_executor(
+    settings: ExecutorSettings,
+    options: HashMap<String, String>,
+    memory_limit: usize,
+) -> Result<()> {
+    use ballista_executor::executor_process::{start_executor_process, ExecutorProcessConfig};
+    let runtime = node_runtime(&options, memory_limit)?;
+    let registry = BallistaFunctionRegistry::from(&node_state(
+        SessionConfig::new_with_ballista(),
+        runtime.clone(),
+    ));
+    let bind = concrete(settings.bind)?;
+    let grpc = concrete(settings.grpc_bind)?;
+    let config = ExecutorProcessConfig {
+        bind_host: bind.ip().to_string(),
+        // Bound to every interface: the scheduler uses the address it sees.
+        external_host: (!bind.ip().is_unspecified()).then(|| bind.ip().to_string()),
+        port: bind.port(),
+        grpc_port: grpc.port(),
+        scheduler_host: settings.scheduler.ip().to_string(),
+        scheduler_port: settings.scheduler.port(),
+        scheduler_connect_timeout_seconds: 30,
+        vcores: settings.slots.max(1),
+        work_dir: settings
+            .work_dir
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned()),
+        print_thread_info: false,
+        override_function_registry: Some(Arc::new(registry)),
+        override_runtime_producer: Some(Arc::new(move |_| Ok(runtime.clone()))),
+        override_logical_codec: Some(Arc::new(codec::LogicalCodec::default())),
+        override_physical_codec: Some(Arc::new(codec::PhysicalCodec::default())),
+        ..Default::default()
+    };
+    tracing::info!(flight = %bind, grpc = %grpc, scheduler = %settings.scheduler, slots = settings.slots, "executor starting");
+    start_executor_process(Arc::new(config))
+        .await
+        .map_err(ballista_error("the executor stopped"))
+}
+
+/// Turns a local driver state into one whose queries run on `cluster`.
+pub async fn connect(
+    cluster: &Cluster,
+    state: SessionState,
+    options: &HashMap<String, String>,
+    memory_limit: usize,
+) -> Result<SessionState> {
+    let config = state
+        .config()
+        .clone()
+        .with_ballista_logical_extension_codec(Arc::new(codec::LogicalCodec::default()))
+        .with_ballista_physical_extension_codec(Arc::new(codec::PhysicalCodec::default()));
+    let state = SessionStateBuilder::new_from_existing(state)
+        .with_config(config)
+        .build();
+    let url = match cluster {
+        Cluster::Remote(url) => url.clone(),
+        Cluster::Standalone => standalone(&state, options, memory_limit).await?,
+    };
+    Ok(state.upgrade_for_ballista(url)?)
+}
+
+/// Starts a scheduler and one executor in this process; returns the
+/// scheduler's URL.
+async fn standalone(
+    driver: &SessionState,
+    options: &HashMap<String, String>,
+    memory_limit: usize,
+) -> Result<String> {
+    let runtime = node_runtime(options, memory_limit)?;
+    let scheduler_runtime = runtime.clone();
+    let builder: ballista_scheduler::SessionBuilder =
+        Arc::new(move |config: SessionConfig| Ok(node_state(config, scheduler_runtime.clone())));
+    let base = driver.config().clone().upgrade_for_ballista();
+    let config_producer: ballista_core::ConfigProducer = Arc::new(move || base.clone());
+    let addr = ballista_scheduler::standalone::new_standalone_scheduler_with_builder(
+        builder,
+        config_producer.clone(),
+        codec(),
+    )
+    .await
+    .map_err(ballista_error("cannot start the standalone scheduler"))?;
+    let url = format!("http://localhost:{}", addr.port());
+    let mut attempts = 0;
+    let scheduler = loop {
+        match SchedulerGrpcClient::connect(url.clone()).await {
+            Ok(s) => break s,
+            Err(e) if attempts > 100 => {
+                return Err(Error::Usage(format!(
+                    "the standalone scheduler at {url} did not answer: {e}"
+                )))
+            }
+            Err(_) => {
+                attempts += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let registry = BallistaFunctionRegistry::from(&node_state(
+        SessionConfig::new_with_ballista(),
+        runtime.clone(),
+    ));
+    let slots = driver.config().target_partitions().max(1);
+    ballista_executor::new_standalone_executor_from_builder(
+        scheduler,
+        slots,
+        config_producer,
+        Arc::new(move |_| Ok(runtime.clone())),
+        codec(),
+        registry,
+    )
+    .await
+    .map_err(ballista_error("cannot start the standalone executor"))?;
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_addresses() {
+        assert_eq!(Cluster::parse("standalone").unwrap(), Cluster::Standalone);
+        assert_eq!(
+            Cluster::parse("df://10.0.0.5:7000").unwrap(),
+            Cluster::Remote("http://10.0.0.5:7000".into())
+        );
+        assert_eq!(
+            Cluster::parse("df://sched").unwrap(),
+            Cluster::Remote("http://sched:50050".into())
+        );
+        for bad in [
+            "10.0.0.5:50050",
+            "http://x:1",
+            "df://",
+            "df://x:1/path",
+            "standalone2",
+        ] {
+            let e = Cluster::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("df://HOST:PORT"), "{bad}: {e}");
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! A Delta table version as a plain Parquet scan that can travel to remote
+//! executors. delta-rs's own scan node cannot be serialised, so the driver
+//! resolves the snapshot into its active files (path, size, partition
+//! values, row count) and this provider plans DataFusion's ordinary Parquet
+//! scan over exactly those files; Ballista ships that scan with its default
+//! codec. Partition pruning happens here, on the partition values; row-group
+//! pruning is the Parquet reader's, from the pushed-down filters.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::table_schema::TableSchema;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::ExecutionPlan;
+use deltalake::DeltaTable;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+/// One active file of the snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SnapshotFile {
+    /// Object-store path of the file (table root included).
+    pub path: String,
+    pub size: u64,
+    /// Values of the partition columns, in [`SnapshotTable::partition_columns`] order.
+    pub partition_values: Vec<Option<String>>,
+    pub rows: Option<u64>,
+}
+
+/// The recipe a scan is rebuilt from on another node: small, self-contained,
+/// and free of credentials (each node reaches the store with its own).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Recipe {
+    /// `file://` or `s3://bucket`: the object store the paths live in.
+    pub store: String,
+    /// The table's location, for messages.
+    pub location: String,
+    pub version: i64,
+    pub partition_columns: Vec<String>,
+    pub files: Vec<SnapshotFile>,
+}
+
+/// A table version as a list of Parquet files (see the module docs).
+#[derive(Debug)]
+pub struct SnapshotTable {
+    recipe: Recipe,
+    /// The table's columns in Delta's order, partition columns included.
+    schema: SchemaRef,
+}
+
+impl SnapshotTable {
+    /// Resolves `table`'s current snapshot into its files.
+    pub async fn resolve(table: &DeltaTable) -> crate::error::Result<Self> {
+        let schema = crate::delta::table_arrow_schema(table)?;
+        let snapshot = table.snapshot()?;
+        let partition_columns = snapshot.metadata().partition_columns().to_vec();
+        let root = table.log_store().root_url().clone();
+        let store = format!(
+            "{}://{}",
+            root.scheme(),
+            &root[url::Position::BeforeHost..url::Position::AfterPort]
+        );
+        let base = object_store::path::Path::from_url_path(root.path()).map_err(|e| {
+            crate::error::Error::Lake {
+                uri: root.to_string(),
+                message: e.to_string(),
+            }
+        })?;
+        let log_store = table.log_store();
+        let mut files = Vec::new();
+        let mut views = snapshot.snapshot().file_views(log_store.as_ref(), None);
+        while let Some(file) = views.next().await {
+            let file = file?;
+            let values = file.partition_values_map();
+            let path = file
+                .object_store_path()
+                .parts()
+                .fold(base.clone(), |p, part| p.join(part));
+            files.push(SnapshotFile {
+                path: path.to_string(),
+                size: file.size().max(0) as u64,
+                partition_values: partition_columns
+                    .iter()
+                    .map(|c| values.get(c).cloned().flatten())
+                    .collect(),
+                rows: file.num_records().map(|n| n as u64),
+            });
+        }
+        Ok(Self {
+            recipe: Recipe {
+                store,
+                location: root.to_string(),
+                version: table.version().map_or(-1, |v| v as i64),
+                partition_columns,
+                files,
+            },
+            schema,
+        })
+    }
+
+    pub fn from_recipe(recipe: Recipe, schema: SchemaRef) -> DfResult<Self> {
+        for c in &recipe.partition_columns {
+            schema.field_with_name(c)?;
+        }
+        Ok(Self { recipe, schema })
+    }
+
+    pub fn recipe(&self) -> &Recipe {
+        &self.recipe
+    }
+
+    /// Columns stored in the files (everything but the partition columns).
+    fn file_schema(&self) -> SchemaRef {
+        let fields: Vec<FieldRef> = self
+            .schema
+            .fields()
+            .iter()
+            .filter(|f| !self.recipe.partition_columns.contains(f.name()))
+            .cloned()
+            .collect();
+        Arc::new(Schema::new(fields))
+    }
+
+    fn partition_fields(&self) -> Vec<FieldRef> {
+        self.recipe
+            .partition_columns
+            .iter()
+            .filter_map(|c| self.schema.field_with_name(c).ok())
+            .map(|f| Arc::new(f.clone()))
+            .collect()
+    }
+
+    /// The files whose partition values can satisfy `filters` (those of the
+    /// filters that read partition columns only; the rest are kept for the
+    /// Parquet reader and the filter above the scan).
+    fn prune(&self, state: &dyn Session, filters: &[Expr]) -> DfResult<Vec<bool>> {
+        let keep_all = vec![true; self.recipe.files.len()];
+        let columns = &self.recipe.partition_columns;
+        let on_partitions: Vec<Expr> = filters
+            .iter()
+            .filter(|f| {
+                let used = f.column_refs();
+                !used.is_empty() && used.iter().all(|c| columns.contains(&c.name))
+            })
+            .cloned()
+            .collect();
+        let Some(predicate) = conjunction(on_partitions) else {
+            return Ok(keep_all);
+        };
+        if self.recipe.files.is_empty() {
+            return Ok(keep_all);
+        }
+        // One row per file: its partition values, typed as the columns are.
+        let fields = self.partition_fields();
+        let mut arrays: Vec<ArrayRef> = Vec::new();
+        for (i, field) in fields.iter().enumerate() {
+            let text: StringArray = self
+                .recipe
+                .files
+                .iter()
+                .map(|f| f.partition_values[i].as_deref())
+                .collect();
+            arrays.push(datafusion::arrow::compute::cast(&text, field.data_type())?);
+        }
+        let schema = Arc::new(Schema::new(
+            fields
+                .iter()
+                .map(|f| Field::new(f.name(), f.data_type().clone(), true))
+                .collect::<Vec<_>>(),
+        ));
+        let batch = RecordBatch::try_new(schema.clone(), arrays)?;
+        let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
+        let physical = state.create_physical_expr(predicate, &df_schema)?;
+        let result = physical.evaluate(&batch)?.into_array(batch.num_rows())?;
+        let Some(mask) = result
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::BooleanArray>()
+        else {
+            return Ok(keep_all);
+        };
+        // NULL (unknown) keeps the file: only a definite FALSE prunes.
+        Ok((0..mask.len())
+            .map(|i| mask.is_null(i) || mask.value(i))
+            .collect())
+    }
+}
+
+fn partition_value(text: Option<&str>, data_type: &DataType) -> DfResult<ScalarValue> {
+    match text {
+        None => ScalarValue::try_from(data_type),
+        Some(t) => ScalarValue::Utf8(Some(t.to_string())).cast_to(data_type),
+    }
+}
+
+#[async_trait]
+impl TableProvider for SnapshotTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        // Pruning is by file, never by row: the filter stays above the scan.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let file_schema = self.file_schema();
+        let partition_fields = self.partition_fields();
+        // Our schema is Delta's order; the scan's is file columns, then
+        // partition columns. Map each wanted column to its place there.
+        let scan_index = |i: usize| -> DfResult<usize> {
+            let name = self.schema.field(i).name();
+            match self.recipe.partition_columns.iter().position(|c| c == name) {
+                Some(p) => Ok(file_schema.fields().len() + p),
+                None => file_schema.index_of(name).map_err(DataFusionError::from),
+            }
+        };
+        let wanted: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..self.schema.fields().len()).collect(),
+        };
+        let indices: Vec<usize> = wanted
+            .iter()
+            .map(|i| scan_index(*i))
+            .collect::<DfResult<_>>()?;
+        let keep = self.prune(state, filters)?;
+        let mut files = Vec::new();
+        for (file, keep) in self.recipe.files.iter().zip(keep) {
+            if !keep {
+                continue;
+            }
+            let values = partition_fields
+                .iter()
+                .zip(&file.partition_values)
+                .map(|(f, v)| partition_value(v.as_deref(), f.data_type()))
+                .collect::<DfResult<Vec<_>>>()?;
+            files.push(
+                PartitionedFile::new(file.path.clone(), file.size).with_partition_values(values),
+            );
+        }
+        if files.is_empty() {
+            let projected = Arc::new(self.schema.project(&wanted)?);
+            return Ok(Arc::new(EmptyExec::new(projected)));
+        }
+        // Spread the files over the session's partitions, largest first, so
+        // each task gets about the same number of bytes.
+        let n = state.config().target_partitions().max(1).min(files.len());
+        files.sort_by(|a, b| b.object_meta.size.cmp(&a.object_meta.size));
+        let mut groups: Vec<(u64, Vec<PartitionedFile>)> = vec![(0, Vec::new()); n];
+        for f in files {
+            let smallest = groups
+                .iter_mut()
+                .min_by_key(|(bytes, _)| *bytes)
+                .expect("at least one group");
+            smallest.0 += f.object_meta.size;
+            smallest.1.push(f);
+        }
+        let scan_fields: Vec<FieldRef> = file_schema
+            .fields()
+            .iter()
+            .chain(partition_fields.iter())
+            .cloned()
+            .collect();
+        let df_schema = DFSchema::try_from(Schema::new(scan_fields))?;
+        let table_schema = TableSchema::builder(file_schema)
+            .with_table_partition_cols(partition_fields)
+            .build();
+        let mut source = ParquetSource::new(table_schema);
+        let on_files: Vec<Expr> = filters
+            .iter()
+            .filter(|f| {
+                f.column_refs()
+                    .iter()
+                    .all(|c| !self.recipe.partition_columns.contains(&c.name))
+            })
+            .cloned()
+            .collect();
+        if let Some(predicate) = conjunction(on_files) {
+            if let Ok(physical) = state.create_physical_expr(predicate, &df_schema) {
+                source = source.with_predicate(physical);
+            }
+        }
+        let config = FileScanConfigBuilder::new(
+            ObjectStoreUrl::parse(&self.recipe.store)?,
+            Arc::new(source),
+        )
+        .with_file_groups(groups.into_iter().map(|(_, g)| FileGroup::new(g)).collect())
+        .with_limit(limit)
+        .with_projection_indices(Some(indices))?
+        .build();
+        Ok(DataSourceExec::from_data_source(config))
+    }
+}

@@ -64,6 +64,15 @@ pub enum Command {
         /// the same commit. Repeatable. Models downstream are rebuilt.
         #[arg(long, value_name = "FILE")]
         reingest: Vec<String>,
+        /// Run the models on a Ballista cluster: df://HOST:PORT of its
+        /// scheduler, or `standalone` for one started in this process.
+        /// Executors write the files; this process commits them.
+        #[arg(
+            long,
+            env = "LAKEHOUSE_CLUSTER",
+            value_name = "df://HOST:PORT|standalone"
+        )]
+        cluster: Option<String>,
     },
     /// Run one SQL query over bronze.*, silver.*, gold.*, quarantine.* and system.*.
     Query {
@@ -235,6 +244,7 @@ pub async fn dispatch(cli: Cli) -> Result<bool> {
         ..Default::default()
     };
     let mut config = load_config(cli.config.as_deref())?;
+    crate::storage::set_node_options(config.storage.clone());
     match cli.command {
         Command::Run {
             pipeline,
@@ -244,8 +254,16 @@ pub async fn dispatch(cli: Cli) -> Result<bool> {
             from,
             to,
             reingest,
+            cluster,
         } => {
             let pipeline = Pipeline::load(&pipeline)?;
+            let options = SessionOptions {
+                cluster: cluster
+                    .as_deref()
+                    .map(crate::cluster::Cluster::parse)
+                    .transpose()?,
+                ..options
+            };
             if let (Some(f), Some(t)) = (from, to) {
                 if f > t {
                     return Err(Error::Usage(format!(

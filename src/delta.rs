@@ -270,7 +270,7 @@ pub fn table_arrow_schema(table: &DeltaTable) -> Result<SchemaRef> {
     Ok(Arc::new(schema))
 }
 
-fn writer_properties() -> deltalake::parquet::file::properties::WriterProperties {
+pub fn writer_properties() -> deltalake::parquet::file::properties::WriterProperties {
     use deltalake::parquet::basic::Compression;
     use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
     WriterProperties::builder()
@@ -290,6 +290,11 @@ pub struct Staged {
 impl Staged {
     pub fn rows(&self) -> u64 {
         self.rows
+    }
+
+    /// Files written elsewhere (by staging tasks), holding `rows` rows.
+    pub fn from_adds(adds: Vec<deltalake::kernel::Add>, rows: u64) -> Self {
+        Self { adds, rows }
     }
 
     /// Adds `other`'s files to this commit; its rows are not counted in
@@ -534,7 +539,7 @@ async fn drain(
     Ok((adds, rows))
 }
 
-fn key_string(array: &ArrayRef, row: usize) -> String {
+pub fn key_string(array: &ArrayRef, row: usize) -> String {
     use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
     if array.is_null(row) {
         return "\0null".into();

@@ -213,10 +213,8 @@ impl Checker {
     /// Splits a batch into (kept rows, quarantined rows with their reason).
     fn split(&self, batch: &RecordBatch) -> DfResult<(RecordBatch, Option<RecordBatch>)> {
         let n = batch.num_rows();
-        self.rows_in.fetch_add(n as u64, Ordering::Relaxed);
-        let mut reasons: Vec<Option<&str>> = vec![None; n];
-        let mut fails: Vec<(usize, BooleanArray)> = Vec::new();
-        for (i, rule) in self.rules.iter().enumerate() {
+        let mut values = Vec::with_capacity(self.rules.len());
+        for rule in &self.rules {
             let value = rule.expr.evaluate(batch)?.into_array(n)?;
             let Some(value) = value.as_any().downcast_ref::<BooleanArray>() else {
                 return Err(DataFusionError::Plan(format!(
@@ -224,79 +222,179 @@ impl Checker {
                     rule.spec.name
                 )));
             };
-            let failed = not(&true_mask(value))?;
-            fails.push((i, failed));
+            values.push(value.clone());
         }
-        // Drop rules first, in declared order: the first failing one is the reason.
-        for (i, failed) in &fails {
-            let rule = &self.rules[*i];
-            if rule.spec.action != Action::Drop {
-                continue;
-            }
-            rule.evaluated.fetch_add(n as u64, Ordering::Relaxed);
-            rule.failed
-                .fetch_add(failed.true_count() as u64, Ordering::Relaxed);
-            let mut newly = 0;
-            for row in 0..n {
-                if failed.value(row) && reasons[row].is_none() {
-                    reasons[row] = Some(rule.spec.name.as_str());
-                    newly += 1;
-                }
-            }
-            rule.quarantined.fetch_add(newly, Ordering::Relaxed);
-        }
-        // Warn and fail rules look at the rows that stay.
-        let kept_mask = BooleanArray::from(reasons.iter().map(|r| r.is_none()).collect::<Vec<_>>());
-        for (i, failed) in &fails {
-            let rule = &self.rules[*i];
-            if rule.spec.action == Action::Drop {
-                continue;
-            }
-            let kept_failed: Vec<bool> = (0..n)
-                .map(|r| kept_mask.value(r) && failed.value(r))
-                .collect();
-            let count = kept_failed.iter().filter(|b| **b).count() as u64;
-            rule.evaluated
-                .fetch_add(kept_mask.true_count() as u64, Ordering::Relaxed);
-            rule.failed.fetch_add(count, Ordering::Relaxed);
-            if rule.spec.action == Action::Fail && count > 0 {
-                let row = kept_failed.iter().position(|b| *b).unwrap_or(0);
-                let example = describe_row(batch, row);
-                let err = Error::ExpectationFailed {
-                    model: self.model.clone(),
-                    rule: rule.spec.name.clone(),
-                    failed: count,
-                    example,
-                };
-                *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(err);
-                return Err(DataFusionError::Execution(format!(
-                    "expectation `{}` failed",
-                    rule.spec.name
-                )));
-            }
-        }
-        let dropped = n - kept_mask.true_count();
-        if dropped == 0 {
-            return Ok((batch.clone(), None));
-        }
+        let specs: Vec<&Expectation> = self.rules.iter().map(|r| &r.spec).collect();
+        let mut counts = Counts::new(specs.len());
+        let split = split_by_rules(
+            &Quarantine {
+                model: &self.model,
+                rules: &specs,
+                schema: &self.quarantine_schema,
+                run_id: &self.run_id,
+                at: self.at,
+            },
+            &values,
+            batch,
+            &mut counts,
+        );
+        self.rows_in.fetch_add(counts.rows_in, Ordering::Relaxed);
         self.rows_quarantined
-            .fetch_add(dropped as u64, Ordering::Relaxed);
-        let kept = filter_record_batch(batch, &kept_mask)?;
-        let drop_mask = not(&kept_mask)?;
-        let bad = filter_record_batch(batch, &drop_mask)?;
-        let reason_col: StringArray = reasons.iter().filter(|r| r.is_some()).map(|r| *r).collect();
-        let mut columns: Vec<ArrayRef> = bad.columns().to_vec();
-        columns.push(Arc::new(reason_col));
-        columns.push(Arc::new(StringArray::from(vec![
-            self.run_id.as_str();
-            dropped
-        ])));
-        columns.push(Arc::new(
-            TimestampMicrosecondArray::from(vec![self.at; dropped]).with_timezone("UTC"),
-        ));
-        let quarantined = RecordBatch::try_new(self.quarantine_schema.clone(), columns)?;
-        Ok((kept, Some(quarantined)))
+            .fetch_add(counts.quarantined, Ordering::Relaxed);
+        for (rule, c) in self.rules.iter().zip(&counts.rules) {
+            rule.evaluated.fetch_add(c.evaluated, Ordering::Relaxed);
+            rule.failed.fetch_add(c.failed, Ordering::Relaxed);
+            rule.quarantined.fetch_add(c.quarantined, Ordering::Relaxed);
+        }
+        split.map_err(|err| {
+            let message = err.to_string();
+            *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(err);
+            DataFusionError::Execution(message)
+        })
     }
+}
+
+/// Counts of one rule over some rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RuleCounts {
+    pub evaluated: u64,
+    pub failed: u64,
+    pub quarantined: u64,
+}
+
+/// What the checks saw over some rows; counts of parts add up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counts {
+    pub rows_in: u64,
+    pub quarantined: u64,
+    pub rules: Vec<RuleCounts>,
+}
+
+impl Counts {
+    pub fn new(rules: usize) -> Self {
+        Self {
+            rows_in: 0,
+            quarantined: 0,
+            rules: vec![RuleCounts::default(); rules],
+        }
+    }
+
+    pub fn add(&mut self, other: &Counts) {
+        self.rows_in += other.rows_in;
+        self.quarantined += other.quarantined;
+        if self.rules.len() < other.rules.len() {
+            self.rules.resize(other.rules.len(), RuleCounts::default());
+        }
+        for (a, b) in self.rules.iter_mut().zip(&other.rules) {
+            a.evaluated += b.evaluated;
+            a.failed += b.failed;
+            a.quarantined += b.quarantined;
+        }
+    }
+
+    /// The per-rule results of a model, as the run report shows them.
+    pub fn results(&self, rules: &[Expectation]) -> Vec<RuleResult> {
+        rules
+            .iter()
+            .zip(&self.rules)
+            .map(|(r, c)| RuleResult {
+                name: r.name.clone(),
+                action: format!("{:?}", r.action).to_lowercase(),
+                check: r.check.clone(),
+                evaluated: c.evaluated,
+                failed: c.failed,
+                quarantined: c.quarantined,
+            })
+            .collect()
+    }
+}
+
+/// Where and how quarantined rows are described.
+pub struct Quarantine<'a> {
+    pub model: &'a str,
+    pub rules: &'a [&'a Expectation],
+    pub schema: &'a SchemaRef,
+    pub run_id: &'a str,
+    pub at: i64,
+}
+
+/// Splits `batch` by the rules' values on it (one boolean per row and
+/// rule): rows failing a `drop` rule are quarantined with the first such
+/// rule as reason; `warn` and `fail` rules look at the rows that stay, and
+/// a failing `fail` rule is an error with one offending row. Adds what it
+/// saw to `counts`.
+pub fn split_by_rules(
+    q: &Quarantine<'_>,
+    values: &[BooleanArray],
+    batch: &RecordBatch,
+    counts: &mut Counts,
+) -> Result<(RecordBatch, Option<RecordBatch>)> {
+    let n = batch.num_rows();
+    counts.rows_in += n as u64;
+    let mut reasons: Vec<Option<&str>> = vec![None; n];
+    let fails: Vec<BooleanArray> = values
+        .iter()
+        .map(|v| not(&true_mask(v)))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(DataFusionError::from)?;
+    // Drop rules first, in declared order: the first failing one is the reason.
+    for (i, failed) in fails.iter().enumerate() {
+        let rule = q.rules[i];
+        if rule.action != Action::Drop {
+            continue;
+        }
+        let c = &mut counts.rules[i];
+        c.evaluated += n as u64;
+        c.failed += failed.true_count() as u64;
+        for (row, reason) in reasons.iter_mut().enumerate() {
+            if failed.value(row) && reason.is_none() {
+                *reason = Some(rule.name.as_str());
+                c.quarantined += 1;
+            }
+        }
+    }
+    // Warn and fail rules look at the rows that stay.
+    let kept_mask = BooleanArray::from(reasons.iter().map(|r| r.is_none()).collect::<Vec<_>>());
+    for (i, failed) in fails.iter().enumerate() {
+        let rule = q.rules[i];
+        if rule.action == Action::Drop {
+            continue;
+        }
+        let kept_failed: Vec<bool> = (0..n)
+            .map(|r| kept_mask.value(r) && failed.value(r))
+            .collect();
+        let count = kept_failed.iter().filter(|b| **b).count() as u64;
+        let c = &mut counts.rules[i];
+        c.evaluated += kept_mask.true_count() as u64;
+        c.failed += count;
+        if rule.action == Action::Fail && count > 0 {
+            let row = kept_failed.iter().position(|b| *b).unwrap_or(0);
+            return Err(Error::ExpectationFailed {
+                model: q.model.to_string(),
+                rule: rule.name.clone(),
+                failed: count,
+                example: describe_row(batch, row),
+            });
+        }
+    }
+    let dropped = n - kept_mask.true_count();
+    if dropped == 0 {
+        return Ok((batch.clone(), None));
+    }
+    counts.quarantined += dropped as u64;
+    let kept = filter_record_batch(batch, &kept_mask).map_err(DataFusionError::from)?;
+    let drop_mask = not(&kept_mask).map_err(DataFusionError::from)?;
+    let bad = filter_record_batch(batch, &drop_mask).map_err(DataFusionError::from)?;
+    let reason_col: StringArray = reasons.iter().filter(|r| r.is_some()).copied().collect();
+    let mut columns: Vec<ArrayRef> = bad.columns().to_vec();
+    columns.push(Arc::new(reason_col));
+    columns.push(Arc::new(StringArray::from(vec![q.run_id; dropped])));
+    columns.push(Arc::new(
+        TimestampMicrosecondArray::from(vec![q.at; dropped]).with_timezone("UTC"),
+    ));
+    let quarantined =
+        RecordBatch::try_new(q.schema.clone(), columns).map_err(DataFusionError::from)?;
+    Ok((kept, Some(quarantined)))
 }
 
 /// TRUE where the value is TRUE; NULL counts as not TRUE.

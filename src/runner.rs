@@ -231,7 +231,16 @@ pub async fn run(
         let span = tracing::info_span!("model", model = %table);
         let outcome = {
             let _g = span.enter();
-            model::run_model(&ctx, lake, m, &run_id, started_at, run_options.refresh).await
+            model::run_model(
+                &ctx,
+                lake,
+                m,
+                &run_id,
+                started_at,
+                run_options.refresh,
+                options.cluster.is_some(),
+            )
+            .await
         };
         bar.finish_and_clear();
         match outcome {

@@ -14,6 +14,20 @@ use url::Url;
 
 use crate::error::{Error, Result};
 
+/// This node's storage settings (`[storage]` of its config file). Plan
+/// nodes that write on an executor reach the store with the settings of the
+/// node they run on, so a plan never carries a credential.
+static NODE_OPTIONS: std::sync::OnceLock<HashMap<String, String>> = std::sync::OnceLock::new();
+
+/// Sets [`node_options`] once, at the start of a command.
+pub fn set_node_options(options: HashMap<String, String>) {
+    let _ = NODE_OPTIONS.set(options);
+}
+
+pub fn node_options() -> HashMap<String, String> {
+    NODE_OPTIONS.get().cloned().unwrap_or_default()
+}
+
 /// The lake root and the object store that serves it.
 #[derive(Clone, Debug)]
 pub struct Lake {

@@ -297,7 +297,10 @@ pub async fn connect(
         Cluster::Remote(url) => url.clone(),
         Cluster::Standalone => standalone(&state, options, memory_limit).await?,
     };
-    Ok(state.upgrade_for_ballista(url)?)
+    // Ballista's upgrade sets the function list to its own: add ours back.
+    let ctx = SessionContext::new_with_state(state.upgrade_for_ballista(url)?);
+    register_functions(&ctx);
+    Ok(ctx.state())
 }
 
 /// Starts a scheduler and one executor in this process; returns the

@@ -21,7 +21,6 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
-use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::ExecutionPlan;
 use deltalake::DeltaTable;
 use futures::StreamExt;
@@ -55,7 +54,7 @@ pub struct Recipe {
 #[derive(Debug)]
 pub struct SnapshotTable {
     recipe: Recipe,
-    /// The table's columns in Delta's order, partition columns included.
+    /// The table's columns: those in the files, then the partition columns.
     schema: SchemaRef,
 }
 
@@ -97,6 +96,22 @@ impl SnapshotTable {
                 rows: file.num_records().map(|n| n as u64),
             });
         }
+        // Columns in the order the scan yields them (file columns, then
+        // partition columns), so that no projection reorders them: a
+        // reordering projection inside the scan does not survive the trip
+        // to an executor unchanged.
+        let ordered: Vec<FieldRef> = schema
+            .fields()
+            .iter()
+            .filter(|f| !partition_columns.contains(f.name()))
+            .chain(
+                partition_columns
+                    .iter()
+                    .filter_map(|c| schema.fields().iter().find(|f| f.name() == c)),
+            )
+            .cloned()
+            .collect();
+        let schema = Arc::new(Schema::new(ordered));
         Ok(Self {
             recipe: Recipe {
                 store,
@@ -230,8 +245,7 @@ impl TableProvider for SnapshotTable {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let file_schema = self.file_schema();
         let partition_fields = self.partition_fields();
-        // Our schema is Delta's order; the scan's is file columns, then
-        // partition columns. Map each wanted column to its place there.
+        // Our schema is the scan's order; map each wanted column to its place.
         let scan_index = |i: usize| -> DfResult<usize> {
             let name = self.schema.field(i).name();
             match self.recipe.partition_columns.iter().position(|c| c == name) {
@@ -262,13 +276,15 @@ impl TableProvider for SnapshotTable {
                 PartitionedFile::new(file.path.clone(), file.size).with_partition_values(values),
             );
         }
-        if files.is_empty() {
-            let projected = Arc::new(self.schema.project(&wanted)?);
-            return Ok(Arc::new(EmptyExec::new(projected)));
-        }
         // Spread the files over the session's partitions, largest first, so
         // each task gets about the same number of bytes.
-        let n = state.config().target_partitions().max(1).min(files.len());
+        // An empty table is one empty group: a plain Parquet scan still
+        // (an `EmptyExec` does not come back the same from an executor).
+        let n = state
+            .config()
+            .target_partitions()
+            .max(1)
+            .min(files.len().max(1));
         files.sort_by(|a, b| b.object_meta.size.cmp(&a.object_meta.size));
         let mut groups: Vec<(u64, Vec<PartitionedFile>)> = vec![(0, Vec::new()); n];
         for f in files {

@@ -3,32 +3,785 @@
 
 use std::sync::Arc;
 
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray};
+use datafusion::arrow::compute::kernels::partition::partition;
+use datafusion::arrow::compute::{filter, filter_record_batch, not, SortOptions};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
+use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DFSchema, DFSchemaRef};
 use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::logical_expr::{Extension, LogicalPlan};
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::{
+    Expr, Extension, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
+};
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::{
+    EquivalenceProperties, LexRequirement, OrderingRequirements, PhysicalExpr,
+    PhysicalSortRequirement,
+};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
+    PlanProperties,
+};
+use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
 
-/// The recipe of a logical node of ours, `None` for a node that is not.
-pub fn encode_logical(_node: &Extension) -> DfResult<Option<(&'static str, serde_json::Value)>> {
-    Ok(None)
+/// Column holding the value of expectation `i` on each row (TRUE: passes).
+pub fn rule_column(i: usize) -> String {
+    format!("__lakehouse_rule_{i}")
 }
 
-pub fn decode_logical(kind: &str, _body: &[u8], _inputs: &[LogicalPlan]) -> DfResult<Extension> {
-    Err(unknown(kind))
+/// Column [`DedupExec`] adds: TRUE for a row an equal key's later row replaces.
+pub const DUPLICATE: &str = "__lakehouse_duplicate";
+
+fn internal(name: &str) -> bool {
+    name.starts_with("__lakehouse_")
+}
+
+/// Everything a staging task needs, decided on the driver.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StageSpec {
+    /// `layer.name`, for messages.
+    pub model: String,
+    pub table_url: String,
+    /// The table's Arrow schema (protobuf, base64): rows are cast to it.
+    pub table_schema: String,
+    pub partition_by: Vec<String>,
+    /// The quarantine table and its schema, when a rule can quarantine.
+    pub quarantine: Option<(String, String)>,
+    pub rules: Vec<crate::pipeline::Expectation>,
+    /// Deduplication: latest row per key by `sequence_by`.
+    pub unique_key: Vec<String>,
+    pub sequence_by: Vec<String>,
+    pub run_id: String,
+    /// Microseconds since the epoch: `_quarantined_at`.
+    pub at: i64,
+}
+
+pub fn encode_schema(schema: &Schema) -> DfResult<String> {
+    use base64::Engine;
+    use prost::Message;
+    let proto = datafusion_proto::protobuf::Schema::try_from(schema)?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(proto.encode_to_vec()))
+}
+
+fn decode_schema(text: &str) -> DfResult<SchemaRef> {
+    use base64::Engine;
+    use prost::Message;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| DataFusionError::Internal(format!("schema in a stage recipe: {e}")))?;
+    let proto = datafusion_proto::protobuf::Schema::decode(bytes.as_slice())
+        .map_err(|e| DataFusionError::Internal(format!("schema in a stage recipe: {e}")))?;
+    Ok(Arc::new(Schema::try_from(&proto)?))
+}
+
+/// The logical form of a model's staging: its input is the model's result
+/// with one boolean column per expectation; it stands for the whole
+/// deduplicate → split by partition → write chain, and returns what it
+/// wrote as messages for the driver's commit.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StageNode {
+    input: LogicalPlan,
+    /// The [`StageSpec`] as JSON (comparable and hashable as text).
+    spec: String,
+    schema: DFSchemaRef,
+}
+
+impl StageNode {
+    pub fn new(input: LogicalPlan, spec: &StageSpec) -> DfResult<Self> {
+        let spec =
+            serde_json::to_string(spec).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        Ok(Self {
+            input,
+            spec,
+            schema: Arc::new(DFSchema::try_from(message_schema().as_ref().clone())?),
+        })
+    }
+
+    fn spec(&self) -> DfResult<StageSpec> {
+        parse_spec(self.spec.as_bytes())
+    }
+}
+
+fn parse_spec(body: &[u8]) -> DfResult<StageSpec> {
+    serde_json::from_slice(body).map_err(|e| {
+        DataFusionError::Internal(format!(
+            "cannot read a stage recipe from another lakehouse node: {e}. Every node of a cluster must run the same lakehouse version"
+        ))
+    })
+}
+
+/// The schema of what a staging task returns: one JSON message per row.
+pub fn message_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new(
+        "message",
+        DataType::Utf8,
+        false,
+    )]))
+}
+
+impl PartialOrd for StageNode {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        match self.spec.partial_cmp(&other.spec) {
+            Some(std::cmp::Ordering::Equal) => self.input.partial_cmp(&other.input),
+            o => o,
+        }
+    }
+}
+
+impl UserDefinedLogicalNodeCore for StageNode {
+    fn name(&self) -> &str {
+        "LakehouseStage"
+    }
+
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.input]
+    }
+
+    fn schema(&self) -> &DFSchemaRef {
+        &self.schema
+    }
+
+    fn expressions(&self) -> Vec<Expr> {
+        vec![]
+    }
+
+    fn fmt_for_explain(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self.spec() {
+            Ok(s) => write!(f, "LakehouseStage: {} -> {}", s.model, s.table_url),
+            Err(_) => write!(f, "LakehouseStage"),
+        }
+    }
+
+    fn with_exprs_and_inputs(
+        &self,
+        _exprs: Vec<Expr>,
+        mut inputs: Vec<LogicalPlan>,
+    ) -> DfResult<Self> {
+        let input = inputs
+            .pop()
+            .ok_or_else(|| DataFusionError::Internal("LakehouseStage has one input".into()))?;
+        Ok(Self {
+            input,
+            spec: self.spec.clone(),
+            schema: self.schema.clone(),
+        })
+    }
+}
+
+/// The recipe of a logical node of ours, `None` for a node that is not.
+pub fn encode_logical(node: &Extension) -> DfResult<Option<(&'static str, serde_json::Value)>> {
+    match node.node.as_any().downcast_ref::<StageNode>() {
+        Some(stage) => Ok(Some((
+            "stage",
+            serde_json::to_value(stage.spec()?)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?,
+        ))),
+        None => Ok(None),
+    }
+}
+
+pub fn decode_logical(kind: &str, body: &[u8], inputs: &[LogicalPlan]) -> DfResult<Extension> {
+    match (kind, inputs) {
+        ("stage", [input]) => Ok(Extension {
+            node: Arc::new(StageNode::new(input.clone(), &parse_spec(body)?)?),
+        }),
+        _ => Err(unknown(kind)),
+    }
 }
 
 /// The recipe of a physical node of ours, `None` for a node that is not.
 pub fn encode_physical(
-    _node: &Arc<dyn ExecutionPlan>,
+    node: &Arc<dyn ExecutionPlan>,
 ) -> DfResult<Option<(&'static str, serde_json::Value)>> {
+    let json =
+        |v: &StageSpec| serde_json::to_value(v).map_err(|e| DataFusionError::External(Box::new(e)));
+    if let Some(stage) = node.downcast_ref::<StageExec>() {
+        return Ok(Some(("stage-exec", json(&stage.spec)?)));
+    }
+    if let Some(dedup) = node.downcast_ref::<DedupExec>() {
+        return Ok(Some(("dedup-exec", json(&dedup.spec)?)));
+    }
     Ok(None)
 }
 
 pub fn decode_physical(
     kind: &str,
-    _body: &[u8],
-    _inputs: &[Arc<dyn ExecutionPlan>],
+    body: &[u8],
+    inputs: &[Arc<dyn ExecutionPlan>],
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
-    Err(unknown(kind))
+    match (kind, inputs) {
+        ("stage-exec", [input]) => Ok(Arc::new(StageExec::try_new(
+            input.clone(),
+            parse_spec(body)?,
+        )?)),
+        ("dedup-exec", [input]) => Ok(Arc::new(DedupExec::try_new(
+            input.clone(),
+            parse_spec(body)?,
+        )?)),
+        _ => Err(unknown(kind)),
+    }
+}
+
+/// Plans [`StageNode`]: `StageExec` over `DedupExec` (when the model has a
+/// unique key) over the model's plan. Both declare the distribution and
+/// order they need, so DataFusion's optimizer adds the hash repartitions
+/// (Ballista's shuffles) and sorts below them.
+#[derive(Debug)]
+struct StagePlanner;
+
+#[async_trait::async_trait]
+impl ExtensionPlanner for StagePlanner {
+    async fn plan_extension(
+        &self,
+        _planner: &dyn PhysicalPlanner,
+        node: &dyn UserDefinedLogicalNode,
+        _logical_inputs: &[&LogicalPlan],
+        physical_inputs: &[Arc<dyn ExecutionPlan>],
+        _session: &dyn datafusion::catalog::Session,
+        _planning_ctx: &PhysicalPlanningContext,
+    ) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
+        let Some(stage) = node.as_any().downcast_ref::<StageNode>() else {
+            return Ok(None);
+        };
+        let spec = stage.spec()?;
+        let [input] = physical_inputs else {
+            return Err(DataFusionError::Internal(
+                "LakehouseStage has one input".into(),
+            ));
+        };
+        let mut plan = input.clone();
+        if !spec.unique_key.is_empty() {
+            plan = Arc::new(DedupExec::try_new(plan, spec.clone())?);
+        }
+        Ok(Some(Arc::new(StageExec::try_new(plan, spec)?)))
+    }
+}
+
+fn columns(schema: &SchemaRef, names: &[String]) -> DfResult<Vec<Arc<dyn PhysicalExpr>>> {
+    names
+        .iter()
+        .map(|n| Ok(Arc::new(Column::new_with_schema(n, schema)?) as Arc<dyn PhysicalExpr>))
+        .collect()
+}
+
+fn properties(schema: SchemaRef, input: &Arc<dyn ExecutionPlan>) -> Arc<PlanProperties> {
+    Arc::new(PlanProperties::new(
+        EquivalenceProperties::new(schema),
+        input.output_partitioning().clone(),
+        EmissionType::Final,
+        Boundedness::Bounded,
+    ))
+}
+
+/// Keeps, per key, the row with the greatest sequence among the rows that
+/// pass every `drop` rule, and marks the others of that key as duplicates
+/// (column [`DUPLICATE`]); rows a `drop` rule quarantines pass unmarked.
+/// Needs its input hash-split by the key and sorted by key, then sequence
+/// descending (NULLs last).
+#[derive(Debug)]
+pub struct DedupExec {
+    input: Arc<dyn ExecutionPlan>,
+    spec: StageSpec,
+    schema: SchemaRef,
+    props: Arc<PlanProperties>,
+}
+
+impl DedupExec {
+    pub fn try_new(input: Arc<dyn ExecutionPlan>, spec: StageSpec) -> DfResult<Self> {
+        let mut fields: Vec<FieldRef> = input.schema().fields().iter().cloned().collect();
+        fields.push(Arc::new(Field::new(DUPLICATE, DataType::Boolean, false)));
+        let schema = Arc::new(Schema::new(fields));
+        let mut eq = EquivalenceProperties::new(schema.clone());
+        // Marking rows keeps their order.
+        if let Some(ordering) = input.output_ordering() {
+            eq.add_ordering(ordering.iter().cloned());
+        }
+        let props = Arc::new(PlanProperties::new(
+            eq,
+            input.output_partitioning().clone(),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Ok(Self {
+            input,
+            spec,
+            schema,
+            props,
+        })
+    }
+
+    fn ordering(&self) -> DfResult<Vec<PhysicalSortRequirement>> {
+        let schema = self.input.schema();
+        let mut order: Vec<PhysicalSortRequirement> = columns(&schema, &self.spec.unique_key)?
+            .into_iter()
+            .map(|e| {
+                PhysicalSortRequirement::new(
+                    e,
+                    Some(SortOptions {
+                        descending: false,
+                        nulls_first: false,
+                    }),
+                )
+            })
+            .collect();
+        for e in columns(&schema, &self.spec.sequence_by)? {
+            order.push(PhysicalSortRequirement::new(
+                e,
+                Some(SortOptions {
+                    descending: true,
+                    nulls_first: false,
+                }),
+            ));
+        }
+        Ok(order)
+    }
+}
+
+impl DisplayAs for DedupExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "LakehouseDedup: key=[{}]",
+            self.spec.unique_key.join(", ")
+        )
+    }
+}
+
+impl ExecutionPlan for DedupExec {
+    fn name(&self) -> &str {
+        "LakehouseDedup"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        match columns(&self.input.schema(), &self.spec.unique_key) {
+            Ok(keys) => vec![Distribution::KeyPartitioned(keys)],
+            Err(_) => vec![Distribution::UnspecifiedDistribution],
+        }
+    }
+
+    fn required_input_ordering(&self) -> Vec<Option<OrderingRequirements>> {
+        vec![self
+            .ordering()
+            .ok()
+            .and_then(LexRequirement::new)
+            .map(OrderingRequirements::new)]
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let input = children
+            .pop()
+            .ok_or_else(|| DataFusionError::Internal("LakehouseDedup has one input".into()))?;
+        Ok(Arc::new(DedupExec::try_new(input, self.spec.clone())?))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        let in_schema = self.input.schema();
+        let keys: Vec<usize> = self
+            .spec
+            .unique_key
+            .iter()
+            .map(|k| in_schema.index_of(k))
+            .collect::<std::result::Result<_, _>>()?;
+        let drop_rules: Vec<usize> = self
+            .spec
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.action == crate::pipeline::Action::Drop)
+            .map(|(i, _)| in_schema.index_of(&rule_column(i)))
+            .collect::<std::result::Result<_, _>>()?;
+        let fields: Vec<SortField> = keys
+            .iter()
+            .map(|&i| SortField::new(in_schema.field(i).data_type().clone()))
+            .collect();
+        let converter = RowConverter::new(fields)?;
+        let schema = self.schema.clone();
+        let out_schema = schema.clone();
+        let stream = input.scan(
+            (converter, None::<OwnedRow>),
+            move |(converter, last), batch| {
+                let out = batch.and_then(|batch| {
+                    let marks = mark_duplicates(&batch, &keys, &drop_rules, converter, last)?;
+                    let mut cols = batch.columns().to_vec();
+                    cols.push(Arc::new(marks));
+                    Ok(RecordBatch::try_new(out_schema.clone(), cols)?)
+                });
+                futures::future::ready(Some(out))
+            },
+        );
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+}
+
+/// TRUE for each row that passes the drop rules and has the key of the
+/// passing row before it (input sorted by key, latest first).
+fn mark_duplicates(
+    batch: &RecordBatch,
+    keys: &[usize],
+    drop_rules: &[usize],
+    converter: &mut RowConverter,
+    last: &mut Option<OwnedRow>,
+) -> DfResult<BooleanArray> {
+    let n = batch.num_rows();
+    if n == 0 {
+        return Ok(BooleanArray::from(Vec::<bool>::new()));
+    }
+    let passes: Vec<bool> = (0..n)
+        .map(|row| {
+            drop_rules.iter().all(|&c| {
+                let v = batch.column(c).as_boolean();
+                v.is_valid(row) && v.value(row)
+            })
+        })
+        .collect();
+    let key_columns: Vec<_> = keys.iter().map(|&i| batch.column(i).clone()).collect();
+    let rows = converter.convert_columns(&key_columns)?;
+    let mut marks = Vec::with_capacity(n);
+    for (i, passes) in passes.iter().enumerate() {
+        if !passes {
+            marks.push(false);
+            continue;
+        }
+        let row = rows.row(i);
+        let duplicate = last.as_ref().is_some_and(|l| l.row() == row);
+        if !duplicate {
+            *last = Some(row.owned());
+        }
+        marks.push(duplicate);
+    }
+    Ok(BooleanArray::from(marks))
+}
+
+/// Writes its input into Parquet files of the model's table (rows that
+/// pass, duplicates left out) and of its quarantine (rows a `drop` rule
+/// caught), and returns one message per file written plus one with the
+/// counts: the data of a Delta commit, which the driver makes.
+#[derive(Debug)]
+pub struct StageExec {
+    input: Arc<dyn ExecutionPlan>,
+    spec: StageSpec,
+    props: Arc<PlanProperties>,
+}
+
+impl StageExec {
+    pub fn try_new(input: Arc<dyn ExecutionPlan>, spec: StageSpec) -> DfResult<Self> {
+        let props = properties(message_schema(), &input);
+        Ok(Self { input, spec, props })
+    }
+}
+
+impl DisplayAs for StageExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "LakehouseStage: {} partition_by=[{}]",
+            self.spec.table_url,
+            self.spec.partition_by.join(", ")
+        )
+    }
+}
+
+impl ExecutionPlan for StageExec {
+    fn name(&self) -> &str {
+        "LakehouseStage"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        // Writers never share a partition: one file per partition and task.
+        match columns(&self.input.schema(), &self.spec.partition_by) {
+            Ok(keys) if !keys.is_empty() => vec![Distribution::KeyPartitioned(keys)],
+            _ => vec![Distribution::UnspecifiedDistribution],
+        }
+    }
+
+    fn required_input_ordering(&self) -> Vec<Option<OrderingRequirements>> {
+        // Sorted by partition, a writer holds one partition's buffer at a time.
+        let order = columns(&self.input.schema(), &self.spec.partition_by)
+            .ok()
+            .and_then(|cols| {
+                LexRequirement::new(
+                    cols.into_iter()
+                        .map(|e| PhysicalSortRequirement::new(e, Some(SortOptions::default()))),
+                )
+            });
+        vec![order.map(OrderingRequirements::new)]
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![false]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let input = children
+            .pop()
+            .ok_or_else(|| DataFusionError::Internal("LakehouseStage has one input".into()))?;
+        Ok(Arc::new(StageExec::try_new(input, self.spec.clone())?))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        let spec = self.spec.clone();
+        let task = async move {
+            stage_partition(spec, input).await.map_err(|e| match e {
+                crate::error::Error::DataFusion(d) => d,
+                other => DataFusionError::External(Box::new(other)),
+            })
+        };
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            message_schema(),
+            futures::stream::once(task),
+        )))
+    }
+}
+
+/// One message of a staging task.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Message {
+    /// A file of the model's table.
+    Table(deltalake::kernel::Add),
+    /// A file of the model's quarantine.
+    Quarantine(deltalake::kernel::Add),
+    /// What the task saw: rows in, per rule, and duplicates left out.
+    Counts {
+        checks: crate::quality::Counts,
+        duplicates: u64,
+        written: u64,
+    },
+}
+
+/// A writer for one table, on the store as this node reaches it.
+fn writer(
+    url: &str,
+    schema: &SchemaRef,
+    partition_by: &[String],
+) -> crate::error::Result<RecordBatchWriter> {
+    deltalake::aws::register_handlers(None);
+    Ok(RecordBatchWriter::try_new(
+        url,
+        schema.clone(),
+        Some(partition_by.to_vec()),
+        Some(crate::storage::node_options()),
+    )?
+    .with_writer_properties(crate::delta::writer_properties())
+    .with_target_file_size(crate::delta::TARGET_FILE_SIZE))
+}
+
+async fn stage_partition(
+    spec: StageSpec,
+    mut input: SendableRecordBatchStream,
+) -> crate::error::Result<RecordBatch> {
+    use crate::error::Error;
+    let in_schema = input.schema();
+    let table_schema = decode_schema(&spec.table_schema)?;
+    let mut table = writer(&spec.table_url, &table_schema, &spec.partition_by)?;
+    let mut quarantine = match &spec.quarantine {
+        Some((url, schema)) => {
+            let schema = decode_schema(schema)?;
+            Some((writer(url, &schema, &[])?, schema))
+        }
+        None => None,
+    };
+    // The model's own columns (lineage included) for the quarantine, and
+    // the visible ones for the table.
+    let model_columns: Vec<usize> = (0..in_schema.fields().len())
+        .filter(|&i| !internal(in_schema.field(i).name()))
+        .collect();
+    let visible: Vec<usize> = model_columns
+        .iter()
+        .copied()
+        .filter(|&i| !in_schema.field(i).name().starts_with('_'))
+        .collect();
+    let model_schema = Arc::new(in_schema.project(&model_columns)?);
+    let q_schema = crate::quality::quarantine_schema(&model_schema);
+    let rule_columns: Vec<usize> = (0..spec.rules.len())
+        .map(|i| in_schema.index_of(&rule_column(i)))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(DataFusionError::from)?;
+    let duplicate_column = in_schema.index_of(DUPLICATE).ok();
+    let rules: Vec<&crate::pipeline::Expectation> = spec.rules.iter().collect();
+    let q = crate::quality::Quarantine {
+        model: &spec.model,
+        rules: &rules,
+        schema: &q_schema,
+        run_id: &spec.run_id,
+        at: spec.at,
+    };
+    let mut counts = crate::quality::Counts::new(rules.len());
+    let (mut duplicates, mut written) = (0u64, 0u64);
+    let mut table_adds = Vec::new();
+    let mut current: Option<Vec<String>> = None;
+    let partition_columns: Vec<usize> = spec
+        .partition_by
+        .iter()
+        .map(|c| in_schema.index_of(c))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(DataFusionError::from)?;
+    while let Some(batch) = input.next().await {
+        let batch = batch?;
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        let values: Vec<BooleanArray> = rule_columns
+            .iter()
+            .map(|&c| batch.column(c).as_boolean().clone())
+            .collect();
+        // Split on the model's columns plus the duplicate mark at the end.
+        let mut keep: Vec<usize> = model_columns.clone();
+        keep.extend(
+            partition_columns
+                .iter()
+                .filter(|c| !model_columns.contains(c)),
+        );
+        let model_batch = batch.project(&model_columns)?;
+        let (kept, bad) = crate::quality::split_by_rules(&q, &values, &model_batch, &mut counts)?;
+        if let (Some(bad), Some((w, schema))) = (bad, quarantine.as_mut()) {
+            w.write(crate::delta::conform(&bad, schema)?).await?;
+        }
+        // The rows kept, in the same order as `batch` minus the quarantined:
+        // the duplicate marks follow the same filter.
+        let kept = match duplicate_column {
+            Some(d) => {
+                let passes = pass_mask(&values, &spec.rules);
+                let marks = filter(batch.column(d), &passes)?;
+                let marks = marks.as_boolean();
+                duplicates += marks.true_count() as u64;
+                filter_record_batch(&kept, &not(marks)?)?
+            }
+            None => kept,
+        };
+        if kept.num_rows() == 0 {
+            continue;
+        }
+        let positions: Vec<usize> = visible
+            .iter()
+            .map(|&i| model_columns.iter().position(|&m| m == i).unwrap_or(0))
+            .collect();
+        let rows = crate::delta::conform(&kept.project(&positions)?, &table_schema)?;
+        written += rows.num_rows() as u64;
+        if spec.partition_by.is_empty() {
+            table.write(rows).await?;
+            continue;
+        }
+        let keys: Vec<ArrayRef> = spec
+            .partition_by
+            .iter()
+            .map(|c| {
+                rows.column_by_name(c).cloned().ok_or_else(|| Error::Table {
+                    table: spec.model.clone(),
+                    message: format!("partition column `{c}` is missing from the result"),
+                })
+            })
+            .collect::<crate::error::Result<_>>()?;
+        for range in partition(&keys)?.ranges() {
+            let key: Vec<String> = keys
+                .iter()
+                .map(|k| crate::delta::key_string(k, range.start))
+                .collect();
+            if current.as_ref().is_some_and(|c| *c != key) {
+                table_adds.extend(table.flush().await?);
+            }
+            current = Some(key);
+            table
+                .write(rows.slice(range.start, range.end - range.start))
+                .await?;
+        }
+    }
+    table_adds.extend(table.flush().await?);
+    let mut messages: Vec<String> = Vec::new();
+    let json = |m: &Message| {
+        serde_json::to_string(m).map_err(|e| Error::Usage(format!("stage message: {e}")))
+    };
+    for add in table_adds {
+        messages.push(json(&Message::Table(add))?);
+    }
+    if let Some((mut w, _)) = quarantine {
+        for add in w.flush().await? {
+            messages.push(json(&Message::Quarantine(add))?);
+        }
+    }
+    messages.push(json(&Message::Counts {
+        checks: counts,
+        duplicates,
+        written,
+    })?);
+    Ok(RecordBatch::try_new(
+        message_schema(),
+        vec![Arc::new(StringArray::from(messages))],
+    )?)
+}
+
+/// TRUE for rows every `drop` rule passes.
+fn pass_mask(values: &[BooleanArray], rules: &[crate::pipeline::Expectation]) -> BooleanArray {
+    let n = values.first().map_or(0, |v| v.len());
+    (0..n)
+        .map(|row| {
+            Some(values.iter().zip(rules).all(|(v, r)| {
+                r.action != crate::pipeline::Action::Drop || (v.is_valid(row) && v.value(row))
+            }))
+        })
+        .collect()
 }
 
 fn unknown(kind: &str) -> DataFusionError {
@@ -54,7 +807,7 @@ impl datafusion::execution::context::QueryPlanner for Planner {
         state: &dyn datafusion::catalog::Session,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
-        DefaultPhysicalPlanner::with_extension_planners(vec![])
+        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(StagePlanner)])
             .create_physical_plan(plan, state)
             .await
     }

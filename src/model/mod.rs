@@ -36,6 +36,7 @@ use crate::quality::{self, Checker, RuleResult};
 use crate::storage::Lake;
 
 mod restrict;
+mod stage;
 mod strategy;
 
 use restrict::{
@@ -151,6 +152,10 @@ pub async fn run_model(
     run_id: &str,
     at: chrono::DateTime<chrono::Utc>,
     refresh: Refresh,
+    // Plan → stage → commit: the model runs as one staging plan whose
+    // tasks write the files (on a cluster's executors), and this process
+    // commits what they wrote.
+    staged: bool,
 ) -> Result<ModelReport> {
     let started = Instant::now();
     let table_name = model.table();
@@ -194,6 +199,11 @@ pub async fn run_model(
         Some(q) => last_commit_info(&q).await?,
         None => None,
     };
+    if staged && matches!(refresh, Refresh::Range(_)) {
+        return Err(Error::Usage(format!(
+            "{table_name}: backfills (--from/--to) do not run on a cluster yet; run the backfill without --cluster"
+        )));
+    }
     let strategy = match refresh {
         Refresh::Full => Strategy::Full("--full-refresh".into()),
         Refresh::Range(range) => Strategy::Range(range),
@@ -210,6 +220,15 @@ pub async fn run_model(
             )
             .await?
         }
+    };
+    // The upsert of new rows into a merge model runs in this process only;
+    // on a cluster the model is rebuilt from its inputs, which gives the
+    // same rows (latest per key over every input row).
+    let strategy = match strategy {
+        Strategy::Stream(_) if staged && settings.mode == WriteMode::Merge => {
+            Strategy::Full("merge upserts run in-process only: rebuilt on the cluster".into())
+        }
+        s => s,
     };
     tracing::info!(model = %table_name, strategy = %strategy.describe(), "planning");
     report.strategy = strategy.describe();
@@ -289,32 +308,39 @@ pub async fn run_model(
         run_id,
         at.timestamp_micros(),
     )?);
-    let plan = df.create_physical_plan().await?;
-    let (checked, quarantine_stream) = quality::checked(plan, checker.clone())?;
-    let mut result = ctx.read_table(checked)?;
-    let collapsed: crate::dedup::Collapsed = Default::default();
-    if !settings.unique_key.is_empty() {
-        result = crate::dedup::latest_per_key(
-            ctx,
-            result,
-            &settings.unique_key,
-            &settings.sequence_by,
-            collapsed.clone(),
-        )
-        .await?;
-    }
-    let visible: Vec<&str> = columns
+    let visible: Vec<String> = columns
         .iter()
         .filter(|c| !c.starts_with('_'))
-        .map(|s| s.as_str())
+        .cloned()
         .collect();
-    result = result.select_columns(&visible)?;
-    if let Some((column, r)) = &range {
-        // After deduplication: a key whose latest row moved out of the range
-        // leaves it.
-        result = result.filter(range_predicate(column, r, None))?;
-    }
-
+    // In this process: the checker and the deduplication stream the plan.
+    // Staged: the same steps are nodes of one plan that writes the files.
+    let (mut local, model_df) = if staged {
+        (None, Some(df))
+    } else {
+        let plan = df.create_physical_plan().await?;
+        let (checked, quarantine_stream) = quality::checked(plan, checker.clone())?;
+        let mut result = ctx.read_table(checked)?;
+        let collapsed: crate::dedup::Collapsed = Default::default();
+        if !settings.unique_key.is_empty() {
+            result = crate::dedup::latest_per_key(
+                ctx,
+                result,
+                &settings.unique_key,
+                &settings.sequence_by,
+                collapsed.clone(),
+            )
+            .await?;
+        }
+        let shown: Vec<&str> = visible.iter().map(|s| s.as_str()).collect();
+        result = result.select_columns(&shown)?;
+        if let Some((column, r)) = &range {
+            // After deduplication: a key whose latest row moved out of the range
+            // leaves it.
+            result = result.filter(range_predicate(column, r, None))?;
+        }
+        (Some((result, quarantine_stream, collapsed)), None)
+    };
     // What the table's commit records as its inputs. A backfill does not
     // move the model's incremental position: it records the inputs of the
     // commit before it (none: the next run is full), so the next run still
@@ -388,6 +414,46 @@ pub async fn run_model(
         metadata,
         description: settings.description.clone(),
         symlink_manifest: settings.symlink_manifest,
+    };
+    if let Some(df) = model_df {
+        let table_schema = Arc::new(
+            df.schema().as_arrow().project(
+                &visible
+                    .iter()
+                    .map(|c| df.schema().as_arrow().index_of(c))
+                    .collect::<std::result::Result<Vec<_>, _>>()?,
+            )?,
+        );
+        let table = delta::ensure_table(&url, &opts, &table_schema, &spec).await?;
+        let stage = stage::Stage {
+            model: &table_name,
+            table,
+            quarantine: quarantine_table.map(|t| (t, &quarantine_spec)),
+            run_id,
+            at,
+        };
+        let done = stage.run(ctx, df, settings, &mut spec).await?;
+        let mut report = report;
+        report.version = done.version;
+        report.rows_written = done.written;
+        report.files = done.files;
+        report.rows_in = done.counts.rows_in;
+        report.quarantined = done.counts.quarantined;
+        report.duplicates = done.duplicates;
+        report.rules = done.counts.results(&settings.expectations);
+        report.reconciled = done.log_agrees
+            && reconciles(
+                report.rows_in,
+                report.rows_written,
+                report.quarantined,
+                report.duplicates,
+            );
+        return finish(report, started);
+    }
+    let Some((result, quarantine_stream, collapsed)) = local.take() else {
+        return Err(Error::Usage(
+            "internal: a model has neither a local nor a staged plan".into(),
+        ));
     };
     let result_schema: SchemaRef = Arc::new(result.schema().as_arrow().clone());
     let quarantine_stage = async {
@@ -524,9 +590,14 @@ pub async fn run_model(
                 report.duplicates,
             );
     }
+    finish(report, started)
+}
+
+/// Fails a report whose counts do not reconcile; stamps its time.
+fn finish(mut report: ModelReport, started: Instant) -> Result<ModelReport> {
     if !report.reconciled {
         return Err(Error::Table {
-            table: table_name.clone(),
+            table: report.table.clone(),
             message: format!(
                 "reconciliation failed: rows in {} != written {} + quarantined {} + duplicates {}, or the Delta log disagrees with these counts. This is a bug: please report it with the lake's _delta_log",
                 report.rows_in, report.rows_written, report.quarantined, report.duplicates

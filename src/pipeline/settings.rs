@@ -27,7 +27,7 @@ pub enum WriteMode {
 }
 
 /// What happens to a row that fails an expectation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     /// Keep the row and count it.
@@ -38,7 +38,7 @@ pub enum Action {
     Fail,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
 pub struct Expectation {
     pub name: String,
     /// SQL boolean over the model's output columns; a row passes only when it

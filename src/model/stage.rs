@@ -1,0 +1,195 @@
+//! A model as plan → stage → commit. The plan is the model's SELECT with
+//! one boolean column per expectation; staging is one plan whose tasks
+//! deduplicate, write the table's and the quarantine's Parquet files and
+//! return what they wrote as data ([`crate::cluster::stage`]); the commit is
+//! made here, from that data alone, so it does not matter where the tasks
+//! ran (a Ballista cluster's executors, or this process).
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::logical_expr::{Expr, ExprSchemable, Extension, LogicalPlan};
+use datafusion::prelude::{DataFrame, SessionContext};
+use deltalake::DeltaTable;
+use serde_json::json;
+
+use crate::cluster::stage::{encode_schema, rule_column, Message, StageNode, StageSpec};
+use crate::delta::{self, Staged, WriteSpec};
+use crate::error::{Error, Result};
+use crate::pipeline::ModelSettings;
+use crate::quality::Counts;
+
+/// The tables one model's staging writes to.
+pub(super) struct Stage<'a> {
+    pub model: &'a str,
+    pub table: DeltaTable,
+    pub quarantine: Option<(DeltaTable, &'a WriteSpec)>,
+    pub run_id: &'a str,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+/// What staging and the commits did.
+pub(super) struct Done {
+    pub version: Option<i64>,
+    pub written: u64,
+    pub files: usize,
+    pub counts: Counts,
+    pub duplicates: u64,
+    /// The rows the Delta log records in the new files equal the rows the
+    /// tasks say they wrote, for the table and the quarantine.
+    pub log_agrees: bool,
+}
+
+impl Stage<'_> {
+    pub async fn run(
+        self,
+        ctx: &SessionContext,
+        df: DataFrame,
+        settings: &ModelSettings,
+        spec: &mut WriteSpec,
+    ) -> Result<Done> {
+        let model = self.model;
+        // Expectations become columns of the plan.
+        let mut exprs: Vec<Expr> = df
+            .schema()
+            .columns()
+            .into_iter()
+            .map(Expr::Column)
+            .collect();
+        for (i, rule) in settings.expectations.iter().enumerate() {
+            let check = ctx.parse_sql_expr(&rule.check, df.schema()).map_err(|e| {
+                Error::Usage(format!(
+                    "model {model}: expectation `{}` (`{}`): {e}",
+                    rule.name, rule.check
+                ))
+            })?;
+            let check = match check.get_type(df.schema())? {
+                DataType::Boolean => check,
+                DataType::Null => datafusion::prelude::cast(check, DataType::Boolean),
+                other => {
+                    return Err(Error::Usage(format!(
+                        "model {model}: expectation `{}` (`{}`) must be a boolean expression, not {other}",
+                        rule.name, rule.check
+                    )))
+                }
+            };
+            exprs.push(check.alias(rule_column(i)));
+        }
+        let checked = df.select(exprs)?;
+        let stage = StageSpec {
+            model: model.to_string(),
+            table_url: self.table.table_url().to_string(),
+            table_schema: encode_schema(delta::table_arrow_schema(&self.table)?.as_ref())?,
+            partition_by: settings.partition_by.clone(),
+            quarantine: match &self.quarantine {
+                Some((q, _)) => Some((
+                    q.table_url().to_string(),
+                    encode_schema(delta::table_arrow_schema(q)?.as_ref())?,
+                )),
+                None => None,
+            },
+            rules: settings.expectations.clone(),
+            unique_key: settings.unique_key.clone(),
+            sequence_by: settings.sequence_by.clone(),
+            run_id: self.run_id.to_string(),
+            at: self.at.timestamp_micros(),
+        };
+        let node = StageNode::new(checked.logical_plan().clone(), &stage)?;
+        let plan = LogicalPlan::Extension(Extension {
+            node: Arc::new(node),
+        });
+        let batches = ctx
+            .execute_logical_plan(plan)
+            .await?
+            .collect()
+            .await
+            .map_err(typed)?;
+
+        let mut adds = Vec::new();
+        let mut quarantine_adds = Vec::new();
+        let mut counts = Counts::new(settings.expectations.len());
+        let (mut duplicates, mut written) = (0u64, 0u64);
+        for batch in &batches {
+            for text in batch.column(0).as_string::<i32>().iter().flatten() {
+                let message: Message = serde_json::from_str(text).map_err(|e| Error::Table {
+                    table: model.to_string(),
+                    message: format!("a staging task answered something unreadable ({e}); every node must run the same lakehouse version"),
+                })?;
+                match message {
+                    Message::Table(add) => adds.push(add),
+                    Message::Quarantine(add) => quarantine_adds.push(add),
+                    Message::Counts {
+                        checks,
+                        duplicates: d,
+                        written: w,
+                    } => {
+                        counts.add(&checks);
+                        duplicates += d;
+                        written += w;
+                    }
+                }
+            }
+        }
+        if let Some(limit) = settings.max_quarantine_pct {
+            let (bad, total) = (counts.quarantined, counts.rows_in);
+            if total > 0 && (bad as f64) * 100.0 / (total as f64) > limit {
+                return Err(Error::QuarantineThreshold {
+                    model: model.to_string(),
+                    quarantined: bad,
+                    total,
+                    limit_pct: limit,
+                });
+            }
+        }
+        // The quarantine commits first: a crash before the table's commit
+        // leaves their recorded inputs apart, and the next run is full.
+        let quarantine_rows = match self.quarantine {
+            Some((table, q_spec)) => {
+                let staged = Staged::from_adds(quarantine_adds, counts.quarantined);
+                delta::commit(table, staged, q_spec).await?.1.rows_in_files
+            }
+            None => 0,
+        };
+        spec.metadata.insert(
+            "lakehouse.metrics".into(),
+            json!({
+                "rowsIn": counts.rows_in,
+                "rowsQuarantined": counts.quarantined,
+                "duplicatesCollapsed": duplicates,
+                "rules": counts.results(&settings.expectations),
+            }),
+        );
+        let (_, done) = delta::commit(self.table, Staged::from_adds(adds, written), spec).await?;
+        Ok(Done {
+            version: done.version,
+            written,
+            files: done.files_added,
+            log_agrees: done.rows_in_files == written && quarantine_rows == counts.quarantined,
+            counts,
+            duplicates,
+        })
+    }
+}
+
+/// The project's own error when a staging task in this process failed with
+/// one (a failing `fail` expectation); a remote task's error is its text.
+fn typed(e: datafusion::error::DataFusionError) -> Error {
+    if let datafusion::error::DataFusionError::External(inner) = e.find_root() {
+        if let Some(Error::ExpectationFailed {
+            model,
+            rule,
+            failed,
+            example,
+        }) = inner.downcast_ref::<Error>()
+        {
+            return Error::ExpectationFailed {
+                model: model.clone(),
+                rule: rule.clone(),
+                failed: *failed,
+                example: example.clone(),
+            };
+        }
+    }
+    e.into()
+}

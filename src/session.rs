@@ -11,7 +11,6 @@ use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use deltalake::delta_datafusion::planner::DeltaPlanner;
 
 use crate::catalog::{LakeCatalog, CATALOG};
 use crate::error::Result;
@@ -70,7 +69,7 @@ pub async fn build(
         .with_default_catalog_and_schema(CATALOG, "gold")
         .with_create_default_catalog_and_schema(false)
         .with_target_partitions(options.target_partitions);
-    let planner: Arc<dyn QueryPlanner + Send + Sync> = DeltaPlanner::new();
+    let planner: Arc<dyn QueryPlanner + Send + Sync> = crate::cluster::stage::planner();
     let planner: Arc<dyn QueryPlanner + Send + Sync> = match &options.limits {
         Some(limits) => Arc::new(LimitedPlanner::new(planner, limits.clone())),
         None => planner,

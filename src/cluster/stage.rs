@@ -703,7 +703,7 @@ async fn stage_partition(
         // the duplicate marks follow the same filter.
         let kept = match duplicate_column {
             Some(d) => {
-                let passes = pass_mask(&values, &spec.rules);
+                let passes = pass_mask(batch.num_rows(), &values, &spec.rules);
                 let marks = filter(batch.column(d), &passes)?;
                 let marks = marks.as_boolean();
                 duplicates += marks.true_count() as u64;
@@ -773,8 +773,11 @@ async fn stage_partition(
 }
 
 /// TRUE for rows every `drop` rule passes.
-fn pass_mask(values: &[BooleanArray], rules: &[crate::pipeline::Expectation]) -> BooleanArray {
-    let n = values.first().map_or(0, |v| v.len());
+fn pass_mask(
+    n: usize,
+    values: &[BooleanArray],
+    rules: &[crate::pipeline::Expectation],
+) -> BooleanArray {
     (0..n)
         .map(|row| {
             Some(values.iter().zip(rules).all(|(v, r)| {
@@ -790,8 +793,8 @@ fn unknown(kind: &str) -> DataFusionError {
     ))
 }
 
-/// The physical planner of every session that may plan a stage: DataFusion's
-/// own, with the project's nodes.
+/// The physical planner of every session: DataFusion's own, with delta-rs's
+/// nodes and the project's staging nodes.
 pub fn planner() -> Arc<dyn datafusion::execution::context::QueryPlanner + Send + Sync> {
     Arc::new(Planner)
 }
@@ -807,8 +810,97 @@ impl datafusion::execution::context::QueryPlanner for Planner {
         state: &dyn datafusion::catalog::Session,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
-        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(StagePlanner)])
-            .create_physical_plan(plan, state)
-            .await
+        DefaultPhysicalPlanner::with_extension_planners(vec![
+            deltalake::delta_datafusion::planner::DeltaExtensionPlanner::new(),
+            Arc::new(StagePlanner),
+        ])
+        .create_physical_plan(plan, state)
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::{Action, Expectation};
+    use datafusion::arrow::array::Int64Array;
+
+    fn rule(name: &str, action: Action) -> Expectation {
+        Expectation {
+            name: name.into(),
+            check: "true".into(),
+            action,
+            line: 1,
+        }
+    }
+
+    #[test]
+    fn without_rules_every_row_passes() {
+        // A model with no expectations: the mask must cover the batch (an
+        // empty mask once dropped every row, and reconciliation caught it).
+        let mask = pass_mask(3, &[], &[]);
+        assert_eq!(mask.len(), 3);
+        assert_eq!(mask.true_count(), 3);
+    }
+
+    #[test]
+    fn only_drop_rules_decide_what_passes() {
+        let values = [
+            BooleanArray::from(vec![Some(true), Some(false), None, Some(true)]),
+            BooleanArray::from(vec![false, false, true, true]),
+        ];
+        let rules = [rule("d", Action::Drop), rule("w", Action::Warn)];
+        let mask = pass_mask(4, &values, &rules);
+        // NULL fails a rule, as in the in-process checker; warn never drops.
+        assert_eq!(
+            mask.iter().collect::<Vec<_>>(),
+            vec![Some(true), Some(false), Some(false), Some(true)]
+        );
+    }
+
+    #[test]
+    fn duplicates_are_marked_among_passing_rows_across_batches() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("ok", DataType::Boolean, true),
+        ]));
+        let batch = |keys: Vec<i64>, ok: Vec<bool>| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(Int64Array::from(keys)),
+                    Arc::new(BooleanArray::from(ok)),
+                ],
+            )
+            .unwrap()
+        };
+        let mut converter = RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap();
+        let mut last = None;
+        // Key 1: the quarantined row passes unmarked and does not count as
+        // the key's first row; key 2 continues into the next batch.
+        let a = mark_duplicates(
+            &batch(vec![1, 1, 1, 2], vec![false, true, true, true]),
+            &[0],
+            &[1],
+            &mut converter,
+            &mut last,
+        )
+        .unwrap();
+        assert_eq!(
+            a.iter().flatten().collect::<Vec<_>>(),
+            vec![false, false, true, false]
+        );
+        let b = mark_duplicates(
+            &batch(vec![2, 3, 3], vec![true, true, true]),
+            &[0],
+            &[1],
+            &mut converter,
+            &mut last,
+        )
+        .unwrap();
+        assert_eq!(
+            b.iter().flatten().collect::<Vec<_>>(),
+            vec![true, false, true]
+        );
     }
 }

@@ -152,10 +152,8 @@ pub async fn run_model(
     run_id: &str,
     at: chrono::DateTime<chrono::Utc>,
     refresh: Refresh,
-    // Plan → stage → commit: the model runs as one staging plan whose
-    // tasks write the files (on a cluster's executors), and this process
-    // commits what they wrote.
-    staged: bool,
+    // The session runs plans on a cluster.
+    on_cluster: bool,
 ) -> Result<ModelReport> {
     let started = Instant::now();
     let table_name = model.table();
@@ -199,7 +197,7 @@ pub async fn run_model(
         Some(q) => last_commit_info(&q).await?,
         None => None,
     };
-    if staged && matches!(refresh, Refresh::Range(_)) {
+    if on_cluster && matches!(refresh, Refresh::Range(_)) {
         return Err(Error::Usage(format!(
             "{table_name}: backfills (--from/--to) do not run on a cluster yet; run the backfill without --cluster"
         )));
@@ -225,12 +223,20 @@ pub async fn run_model(
     // on a cluster the model is rebuilt from its inputs, which gives the
     // same rows (latest per key over every input row).
     let strategy = match strategy {
-        Strategy::Stream(_) if staged && settings.mode == WriteMode::Merge => {
+        Strategy::Stream(_) if on_cluster && settings.mode == WriteMode::Merge => {
             Strategy::Full("merge upserts run in-process only: rebuilt on the cluster".into())
         }
         s => s,
     };
     tracing::info!(model = %table_name, strategy = %strategy.describe(), "planning");
+    // Plan → stage → commit: the model runs as one staging plan whose tasks
+    // write the files (on a cluster's executors or in this process) and
+    // this process commits what they wrote. The upsert of a merge model and
+    // a backfill's range still run in-process only.
+    let staged = on_cluster
+        || (writer_choice() == Writer::Staged
+            && !matches!(strategy, Strategy::Range(_))
+            && !(settings.mode == WriteMode::Merge && matches!(strategy, Strategy::Stream(_))));
     report.strategy = strategy.describe();
 
     let mut df = ctx.sql(&model.sql).await?;
@@ -591,6 +597,22 @@ pub async fn run_model(
             );
     }
     finish(report, started)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Writer {
+    Staged,
+    InProcess,
+}
+
+/// Which path local runs take: the staging plan (the default), or the
+/// in-process checker and writers (`LAKEHOUSE_WRITER=in-process`), kept
+/// while the benchmark compares the two.
+fn writer_choice() -> Writer {
+    match std::env::var("LAKEHOUSE_WRITER").as_deref() {
+        Ok("in-process") => Writer::InProcess,
+        _ => Writer::Staged,
+    }
 }
 
 /// Fails a report whose counts do not reconcile; stamps its time.

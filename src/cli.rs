@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use crate::pipeline::Pipeline;
 use crate::query::Format;
@@ -109,6 +110,10 @@ pub enum Command {
             default_value = "127.0.0.1:50050"
         )]
         bind: std::net::SocketAddr,
+        /// How long an executor may stay silent before it is considered
+        /// lost and its tasks run elsewhere (executors beat every 5 s).
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        executor_timeout: std::time::Duration,
     },
     /// Run a Ballista executor that takes tasks from a scheduler.
     Executor {
@@ -258,10 +263,7 @@ pub async fn dispatch(cli: Cli) -> Result<bool> {
         } => {
             let pipeline = Pipeline::load(&pipeline)?;
             let options = SessionOptions {
-                cluster: cluster
-                    .as_deref()
-                    .map(crate::cluster::Cluster::parse)
-                    .transpose()?,
+                cluster: cluster.as_deref().map(Cluster::parse).transpose()?,
                 ..options
             };
             if let (Some(f), Some(t)) = (from, to) {
@@ -305,10 +307,7 @@ pub async fn dispatch(cli: Cli) -> Result<bool> {
         } => {
             let lake = open_existing(&cli.lake, &config)?;
             let options = SessionOptions {
-                cluster: cluster
-                    .as_deref()
-                    .map(crate::cluster::Cluster::parse)
-                    .transpose()?,
+                cluster: cluster.as_deref().map(Cluster::parse).transpose()?,
                 ..options
             };
             let (ctx, _) = crate::session::build(&lake, &options).await?;
@@ -345,7 +344,10 @@ pub async fn dispatch(cli: Cli) -> Result<bool> {
             );
             Ok(true)
         }
-        Command::Scheduler { bind } => {
+        Command::Scheduler {
+            bind,
+            executor_timeout,
+        } => {
             let listener = tokio::net::TcpListener::bind(bind).await.map_err(|e| {
                 Error::io(
                     format!("listen on {bind} (move it with --bind or LAKEHOUSE_SCHEDULER_BIND)"),
@@ -356,8 +358,13 @@ pub async fn dispatch(cli: Cli) -> Result<bool> {
                 .local_addr()
                 .map_err(|e| Error::io("scheduler address", e))?;
             println!("lakehouse scheduler listening on df://{addr}");
-            crate::cluster::run_scheduler(listener, config.storage.clone(), cli.memory_limit)
-                .await?;
+            crate::cluster::run_scheduler(
+                listener,
+                config.storage.clone(),
+                cli.memory_limit,
+                executor_timeout,
+            )
+            .await?;
             Ok(true)
         }
         Command::Executor {
@@ -425,7 +432,7 @@ pub async fn dispatch(cli: Cli) -> Result<bool> {
 /// The scheduler's socket address from `df://HOST:PORT`.
 fn scheduler_address(text: &str) -> Result<std::net::SocketAddr> {
     use std::net::ToSocketAddrs;
-    let crate::cluster::Cluster::Remote(url) = crate::cluster::Cluster::parse(text)? else {
+    let Cluster::Remote(url) = Cluster::parse(text)? else {
         return Err(Error::Usage(
             "--scheduler: give the scheduler as df://HOST:PORT; `standalone` is for --cluster"
                 .into(),

@@ -179,6 +179,7 @@ pub async fn run_scheduler(
     listener: tokio::net::TcpListener,
     options: HashMap<String, String>,
     memory_limit: usize,
+    executor_timeout: std::time::Duration,
 ) -> Result<()> {
     use ballista_scheduler::config::SchedulerConfig;
     let addr = listener
@@ -187,6 +188,7 @@ pub async fn run_scheduler(
     let runtime = node_runtime(&options, memory_limit)?;
     let builder: ballista_scheduler::SessionBuilder =
         Arc::new(move |config: SessionConfig| Ok(node_state(config, runtime.clone())));
+    let timeout = executor_timeout.as_secs().max(HEARTBEAT_SECONDS * 2);
     let config = SchedulerConfig {
         bind_host: addr.ip().to_string(),
         bind_port: addr.port(),
@@ -194,6 +196,12 @@ pub async fn run_scheduler(
         override_session_builder: Some(builder),
         override_logical_codec: Some(Arc::new(codec::LogicalCodec::default())),
         override_physical_codec: Some(Arc::new(codec::PhysicalCodec::default())),
+        // An executor that stops sending heartbeats (every 5 s) is lost after
+        // this long: its tasks run again on the others, and stages whose
+        // shuffle output it held are recomputed.
+        executor_timeout_seconds: timeout,
+        expire_dead_executor_interval_seconds: timeout.clamp(1, 5),
+        no_executors_grace_period_seconds: timeout,
         ..Default::default()
     };
     let config = Arc::new(config);
@@ -211,6 +219,9 @@ pub async fn run_scheduler(
         .await
         .map_err(ballista_error("the scheduler stopped"))
 }
+
+/// Seconds between an executor's heartbeats to the scheduler.
+const HEARTBEAT_SECONDS: u64 = 5;
 
 /// Settings of one executor.
 #[derive(Debug, Clone)]
@@ -266,6 +277,7 @@ pub async fn run_executor(
             .as_ref()
             .map(|p| p.to_string_lossy().into_owned()),
         print_thread_info: false,
+        executor_heartbeat_interval_seconds: HEARTBEAT_SECONDS,
         override_function_registry: Some(Arc::new(registry)),
         override_runtime_producer: Some(Arc::new(move |_| Ok(runtime.clone()))),
         override_logical_codec: Some(Arc::new(codec::LogicalCodec::default())),

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use crate::{gen, lakehouse, repo, text};
 
 /// A node process, killed when dropped.
-struct Node(Child);
+pub(crate) struct Node(pub(crate) Child);
 
 impl Drop for Node {
     fn drop(&mut self) {
@@ -19,18 +19,25 @@ impl Drop for Node {
 }
 
 fn node(args: &[&str], cwd: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_lakehouse"))
-        .args(args)
+    node_with(args, cwd, &[])
+}
+
+/// A node with extra environment (credentials of its own, say).
+pub(crate) fn node_with(args: &[&str], cwd: &Path, env: &[(&str, String)]) -> Child {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lakehouse"));
+    c.args(args)
         .current_dir(cwd)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the lakehouse binary starts")
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.spawn().expect("the lakehouse binary starts")
 }
 
 /// A scheduler on a free port, and its `df://` address.
-fn scheduler(cwd: &Path) -> (Node, String) {
+pub(crate) fn scheduler(cwd: &Path) -> (Node, String) {
     let mut child = node(&["scheduler", "--bind", "127.0.0.1:0"], cwd);
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
@@ -297,4 +304,116 @@ fn the_pipeline_on_a_ballista_cluster_writes_the_same_tables_as_a_local_run() {
     // A re-run changes nothing on the cluster either.
     let again = run(&remote, Some(&address), &[]);
     assert!(again.contains("unchanged"), "{again}");
+}
+
+#[test]
+fn an_executor_killed_while_silver_stages_loses_no_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let staged = dir.path().join("staged");
+    gen::generate(
+        &staged,
+        &gen::Options {
+            rows: 60_000,
+            files: 6,
+            days: 8,
+            seed: 31,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let local = dir.path().join("local");
+    let remote = dir.path().join("remote");
+    for lake in [&local, &remote] {
+        crate::serve::copy_dir(&staged.join("landing"), &lake.join("landing"));
+    }
+    run(&local, None, &[]);
+
+    let mut child = node(
+        &[
+            "scheduler",
+            "--bind",
+            "127.0.0.1:0",
+            "--executor-timeout",
+            "10s",
+        ],
+        dir.path(),
+    );
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _scheduler = Node(child);
+    let address = line.trim().rsplit(' ').next().unwrap().to_string();
+    let (wa, wb) = (dir.path().join("exec-a"), dir.path().join("exec-b"));
+    let _a = executor(&address, &wa, dir.path());
+    let mut b = Some(executor(&address, &wb, dir.path()));
+
+    let pipeline = repo().join("sql");
+    let mut job = Command::new(env!("CARGO_BIN_EXE_lakehouse"))
+        .args([
+            "run",
+            "--lake",
+            remote.to_str().unwrap(),
+            "--pipeline",
+            pipeline.to_str().unwrap(),
+            "--cluster",
+            &address,
+        ])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "lakehouse=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = job.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(l.clone());
+            all.push_str(&l);
+            all.push('\n');
+        }
+        all
+    });
+    // Wait for silver.orders to start staging and for executor B to hold
+    // some of its work, then kill B.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut planning = false;
+    while std::time::Instant::now() < deadline && !planning {
+        if let Ok(l) = rx.recv_timeout(std::time::Duration::from_millis(100)) {
+            planning = l.contains("planning") && l.contains("silver.orders");
+        }
+    }
+    assert!(planning, "silver.orders never started");
+    while std::time::Instant::now() < deadline && files_under(&wb) == 0 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let killed_with_work = files_under(&wb) > 0;
+    drop(b.take()); // SIGKILL
+    let status = job.wait().unwrap();
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut job.stdout.take().unwrap(), &mut out).unwrap();
+    let log = reader.join().unwrap();
+    eprintln!(
+        "executor killed {} shuffle output; the run {}",
+        if killed_with_work {
+            "holding"
+        } else {
+            "before any"
+        },
+        if status.success() {
+            "completed"
+        } else {
+            "failed"
+        }
+    );
+    if !status.success() {
+        // Nothing of silver or gold was committed by the failed run.
+        let silver = query(&remote, None, "SELECT count(*) AS n FROM silver.orders");
+        assert_eq!(silver, "n\n0\n", "{out}{log}");
+        // The next run, on the executor left, completes the work.
+        run(&remote, Some(&address), &[]);
+    }
+    assert_same(&remote, &local);
 }

@@ -457,3 +457,86 @@ async fn a_tenth_of_s3_requests_failing_changes_nothing() {
         assert_eq!(s, l, "{q}");
     }
 }
+
+/// The cluster on S3: a scheduler and two executors that reach the bucket
+/// with their own credentials (environment; nothing in the plans), the
+/// example pipeline from landing files in the bucket to gold, the figures
+/// of a local run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_pipeline_on_s3_through_a_cluster_gives_the_local_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = repo().join("sql");
+    let pipeline = pipeline.to_str().unwrap();
+    let local = dir.path().join("lake");
+    super::serve::copy_dir(&repo().join("lake/landing"), &local.join("landing"));
+    ok(lakehouse_s3(
+        &[
+            "--lake",
+            local.to_str().unwrap(),
+            "run",
+            "--pipeline",
+            pipeline,
+        ],
+        dir.path(),
+    ));
+    let bucket = bucket().await;
+    upload_dir(
+        store(&bucket).as_ref(),
+        &repo().join("lake/landing"),
+        "retail/landing",
+    )
+    .await;
+    let uri = format!("s3://{bucket}/retail");
+
+    let (_scheduler, address) = super::cluster::scheduler(dir.path());
+    let _executors: Vec<super::cluster::Node> = (0..2)
+        .map(|_| {
+            super::cluster::Node(super::cluster::node_with(
+                &["executor", "--scheduler", &address, "--slots", "2"],
+                dir.path(),
+                &aws_env(),
+            ))
+        })
+        .collect();
+    let summary = ok(lakehouse_s3(
+        &[
+            "--lake",
+            &uri,
+            "run",
+            "--pipeline",
+            pipeline,
+            "--cluster",
+            &address,
+        ],
+        dir.path(),
+    ));
+    assert!(summary.contains("succeeded"), "{summary}");
+    for q in FIGURES {
+        let l = ok(lakehouse_s3(
+            &[
+                "--lake",
+                local.to_str().unwrap(),
+                "query",
+                "--format",
+                "csv",
+                q,
+            ],
+            dir.path(),
+        ));
+        let s = ok(lakehouse_s3(
+            &[
+                "--lake",
+                &uri,
+                "query",
+                "--format",
+                "csv",
+                "--cluster",
+                &address,
+                q,
+            ],
+            dir.path(),
+        ));
+        assert_eq!(s, l, "{q}");
+        assert!(l.lines().count() > 1);
+    }
+}

@@ -484,18 +484,15 @@ fn file_rows(add: &deltalake::kernel::Add) -> u64 {
 }
 
 async fn drain(
-    mut writer: RecordBatchWriter,
+    writer: RecordBatchWriter,
     mut input: SendableRecordBatchStream,
     target: SchemaRef,
     partition_by: Vec<String>,
     table: String,
 ) -> Result<(Vec<deltalake::kernel::Add>, u64)> {
     let mut rows = 0u64;
-    let mut adds = Vec::new();
-    // Inputs of partitioned tables arrive sorted by the partition columns:
-    // closing the file when the partition changes keeps one partition's
-    // buffer in memory and writes one file per partition.
-    let mut current: Option<Vec<String>> = None;
+    // Inputs of partitioned tables arrive sorted by the partition columns.
+    let mut sorted = SortedWriter::new(writer, partition_by, &table);
     while let Some(batch) = input.try_next().await? {
         if batch.num_rows() == 0 {
             continue;
@@ -508,38 +505,71 @@ async fn drain(
             },
             other => other,
         })?;
-        if partition_by.is_empty() {
-            writer.write(batch).await?;
-            continue;
+        sorted.write(batch).await?;
+    }
+    Ok((sorted.finish().await?, rows))
+}
+
+/// A writer for rows that arrive sorted by the table's partition columns:
+/// it closes the file when the partition changes, so it holds one
+/// partition's buffer at a time and writes one file per partition.
+pub struct SortedWriter {
+    writer: RecordBatchWriter,
+    partition_by: Vec<String>,
+    table: String,
+    current: Option<Vec<String>>,
+    adds: Vec<deltalake::kernel::Add>,
+}
+
+impl SortedWriter {
+    pub fn new(writer: RecordBatchWriter, partition_by: Vec<String>, table: &str) -> Self {
+        Self {
+            writer,
+            partition_by,
+            table: table.to_string(),
+            current: None,
+            adds: Vec::new(),
         }
-        let keys: Vec<ArrayRef> = partition_by
+    }
+
+    pub async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        if self.partition_by.is_empty() {
+            return Ok(self.writer.write(batch).await?);
+        }
+        let keys: Vec<ArrayRef> = self
+            .partition_by
             .iter()
             .map(|c| {
                 batch
                     .column_by_name(c)
                     .cloned()
                     .ok_or_else(|| Error::Table {
-                        table: table.clone(),
+                        table: self.table.clone(),
                         message: format!("partition column `{c}` is missing from the result"),
                     })
             })
             .collect::<Result<_>>()?;
         for range in partition(&keys)?.ranges() {
             let key: Vec<String> = keys.iter().map(|k| key_string(k, range.start)).collect();
-            if current.as_ref().is_some_and(|c| *c != key) {
-                adds.extend(writer.flush().await?);
+            if self.current.as_ref().is_some_and(|c| *c != key) {
+                self.adds.extend(self.writer.flush().await?);
             }
-            current = Some(key);
-            writer
+            self.current = Some(key);
+            self.writer
                 .write(batch.slice(range.start, range.end - range.start))
                 .await?;
         }
+        Ok(())
     }
-    adds.extend(writer.flush().await?);
-    Ok((adds, rows))
+
+    /// Closes the open files; the files written, as Delta adds.
+    pub async fn finish(mut self) -> Result<Vec<deltalake::kernel::Add>> {
+        self.adds.extend(self.writer.flush().await?);
+        Ok(self.adds)
+    }
 }
 
-pub fn key_string(array: &ArrayRef, row: usize) -> String {
+fn key_string(array: &ArrayRef, row: usize) -> String {
     use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
     if array.is_null(row) {
         return "\0null".into();

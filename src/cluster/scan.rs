@@ -288,12 +288,10 @@ impl TableProvider for SnapshotTable {
         files.sort_by(|a, b| b.object_meta.size.cmp(&a.object_meta.size));
         let mut groups: Vec<(u64, Vec<PartitionedFile>)> = vec![(0, Vec::new()); n];
         for f in files {
-            let smallest = groups
-                .iter_mut()
-                .min_by_key(|(bytes, _)| *bytes)
-                .expect("at least one group");
-            smallest.0 += f.object_meta.size;
-            smallest.1.push(f);
+            if let Some(smallest) = groups.iter_mut().min_by_key(|(bytes, _)| *bytes) {
+                smallest.0 += f.object_meta.size;
+                smallest.1.push(f);
+            }
         }
         let scan_fields: Vec<FieldRef> = file_schema
             .fields()

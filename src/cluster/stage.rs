@@ -3,8 +3,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray};
-use datafusion::arrow::compute::kernels::partition::partition;
+use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch, StringArray};
 use datafusion::arrow::compute::{filter, filter_record_batch, not, SortOptions};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
@@ -635,7 +634,11 @@ async fn stage_partition(
     use crate::error::Error;
     let in_schema = input.schema();
     let table_schema = decode_schema(&spec.table_schema)?;
-    let mut table = writer(&spec.table_url, &table_schema, &spec.partition_by)?;
+    let mut table = crate::delta::SortedWriter::new(
+        writer(&spec.table_url, &table_schema, &spec.partition_by)?,
+        spec.partition_by.clone(),
+        &spec.model,
+    );
     let mut quarantine = match &spec.quarantine {
         Some((url, schema)) => {
             let schema = decode_schema(schema)?;
@@ -670,14 +673,11 @@ async fn stage_partition(
     };
     let mut counts = crate::quality::Counts::new(rules.len());
     let (mut duplicates, mut written) = (0u64, 0u64);
-    let mut table_adds = Vec::new();
-    let mut current: Option<Vec<String>> = None;
-    let partition_columns: Vec<usize> = spec
-        .partition_by
+    // Where each visible column sits among the model's columns.
+    let positions: Vec<usize> = visible
         .iter()
-        .map(|c| in_schema.index_of(c))
-        .collect::<std::result::Result<_, _>>()
-        .map_err(DataFusionError::from)?;
+        .filter_map(|&i| model_columns.iter().position(|&m| m == i))
+        .collect();
     while let Some(batch) = input.next().await {
         let batch = batch?;
         if batch.num_rows() == 0 {
@@ -687,13 +687,6 @@ async fn stage_partition(
             .iter()
             .map(|&c| batch.column(c).as_boolean().clone())
             .collect();
-        // Split on the model's columns plus the duplicate mark at the end.
-        let mut keep: Vec<usize> = model_columns.clone();
-        keep.extend(
-            partition_columns
-                .iter()
-                .filter(|c| !model_columns.contains(c)),
-        );
         let model_batch = batch.project(&model_columns)?;
         let (kept, bad) = crate::quality::split_by_rules(&q, &values, &model_batch, &mut counts)?;
         if let (Some(bad), Some((w, schema))) = (bad, quarantine.as_mut()) {
@@ -714,41 +707,11 @@ async fn stage_partition(
         if kept.num_rows() == 0 {
             continue;
         }
-        let positions: Vec<usize> = visible
-            .iter()
-            .map(|&i| model_columns.iter().position(|&m| m == i).unwrap_or(0))
-            .collect();
         let rows = crate::delta::conform(&kept.project(&positions)?, &table_schema)?;
         written += rows.num_rows() as u64;
-        if spec.partition_by.is_empty() {
-            table.write(rows).await?;
-            continue;
-        }
-        let keys: Vec<ArrayRef> = spec
-            .partition_by
-            .iter()
-            .map(|c| {
-                rows.column_by_name(c).cloned().ok_or_else(|| Error::Table {
-                    table: spec.model.clone(),
-                    message: format!("partition column `{c}` is missing from the result"),
-                })
-            })
-            .collect::<crate::error::Result<_>>()?;
-        for range in partition(&keys)?.ranges() {
-            let key: Vec<String> = keys
-                .iter()
-                .map(|k| crate::delta::key_string(k, range.start))
-                .collect();
-            if current.as_ref().is_some_and(|c| *c != key) {
-                table_adds.extend(table.flush().await?);
-            }
-            current = Some(key);
-            table
-                .write(rows.slice(range.start, range.end - range.start))
-                .await?;
-        }
+        table.write(rows).await?;
     }
-    table_adds.extend(table.flush().await?);
+    let table_adds = table.finish().await?;
     let mut messages: Vec<String> = Vec::new();
     let json = |m: &Message| {
         serde_json::to_string(m).map_err(|e| Error::Usage(format!("stage message: {e}")))

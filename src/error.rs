@@ -37,12 +37,14 @@ pub enum Error {
         example: String,
     },
 
-    #[error("model {model}: {quarantined} of {total} rows were quarantined, above the limit of {limit_pct}% (max_quarantine_pct); nothing was committed for this model")]
+    #[error("model {model}: {quarantined} of {total} rows would be quarantined, above the limit of {limit_pct}% (max_quarantine_pct): {rules}. Nothing was committed for this model. Check the rule against the data (a wrong date format or column name quarantines everything), or raise max_quarantine_pct in the model's settings")]
     QuarantineThreshold {
         model: String,
         quarantined: u64,
         total: u64,
         limit_pct: f64,
+        /// The rules that quarantined rows, with their counts.
+        rules: String,
     },
 
     #[error("model {model}: {source}")]

@@ -2,14 +2,18 @@
 //!
 //! `try_to_timestamp(text, format, ...)`: parses text with the first chrono
 //! strftime format that matches the whole value and returns a UTC
-//! microsecond timestamp, or NULL when none does. DataFusion's own
-//! `to_timestamp` fails the query on the first bad value, and a CAST accepts
-//! more shapes than a strict pipeline wants (dates alone, offsets).
+//! microsecond timestamp, or NULL when none does. A date-only format
+//! (`%d/%m/%Y`) gives midnight UTC. DataFusion's own `to_timestamp` fails
+//! the query on the first bad value, and a CAST accepts more shapes than a
+//! strict pipeline wants (dates alone, offsets).
+//!
+//! `try_to_date(text, format, ...)`: the same, returning a DATE; a format
+//! with a time of day (`%Y-%m-%d %H:%M`) keeps the date part.
 
 use std::sync::Arc;
 
 use chrono::format::{parse, Item, Parsed, StrftimeItems};
-use datafusion::arrow::array::{Array, AsArray, TimestampMicrosecondBuilder};
+use datafusion::arrow::array::{Array, AsArray, Date32Builder, TimestampMicrosecondBuilder};
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::common::{exec_err, ScalarValue};
 use datafusion::error::Result;
@@ -19,17 +23,27 @@ use datafusion::logical_expr::{
 use datafusion::prelude::SessionContext;
 
 pub fn register(ctx: &SessionContext) {
-    ctx.register_udf(ScalarUDF::from(TryToTimestamp::new()));
+    ctx.register_udf(ScalarUDF::from(TryParse::new(Target::Timestamp)));
+    ctx.register_udf(ScalarUDF::from(TryParse::new(Target::Date)));
+}
+
+/// What a `try_to_*` function returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Target {
+    Timestamp,
+    Date,
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
-struct TryToTimestamp {
+struct TryParse {
+    target: Target,
     signature: Signature,
 }
 
-impl TryToTimestamp {
-    fn new() -> Self {
+impl TryParse {
+    fn new(target: Target) -> Self {
         Self {
+            target,
             signature: Signature::variadic_any(Volatility::Immutable),
         }
     }
@@ -39,32 +53,67 @@ fn utc() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
-/// Parses `value` with one of `formats` (pre-compiled strftime items).
+/// Parses `value` with the first of `formats` (pre-compiled strftime
+/// items) that matches it whole: microseconds since the epoch, UTC. A
+/// date-only format gives midnight.
 pub fn parse_with(value: &str, formats: &[Vec<Item<'static>>]) -> Option<i64> {
     let value = value.trim();
     for items in formats {
         let mut parsed = Parsed::new();
-        if parse(&mut parsed, value, items.iter()).is_ok() {
-            if let Ok(dt) = parsed.to_naive_datetime_with_offset(0) {
-                return Some(dt.and_utc().timestamp_micros());
+        if parse(&mut parsed, value, items.iter()).is_err() {
+            continue;
+        }
+        if let Ok(dt) = parsed.to_naive_datetime_with_offset(0) {
+            return Some(dt.and_utc().timestamp_micros());
+        }
+        // No time of day in the format: the date at midnight.
+        if parsed.hour_div_12.is_none() && parsed.hour_mod_12.is_none() {
+            if let Ok(d) = parsed.to_naive_date() {
+                return Some(
+                    d.and_time(chrono::NaiveTime::MIN)
+                        .and_utc()
+                        .timestamp_micros(),
+                );
             }
         }
     }
     None
 }
 
-fn compile(format: &str) -> Result<Vec<Item<'static>>> {
+/// Days since the epoch of the date `value` holds in one of `formats`.
+pub fn parse_date_with(value: &str, formats: &[Vec<Item<'static>>]) -> Option<i32> {
+    let value = value.trim();
+    for items in formats {
+        let mut parsed = Parsed::new();
+        if parse(&mut parsed, value, items.iter()).is_err() {
+            continue;
+        }
+        // A format with a time of day must hold a valid one too.
+        let time_ok = (parsed.hour_div_12.is_none() && parsed.hour_mod_12.is_none())
+            || parsed.to_naive_time().is_ok();
+        if let (true, Ok(d)) = (time_ok, parsed.to_naive_date()) {
+            let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?;
+            return i32::try_from((d - epoch).num_days()).ok();
+        }
+    }
+    None
+}
+
+fn compile(function: &str, format: &str) -> Result<Vec<Item<'static>>> {
     let items: Vec<Item<'static>> = StrftimeItems::new(format).parse_to_owned().map_err(|e| {
         datafusion::error::DataFusionError::Execution(format!(
-            "try_to_timestamp: bad format `{format}`: {e}"
+            "{function}: bad format `{format}`: {e}"
         ))
     })?;
     Ok(items)
 }
 
-impl ScalarUDFImpl for TryToTimestamp {
+impl ScalarUDFImpl for TryParse {
     fn name(&self) -> &str {
-        "try_to_timestamp"
+        match self.target {
+            Target::Timestamp => "try_to_timestamp",
+            Target::Date => "try_to_date",
+        }
     }
 
     fn signature(&self) -> &Signature {
@@ -74,10 +123,15 @@ impl ScalarUDFImpl for TryToTimestamp {
     fn return_type(&self, args: &[DataType]) -> Result<DataType> {
         if args.len() < 2 {
             return datafusion::common::plan_err!(
-                "try_to_timestamp(text, format, ...) needs a value and at least one format"
+                "{}(text, format, ...) needs a value and at least one format, e.g. {}(signup, '%d/%m/%Y')",
+                self.name(),
+                self.name()
             );
         }
-        Ok(utc())
+        Ok(match self.target {
+            Target::Timestamp => utc(),
+            Target::Date => DataType::Date32,
+        })
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
@@ -88,19 +142,30 @@ impl ScalarUDFImpl for TryToTimestamp {
                     ScalarValue::Utf8(Some(s))
                     | ScalarValue::Utf8View(Some(s))
                     | ScalarValue::LargeUtf8(Some(s)),
-                ) => formats.push(compile(s)?),
-                _ => return exec_err!("try_to_timestamp: formats must be string literals"),
+                ) => formats.push(compile(self.name(), s)?),
+                _ => return exec_err!("{}: formats must be string literals", self.name()),
             }
         }
         let values = args.args[0].clone().into_array(args.number_rows)?;
         let values = datafusion::arrow::compute::cast(&values, &DataType::Utf8View)?;
         let values = values.as_string_view();
-        let mut out = TimestampMicrosecondBuilder::with_capacity(values.len());
-        for v in values.iter() {
-            out.append_option(v.and_then(|v| parse_with(v, &formats)));
-        }
-        let array = out.finish().with_timezone("UTC");
-        Ok(ColumnarValue::Array(Arc::new(array) as Arc<dyn Array>))
+        let array: Arc<dyn Array> = match self.target {
+            Target::Timestamp => {
+                let mut out = TimestampMicrosecondBuilder::with_capacity(values.len());
+                for v in values.iter() {
+                    out.append_option(v.and_then(|v| parse_with(v, &formats)));
+                }
+                Arc::new(out.finish().with_timezone("UTC"))
+            }
+            Target::Date => {
+                let mut out = Date32Builder::with_capacity(values.len());
+                for v in values.iter() {
+                    out.append_option(v.and_then(|v| parse_date_with(v, &formats)));
+                }
+                Arc::new(out.finish())
+            }
+        };
+        Ok(ColumnarValue::Array(array))
     }
 }
 
@@ -111,8 +176,8 @@ mod tests {
     #[test]
     fn parses_only_whole_values_in_the_given_formats() {
         let f = vec![
-            compile("%Y-%m-%dT%H:%M:%S").unwrap(),
-            compile("%Y-%m-%d %H:%M:%S").unwrap(),
+            compile("t", "%Y-%m-%dT%H:%M:%S").unwrap(),
+            compile("t", "%Y-%m-%d %H:%M:%S").unwrap(),
         ];
         assert_eq!(
             parse_with("2024-03-01T10:20:30", &f),
@@ -126,8 +191,34 @@ mod tests {
         assert_eq!(parse_with("2024-02-30 10:00:00", &f), None);
         assert_eq!(parse_with("2024-03-01 10:20:30Z", &f), None);
         assert_eq!(parse_with("yesterday", &f), None);
-        let dm = vec![compile("%d/%m/%Y %H:%M").unwrap()];
+        let dm = vec![compile("t", "%d/%m/%Y %H:%M").unwrap()];
         assert_eq!(parse_with("01/03/2024 10:20", &dm), Some(1709288400000000));
+    }
+
+    #[test]
+    fn a_date_only_format_gives_midnight_and_dates_keep_the_date_part() {
+        let day_first = vec![compile("t", "%d/%m/%Y").unwrap()];
+        assert_eq!(parse_with("01/03/2024", &day_first), Some(1709251200000000));
+        assert_eq!(parse_with(" 1/3/2024 ", &day_first), Some(1709251200000000));
+        assert_eq!(parse_with("31/02/2025", &day_first), None);
+        assert_eq!(parse_with("2024-03-01", &day_first), None);
+        assert_eq!(parse_with("", &day_first), None);
+        // 2024-03-01 is day 19783.
+        assert_eq!(parse_date_with("01/03/2024", &day_first), Some(19783));
+        assert_eq!(parse_date_with("31/02/2025", &day_first), None);
+        assert_eq!(parse_date_with("29/02/2024", &day_first), Some(19782));
+        assert_eq!(parse_date_with("29/02/2023", &day_first), None);
+        let with_time = vec![compile("t", "%Y-%m-%d %H:%M").unwrap()];
+        assert_eq!(parse_date_with("2024-03-01 23:59", &with_time), Some(19783));
+        assert_eq!(parse_date_with("2024-03-01 24:10", &with_time), None);
+        assert_eq!(parse_date_with("2024-03-01", &with_time), None);
+        // The first format that matches wins.
+        let both = vec![
+            compile("t", "%Y-%m-%d").unwrap(),
+            compile("t", "%d.%m.%Y").unwrap(),
+        ];
+        assert_eq!(parse_date_with("01.03.2024", &both), Some(19783));
+        assert_eq!(parse_date_with("2024-03-01", &both), Some(19783));
     }
 }
 

@@ -5,6 +5,7 @@
 //! model commits nothing) and keeps one offending row for the error.
 //! Rules see every column of the result, `_`-prefixed lineage columns too.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -15,9 +16,10 @@ use datafusion::arrow::compute::{filter_record_batch, not};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::catalog::streaming::StreamingTable;
-use datafusion::common::DFSchema;
+use datafusion::common::{DFSchema, SchemaError};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{Expr, ExprSchemable};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
@@ -27,7 +29,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
-use crate::pipeline::{Action, Expectation};
+use crate::pipeline::{file_error, nearest, Action, Expectation, ModelSettings};
 
 pub const REASON: &str = "_reason";
 
@@ -61,8 +63,7 @@ pub struct Checker {
     failure: Mutex<Option<Error>>,
     quarantine_schema: SchemaRef,
     run_id: String,
-    at: i64,
-    max_quarantine_pct: Option<f64>,
+    max_quarantine_pct: f64,
     partitions: std::sync::atomic::AtomicUsize,
     partitions_done: std::sync::atomic::AtomicUsize,
 }
@@ -90,26 +91,16 @@ impl Checker {
         ctx: &SessionContext,
         model: &str,
         schema: &DFSchema,
-        expectations: &[Expectation],
-        max_quarantine_pct: Option<f64>,
+        settings: &ModelSettings,
+        settings_file: &Path,
         run_id: &str,
-        at: i64,
     ) -> Result<Self> {
         let state = ctx.state();
         let mut rules = Vec::new();
-        for e in expectations {
-            let logical = ctx.parse_sql_expr(&e.check, schema).map_err(|err| {
-                Error::Usage(format!(
-                    "model {model}: expectation `{}` (`{}`): {err}",
-                    e.name, e.check
-                ))
-            })?;
-            let expr = state.create_physical_expr(logical, schema).map_err(|err| {
-                Error::Usage(format!(
-                    "model {model}: expectation `{}` (`{}`): {err}",
-                    e.name, e.check
-                ))
-            })?;
+        let unqualified = DFSchema::try_from(schema.as_arrow().clone())?;
+        let planned = plan_rules(ctx, &unqualified, &settings.expectations, settings_file)?;
+        for (e, logical) in settings.expectations.iter().zip(planned) {
+            let expr = state.create_physical_expr(logical, &unqualified)?;
             rules.push(Rule {
                 spec: e.clone(),
                 expr,
@@ -126,8 +117,7 @@ impl Checker {
             failure: Mutex::new(None),
             quarantine_schema: quarantine_schema(schema.as_arrow()),
             run_id: run_id.to_string(),
-            at,
-            max_quarantine_pct,
+            max_quarantine_pct: settings.max_quarantine_pct,
             partitions: Default::default(),
             partitions_done: Default::default(),
         })
@@ -170,21 +160,16 @@ impl Checker {
         if done < self.partitions.load(Ordering::SeqCst) {
             return Ok(());
         }
-        if let Some(limit) = self.max_quarantine_pct {
-            let total = self.rows_in();
-            let bad = self.rows_quarantined();
-            if total > 0 && (bad as f64) * 100.0 / (total as f64) > limit {
-                let err = Error::QuarantineThreshold {
-                    model: self.model.clone(),
-                    quarantined: bad,
-                    total,
-                    limit_pct: limit,
-                };
-                *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(err);
-                return Err(DataFusionError::Execution(
-                    "too many rows quarantined".into(),
-                ));
-            }
+        if let Some(err) = over_limit(
+            &self.model,
+            self.rows_in(),
+            &self.results(),
+            self.max_quarantine_pct,
+        ) {
+            *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(err);
+            return Err(DataFusionError::Execution(
+                "too many rows quarantined".into(),
+            ));
         }
         Ok(())
     }
@@ -232,7 +217,6 @@ impl Checker {
                 rules: &specs,
                 schema: &self.quarantine_schema,
                 run_id: &self.run_id,
-                at: self.at,
             },
             &values,
             batch,
@@ -315,7 +299,6 @@ pub struct Quarantine<'a> {
     pub rules: &'a [&'a Expectation],
     pub schema: &'a SchemaRef,
     pub run_id: &'a str,
-    pub at: i64,
 }
 
 /// Splits `batch` by the rules' values on it (one boolean per row and
@@ -389,8 +372,10 @@ pub fn split_by_rules(
     let mut columns: Vec<ArrayRef> = bad.columns().to_vec();
     columns.push(Arc::new(reason_col));
     columns.push(Arc::new(StringArray::from(vec![q.run_id; dropped])));
+    // When these rows were checked, not when the run started.
+    let now = chrono::Utc::now().timestamp_micros();
     columns.push(Arc::new(
-        TimestampMicrosecondArray::from(vec![q.at; dropped]).with_timezone("UTC"),
+        TimestampMicrosecondArray::from(vec![now; dropped]).with_timezone("UTC"),
     ));
     let quarantined =
         RecordBatch::try_new(q.schema.clone(), columns).map_err(DataFusionError::from)?;
@@ -535,4 +520,88 @@ pub fn checked(
         table,
         Box::pin(RecordBatchStreamAdapter::new(qschema, stream)),
     ))
+}
+
+/// Each expectation's check as a boolean expression over the model's
+/// result. `schema` holds the result's columns by their unqualified names,
+/// the names a settings file uses. Errors point at the rule's line.
+pub fn plan_rules(
+    ctx: &SessionContext,
+    schema: &DFSchema,
+    expectations: &[Expectation],
+    settings_file: &Path,
+) -> Result<Vec<Expr>> {
+    let mut out = Vec::with_capacity(expectations.len());
+    for e in expectations {
+        let at = |message: String| {
+            file_error(
+                settings_file,
+                e.line,
+                format!("expectation `{}` (`{}`) {message}", e.name, e.check),
+            )
+        };
+        let expr = ctx.parse_sql_expr(&e.check, schema).map_err(|err| {
+            match err.find_root() {
+                DataFusionError::SchemaError(inner, _) => match inner.as_ref() {
+                    SchemaError::FieldNotFound { field, .. } => {
+                        let returned: Vec<&str> =
+                            schema.fields().iter().map(|f| f.name().as_str()).collect();
+                        let hint = nearest(&field.name, returned.iter().copied())
+                            .map(|n| format!(" Did you mean `{n}`?"))
+                            .unwrap_or_default();
+                        at(format!(
+                            "uses column `{}`, which the model's SELECT does not return (it returns {}).{hint}",
+                            field.name,
+                            returned.join(", ")
+                        ))
+                    }
+                    other => at(format!("cannot be planned: {other}")),
+                },
+                root => at(format!("cannot be planned: {}", root.message())),
+            }
+        })?;
+        let expr = match expr
+            .get_type(schema)
+            .map_err(|err| at(format!("cannot be planned: {}", err.message())))?
+        {
+            DataType::Boolean => expr,
+            DataType::Null => datafusion::prelude::cast(expr, DataType::Boolean),
+            other => {
+                return Err(at(format!(
+                    "must be a boolean expression (TRUE passes), not {other}"
+                )))
+            }
+        };
+        out.push(expr);
+    }
+    Ok(out)
+}
+
+/// The error for a model that would quarantine more than `limit_pct` of
+/// its `rows_in` rows, naming the rules that quarantined them; `None`
+/// when it is within the limit.
+pub fn over_limit(
+    model: &str,
+    rows_in: u64,
+    rules: &[RuleResult],
+    limit_pct: f64,
+) -> Option<Error> {
+    let quarantined: u64 = rules.iter().map(|r| r.quarantined).sum();
+    if rows_in == 0 || (quarantined as f64) * 100.0 / (rows_in as f64) <= limit_pct {
+        return None;
+    }
+    let mut by_rule: Vec<&RuleResult> = rules.iter().filter(|r| r.quarantined > 0).collect();
+    by_rule.sort_by(|a, b| b.quarantined.cmp(&a.quarantined));
+    let rules = by_rule
+        .iter()
+        .map(|r| format!("`{}` ({}) {} rows", r.name, r.check, r.quarantined))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(Error::QuarantineThreshold {
+        model: model.to_string(),
+        quarantined,
+        total: rows_in,
+        limit_pct,
+        rules,
+    })
 }

@@ -59,8 +59,6 @@ pub struct StageSpec {
     pub unique_key: Vec<String>,
     pub sequence_by: Vec<String>,
     pub run_id: String,
-    /// Microseconds since the epoch: `_quarantined_at`.
-    pub at: i64,
 }
 
 pub fn encode_schema(schema: &Schema) -> DfResult<String> {
@@ -669,7 +667,6 @@ async fn stage_partition(
         rules: &rules,
         schema: &q_schema,
         run_id: &spec.run_id,
-        at: spec.at,
     };
     let mut counts = crate::quality::Counts::new(rules.len());
     let (mut duplicates, mut written) = (0u64, 0u64);

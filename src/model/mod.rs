@@ -309,10 +309,9 @@ pub async fn run_model(
         ctx,
         &table_name,
         df.schema(),
-        &settings.expectations,
-        settings.max_quarantine_pct,
+        settings,
+        &settings_file,
         run_id,
-        at.timestamp_micros(),
     )?);
     let visible: Vec<String> = columns
         .iter()
@@ -436,9 +435,10 @@ pub async fn run_model(
             table,
             quarantine: quarantine_table.map(|t| (t, &quarantine_spec)),
             run_id,
-            at,
         };
-        let done = stage.run(ctx, df, settings, &mut spec).await?;
+        let done = stage
+            .run(ctx, df, settings, &settings_file, &mut spec)
+            .await?;
         let mut report = report;
         report.version = done.version;
         report.rows_written = done.written;

@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::AsArray;
-use datafusion::arrow::datatypes::DataType;
-use datafusion::logical_expr::{Expr, ExprSchemable, Extension, LogicalPlan};
+use datafusion::common::DFSchema;
+use datafusion::logical_expr::{Expr, Extension, LogicalPlan};
 use datafusion::prelude::{DataFrame, SessionContext};
 use deltalake::DeltaTable;
 use serde_json::json;
@@ -18,7 +18,7 @@ use crate::cluster::stage::{encode_schema, rule_column, Message, StageNode, Stag
 use crate::delta::{self, Staged, WriteSpec};
 use crate::error::{Error, Result};
 use crate::pipeline::ModelSettings;
-use crate::quality::Counts;
+use crate::quality::{self, Counts};
 
 /// The tables one model's staging writes to.
 pub(super) struct Stage<'a> {
@@ -26,7 +26,6 @@ pub(super) struct Stage<'a> {
     pub table: DeltaTable,
     pub quarantine: Option<(DeltaTable, &'a WriteSpec)>,
     pub run_id: &'a str,
-    pub at: chrono::DateTime<chrono::Utc>,
 }
 
 /// What staging and the commits did.
@@ -47,6 +46,7 @@ impl Stage<'_> {
         ctx: &SessionContext,
         df: DataFrame,
         settings: &ModelSettings,
+        settings_file: &std::path::Path,
         spec: &mut WriteSpec,
     ) -> Result<Done> {
         let model = self.model;
@@ -57,23 +57,9 @@ impl Stage<'_> {
             .into_iter()
             .map(Expr::Column)
             .collect();
-        for (i, rule) in settings.expectations.iter().enumerate() {
-            let check = ctx.parse_sql_expr(&rule.check, df.schema()).map_err(|e| {
-                Error::Usage(format!(
-                    "model {model}: expectation `{}` (`{}`): {e}",
-                    rule.name, rule.check
-                ))
-            })?;
-            let check = match check.get_type(df.schema())? {
-                DataType::Boolean => check,
-                DataType::Null => datafusion::prelude::cast(check, DataType::Boolean),
-                other => {
-                    return Err(Error::Usage(format!(
-                        "model {model}: expectation `{}` (`{}`) must be a boolean expression, not {other}",
-                        rule.name, rule.check
-                    )))
-                }
-            };
+        let unqualified = DFSchema::try_from(df.schema().as_arrow().clone())?;
+        let rules = quality::plan_rules(ctx, &unqualified, &settings.expectations, settings_file)?;
+        for (i, check) in rules.into_iter().enumerate() {
             exprs.push(check.alias(rule_column(i)));
         }
         let checked = df.select(exprs)?;
@@ -93,7 +79,6 @@ impl Stage<'_> {
             unique_key: settings.unique_key.clone(),
             sequence_by: settings.sequence_by.clone(),
             run_id: self.run_id.to_string(),
-            at: self.at.timestamp_micros(),
         };
         let node = StageNode::new(checked.logical_plan().clone(), &stage)?;
         let plan = LogicalPlan::Extension(Extension {
@@ -131,16 +116,13 @@ impl Stage<'_> {
                 }
             }
         }
-        if let Some(limit) = settings.max_quarantine_pct {
-            let (bad, total) = (counts.quarantined, counts.rows_in);
-            if total > 0 && (bad as f64) * 100.0 / (total as f64) > limit {
-                return Err(Error::QuarantineThreshold {
-                    model: model.to_string(),
-                    quarantined: bad,
-                    total,
-                    limit_pct: limit,
-                });
-            }
+        if let Some(err) = quality::over_limit(
+            model,
+            counts.rows_in,
+            &counts.results(&settings.expectations),
+            settings.max_quarantine_pct,
+        ) {
+            return Err(err);
         }
         // The quarantine commits first: a crash before the table's commit
         // leaves their recorded inputs apart, and the next run is full.

@@ -175,6 +175,37 @@ pub(crate) fn file_error(path: &Path, line: usize, message: impl Into<String>) -
     }
 }
 
+/// The candidate closest to `name` (case-insensitive edit distance), when
+/// it is close enough to be a likely typo: at most a third of the longer
+/// name's characters differ.
+pub fn nearest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let name = name.to_lowercase();
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(&name, &c.to_lowercase()), c))
+        .filter(|(d, c)| *d > 0 && *d * 3 <= name.chars().count().max(c.chars().count()))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance between two strings, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
 fn load_model(layer: &str, name: &str, sql_file: &Path) -> Result<Model> {
     let sql = read(sql_file)?;
     let settings_file = sql_file.with_extension("toml");

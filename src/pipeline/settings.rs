@@ -48,15 +48,22 @@ pub struct Expectation {
     pub line: usize,
 }
 
-#[derive(Debug, Clone, Default)]
+/// A model fails, committing nothing, when more than this share of its rows
+/// would be quarantined: a wrong date format or a renamed column must not
+/// turn into a successful run that drops most of a source. Set
+/// `max_quarantine_pct` per model to allow more (100 turns the check off).
+pub const DEFAULT_MAX_QUARANTINE_PCT: f64 = 50.0;
+
+#[derive(Debug, Clone)]
 pub struct ModelSettings {
     pub mode: WriteMode,
     pub partition_by: Vec<String>,
     pub unique_key: Vec<String>,
     pub sequence_by: Vec<String>,
     pub expectations: Vec<Expectation>,
-    /// Fail the model when more than this share (percent) of rows is quarantined.
-    pub max_quarantine_pct: Option<f64>,
+    /// Fail the model when more than this share (percent) of rows is
+    /// quarantined ([`DEFAULT_MAX_QUARANTINE_PCT`] unless set).
+    pub max_quarantine_pct: f64,
     pub description: Option<String>,
     /// Inputs (`layer.table`) read as streams: on an incremental run of an
     /// `append` or `merge` model only the rows they gained since the model's
@@ -67,6 +74,22 @@ pub struct ModelSettings {
     /// current with every commit, for engines that read a table through
     /// them (Trino, Presto, Athena, Redshift Spectrum, Snowflake, BigQuery).
     pub symlink_manifest: bool,
+}
+
+impl Default for ModelSettings {
+    fn default() -> Self {
+        Self {
+            mode: WriteMode::default(),
+            partition_by: vec![],
+            unique_key: vec![],
+            sequence_by: vec![],
+            expectations: vec![],
+            max_quarantine_pct: DEFAULT_MAX_QUARANTINE_PCT,
+            description: None,
+            incremental_inputs: vec![],
+            symlink_manifest: false,
+        }
+    }
 }
 
 /// What a source does with a file whose header differs from bronze's columns
@@ -99,6 +122,9 @@ pub struct CsvSource {
     /// Header name (case-insensitive) -> bronze column name.
     pub rename: Vec<(String, String)>,
     pub on_schema_change: SchemaChange,
+    /// Take a file whose header lacks a `rename` key's column (the column
+    /// is NULL for its rows) instead of refusing it.
+    pub lenient_columns: bool,
 }
 
 #[derive(Deserialize)]
@@ -123,6 +149,8 @@ struct RawSource {
     rename: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     on_schema_change: SchemaChange,
+    #[serde(default)]
+    lenient_columns: bool,
 }
 
 fn yes() -> bool {
@@ -249,6 +277,7 @@ pub fn parse_source(file: &Path, text: &str) -> Result<CsvSource> {
         description: raw.description,
         rename: raw.rename.into_iter().collect(),
         on_schema_change: raw.on_schema_change,
+        lenient_columns: raw.lenient_columns,
     })
 }
 
@@ -310,8 +339,8 @@ pub fn parse_model(file: &Path, text: &str) -> Result<ModelSettings> {
                 "max_quarantine_pct must be between 0 and 100",
             ))
         }
-        Some(p) => Some(p.into_inner()),
-        None => None,
+        Some(p) => p.into_inner(),
+        None => DEFAULT_MAX_QUARANTINE_PCT,
     };
     Ok(ModelSettings {
         mode: raw.mode,

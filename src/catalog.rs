@@ -168,11 +168,9 @@ impl SchemaProvider for FolderSchema {
         }
         // Scans resolve files through the session's object store registry.
         let root = table.log_store().root_url().clone();
-        let store_url = datafusion::execution::object_store::ObjectStoreUrl::parse(format!(
-            "{}://{}",
-            root.scheme(),
-            &root[url::Position::BeforeHost..url::Position::AfterPort]
-        ))?;
+        let store_url = datafusion::execution::object_store::ObjectStoreUrl::parse(
+            crate::storage::store_of(&root),
+        )?;
         if self.runtime.object_store(&store_url).is_err() {
             self.runtime.register_object_store(
                 store_url.as_ref(),

@@ -77,7 +77,7 @@ pub async fn latest_per_key(
         });
     }
     let ordering =
-        LexOrdering::new(order).ok_or_else(|| Error::Usage("unique_key is empty".into()))?;
+        LexOrdering::new(order).ok_or_else(|| Error::Internal("unique_key is empty".into()))?;
     let sorted: Arc<dyn ExecutionPlan> =
         Arc::new(SortExec::new(ordering, split).with_preserve_partitioning(true));
     let key_indices: Vec<usize> = keys

@@ -29,6 +29,24 @@ use crate::error::{Error, Result};
 /// it outgrows this within one write.
 pub const TARGET_FILE_SIZE: u64 = 128 * 1024 * 1024;
 
+/// The one timestamp type the lake stores: microseconds, UTC (what Delta's
+/// `timestamp` is, and what every reader maps to its own UTC timestamp).
+pub fn utc_timestamp() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// FNV-1a over `chunks` in order: a fingerprint stable across builds,
+/// platforms and versions (std's hasher promises none of that), for values
+/// stored in Delta commits.
+pub fn fnv1a(chunks: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in chunks.iter().flat_map(|c| c.iter()) {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
 /// What a write replaces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Replace {
@@ -36,8 +54,6 @@ pub enum Replace {
     Nothing,
     /// Every file of the table.
     All,
-    /// The files of the partitions the write produced rows for.
-    PartitionsWritten,
     /// The files of these partitions (sorted `(column, value)` pairs), and of
     /// the partitions written: a partition that is recomputed empty loses its
     /// rows too.
@@ -71,6 +87,108 @@ pub struct WriteSpec {
     /// Keep the table's symlink manifests (`_symlink_format_manifest/`)
     /// current with this commit; see [`crate::manifest`].
     pub symlink_manifest: bool,
+    /// The write is an upsert by these keys (latest `sequence` wins): its
+    /// commit is logged as a MERGE, not a WRITE.
+    pub upsert: Option<UpsertKeys>,
+}
+
+/// What an upsert matches on, for the commit's operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpsertKeys {
+    pub keys: Vec<String>,
+    pub sequence: Vec<String>,
+}
+
+/// A SQL predicate over partition values that holds exactly for `parts`
+/// (`(a = 'x' AND b = 'y') OR ...`; NULL values as `IS NULL`), the way
+/// Delta logs a `replaceWhere`. `None` for an unpartitioned table.
+fn partitions_predicate(parts: &BTreeSet<Vec<(String, Option<String>)>>) -> Option<String> {
+    let quote = |v: &str| format!("'{}'", v.replace('\'', "''"));
+    let one = |key: &Vec<(String, Option<String>)>| {
+        key.iter()
+            .map(|(c, v)| match v {
+                Some(v) => format!("{c} = {}", quote(v)),
+                None => format!("{c} IS NULL"),
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    let terms: Vec<String> = parts
+        .iter()
+        .filter(|k| !k.is_empty())
+        .map(|k| format!("({})", one(k)))
+        .collect();
+    (!terms.is_empty()).then(|| terms.join(" OR "))
+}
+
+/// The operation a commit is logged as: what it did, so that Delta's
+/// history (and every tool reading it) tells the truth.
+fn operation(
+    spec: &WriteSpec,
+    replaced: &BTreeSet<Vec<(String, Option<String>)>>,
+    touched: &BTreeSet<Vec<(String, Option<String>)>>,
+) -> DeltaOperation {
+    let partition_by = (!spec.partition_by.is_empty()).then(|| spec.partition_by.clone());
+    if let Some(u) = &spec.upsert {
+        let on = |cols: &[String], op: &str| {
+            cols.iter()
+                .map(|c| format!("source.{c} {op} target.{c}"))
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        };
+        return DeltaOperation::Merge {
+            predicate: partitions_predicate(replaced),
+            merge_predicate: Some(on(&u.keys, "=")),
+            matched_predicates: vec![deltalake::protocol::MergePredicate {
+                action_type: "update".into(),
+                predicate: (!u.sequence.is_empty()).then(|| {
+                    format!(
+                        "({}) >= ({})",
+                        u.sequence
+                            .iter()
+                            .map(|c| format!("source.{c}"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        u.sequence
+                            .iter()
+                            .map(|c| format!("target.{c}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }),
+            }],
+            not_matched_predicates: vec![deltalake::protocol::MergePredicate {
+                action_type: "insert".into(),
+                predicate: None,
+            }],
+            not_matched_by_source_predicates: vec![],
+        };
+    }
+    let (mode, predicate) = match &spec.replace {
+        Replace::Nothing => (SaveMode::Append, None),
+        Replace::All | Replace::Files(_) => (SaveMode::Overwrite, None),
+        // The partitions written are replaced too.
+        Replace::Partitions(_) => (SaveMode::Overwrite, partitions_predicate(touched)),
+        Replace::PartitionsOnly(_) => (SaveMode::Overwrite, partitions_predicate(replaced)),
+        Replace::DateRange { column, from, to } => {
+            let mut terms = vec![];
+            if let Some(f) = from {
+                terms.push(format!("{column} >= '{f}'"));
+            }
+            if let Some(t) = to {
+                terms.push(format!("{column} <= '{t}'"));
+            }
+            (
+                SaveMode::Overwrite,
+                (!terms.is_empty()).then(|| terms.join(" AND ")),
+            )
+        }
+    };
+    DeltaOperation::Write {
+        mode,
+        partition_by,
+        predicate,
+    }
 }
 
 /// A check every commit passes first: the caller's right to write still
@@ -166,7 +284,7 @@ fn storage_type(t: &DataType) -> DataType {
     match t {
         DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
         DataType::BinaryView | DataType::LargeBinary => DataType::Binary,
-        DataType::Timestamp(_, _) => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        DataType::Timestamp(_, _) => utc_timestamp(),
         DataType::Date64 => DataType::Date32,
         DataType::Dictionary(_, v) => storage_type(v),
         other => other.clone(),
@@ -371,6 +489,8 @@ pub async fn commit(
     let mut removes = Vec::new();
     // Partitions this commit changes, for the symlink manifests.
     let mut touched = written_partitions.clone();
+    // Partitions whose files this commit removes.
+    let mut replaced: BTreeSet<Vec<(String, Option<String>)>> = BTreeSet::new();
     if spec.replace != Replace::Nothing {
         let snapshot = table.snapshot()?;
         let log_store = table.log_store();
@@ -383,7 +503,6 @@ pub async fn commit(
             key.sort();
             let hit = match &spec.replace {
                 Replace::All => true,
-                Replace::PartitionsWritten => written_partitions.contains(&key),
                 Replace::Partitions(p) => written_partitions.contains(&key) || p.contains(&key),
                 Replace::PartitionsOnly(p) => p.contains(&key),
                 Replace::DateRange { column, from, to } => {
@@ -399,6 +518,7 @@ pub async fn commit(
                 Replace::Nothing => false,
             };
             if hit {
+                replaced.insert(key.clone());
                 touched.insert(key);
                 removes.push(Action::Remove(file.remove_action(true)));
             }
@@ -433,19 +553,7 @@ pub async fn commit(
     for t in &spec.transactions {
         props = props.with_application_transaction(t.clone());
     }
-    let operation = DeltaOperation::Write {
-        mode: if spec.replace == Replace::Nothing {
-            SaveMode::Append
-        } else {
-            SaveMode::Overwrite
-        },
-        partition_by: if spec.partition_by.is_empty() {
-            None
-        } else {
-            Some(spec.partition_by.clone())
-        },
-        predicate: None,
-    };
+    let operation = operation(spec, &replaced, &touched);
     if let Ok(fence) = FENCE.try_with(|f| f.clone()) {
         fence.check().await?;
     }
@@ -695,12 +803,9 @@ pub async fn rows_other_than(
     }
     let ctx = SessionContext::new();
     let root = table.log_store().root_url().clone();
-    let store_url = format!(
-        "{}://{}",
-        root.scheme(),
-        &root[url::Position::BeforeHost..url::Position::AfterPort]
-    );
-    let store_url = Url::parse(&store_url).map_err(|e| Error::Usage(e.to_string()))?;
+    let store_url = crate::storage::store_of(&root);
+    let store_url =
+        Url::parse(&store_url).map_err(|e| Error::Internal(format!("{store_url}: {e}")))?;
     ctx.runtime_env()
         .register_object_store(&store_url, table.log_store().root_object_store(None));
     let list = values

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use chrono::format::{parse, Item, Parsed, StrftimeItems};
 use datafusion::arrow::array::{Array, AsArray, Date32Builder, TimestampMicrosecondBuilder};
-use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{exec_err, ScalarValue};
 use datafusion::error::Result;
 use datafusion::logical_expr::{
@@ -50,7 +50,7 @@ impl TryParse {
 }
 
 fn utc() -> DataType {
-    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+    crate::delta::utc_timestamp()
 }
 
 /// Parses `value` with the first of `formats` (pre-compiled strftime

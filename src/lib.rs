@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod dedup;
 pub mod delta;
 pub mod error;
+pub mod failpoint;
 pub mod functions;
 pub mod ingest;
 pub mod limits;

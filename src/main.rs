@@ -39,11 +39,11 @@ fn main() -> ExitCode {
         .name("lakehouse-main".into())
         .stack_size(STACK)
         .spawn(move || runtime.block_on(lakehouse::cli::dispatch(cli)))
-        .map_err(|e| lakehouse::Error::Usage(format!("cannot start the main thread: {e}")))
+        .map_err(|e| lakehouse::Error::Internal(format!("cannot start the main thread: {e}")))
         .and_then(|t| {
             t.join().unwrap_or_else(|_| {
-                Err(lakehouse::Error::Usage(
-                    "internal error: the command panicked (see the message above)".into(),
+                Err(lakehouse::Error::Internal(
+                    "the command panicked (see the message above)".into(),
                 ))
             })
         });

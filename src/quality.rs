@@ -13,7 +13,7 @@ use datafusion::arrow::array::{
     Array, ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use datafusion::arrow::compute::{filter_record_batch, not};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::catalog::streaming::StreamingTable;
 use datafusion::common::{DFSchema, SchemaError};
@@ -80,7 +80,7 @@ pub fn quarantine_schema(result: &Schema) -> SchemaRef {
     fields.push(Field::new("_run_id", DataType::Utf8, true));
     fields.push(Field::new(
         "_quarantined_at",
-        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        crate::delta::utc_timestamp(),
         true,
     ));
     Arc::new(Schema::new(fields))
@@ -133,18 +133,6 @@ impl Checker {
 
     pub fn rows_quarantined(&self) -> u64 {
         self.rows_quarantined.load(Ordering::Relaxed)
-    }
-
-    /// Every partition of the result was read to its end with no rule
-    /// failing and the quarantine limit respected.
-    pub fn completed(&self) -> bool {
-        let done =
-            self.partitions_done.load(Ordering::SeqCst) == self.partitions.load(Ordering::SeqCst);
-        done && self
-            .failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_none()
     }
 
     /// Whether any rule can quarantine rows.
@@ -547,7 +535,7 @@ pub fn plan_rules(
                         let returned: Vec<&str> =
                             schema.fields().iter().map(|f| f.name().as_str()).collect();
                         let hint = nearest(&field.name, returned.iter().copied())
-                            .map(|n| format!(" Did you mean `{n}`?"))
+                            .map(|n| format!(" Did you mean {n}?"))
                             .unwrap_or_default();
                         at(format!(
                             "uses column `{}`, which the model's SELECT does not return (it returns {}).{hint}",

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::json::ReaderBuilder;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use serde_json::{json, Value};
@@ -63,11 +63,7 @@ impl RunReport {
 }
 
 fn ts(name: &str) -> Field {
-    Field::new(
-        name,
-        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-        true,
-    )
+    Field::new(name, crate::delta::utc_timestamp(), true)
 }
 
 fn runs_schema() -> SchemaRef {
@@ -140,6 +136,7 @@ async fn append(
         metadata: crate::ingest::run_metadata(run_id, "runlog"),
         description: None,
         symlink_manifest: false,
+        upsert: None,
     };
     let url = lake.url(&format!("_lakehouse/{name}"));
     let table = delta::ensure_table(&url, lake.storage_options(), &schema, &spec).await?;
@@ -172,6 +169,17 @@ pub async fn record(lake: &Lake, report: &RunReport) -> Result<()> {
             "lines_landed": s.report.lines, "reconciled": s.report.reconciled,
             "rows_in": s.report.rows + s.report.rejected, "rows_written": s.report.rows, "rows_rejected": s.report.rejected,
             "duplicates": 0, "version": s.report.version, "seconds": s.seconds, "message": s.message,
+        }));
+    }
+    // A landed file no source reads is a step of its own, so that a
+    // dashboard over system.steps sees it.
+    for file in &report.unread {
+        steps.push(json!({
+            "run_id": run, "step": file, "kind": "unread_file", "status": "not read",
+            "files_ingested": 0, "files_refused": null, "lines_landed": null, "reconciled": null,
+            "rows_in": null, "rows_written": null, "rows_rejected": null, "duplicates": null,
+            "version": null, "seconds": null,
+            "message": "landed under landing/ but matches no source's `files` glob",
         }));
     }
     let mut rules = Vec::new();

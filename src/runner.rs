@@ -39,6 +39,16 @@ fn console_is_terminal() -> bool {
 }
 
 /// A run id: sortable by time, unique.
+/// `n` and the noun, plural unless `n` is 1: "1 row", "2 rows". Nouns
+/// ending in "s" are not in use.
+pub fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 pub fn new_run_id() -> String {
     format!(
         "{}-{}",
@@ -115,6 +125,17 @@ pub async fn run(
         errors: vec![],
         seconds: 0.0,
     };
+
+    // Every model planned against its inputs' schemas before anything is
+    // taken: a misnamed column in the settings stops the run here.
+    {
+        let local = SessionOptions {
+            cluster: None,
+            ..options.clone()
+        };
+        let (ctx, _) = session::build(lake, &local).await?;
+        model::preflight::check(&ctx, pipeline).await?;
+    }
 
     for source in &pipeline.sources {
         let t = Instant::now();
@@ -207,7 +228,19 @@ pub async fn run(
         tracing::warn!(file = %file, "landed file matches no source's `files` glob: it is not read");
     }
 
-    let (ctx, catalog) = session::build(lake, options).await?;
+    // From here on the run has started (files may have been taken): a
+    // failure is recorded with the run and exits 1, not 2.
+    let session = match crate::failpoint::check("session-build") {
+        Ok(()) => session::build(lake, options).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = &session {
+        tracing::error!(error = %e, "could not start the models");
+        report
+            .errors
+            .push(format!("could not start the models, none ran: {e}"));
+    }
+    let mut stopped: Option<String> = None;
     let mut failed: HashSet<String> = HashSet::new();
     for m in pipeline
         .models
@@ -215,6 +248,22 @@ pub async fn run(
         .filter(|m| chosen.contains(&m.table()))
     {
         let table = m.table();
+        let (ctx, catalog) = match (&session, &stopped) {
+            (Ok(s), None) => s,
+            (_, why) => {
+                report.models.push(ModelStep {
+                    status: "not run".into(),
+                    message: Some(why.clone().unwrap_or_else(|| {
+                        "the models could not start (see the run's errors)".into()
+                    })),
+                    report: ModelReport {
+                        table,
+                        ..Default::default()
+                    },
+                });
+                continue;
+            }
+        };
         if let Some(up) = m.inputs.iter().find(|i| failed.contains(*i)) {
             failed.insert(table.clone());
             report.models.push(ModelStep {
@@ -257,7 +306,7 @@ pub async fn run(
                 });
             }
             Err(e) => {
-                let e = e.in_model(&table);
+                let e = model::explain(&ctx, m, e).await.in_model(&table);
                 tracing::error!(model = %table, error = %e, "model failed");
                 report.errors.push(e.to_string());
                 failed.insert(table.clone());
@@ -265,13 +314,25 @@ pub async fn run(
                     status: "failed".into(),
                     message: Some(e.to_string()),
                     report: ModelReport {
-                        table,
+                        table: table.clone(),
                         ..Default::default()
                     },
                 });
             }
         }
-        catalog.refresh().await?;
+        let refreshed = match crate::failpoint::check("catalog-refresh") {
+            Ok(()) => catalog.refresh().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = refreshed {
+            tracing::error!(error = %e, "could not list the lake's tables after {table}");
+            report.errors.push(format!(
+                "could not list the lake's tables after {table}; the models after it did not run: {e}"
+            ));
+            stopped = Some(format!(
+                "the lake's tables could not be listed after {table}"
+            ));
+        }
     }
     report.seconds = started.elapsed().as_secs_f64();
     if report.changed_nothing() {
@@ -334,7 +395,7 @@ pub fn summary(report: &RunReport) -> String {
             if files == 0 && s.status == "succeeded" {
                 format!("no new files ({} seen)", s.report.files_seen)
             } else {
-                format!("{} ({files} new files)", s.status)
+                format!("{} ({})", s.status, plural(files as u64, "new file"))
             },
             s.report.lines.to_string(),
             s.report.rows.to_string(),
@@ -390,13 +451,25 @@ pub fn summary(report: &RunReport) -> String {
     }
     for s in &report.sources {
         for f in &s.report.files {
-            if !f.missing_columns.is_empty() && f.refused.is_none() {
+            if f.refused.is_some() {
+                continue;
+            }
+            if !f.missing_columns.is_empty() {
                 out.push_str(&format!(
-                    "  bronze.{}: {} lacks column(s) {} (NULL for its {} rows)\n",
+                    "  warning: bronze.{}: {} lacks column(s) {} (NULL for {})\n",
                     s.name,
                     f.file,
                     f.missing_columns.join(", "),
-                    f.rows
+                    format!("its {}", plural(f.rows, "row")),
+                ));
+            }
+            if !f.empty_columns.is_empty() {
+                out.push_str(&format!(
+                    "  warning: bronze.{}: {} has column(s) {} empty in every one of {}\n",
+                    s.name,
+                    f.file,
+                    f.empty_columns.join(", "),
+                    format!("its {}", plural(f.rows, "row")),
                 ));
             }
         }
@@ -433,9 +506,18 @@ pub fn summary(report: &RunReport) -> String {
     }
     for m in &report.models {
         for rule in m.report.rules.iter().filter(|r| r.failed > 0) {
+            // A row failing two drop rules is quarantined once, under the
+            // first: failed and quarantined differ.
+            let outcome = match rule.action.as_str() {
+                "drop" => format!("{} quarantined", plural(rule.quarantined, "row")),
+                "warn" => "kept (warn)".to_string(),
+                _ => "the model failed".to_string(),
+            };
             out.push_str(&format!(
-                "  {}: expectation {} ({}) failed on {} rows\n",
-                m.report.table, rule.name, rule.action, rule.failed
+                "  {}: expectation {}: failed on {}, {outcome}\n",
+                m.report.table,
+                rule.name,
+                plural(rule.failed, "row"),
             ));
         }
     }

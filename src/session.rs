@@ -53,14 +53,11 @@ pub async fn build(
         .build_arc()?;
     if lake.root().scheme() != "file" {
         let root = lake.root();
-        let bucket = url::Url::parse(&format!(
-            "{}://{}",
-            root.scheme(),
-            &root[url::Position::BeforeHost..url::Position::AfterPort]
-        ))
-        .map_err(|e| crate::error::Error::Lake {
-            uri: root.to_string(),
-            message: e.to_string(),
+        let bucket = url::Url::parse(&crate::storage::store_of(root)).map_err(|e| {
+            crate::error::Error::Lake {
+                uri: root.to_string(),
+                message: e.to_string(),
+            }
         })?;
         runtime.register_object_store(&bucket, lake.store());
     }

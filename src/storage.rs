@@ -339,6 +339,16 @@ fn store_for(url: &Url, options: &HashMap<String, String>) -> Result<(Arc<dyn Ob
     Ok((Arc::from(store), path))
 }
 
+/// The object store a URL lives in, as `scheme://host[:port]` (`s3://bucket`,
+/// `file://`): the key DataFusion's object store registry goes by.
+pub fn store_of(url: &url::Url) -> String {
+    format!(
+        "{}://{}",
+        url.scheme(),
+        &url[url::Position::BeforeHost..url::Position::AfterPort]
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -86,7 +86,7 @@ fn newer(pairs: &[(Expr, Expr)]) -> Expr {
 fn strings(batch: &RecordBatch, name: &str) -> Result<Arc<dyn Array>> {
     let column = batch
         .column_by_name(name)
-        .ok_or_else(|| Error::Usage(format!("upsert: column {name} missing")))?;
+        .ok_or_else(|| Error::Internal(format!("upsert: column {name} missing")))?;
     Ok(cast(column, &DataType::Utf8)?)
 }
 
@@ -174,7 +174,7 @@ pub async fn prepare(
         let wins = batch
             .column_by_name("__wins")
             .map(|c| c.as_boolean().clone())
-            .ok_or_else(|| Error::Usage("upsert: __wins missing".into()))?;
+            .ok_or_else(|| Error::Internal("upsert: __wins missing".into()))?;
         let batch = filter_record_batch(&batch, &wins)?;
         if batch.num_rows() == 0 {
             continue;
@@ -182,7 +182,7 @@ pub async fn prepare(
         let present = batch
             .column_by_name("__t_present")
             .cloned()
-            .ok_or_else(|| Error::Usage("upsert: __t_present missing".into()))?;
+            .ok_or_else(|| Error::Internal("upsert: __t_present missing".into()))?;
         let stored_parts: Vec<Arc<dyn Array>> = columns
             .partition_by
             .iter()

@@ -83,11 +83,7 @@ impl NodeStores {
     }
 
     fn key(url: &Url) -> String {
-        format!(
-            "{}://{}",
-            url.scheme(),
-            &url[url::Position::BeforeHost..url::Position::AfterPort]
-        )
+        crate::storage::store_of(url)
     }
 }
 

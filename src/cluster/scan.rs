@@ -65,11 +65,7 @@ impl SnapshotTable {
         let snapshot = table.snapshot()?;
         let partition_columns = snapshot.metadata().partition_columns().to_vec();
         let root = table.log_store().root_url().clone();
-        let store = format!(
-            "{}://{}",
-            root.scheme(),
-            &root[url::Position::BeforeHost..url::Position::AfterPort]
-        );
+        let store = crate::storage::store_of(&root);
         let base = object_store::path::Path::from_url_path(root.path()).map_err(|e| {
             crate::error::Error::Lake {
                 uri: root.to_string(),

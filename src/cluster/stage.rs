@@ -711,7 +711,7 @@ async fn stage_partition(
     let table_adds = table.finish().await?;
     let mut messages: Vec<String> = Vec::new();
     let json = |m: &Message| {
-        serde_json::to_string(m).map_err(|e| Error::Usage(format!("stage message: {e}")))
+        serde_json::to_string(m).map_err(|e| Error::Internal(format!("stage message: {e}")))
     };
     for add in table_adds {
         messages.push(json(&Message::Table(add))?);

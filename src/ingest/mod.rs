@@ -17,7 +17,7 @@ use datafusion::arrow::array::{
     ArrayBuilder, ArrayRef, BinaryBuilder, Int64Builder, RecordBatch, StringBuilder,
     TimestampMicrosecondArray,
 };
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use deltalake::kernel::Transaction;
@@ -50,6 +50,8 @@ pub struct FileReport {
     pub lines: u64,
     /// Bronze columns the file's header lacks (NULL for its rows).
     pub missing_columns: Vec<String>,
+    /// Columns the file has but left empty in every one of its rows.
+    pub empty_columns: Vec<String>,
 }
 
 /// What ingesting one source did.
@@ -99,12 +101,7 @@ fn etag_app_id(file: &str) -> String {
 /// A stable 63-bit fingerprint of an ETag (FNV-1a), storable as a Delta
 /// app transaction version.
 fn etag_hash(e_tag: &str) -> i64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in e_tag.as_bytes() {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    (h >> 1) as i64
+    (crate::delta::fnv1a(&[e_tag.as_bytes()]) >> 1) as i64
 }
 
 /// The app transactions that mark `file` as ingested: its size (the marker
@@ -155,11 +152,7 @@ async fn what_changed(
 }
 
 fn ts_field(name: &str) -> Field {
-    Field::new(
-        name,
-        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-        true,
-    )
+    Field::new(name, crate::delta::utc_timestamp(), true)
 }
 
 pub fn bronze_schema(columns: &[String]) -> SchemaRef {
@@ -281,6 +274,10 @@ pub async fn ingest_source(
     for s in sniffed.iter_mut() {
         let Some(header) = &s.header else { continue };
         if s.refused.is_some() {
+            continue;
+        }
+        if let Some(why) = unmatched_rename(&source.csv, header, &source.file) {
+            s.refused = Some(why);
             continue;
         }
         let new: Vec<&String> = header.iter().filter(|n| !columns.contains(n)).collect();
@@ -465,6 +462,7 @@ fn bronze_spec(source: &Source, run_id: &str) -> WriteSpec {
         metadata: run_metadata(run_id, "ingest"),
         description: source.csv.description.clone(),
         symlink_manifest: false,
+        upsert: None,
     }
 }
 
@@ -541,7 +539,15 @@ impl ParseJob {
                 continue;
             }
             match self.parse_file(file, *rejects_done, &rows, &rejects) {
-                Ok(r) => reports.push(r),
+                Ok(r) => {
+                    if !r.missing_columns.is_empty() {
+                        tracing::warn!(file = %file.name, columns = ?r.missing_columns, rows = r.rows, "the file's header lacks declared column(s): NULL for every one of its rows");
+                    }
+                    if !r.empty_columns.is_empty() {
+                        tracing::warn!(file = %file.name, columns = ?r.empty_columns, rows = r.rows, "column(s) empty in every row of the file");
+                    }
+                    reports.push(r)
+                }
                 Err(e) => {
                     // Rows already sent cannot be taken back from this write:
                     // abort the whole source so nothing is committed.
@@ -612,6 +618,8 @@ impl ParseJob {
         }
 
         let mut b = Builders::new(ncols);
+        // Whether each column held a non-empty value in some row.
+        let mut filled = vec![false; mapping.len()];
         let mut r = RejectBuilders::default();
         let name = file.name.as_str();
         while csv.next(&mut rec)? {
@@ -651,9 +659,12 @@ impl ParseJob {
                     for (col, m) in mapping.iter().enumerate() {
                         match m {
                             // Checked as UTF-8 above.
-                            Some(i) => b.cols[col].append_value(
-                                std::str::from_utf8(rec.field(*i)).unwrap_or_default(),
-                            ),
+                            Some(i) => {
+                                let value = rec.field(*i);
+                                filled[col] |= !value.is_empty();
+                                b.cols[col]
+                                    .append_value(std::str::from_utf8(value).unwrap_or_default())
+                            }
                             None => b.cols[col].append_null(),
                         }
                     }
@@ -677,8 +688,43 @@ impl ParseJob {
             send(rej_tx, r.finish(&self.run_id, self.ingested_at))?;
         }
         report.blank_lines = csv.blank_lines;
+        if report.rows > 0 {
+            report.empty_columns = mapping
+                .iter()
+                .zip(&self.columns)
+                .zip(&filled)
+                .filter(|((m, _), filled)| m.is_some() && !**filled)
+                .map(|((_, c), _)| c.clone())
+                .collect();
+        }
         Ok(report)
     }
+}
+
+/// Why a file whose header has neither a `rename` key nor the column it
+/// renames to is refused: that column would be NULL for every row, the
+/// classic result of a misspelt key. `None` when every rename finds its
+/// column, or the source takes such files (`lenient_columns = true`).
+fn unmatched_rename(
+    csv: &crate::pipeline::CsvSource,
+    header: &[String],
+    settings_file: &std::path::Path,
+) -> Option<String> {
+    if csv.lenient_columns {
+        return None;
+    }
+    let (from, to) = csv
+        .rename
+        .iter()
+        .find(|(_, to)| !header.contains(&to.to_lowercase()))?;
+    let hint = crate::pipeline::nearest(from, header.iter().map(String::as_str))
+        .map(|n| format!(" The nearest header is {n}."))
+        .unwrap_or_default();
+    Some(format!(
+        "its header has no column `{from}` (rename {from} = \"{to}\" in {}), so `{to}` would be NULL for every row. Headers found: {}.{hint} Fix the rename key, or set lenient_columns = true to take such files with `{to}` NULL",
+        settings_file.display(),
+        header.join(", ")
+    ))
 }
 
 fn send(tx: &Tx, batch: RecordBatch) -> std::io::Result<()> {

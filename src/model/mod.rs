@@ -35,8 +35,12 @@ use crate::pipeline::{Model, WriteMode};
 use crate::quality::{self, Checker, RuleResult};
 use crate::storage::Lake;
 
+mod diagnose;
+pub mod preflight;
 mod restrict;
 mod stage;
+
+pub use diagnose::explain;
 mod strategy;
 
 use restrict::{
@@ -106,7 +110,7 @@ async fn open_inputs(lake: &Lake, model: &Model) -> Result<Inputs> {
     for input in &model.inputs {
         let (schema, table) = input.split_once('.').unwrap_or(("", input));
         let folder = table_folder(schema, table)
-            .ok_or_else(|| Error::Usage(format!("unknown schema in `{input}`")))?;
+            .ok_or_else(|| Error::Internal(format!("unknown schema in `{input}`")))?;
         out.insert(
             input.clone(),
             delta::open(&lake.url(&folder), lake.storage_options()).await?,
@@ -127,13 +131,8 @@ fn versions(inputs: &Inputs) -> BTreeMap<String, i64> {
 
 /// A fingerprint of what defines the model's result (SQL and settings).
 fn definition_hash(model: &Model) -> String {
-    // FNV-1a: stable across builds and platforms.
-    let mut h: u64 = 0xcbf29ce484222325;
     let settings = std::fs::read(model.sql_file.with_extension("toml")).unwrap_or_default();
-    for b in model.sql.as_bytes().iter().chain(settings.iter()) {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
+    let h = crate::delta::fnv1a(&[model.sql.as_bytes(), &settings]);
     format!("{h:016x}")
 }
 
@@ -283,26 +282,7 @@ pub async fn run_model(
         .iter()
         .map(|f| f.name().clone())
         .collect();
-    for (what, list) in [
-        ("partition_by", &settings.partition_by),
-        ("unique_key", &settings.unique_key),
-        ("sequence_by", &settings.sequence_by),
-    ] {
-        for c in list.iter() {
-            if !columns.contains(c) {
-                return Err(crate::pipeline::file_error(&settings_file, 1, format!("{what} names column `{c}`, which the model's SELECT does not return (it returns {})", columns.join(", "))));
-            }
-        }
-    }
-    for c in settings
-        .partition_by
-        .iter()
-        .chain(settings.unique_key.iter())
-    {
-        if c.starts_with('_') {
-            return Err(crate::pipeline::file_error(&settings_file, 1, format!("`{c}` starts with `_`, which marks a lineage column that is not written to the table")));
-        }
-    }
+    preflight::check_model(ctx, model, df.schema().as_arrow())?;
 
     // Expectations run on the model's plan as it streams.
     let checker = Arc::new(Checker::new(
@@ -378,6 +358,7 @@ pub async fn run_model(
             "Rows of {table_name} that failed a `drop` expectation, with the rule as _reason"
         )),
         symlink_manifest: false,
+        upsert: None,
     };
     // A model without `drop` rules never quarantines: it gets no table. A
     // backfill leaves the quarantine as it is: it is not partitioned by
@@ -419,6 +400,7 @@ pub async fn run_model(
         metadata,
         description: settings.description.clone(),
         symlink_manifest: settings.symlink_manifest,
+        upsert: None,
     };
     if let Some(df) = model_df {
         let table_schema = Arc::new(
@@ -457,8 +439,8 @@ pub async fn run_model(
         return finish(report, started);
     }
     let Some((result, quarantine_stream, collapsed)) = local.take() else {
-        return Err(Error::Usage(
-            "internal: a model has neither a local nor a staged plan".into(),
+        return Err(Error::Internal(
+            "a model has neither a local nor a staged plan".into(),
         ));
     };
     let result_schema: SchemaRef = Arc::new(result.schema().as_arrow().clone());
@@ -505,6 +487,10 @@ pub async fn run_model(
         let streams = write_streams(ctx, prepared.rows, &settings.partition_by).await?;
         let staged = delta::stage(&target, streams, &table_name).await?;
         spec.replace = Replace::PartitionsOnly(prepared.rewrite.clone());
+        spec.upsert = Some(delta::UpsertKeys {
+            keys: settings.unique_key.clone(),
+            sequence: stored.clone(),
+        });
         spec.metadata.insert(
             "lakehouse.metrics".into(),
             json!({
@@ -521,12 +507,12 @@ pub async fn run_model(
         let (table, written) = delta::commit(target, staged, &spec).await?;
         let (rows_after, _, _) = delta::row_count(&table).await?;
         report.strategy = format!(
-            "{}: {} inserted, {} updated, {} stale; {} partitions rewritten, {} appended to",
+            "{}: {} inserted, {} updated, {} stale; {} rewritten, {} appended to",
             report.strategy,
             prepared.inserted,
             prepared.updated,
             prepared.stale,
-            prepared.rewrite.len(),
+            crate::runner::plural(prepared.rewrite.len() as u64, "partition"),
             written.partitions.saturating_sub(prepared.rewrite.len()),
         );
         (
@@ -684,7 +670,7 @@ async fn write_streams(
             expr: e,
             options: Default::default(),
         }))
-        .ok_or_else(|| Error::Usage("empty partition_by".into()))?;
+        .ok_or_else(|| Error::Internal("empty partition_by".into()))?;
         plan = Arc::new(SortExec::new(ordering, plan).with_preserve_partitioning(true));
     }
     let count = plan.properties().partitioning.partition_count();

@@ -25,7 +25,7 @@ pub(super) async fn restrict_to_files(
         let table = tables
             .get(input)
             .and_then(|t| t.as_ref())
-            .ok_or_else(|| Error::Usage(format!("{input} is gone")))?;
+            .ok_or_else(|| Error::Internal(format!("input {input} was not opened")))?;
         let provider = table
             .table_provider()
             .with_adds(adds.iter().cloned())

@@ -37,12 +37,32 @@ impl Strategy {
             Strategy::Full(why) => format!("full ({why})"),
             Strategy::Stream(files) => {
                 let n: usize = files.values().map(|f| f.len()).sum();
-                format!("incremental ({n} new input files)")
+                format!(
+                    "incremental ({})",
+                    crate::runner::plural(n as u64, "new input file")
+                )
             }
-            Strategy::Partitions(p) => format!("incremental ({} partitions)", p.len()),
+            Strategy::Partitions(p) => format!(
+                "incremental ({})",
+                crate::runner::plural(p.len() as u64, "partition")
+            ),
             Strategy::Range(r) => format!("backfill ({r})"),
         }
     }
+}
+
+/// Why a replace_partitions model is rebuilt: how many of the partitions it
+/// has changed, and how many new ones arrived, as a person counts them.
+fn partitions_touched(changed: usize, new: usize, total: usize) -> String {
+    let mut parts = vec![format!(
+        "{changed} of its {}",
+        crate::runner::plural(total as u64, "partition")
+    )];
+    parts[0].push_str(" changed");
+    if new > 0 {
+        parts.push(crate::runner::plural(new as u64, "new partition"));
+    }
+    parts.join(", ")
 }
 
 /// Decides between a full and an incremental run from the inputs' versions
@@ -176,15 +196,50 @@ pub(super) async fn decide(
             // Filtering every scan to most partitions costs more than reading
             // them all (the predicate is evaluated per row): rebuild instead.
             if let Some(table) = existing {
-                let total = delta::partition_stats(table).await?.len();
+                let columns = table.snapshot()?.metadata().partition_columns().to_vec();
+                let present: BTreeSet<Vec<(String, Option<String>)>> =
+                    delta::partition_stats(table)
+                        .await?
+                        .into_iter()
+                        .map(|(values, ..)| {
+                            let mut k: Vec<(String, Option<String>)> =
+                                columns.iter().cloned().zip(values).collect();
+                            k.sort();
+                            k
+                        })
+                        .collect();
+                let total = present.len();
                 if touched.len() > 1 && touched.len() * 100 >= total * FULL_WHEN_PARTITIONS_PCT {
-                    return Ok(Strategy::Full(format!(
-                        "{} of its {total} partitions changed",
-                        touched.len()
+                    let changed = touched.intersection(&present).count();
+                    return Ok(Strategy::Full(partitions_touched(
+                        changed,
+                        touched.len() - changed,
+                        total,
                     )));
                 }
             }
             Ok(Strategy::Partitions(touched))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::partitions_touched;
+
+    #[test]
+    fn rebuilt_partitions_are_counted_as_changed_and_new() {
+        assert_eq!(
+            partitions_touched(112, 9, 112),
+            "112 of its 112 partitions changed, 9 new partitions"
+        );
+        assert_eq!(
+            partitions_touched(1, 1, 1),
+            "1 of its 1 partition changed, 1 new partition"
+        );
+        assert_eq!(
+            partitions_touched(60, 0, 100),
+            "60 of its 100 partitions changed"
+        );
     }
 }

@@ -144,10 +144,6 @@ impl Pipeline {
             models,
         })
     }
-
-    pub fn source(&self, name: &str) -> Option<&Source> {
-        self.sources.iter().find(|s| s.name == name)
-    }
 }
 
 fn read(path: &Path) -> Result<String> {
@@ -175,17 +171,23 @@ pub(crate) fn file_error(path: &Path, line: usize, message: impl Into<String>) -
     }
 }
 
-/// The candidate closest to `name` (case-insensitive edit distance), when
-/// it is close enough to be a likely typo: at most a third of the longer
-/// name's characters differ.
-pub fn nearest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+/// The candidates closest to `name` (case-insensitive edit distance), when
+/// they are close enough to be a likely typo (at most a third of the longer
+/// name's characters differ), as a hint: "`a`" or "`a` or `b`".
+pub fn nearest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
     let name = name.to_lowercase();
-    candidates
+    let close: Vec<(usize, &str)> = candidates
         .into_iter()
         .map(|c| (edit_distance(&name, &c.to_lowercase()), c))
         .filter(|(d, c)| *d > 0 && *d * 3 <= name.chars().count().max(c.chars().count()))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
+        .collect();
+    let best = close.iter().map(|(d, _)| *d).min()?;
+    let names: Vec<String> = close
+        .iter()
+        .filter(|(d, _)| *d == best)
+        .map(|(_, c)| format!("`{c}`"))
+        .collect();
+    Some(names.join(" or "))
 }
 
 /// Levenshtein distance between two strings, by characters.

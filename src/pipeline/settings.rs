@@ -74,6 +74,18 @@ pub struct ModelSettings {
     /// current with every commit, for engines that read a table through
     /// them (Trino, Presto, Athena, Redshift Spectrum, Snowflake, BigQuery).
     pub symlink_manifest: bool,
+    /// The line of each top-level key in the settings file.
+    pub key_lines: Vec<(String, usize)>,
+}
+
+impl ModelSettings {
+    /// The settings file's line of `key` (1 when it is not set there).
+    pub fn line_of(&self, key: &str) -> usize {
+        self.key_lines
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or(1, |(_, line)| *line)
+    }
 }
 
 impl Default for ModelSettings {
@@ -88,6 +100,7 @@ impl Default for ModelSettings {
             description: None,
             incremental_inputs: vec![],
             symlink_manifest: false,
+            key_lines: vec![],
         }
     }
 }
@@ -352,5 +365,25 @@ pub fn parse_model(file: &Path, text: &str) -> Result<ModelSettings> {
         description: raw.description,
         incremental_inputs: raw.incremental_inputs,
         symlink_manifest: raw.symlink_manifest,
+        key_lines: key_lines(text),
     })
+}
+
+/// `(key, line)` of every `key = ...` line outside a table header, before
+/// the first `[table]` (top-level keys only).
+fn key_lines(text: &str) -> Vec<(String, usize)> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            break;
+        }
+        if let Some((key, _)) = line.split_once('=') {
+            let key = key.trim().trim_matches('"');
+            if !key.is_empty() && !key.starts_with('#') {
+                out.push((key.to_string(), i + 1));
+            }
+        }
+    }
+    out
 }

@@ -233,12 +233,15 @@ fn the_shipped_example_pipeline_loads() {
 
 #[test]
 fn nearest_names_a_likely_typo_and_nothing_else() {
-    let names = ["login_at", "user_id", "device"];
-    assert_eq!(nearest("login_ts", names), Some("login_at"));
-    assert_eq!(nearest("USERID", names), Some("user_id"));
-    assert_eq!(nearest("devise", names), Some("device"));
+    let names = ["login_at", "user_id", "device", "login_id"];
+    assert_eq!(
+        nearest("login_ts", names).as_deref(),
+        Some("`login_at` or `login_id`")
+    );
+    assert_eq!(nearest("USERID", names).as_deref(), Some("`user_id`"));
+    assert_eq!(nearest("devise", names).as_deref(), Some("`device`"));
     assert_eq!(nearest("amount", names), None);
     // An exact match is not a suggestion.
-    assert_eq!(nearest("device", names), None);
+    assert_eq!(nearest("device", ["device"]), None);
     assert_eq!(nearest("x", ["y"]), None);
 }

@@ -112,12 +112,53 @@ async fn killed_runs_leave_readable_tables_and_the_next_run_finishes_the_work() 
     .unwrap();
     let expected = compute(&lake);
 
-    // Kill points spread over ingest, silver and gold of a debug-build run.
-    for delay in [150u64, 600, 1200, 2000, 3000, 4500] {
+    // Each run is killed (SIGKILL) the moment the lake shows it reached a
+    // phase, not after a fixed sleep: on any machine every kill lands in a
+    // run in progress, holding the lease, in the phase it names. Each run
+    // resumes what the one before it left.
+    let log_exists = |table: &str| lake.join(table).join("_delta_log").exists();
+    let phases: [(&str, &dyn Fn() -> bool); 4] = [
+        ("start (lease taken)", &|| {
+            lake.join("_lakehouse/run.lock").exists()
+        }),
+        ("bronze (first source committed)", &|| {
+            commits(&lake.join("bronze/orders")) >= 2
+        }),
+        ("silver (model started)", &|| log_exists("silver/orders")),
+        ("gold (model started)", &|| {
+            log_exists("gold/daily_region_sales")
+        }),
+    ];
+    let mut interrupted = Vec::new();
+    for (phase, reached) in phases {
         let mut child = spawn_run(&lake, &[]);
-        std::thread::sleep(Duration::from_millis(delay));
+        let started = Instant::now();
+        while !reached() {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the run ended before reaching {phase}"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(300),
+                "{phase} never reached"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let alive = child.try_wait().unwrap().is_none();
+        // The lease in the lock is this run's (its pid), not a killed one's.
+        let holder = std::fs::read_to_string(lake.join("_lakehouse/run.lock"))
+            .ok()
+            .and_then(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+            .and_then(|l| l["pid"].as_u64());
+        let leased = holder == Some(child.id() as u64);
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
+        assert!(alive, "the kill at {phase} hit a finished run");
+        assert!(
+            leased,
+            "the kill at {phase} hit a run not holding the lease ({holder:?})"
+        );
+        interrupted.push(phase);
         // Whatever was committed is readable.
         for table in [
             "bronze.orders",
@@ -137,6 +178,11 @@ async fn killed_runs_leave_readable_tables_and_the_next_run_finishes_the_work() 
             }
         }
     }
+    eprintln!("runs killed in progress, one per phase: {interrupted:?}");
+    assert_eq!(interrupted.len(), 4);
+    // The killed runs' lock is left behind; the next run takes it over
+    // (its process is gone) and finishes the work.
+    assert!(lake.join("_lakehouse/run.lock").exists());
     let args = run_args(&lake);
     let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
     let last = lakehouse(&args, dir.path());

@@ -170,7 +170,7 @@ async fn batches_of_files_end_with_the_figures_of_one_full_run() {
     );
     let s = run(&lake, &[]);
     assert!(
-        line(&s, "silver.orders").contains("incremental (1 new input files)"),
+        line(&s, "silver.orders").contains("incremental (1 new input file)"),
         "{s}"
     );
 
@@ -184,7 +184,7 @@ async fn batches_of_files_end_with_the_figures_of_one_full_run() {
     // order lands there too) and A's new day gains a file.
     assert!(
         line(&s, "silver.orders")
-            .contains("1 inserted, 1 updated, 1 stale; 1 partitions rewritten, 1 appended to"),
+            .contains("1 inserted, 1 updated, 1 stale; 1 partition rewritten, 1 appended to"),
         "{s}"
     );
     let gold = line(&s, "gold.daily_region_sales");
@@ -395,7 +395,7 @@ async fn backfill_replaces_exactly_the_date_range() {
     land(&staged, &lake, &["orders/orders_00003.csv"]);
     let s = run(&lake, &[]);
     assert!(
-        line(&s, "silver.orders").contains("incremental (1 new input files)"),
+        line(&s, "silver.orders").contains("incremental (1 new input file)"),
         "{s}"
     );
     let silver_before = strings(&lake, "SELECT order_id, CAST(amount AS VARCHAR), CAST(order_date AS VARCHAR) FROM silver.orders ORDER BY 1").await;

@@ -10,6 +10,7 @@ mod folder_readers;
 #[path = "../../scripts/gen/src/lib.rs"]
 mod gen;
 mod incremental;
+mod newcomer;
 mod pipeline_cli;
 mod retail;
 mod s3;
@@ -28,10 +29,16 @@ pub fn repo() -> PathBuf {
 
 /// Runs the real binary.
 pub fn lakehouse(args: &[&str], cwd: &Path) -> Output {
+    lakehouse_with_env(args, cwd, &[])
+}
+
+/// Runs the real binary with extra environment variables.
+pub fn lakehouse_with_env(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_lakehouse"))
         .args(args)
         .current_dir(cwd)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .output()
         .expect("the lakehouse binary runs")
 }

@@ -130,7 +130,7 @@ fn too_many_quarantined_rows_fail_the_model() {
     let out = run(dir.path());
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out).contains("2 of 3 rows were quarantined, above the limit of 50%"),
+        text(&out).contains("2 of 3 rows would be quarantined, above the limit of 50% (max_quarantine_pct): `v_is_int` (v IS NOT NULL) 2 rows."),
         "{}",
         text(&out)
     );
@@ -279,7 +279,7 @@ fn the_quarantine_limit_stops_a_merge_before_it_commits() {
     let out = run(dir.path());
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
-        text(&out).contains("3 of 5 rows were quarantined, above the limit of 50%"),
+        text(&out).contains("3 of 5 rows would be quarantined, above the limit of 50%"),
         "{}",
         text(&out)
     );
@@ -542,4 +542,106 @@ fn landed_files_no_source_reads_are_reported() {
         "{t}"
     );
     assert!(!t.contains(".DS_Store"), "{t}");
+}
+
+#[tokio::test]
+async fn a_failure_after_the_run_started_exits_1_and_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(
+        dir.path(),
+        "id,day,v,updated\n1,d1,5,1\n2,d1,7,1\n",
+        &[
+            ("bronze/events.toml", SOURCE),
+            (
+                "silver/a.sql",
+                "SELECT id, try_cast(v AS INT) AS v FROM bronze.events",
+            ),
+            ("gold/b.sql", "SELECT sum(v) AS total FROM silver.a"),
+        ],
+    );
+    let run_failing = |point: &str| {
+        crate::lakehouse_with_env(
+            &["run", "--lake", "lake", "--pipeline", "sql"],
+            dir.path(),
+            &[("LAKEHOUSE_FAILPOINTS", point)],
+        )
+    };
+    // The session for the models cannot start after bronze took the file.
+    let out = run_failing("session-build");
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("error: could not start the models, none ran: internal error: failpoint `session-build`"), "{t}");
+    let lake = dir.path().join("lake");
+    assert_eq!(one(&lake, "SELECT count(*) FROM bronze.events").await, 2);
+    assert_eq!(
+        one(&lake, "SELECT count(*) FROM system.runs WHERE status = 'failed' AND errors LIKE '%session-build%'").await,
+        1
+    );
+    assert_eq!(
+        one(
+            &lake,
+            "SELECT count(*) FROM system.steps WHERE kind = 'model' AND status = 'not run'"
+        )
+        .await,
+        2
+    );
+
+    // The table listing fails after the first model: it committed, the
+    // second did not run, and the run is recorded as failed.
+    let out = run_failing("catalog-refresh");
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains(
+            "could not list the lake's tables after silver.a; the models after it did not run"
+        ),
+        "{t}"
+    );
+    assert_eq!(one(&lake, "SELECT count(*) FROM silver.a").await, 2);
+    assert_eq!(
+        one(&lake, "SELECT count(*) FROM system.runs WHERE status = 'failed' AND errors LIKE '%catalog-refresh%'").await,
+        1
+    );
+    assert_eq!(
+        one(
+            &lake,
+            "SELECT count(*) FROM system.steps WHERE step = 'gold.b' AND status = 'not run'"
+        )
+        .await,
+        2
+    );
+
+    // Without the failure the next run completes the work.
+    let out = run(dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(one(&lake, "SELECT total FROM gold.b").await, 12);
+}
+
+#[tokio::test]
+async fn landed_files_no_source_reads_are_steps_of_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(
+        dir.path(),
+        "id,day,v,updated\n1,d1,5,1\n",
+        &[("bronze/events.toml", SOURCE)],
+    );
+    std::fs::write(dir.path().join("lake/landing/events_2.csv.gz"), b"not read").unwrap();
+    std::fs::write(dir.path().join("lake/landing/notes.txt"), b"not read").unwrap();
+    let out = run(dir.path());
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(t.contains("2 landed file(s) match no source's `files` glob and were not read: landing/events_2.csv.gz, landing/notes.txt"), "{t}");
+    let lake = dir.path().join("lake");
+    let steps = crate::strings(
+        &lake,
+        "SELECT step, status FROM system.steps WHERE kind = 'unread_file' ORDER BY step",
+    )
+    .await;
+    assert_eq!(
+        steps,
+        [
+            ["landing/events_2.csv.gz", "not read"],
+            ["landing/notes.txt", "not read"]
+        ]
+    );
 }

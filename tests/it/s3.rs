@@ -223,7 +223,7 @@ async fn example_pipeline_on_s3_gives_the_local_figures() {
         &["--lake", &uri, "run", "--pipeline", pipeline],
         dir.path(),
     ));
-    assert!(summary.contains("1 new files"), "{summary}");
+    assert!(summary.contains("(1 new file)"), "{summary}");
 
     // A bucket that does not exist: a clear error naming the URI.
     let out = lakehouse_s3(

@@ -110,11 +110,13 @@ async fn replacing_partitions_leaves_other_partitions_untouched() {
     let spec = WriteSpec {
         table_name: "t".into(),
         partition_by: vec!["day".into()],
-        replace: Replace::PartitionsWritten,
+        // No partitions named: exactly the partitions written are replaced.
+        replace: Replace::Partitions(Default::default()),
         transactions: vec![],
         metadata: HashMap::new(),
         description: None,
         symlink_manifest: false,
+        upsert: None,
     };
     let write = |rows: Vec<(&'static str, i64)>| {
         let url = url.clone();
@@ -232,7 +234,7 @@ async fn incremental_merge_appends_rewrites_and_compacts_partitions() {
     // The ninth insert finds 8 files: the partition is rewritten into one.
     let line = run("events_9.csv", "id,day,v,updated\n9,d1,9,1\n");
     assert!(
-        line.contains("1 partitions rewritten, 0 appended to"),
+        line.contains("1 partition rewritten, 0 appended to"),
         "{line}"
     );
     assert_eq!(live_files().await, (9, 1, live_files().await.2));
@@ -248,7 +250,7 @@ async fn incremental_merge_appends_rewrites_and_compacts_partitions() {
         "id,day,v,updated\n3,d1,33,2\n4,d1,44,1\n5,d1,55,0\n6,d2,66,5\n",
     );
     assert!(
-        line.contains("0 inserted, 3 updated, 1 stale; 1 partitions rewritten, 1 appended to"),
+        line.contains("0 inserted, 3 updated, 1 stale; 1 partition rewritten, 1 appended to"),
         "{line}"
     );
     let q =
@@ -269,6 +271,36 @@ async fn incremental_merge_appends_rewrites_and_compacts_partitions() {
     .collect();
     assert_eq!(strings(&lake, q).await, want);
     assert_eq!(live_files().await.0, 9);
+
+    // Delta's history says what happened: a MERGE on the key that
+    // rewrote d1, not a WRITE that overwrote something unnamed.
+    let log = lake.join("silver/e/_delta_log");
+    let mut commits: Vec<_> = std::fs::read_dir(&log)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    commits.sort();
+    let last = std::fs::read_to_string(commits.last().unwrap()).unwrap();
+    let info: serde_json::Value = last
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find_map(|v| v.get("commitInfo").cloned())
+        .unwrap();
+    assert_eq!(info["operation"], "MERGE", "{info}");
+    let params = &info["operationParameters"];
+    assert_eq!(params["mergePredicate"], "source.id = target.id", "{info}");
+    assert_eq!(params["predicate"], "(day = 'd1')", "{info}");
+    assert!(
+        params["matchedPredicates"]
+            .to_string()
+            .contains("(source.updated) >= (target.updated)"),
+        "{info}"
+    );
+    // The first run's commit was a plain overwrite of the whole table.
+    let first = std::fs::read_to_string(&commits[1]).unwrap();
+    assert!(first.contains("\"operation\":\"WRITE\""), "{first}");
 }
 
 /// A merge batch too large to hold in memory under `--memory-limit` is not

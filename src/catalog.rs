@@ -43,6 +43,21 @@ pub fn table_folder(schema: &str, table: &str) -> Option<String> {
         .map(|(_, folder)| format!("{folder}/{table}"))
 }
 
+/// Folder of a table in one of the lake's own schemas (`bronze`, `silver`,
+/// `gold`, `quarantine`, `system`); any other schema is a bug.
+pub fn layer_folder(schema: &str, table: &str) -> String {
+    table_folder(schema, table).unwrap_or_else(|| format!("{schema}/{table}"))
+}
+
+/// Folder of the quarantine table of `layer.name`:
+/// `quarantine.<layer>_<name>` (bronze's rejects and models' dropped rows).
+pub fn quarantine_folder(layer: &str, name: &str) -> String {
+    layer_folder("quarantine", &format!("{layer}_{name}"))
+}
+
+/// The run lease (see [`crate::lock`]), beside the system tables.
+pub const LOCK_FILE: &str = "_lakehouse/run.lock";
+
 #[derive(Debug)]
 pub struct LakeCatalog {
     schemas: HashMap<String, Arc<FolderSchema>>,

@@ -329,11 +329,11 @@ fn lost_to(h: &Option<Holder>) -> String {
 impl RunLock {
     pub async fn acquire(lake: &Lake, run_id: &str, wait: bool) -> Result<RunLock> {
         let store = lake.store();
-        let path = lake.path("_lakehouse/run.lock");
+        let path = lake.path(crate::catalog::LOCK_FILE);
         let guard = (lake.root().scheme() == "file")
             .then(|| lake.root().to_file_path().ok())
             .flatten()
-            .map(|root| root.join("_lakehouse/run.lock.guard"));
+            .map(|root| root.join(format!("{}.guard", crate::catalog::LOCK_FILE)));
         if let Some(g) = &guard {
             if let Some(dir) = g.parent() {
                 std::fs::create_dir_all(dir)

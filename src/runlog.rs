@@ -138,7 +138,7 @@ async fn append(
         symlink_manifest: false,
         upsert: None,
     };
-    let url = lake.url(&format!("_lakehouse/{name}"));
+    let url = lake.url(&crate::catalog::layer_folder("system", name));
     let table = delta::ensure_table(&url, lake.storage_options(), &schema, &spec).await?;
     let b = batch(&schema, &rows)?;
     let stream = Box::pin(RecordBatchStreamAdapter::new(

@@ -79,11 +79,11 @@ pub struct SourceReport {
 }
 
 pub fn bronze_table(source: &str) -> String {
-    format!("bronze/{source}")
+    crate::catalog::layer_folder("bronze", source)
 }
 
 pub fn reject_table(source: &str) -> String {
-    format!("quarantine/bronze_{source}")
+    crate::catalog::quarantine_folder("bronze", source)
 }
 
 fn app_id(file: &str) -> String {

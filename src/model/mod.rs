@@ -69,7 +69,7 @@ pub struct ModelReport {
 }
 
 pub fn quarantine_folder(model: &Model) -> String {
-    format!("quarantine/{}_{}", model.layer, model.name)
+    crate::catalog::quarantine_folder(&model.layer, &model.name)
 }
 
 /// Dates a backfill recomputes, both ends included; `None` leaves an end open.
@@ -161,7 +161,7 @@ pub async fn run_model(
         ..Default::default()
     };
     let opts = lake.storage_options().clone();
-    let url = lake.url(&format!("{}/{}", model.layer, model.name));
+    let url = lake.url(&crate::catalog::layer_folder(&model.layer, &model.name));
     let settings = &model.settings;
     let settings_file = model.sql_file.with_extension("toml");
     if matches!(refresh, Refresh::Range(_)) && settings.mode == WriteMode::Append {

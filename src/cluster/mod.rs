@@ -16,10 +16,8 @@ use ballista_core::extension::{SessionConfigExt, SessionStateExt};
 use ballista_core::registry::BallistaFunctionRegistry;
 use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
 use ballista_core::serde::BallistaCodec;
-use datafusion::execution::disk_manager::DiskManagerBuilder;
-use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
-use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::session_state::SessionState;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -131,9 +129,8 @@ pub fn node_runtime(
     options: &HashMap<String, String>,
     memory_limit: usize,
 ) -> Result<Arc<RuntimeEnv>> {
-    Ok(RuntimeEnvBuilder::new()
-        .with_memory_pool(Arc::new(FairSpillPool::new(memory_limit)))
-        .with_disk_manager_builder(DiskManagerBuilder::default())
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    Ok(crate::session::bounded_runtime(memory_limit, cores)
         .with_object_store_registry(Arc::new(NodeStores::new(options.clone())))
         .build_arc()?)
 }

@@ -224,6 +224,454 @@ pub(super) async fn decide(
 }
 
 #[cfg(test)]
+mod decide_tests {
+    //! Every branch of [`decide`], over real Delta tables in a temp folder.
+
+    use std::collections::HashMap;
+
+    use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+
+    use super::*;
+    use crate::pipeline::{Action, Expectation, ModelSettings};
+
+    fn model(mode: WriteMode, incremental: &[&str], drop_rule: bool) -> Model {
+        Model {
+            layer: "silver".into(),
+            name: "m".into(),
+            sql_file: "silver/m.sql".into(),
+            sql: "SELECT * FROM bronze.a".into(),
+            settings: ModelSettings {
+                mode,
+                partition_by: vec!["day".into()],
+                unique_key: vec!["v".into()],
+                incremental_inputs: incremental.iter().map(|s| s.to_string()).collect(),
+                expectations: if drop_rule {
+                    vec![Expectation {
+                        name: "r".into(),
+                        check: "v > 0".into(),
+                        action: Action::Drop,
+                        line: 1,
+                    }]
+                } else {
+                    vec![]
+                },
+                ..Default::default()
+            },
+            inputs: vec!["bronze.a".into(), "bronze.b".into()],
+        }
+    }
+
+    /// A table partitioned by `day` (or not), after one write per batch;
+    /// `replace` makes the last write replace the partitions it writes.
+    async fn table(
+        dir: &std::path::Path,
+        name: &str,
+        partitioned: bool,
+        batches: &[&[(&str, i64)]],
+        replace_last: bool,
+    ) -> DeltaTable {
+        let url = url::Url::from_directory_path(dir.join(name)).unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("day", DataType::Utf8, true),
+            Field::new("v", DataType::Int64, true),
+        ]));
+        let mut spec = WriteSpec {
+            table_name: name.into(),
+            partition_by: if partitioned {
+                vec!["day".into()]
+            } else {
+                vec![]
+            },
+            replace: Replace::Nothing,
+            transactions: vec![],
+            metadata: HashMap::new(),
+            description: None,
+            symlink_manifest: false,
+            upsert: None,
+        };
+        let mut t = delta::ensure_table(&url, &HashMap::new(), &schema, &spec)
+            .await
+            .unwrap();
+        for (i, rows) in batches.iter().enumerate() {
+            if replace_last && i + 1 == batches.len() {
+                spec.replace = Replace::Partitions(Default::default());
+            }
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from(
+                        rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+                    )),
+                    Arc::new(Int64Array::from(
+                        rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+                    )),
+                ],
+            )
+            .unwrap();
+            let stream = Box::pin(RecordBatchStreamAdapter::new(
+                schema.clone(),
+                futures::stream::iter(vec![Ok(batch)]),
+            ));
+            t = delta::write(t, vec![stream], &spec).await.unwrap().0;
+        }
+        t
+    }
+
+    fn info(inputs: &[(&str, i64)], hash: &str) -> serde_json::Map<String, Value> {
+        let inputs: BTreeMap<String, i64> =
+            inputs.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let mut m = serde_json::Map::new();
+        m.insert("lakehouse.inputs".into(), json!(inputs));
+        m.insert("lakehouse.definition".into(), json!(hash));
+        m
+    }
+
+    /// What `decide` answers, as a short text: `full: why`, `stream: N
+    /// files`, `partitions: [day=..]`.
+    #[allow(clippy::too_many_arguments)]
+    async fn decided(
+        tables: &Inputs,
+        model: &Model,
+        existing: Option<&DeltaTable>,
+        budget: u64,
+        last: Option<serde_json::Map<String, Value>>,
+        quarantine_last: Option<serde_json::Map<String, Value>>,
+        now: &[(&str, i64)],
+    ) -> String {
+        let now: BTreeMap<String, i64> = now.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let s = decide(
+            tables,
+            model,
+            existing,
+            budget,
+            last.as_ref(),
+            quarantine_last.as_ref(),
+            &now,
+            "h",
+        )
+        .await
+        .unwrap();
+        match s {
+            Strategy::Full(why) => format!("full: {why}"),
+            Strategy::Stream(files) => format!(
+                "stream: {}",
+                files
+                    .iter()
+                    .map(|(k, v)| format!("{k}+{}", v.len()))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+            Strategy::Partitions(p) => format!(
+                "partitions: {}",
+                p.iter()
+                    .map(|k| k
+                        .iter()
+                        .map(|(c, v)| format!("{c}={}", v.clone().unwrap_or_default()))
+                        .collect::<Vec<_>>()
+                        .join(","))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+            Strategy::Range(r) => format!("range: {r}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_branch_of_the_decision() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // bronze.a: v0 created, v1 and v2 append (one file each).
+        let a = table(d, "a", false, &[&[("d1", 1)], &[("d2", 2)]], false).await;
+        // bronze.b, partitioned: v1 writes d1 and d2, v2 replaces d2.
+        let b = table(d, "b", true, &[&[("d1", 1), ("d2", 2)], &[("d2", 3)]], true).await;
+        // The model's own table, partitioned by day: d1..d4.
+        let own = table(
+            d,
+            "own",
+            true,
+            &[&[("d1", 1), ("d2", 2), ("d3", 3), ("d4", 4)]],
+            false,
+        )
+        .await;
+        let tables: Inputs = BTreeMap::from([
+            ("bronze.a".to_string(), Some(a)),
+            ("bronze.b".to_string(), Some(b)),
+        ]);
+        let gone: Inputs = BTreeMap::from([
+            ("bronze.a".to_string(), None),
+            ("bronze.b".to_string(), None),
+        ]);
+        let merge = model(WriteMode::Merge, &["bronze.a"], false);
+        let merge_b = model(WriteMode::Merge, &["bronze.a", "bronze.b"], false);
+        let plain_merge = model(WriteMode::Merge, &[], false);
+        let merge_drop = model(WriteMode::Merge, &["bronze.a"], true);
+        let overwrite = model(WriteMode::Overwrite, &[], false);
+        let replace = model(WriteMode::ReplacePartitions, &[], false);
+        let replace_drop = model(WriteMode::ReplacePartitions, &[], true);
+        let big = 2u64 << 30;
+        let now = [("bronze.a", 2), ("bronze.b", 2)];
+        let cases: Vec<(&str, String, &str)> = vec![
+            (
+                "no last commit",
+                decided(&tables, &merge, None, big, None, None, &now).await,
+                "full: first run",
+            ),
+            (
+                "definition changed",
+                decided(
+                    &tables,
+                    &merge,
+                    None,
+                    big,
+                    Some(info(&now, "other")),
+                    None,
+                    &now,
+                )
+                .await,
+                "full: SQL or settings changed",
+            ),
+            (
+                "no inputs recorded",
+                decided(
+                    &tables,
+                    &merge,
+                    None,
+                    big,
+                    Some({
+                        let mut m = info(&now, "h");
+                        m.remove("lakehouse.inputs");
+                        m
+                    }),
+                    None,
+                    &now,
+                )
+                .await,
+                "full: the last commit records no input versions",
+            ),
+            (
+                "overwrite",
+                decided(
+                    &tables,
+                    &overwrite,
+                    None,
+                    big,
+                    Some(info(&[("bronze.a", 1), ("bronze.b", 2)], "h")),
+                    None,
+                    &now,
+                )
+                .await,
+                "full: inputs changed",
+            ),
+            (
+                "merge without incremental inputs",
+                decided(
+                    &tables,
+                    &plain_merge,
+                    None,
+                    big,
+                    Some(info(&[("bronze.a", 1), ("bronze.b", 2)], "h")),
+                    None,
+                    &now,
+                )
+                .await,
+                "full: inputs changed; no incremental_inputs",
+            ),
+            (
+                "quarantine behind the table",
+                decided(
+                    &tables,
+                    &merge_drop,
+                    None,
+                    big,
+                    Some(info(&[("bronze.a", 1), ("bronze.b", 2)], "h")),
+                    Some(info(&[("bronze.a", 0), ("bronze.b", 2)], "h")),
+                    &now,
+                )
+                .await,
+                "full: the last run stopped between its quarantine and table commits",
+            ),
+            (
+                "quarantine in step",
+                decided(
+                    &tables,
+                    &merge_drop,
+                    None,
+                    big,
+                    Some(info(&[("bronze.a", 1), ("bronze.b", 2)], "h")),
+                    Some(info(&[("bronze.a", 1), ("bronze.b", 2)], "h")),
+                    &now,
+                )
+                .await,
+                "stream: bronze.a+1",
+            ),
+            (
+                "a whole input changed",
+                decided(
+                    &tables,
+                    &merge,
+                    None,
+                    big,
+                    Some(info(&[("bronze.a", 1), ("bronze.b", 1)], "h")),
+                    None,
+                    &now,
+                )
+                .await,
+                "full: bronze.b changed",
+            ),
+            (
+                "an input is gone",
+                decided(
+                    &gone,
+                    &merge,
+                    None,
+                    big,
+                    Some(info(&[("bronze.a", 1), ("bronze.b", 2)], "h")),
+                    None,
+                    &now,
+                )
+                .await,
+                "full: bronze.a is gone",
+            ),
+            (
+                "new files of a stream input",
+                decided(
+                    &tables,
+                    &merge,
+                    None,
+                    big,
+                    Some(info(&[("bronze.a", 0), ("bronze.b", 2)], "h")),
+                    None,
+                    &now,
+                )
+                .await,
+                "stream: bronze.a+2",
+            ),
+            (
+                "nothing new",
+                decided(
+                    &tables,
+                    &merge,
+                    None,
+                    big,
+                    Some(info(&now, "h")),
+                    None,
+                    &now,
+                )
+                .await,
+                "stream: bronze.a+0",
+            ),
+            (
+                "rows replaced in a stream input",
+                decided(
+                    &tables,
+                    &merge_b,
+                    None,
+                    big,
+                    Some(info(&[("bronze.a", 2), ("bronze.b", 1)], "h")),
+                    None,
+                    &now,
+                )
+                .await,
+                "full: bronze.b had rows replaced or its schema changed",
+            ),
+            (
+                "too much to hold in memory",
+                decided(
+                    &tables,
+                    &merge,
+                    None,
+                    1024,
+                    Some(info(&[("bronze.a", 0), ("bronze.b", 2)], "h")),
+                    None,
+                    &now,
+                )
+                .await,
+                "full: 0 MB of new input is too much to hold in memory (--memory-limit 0 MB)",
+            ),
+            (
+                "replace_partitions with drop rules",
+                decided(
+                    &tables,
+                    &replace_drop,
+                    None,
+                    big,
+                    Some(info(&[("bronze.a", 2), ("bronze.b", 1)], "h")),
+                    None,
+                    &now,
+                )
+                .await,
+                "full: inputs changed; drop rules need a full run",
+            ),
+            (
+                "replace_partitions, input not partitioned",
+                decided(
+                    &tables,
+                    &replace,
+                    None,
+                    big,
+                    Some(info(&[("bronze.a", 1), ("bronze.b", 2)], "h")),
+                    None,
+                    &now,
+                )
+                .await,
+                "full: bronze.a changed and is not partitioned by day",
+            ),
+            (
+                "replace_partitions, an input gone",
+                decided(
+                    &gone,
+                    &replace,
+                    None,
+                    big,
+                    Some(info(&[("bronze.a", 1), ("bronze.b", 2)], "h")),
+                    None,
+                    &now,
+                )
+                .await,
+                "full: bronze.a is gone",
+            ),
+            (
+                "replace_partitions, one partition",
+                decided(
+                    &tables,
+                    &replace,
+                    Some(&own),
+                    big,
+                    Some(info(&[("bronze.a", 2), ("bronze.b", 1)], "h")),
+                    None,
+                    &now,
+                )
+                .await,
+                "partitions: day=d2",
+            ),
+            (
+                "replace_partitions, most partitions",
+                decided(
+                    &tables,
+                    &replace,
+                    Some(&own),
+                    big,
+                    Some(info(&[("bronze.a", 2), ("bronze.b", 0)], "h")),
+                    None,
+                    &now,
+                )
+                .await,
+                "full: 2 of its 4 partitions changed",
+            ),
+        ];
+        let mut wrong = vec![];
+        for (name, got, want) in &cases {
+            if got != want {
+                wrong.push(format!("{name}: got `{got}`, want `{want}`"));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::partitions_touched;
 

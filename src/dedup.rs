@@ -193,3 +193,58 @@ fn first_of_runs(
     }
     Ok(take_record_batch(batch, &UInt32Array::from(keep))?)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{AsArray, Int64Array, RecordBatch};
+    use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
+    use datafusion::arrow::row::{RowConverter, SortField};
+
+    use super::first_of_runs;
+
+    fn batch(keys: &[Option<i64>], seq: &[i64]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, true),
+            Field::new("seq", DataType::Int64, false),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(keys.to_vec())),
+                Arc::new(Int64Array::from(seq.to_vec())),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// Over sorted batches, the first row of each run of equal keys is
+    /// kept, also when a run crosses a batch boundary; NULL keys form one run.
+    #[test]
+    fn the_first_row_of_each_key_is_kept_across_batches() {
+        let mut converter = RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap();
+        let mut last = None;
+        let batches = [
+            batch(&[Some(1), Some(1), Some(2)], &[9, 8, 7]),
+            batch(&[Some(2), Some(3), Some(3)], &[6, 5, 4]),
+            batch(&[Some(3)], &[3]),
+            batch(&[], &[]),
+            batch(&[Some(4), None, None], &[2, 1, 0]),
+        ];
+        let mut kept = vec![];
+        for b in &batches {
+            let out = first_of_runs(b, &[0], &mut converter, &mut last).unwrap();
+            kept.extend(
+                out.column(1)
+                    .as_primitive::<Int64Type>()
+                    .values()
+                    .iter()
+                    .copied(),
+            );
+        }
+        // Key 1 keeps seq 9, key 2 seq 7 (not 6, next batch), key 3 seq 5
+        // (not 4, nor 3 two batches on), key 4 seq 2, NULL seq 1.
+        assert_eq!(kept, vec![9, 7, 5, 2, 1]);
+    }
+}

@@ -280,3 +280,74 @@ pub async fn prepare(
         rows_before,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Array, AsArray, Int64Array, RecordBatch};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::prelude::{col, SessionContext};
+
+    use super::newer;
+
+    /// `newer` over (incoming, stored) sequence pairs: compared in order,
+    /// NULL lowest, a full tie goes to the incoming row.
+    #[tokio::test]
+    async fn incoming_wins_when_newer_or_tied_with_null_lowest() {
+        // (s1, t1, s2, t2, incoming wins)
+        let cases: [(Option<i64>, Option<i64>, Option<i64>, Option<i64>, bool); 12] = [
+            (Some(2), Some(1), Some(0), Some(9), true), // first column decides
+            (Some(1), Some(2), Some(9), Some(0), false), // first column decides
+            (Some(1), Some(1), Some(2), Some(1), true), // tie, then second
+            (Some(1), Some(1), Some(1), Some(2), false), // tie, then second
+            (Some(1), Some(1), Some(1), Some(1), true), // full tie: incoming
+            (None, None, None, None, true),             // all NULL: a tie
+            (Some(1), None, None, Some(5), true),       // stored NULL is lowest
+            (None, Some(1), Some(9), None, false),      // incoming NULL is lowest
+            (None, None, Some(1), None, true),          // NULL tie, then second
+            (None, None, None, Some(1), false),         // NULL tie, stored second wins
+            (Some(1), Some(1), None, None, true),       // tie on both
+            (Some(1), Some(1), Some(0), None, true),    // stored NULL lowest in second
+        ];
+        let column = |i: usize| -> Arc<dyn Array> {
+            Arc::new(Int64Array::from(
+                cases
+                    .iter()
+                    .map(|c| [c.0, c.1, c.2, c.3][i])
+                    .collect::<Vec<_>>(),
+            ))
+        };
+        let schema = Arc::new(Schema::new(
+            ["s1", "t1", "s2", "t2"]
+                .iter()
+                .map(|n| Field::new(*n, DataType::Int64, true))
+                .collect::<Vec<_>>(),
+        ));
+        let batch = RecordBatch::try_new(schema, (0..4).map(column).collect()).unwrap();
+        let ctx = SessionContext::new();
+        let wins = ctx
+            .read_batch(batch)
+            .unwrap()
+            .select(vec![newer(&[
+                (col("s1"), col("t1")),
+                (col("s2"), col("t2")),
+            ])
+            .alias("w")])
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let got: Vec<bool> = wins
+            .iter()
+            .flat_map(|b| {
+                let w = b.column(0).as_boolean();
+                (0..w.len())
+                    .map(|i| w.is_valid(i) && w.value(i))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let want: Vec<bool> = cases.iter().map(|c| c.4).collect();
+        assert_eq!(got, want);
+    }
+}

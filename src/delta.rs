@@ -73,6 +73,39 @@ pub enum Replace {
     Files(BTreeSet<String>),
 }
 
+impl Replace {
+    /// Whether a write replacing this removes the file at `path` whose
+    /// partition is `key` (sorted `(column, value)` pairs), given the
+    /// partitions the write produced rows for.
+    pub fn removes(
+        &self,
+        key: &[(String, Option<String>)],
+        path: &str,
+        written: &BTreeSet<Vec<(String, Option<String>)>>,
+    ) -> bool {
+        match self {
+            Replace::All => true,
+            Replace::Partitions(p) => written.contains(key) || p.contains(key),
+            Replace::PartitionsOnly(p) => p.contains(key),
+            Replace::DateRange { column, from, to } => {
+                let value = key
+                    .iter()
+                    .find(|(c, _)| c == column)
+                    .and_then(|(_, v)| v.as_deref());
+                match value {
+                    Some(v) => {
+                        from.as_deref().is_none_or(|f| v >= f)
+                            && to.as_deref().is_none_or(|t| v <= t)
+                    }
+                    None => false,
+                }
+            }
+            Replace::Files(paths) => paths.contains(path),
+            Replace::Nothing => false,
+        }
+    }
+}
+
 /// Settings of one write.
 #[derive(Debug, Clone)]
 pub struct WriteSpec {
@@ -501,22 +534,9 @@ pub async fn commit(
             let mut key: Vec<(String, Option<String>)> =
                 values.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
             key.sort();
-            let hit = match &spec.replace {
-                Replace::All => true,
-                Replace::Partitions(p) => written_partitions.contains(&key) || p.contains(&key),
-                Replace::PartitionsOnly(p) => p.contains(&key),
-                Replace::DateRange { column, from, to } => {
-                    match values.get(column).cloned().flatten() {
-                        Some(v) => {
-                            from.as_deref().is_none_or(|f| v.as_str() >= f)
-                                && to.as_deref().is_none_or(|t| v.as_str() <= t)
-                        }
-                        None => false,
-                    }
-                }
-                Replace::Files(paths) => paths.contains(file.path().as_ref()),
-                Replace::Nothing => false,
-            };
+            let hit = spec
+                .replace
+                .removes(&key, file.path().as_ref(), &written_partitions);
             if hit {
                 replaced.insert(key.clone());
                 touched.insert(key);
@@ -891,4 +911,123 @@ pub async fn rows_other_than(
         .execute_stream()
         .await?;
     Ok(Some((paths, rows, stream)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::Replace;
+
+    fn key(day: Option<&str>, region: &str) -> Vec<(String, Option<String>)> {
+        vec![
+            ("day".to_string(), day.map(String::from)),
+            ("region".to_string(), Some(region.to_string())),
+        ]
+    }
+
+    /// Which files each kind of replace removes.
+    #[test]
+    fn each_replace_removes_exactly_its_files() {
+        let written: BTreeSet<_> = [key(Some("2025-03-02"), "north")].into();
+        let named: BTreeSet<_> = [key(Some("2025-03-05"), "south")].into();
+        let range = |from: Option<&str>, to: Option<&str>| Replace::DateRange {
+            column: "day".into(),
+            from: from.map(String::from),
+            to: to.map(String::from),
+        };
+        let files: BTreeSet<String> = ["day=2025-03-01/a.parquet".to_string()].into();
+        let f = "day=2025-03-01/a.parquet";
+        // (replace, key, path, removed)
+        let cases = [
+            (Replace::Nothing, key(Some("2025-03-02"), "north"), f, false),
+            (Replace::All, key(Some("2025-03-09"), "east"), f, true),
+            (
+                Replace::Partitions(named.clone()),
+                key(Some("2025-03-02"), "north"),
+                f,
+                true,
+            ),
+            (
+                Replace::Partitions(named.clone()),
+                key(Some("2025-03-05"), "south"),
+                f,
+                true,
+            ),
+            (
+                Replace::Partitions(named.clone()),
+                key(Some("2025-03-05"), "north"),
+                f,
+                false,
+            ),
+            (
+                Replace::PartitionsOnly(named.clone()),
+                key(Some("2025-03-02"), "north"),
+                f,
+                false,
+            ),
+            (
+                Replace::PartitionsOnly(named.clone()),
+                key(Some("2025-03-05"), "south"),
+                f,
+                true,
+            ),
+            (
+                range(Some("2025-03-02"), Some("2025-03-04")),
+                key(Some("2025-03-02"), "x"),
+                f,
+                true,
+            ),
+            (
+                range(Some("2025-03-02"), Some("2025-03-04")),
+                key(Some("2025-03-04"), "x"),
+                f,
+                true,
+            ),
+            (
+                range(Some("2025-03-02"), Some("2025-03-04")),
+                key(Some("2025-03-05"), "x"),
+                f,
+                false,
+            ),
+            (
+                range(Some("2025-03-02"), Some("2025-03-04")),
+                key(Some("2025-03-01"), "x"),
+                f,
+                false,
+            ),
+            (
+                range(None, Some("2025-03-04")),
+                key(Some("2024-01-01"), "x"),
+                f,
+                true,
+            ),
+            (
+                range(Some("2025-03-02"), None),
+                key(Some("2031-01-01"), "x"),
+                f,
+                true,
+            ),
+            (range(None, None), key(None, "x"), f, false),
+            (
+                Replace::Files(files.clone()),
+                key(Some("2025-03-01"), "x"),
+                f,
+                true,
+            ),
+            (
+                Replace::Files(files.clone()),
+                key(Some("2025-03-01"), "x"),
+                "day=2025-03-01/b.parquet",
+                false,
+            ),
+        ];
+        for (i, (replace, key, path, want)) in cases.iter().enumerate() {
+            assert_eq!(
+                replace.removes(key, path, &written),
+                *want,
+                "case {i}: {replace:?} {key:?} {path}"
+            );
+        }
+    }
 }

@@ -292,12 +292,19 @@ pub async fn dispatch(cli: Cli) -> Result<bool> {
             let report = crate::delta::FENCE
                 .scope(
                     lock.fence(),
-                    crate::runner::run(&lake, &pipeline, &options, &run_id, &run_options),
+                    crate::runner::run(
+                        &lake,
+                        &pipeline,
+                        &options,
+                        &run_id,
+                        &run_options,
+                        &crate::console::Console,
+                    ),
                 )
                 .await;
             lock.release().await;
             let report = report?;
-            print!("{}", crate::runner::summary(&report));
+            print!("{}", crate::console::summary(&report));
             Ok(report.succeeded())
         }
         Command::Query {

@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod cli;
 pub mod cluster;
+pub mod console;
 pub mod dedup;
 pub mod delta;
 pub mod error;

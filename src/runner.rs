@@ -4,9 +4,8 @@
 //! end; models downstream of a failed model are not run.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Instant;
-
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::error::Result;
 use crate::ingest::{self, SourceReport};
@@ -17,25 +16,26 @@ use crate::storage::Lake;
 
 pub use crate::runlog::{ModelStep, RunReport, SourceStep};
 
-fn spinner(label: &str) -> ProgressBar {
-    if console_is_terminal() {
-        let bar = ProgressBar::new_spinner();
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-        );
-        bar.set_message(label.to_string());
-        bar.enable_steady_tick(std::time::Duration::from_millis(120));
-        bar
-    } else {
-        tracing::info!("{label}");
-        ProgressBar::hidden()
-    }
+/// What a run tells whoever watches it (a terminal, a log, nothing) as it
+/// goes. The runner knows nothing of terminals; [`crate::console`] draws.
+pub trait Observer: Send + Sync {
+    /// A source starts ingesting its new files; the returned progress is
+    /// told the bytes read.
+    fn source_started(&self, source: &str, files: &str) -> Arc<dyn ingest::Progress>;
+    /// A model starts running.
+    fn model_started(&self, table: &str, sql_file: &std::path::Path) -> Arc<dyn ingest::Progress>;
 }
 
-fn console_is_terminal() -> bool {
-    use std::io::IsTerminal;
-    std::io::stderr().is_terminal()
+/// Watches nothing.
+pub struct Quiet;
+
+impl Observer for Quiet {
+    fn source_started(&self, _: &str, _: &str) -> Arc<dyn ingest::Progress> {
+        Arc::new(ingest::NoProgress)
+    }
+    fn model_started(&self, _: &str, _: &std::path::Path) -> Arc<dyn ingest::Progress> {
+        Arc::new(ingest::NoProgress)
+    }
 }
 
 /// A run id: sortable by time, unique.
@@ -109,6 +109,7 @@ pub async fn run(
     options: &SessionOptions,
     run_id: &str,
     run_options: &RunOptions,
+    observer: &dyn Observer,
 ) -> Result<RunReport> {
     let chosen = selected(pipeline, &run_options.select)?;
     let run_id = run_id.to_string();
@@ -139,28 +140,17 @@ pub async fn run(
 
     for source in &pipeline.sources {
         let t = Instant::now();
-        let bar = spinner(&format!(
-            "bronze.{}: ingesting {}",
-            source.name, source.csv.files
-        ));
-        if !bar.is_hidden() {
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{spinner} {elapsed:>4} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
-        }
+        let progress = observer.source_started(&source.name, &source.csv.files);
         let outcome = ingest::ingest_source(
             lake,
             source,
             &run_id,
             started_at,
-            &bar,
+            progress.clone(),
             &run_options.reingest,
         )
         .await;
-        bar.finish_and_clear();
+        progress.finish();
         let seconds = t.elapsed().as_secs_f64();
         match outcome {
             Ok(r) => {
@@ -276,7 +266,7 @@ pub async fn run(
             });
             continue;
         }
-        let bar = spinner(&format!("{table}: running {}", m.sql_file.display()));
+        let progress = observer.model_started(&table, &m.sql_file);
         let span = tracing::info_span!("model", model = %table);
         let outcome = {
             let _g = span.enter();
@@ -291,7 +281,7 @@ pub async fn run(
             )
             .await
         };
-        bar.finish_and_clear();
+        progress.finish();
         match outcome {
             Ok(r) => {
                 tracing::info!(model = %table, rows = r.rows_written, quarantined = r.quarantined, duplicates = r.duplicates, skipped = r.skipped, "model done");
@@ -375,169 +365,4 @@ async fn unread_landing_files(lake: &Lake, pipeline: &Pipeline) -> Vec<String> {
             !hidden && !patterns.iter().any(|p| p.matches_with(name, options))
         })
         .collect()
-}
-
-/// The one-screen summary printed at the end of a run.
-pub fn summary(report: &RunReport) -> String {
-    let mut rows: Vec<[String; 7]> = vec![[
-        "table".into(),
-        "status".into(),
-        "rows in".into(),
-        "written".into(),
-        "rejected".into(),
-        "duplicates".into(),
-        "time".into(),
-    ]];
-    for s in &report.sources {
-        let files = s.report.files.len();
-        rows.push([
-            format!("bronze.{}", s.name),
-            if files == 0 && s.status == "succeeded" {
-                format!("no new files ({} seen)", s.report.files_seen)
-            } else {
-                format!("{} ({})", s.status, plural(files as u64, "new file"))
-            },
-            s.report.lines.to_string(),
-            s.report.rows.to_string(),
-            s.report.rejected.to_string(),
-            "-".into(),
-            format!("{:.1}s", s.seconds),
-        ]);
-    }
-    for m in &report.models {
-        let r = &m.report;
-        rows.push([
-            r.table.clone(),
-            if m.status == "succeeded" && !r.strategy.is_empty() {
-                format!("succeeded: {}", r.strategy)
-            } else {
-                m.status.clone()
-            },
-            r.rows_in.to_string(),
-            r.rows_written.to_string(),
-            r.quarantined.to_string(),
-            r.duplicates.to_string(),
-            format!("{:.1}s", r.seconds),
-        ]);
-    }
-    let widths: Vec<usize> = (0..7)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for (n, r) in rows.iter().enumerate() {
-        let line: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                if i >= 2 {
-                    format!("{:>w$}", c, w = widths[i])
-                } else {
-                    format!("{:<w$}", c, w = widths[i])
-                }
-            })
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-        if n == 0 {
-            out.push_str(
-                &widths
-                    .iter()
-                    .map(|w| "-".repeat(*w))
-                    .collect::<Vec<_>>()
-                    .join("  "),
-            );
-            out.push('\n');
-        }
-    }
-    for s in &report.sources {
-        for f in &s.report.files {
-            if f.refused.is_some() {
-                continue;
-            }
-            if !f.missing_columns.is_empty() {
-                out.push_str(&format!(
-                    "  warning: bronze.{}: {} lacks column(s) {} (NULL for {})\n",
-                    s.name,
-                    f.file,
-                    f.missing_columns.join(", "),
-                    format!("its {}", plural(f.rows, "row")),
-                ));
-            }
-            if !f.empty_columns.is_empty() {
-                out.push_str(&format!(
-                    "  warning: bronze.{}: {} has column(s) {} empty in every one of {}\n",
-                    s.name,
-                    f.file,
-                    f.empty_columns.join(", "),
-                    format!("its {}", plural(f.rows, "row")),
-                ));
-            }
-        }
-    }
-    if !report.unread.is_empty() {
-        let shown: Vec<&str> = report.unread.iter().take(5).map(String::as_str).collect();
-        out.push_str(&format!(
-            "  {} landed file(s) match no source's `files` glob and were not read: {}{}\n",
-            report.unread.len(),
-            shown.join(", "),
-            if report.unread.len() > shown.len() {
-                ", …"
-            } else {
-                ""
-            }
-        ));
-    }
-    for src in &report.sources {
-        for (name, what) in &src.report.changed {
-            out.push_str(&format!(
-                "  bronze.{}: {name} changed after it was ingested ({what}); \
-                 its earlier rows stay, the new content is not ingested. Land corrected data under a new file name, or take it again with --reingest {name}\n",
-                src.name
-            ));
-        }
-    }
-    for src in &report.sources {
-        for name in &src.report.reingested {
-            out.push_str(&format!(
-                "  bronze.{}: {name} taken again (--reingest): {} earlier rows (bronze and rejects) replaced\n",
-                src.name, src.report.rows_replaced
-            ));
-        }
-    }
-    for m in &report.models {
-        for rule in m.report.rules.iter().filter(|r| r.failed > 0) {
-            // A row failing two drop rules is quarantined once, under the
-            // first: failed and quarantined differ.
-            let outcome = match rule.action.as_str() {
-                "drop" => format!("{} quarantined", plural(rule.quarantined, "row")),
-                "warn" => "kept (warn)".to_string(),
-                _ => "the model failed".to_string(),
-            };
-            out.push_str(&format!(
-                "  {}: expectation {}: failed on {}, {outcome}\n",
-                m.report.table,
-                rule.name,
-                plural(rule.failed, "row"),
-            ));
-        }
-    }
-    out.push_str(&format!(
-        "run {} {} in {:.1}s{}\n",
-        report.run_id,
-        if report.succeeded() {
-            "succeeded"
-        } else {
-            "FAILED"
-        },
-        report.seconds,
-        if report.changed_nothing() {
-            ": nothing new, nothing committed"
-        } else {
-            ""
-        }
-    ));
-    for e in &report.errors {
-        out.push_str(&format!("error: {e}\n"));
-    }
-    out
 }

@@ -37,6 +37,25 @@ pub const INGESTED_AT: &str = "_ingested_at";
 pub const RUN_ID: &str = "_run_id";
 const BATCH_ROWS: usize = 32 * 1024;
 
+/// Told how far ingestion is, in bytes of landed files read.
+pub trait Progress: Send + Sync {
+    /// The work starts: `total` bytes to read.
+    fn start(&self, total: u64);
+    /// `done` bytes are read.
+    fn at(&self, done: u64);
+    /// The work ended (done or failed).
+    fn finish(&self);
+}
+
+/// Progress nobody watches.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn start(&self, _: u64) {}
+    fn at(&self, _: u64) {}
+    fn finish(&self) {}
+}
+
 /// What ingesting one file did.
 #[derive(Debug, Clone, Default)]
 pub struct FileReport {
@@ -186,7 +205,7 @@ pub async fn ingest_source(
     source: &Source,
     run_id: &str,
     ingested_at: chrono::DateTime<chrono::Utc>,
-    progress: &indicatif::ProgressBar,
+    progress: Arc<dyn Progress>,
     reingest: &[String],
 ) -> Result<SourceReport> {
     let files = lake.glob(&source.csv.files).await?;
@@ -331,8 +350,7 @@ pub async fn ingest_source(
     let bronze = delta::ensure_table(&bronze_url, &opts, &schema, &bronze_spec).await?;
     let rejects = delta::ensure_table(&reject_url, &opts, &reject_schema(), &reject_spec).await?;
 
-    progress.set_length(todo.iter().map(|(f, _)| f.size).sum());
-    progress.set_position(0);
+    progress.start(todo.iter().map(|(f, _)| f.size).sum());
     let (row_tx, row_rx) = mpsc::channel::<datafusion::error::Result<RecordBatch>>(4);
     let (rej_tx, rej_rx) = mpsc::channel::<datafusion::error::Result<RecordBatch>>(4);
     let parse = {
@@ -517,7 +535,7 @@ struct ParseJob {
     run_id: String,
     ingested_at: i64,
     handle: tokio::runtime::Handle,
-    progress: indicatif::ProgressBar,
+    progress: Arc<dyn Progress>,
 }
 
 type Tx = mpsc::Sender<datafusion::error::Result<RecordBatch>>;
@@ -527,7 +545,7 @@ impl ParseJob {
         let mut reports = Vec::new();
         let mut done_bytes = 0;
         for ((file, rejects_done), sniffed) in self.files.iter().zip(&self.sniffed) {
-            self.progress.set_position(done_bytes);
+            self.progress.at(done_bytes);
             done_bytes += file.size;
             if let Some(why) = &sniffed.refused {
                 tracing::warn!(file = %file.name, "refused: {why}");

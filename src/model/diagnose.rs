@@ -50,6 +50,16 @@ pub async fn explain(ctx: &SessionContext, model: &Model, err: Error) -> Error {
             ))),
         };
     }
+    if message.contains("Resources exhausted") {
+        // DataFusion's own advice names its configuration keys, which a
+        // pipeline does not set: say what to do here.
+        return Error::Model {
+            model: model.table(),
+            source: Box::new(Error::Usage(format!(
+                "{message}\nThe model needs more memory than the engine may hold: run with a larger --memory-limit (or LAKEHOUSE_MEMORY_LIMIT), e.g. --memory-limit 4G. Nothing was committed for this model"
+            ))),
+        };
+    }
     let Some(value) = bad_value(&message) else {
         return err;
     };

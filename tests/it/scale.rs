@@ -82,3 +82,55 @@ async fn reconciliation_holds_on_one_million_dirty_rows() {
         one(&lake, "SELECT CAST(sum(amount) * 100 AS BIGINT) FROM silver.orders WHERE status = 'completed'").await
     );
 }
+
+/// A memory limit too small for the model's sorts ends in a clear error
+/// that names the operators holding memory and says what to change, and
+/// the model commits nothing (never an out-of-memory kill, never a
+/// partial table).
+#[test]
+fn a_memory_limit_too_small_names_the_operators_and_commits_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    gen::generate(
+        &lake,
+        &gen::Options {
+            rows: 200_000,
+            files: 2,
+            days: 20,
+            seed: 4,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let pipeline = repo().join("sql");
+    let out = lakehouse(
+        &[
+            "--memory-limit",
+            "40M",
+            "run",
+            "--lake",
+            lake.to_str().unwrap(),
+            "--pipeline",
+            pipeline.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("error: model silver.orders: "), "{t}");
+    assert!(t.contains("top memory consumers"), "{t}");
+    assert!(t.contains("ExternalSorter"), "{t}");
+    assert!(
+        t.contains("run with a larger --memory-limit (or LAKEHOUSE_MEMORY_LIMIT)"),
+        "{t}"
+    );
+    // Bronze was taken; silver has no data commit.
+    let parquet = std::fs::read_dir(lake.join("silver/orders"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('_'))
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(parquet, 0, "{t}");
+}

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::ingest::Progress;
-use crate::runner::{plural, Observer, RunReport};
+use crate::progress::{Observer, Progress};
+use crate::runlog::RunReport;
+use crate::text::plural;
 
 /// Draws a run on standard error.
 pub struct Console;

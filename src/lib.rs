@@ -18,6 +18,7 @@ pub mod model;
 pub mod pg_bool;
 pub mod pg_patterns;
 pub mod pipeline;
+pub mod progress;
 pub mod quality;
 pub mod query;
 pub mod runlog;
@@ -26,6 +27,7 @@ pub mod serve;
 pub mod session;
 pub mod sql_policy;
 pub mod storage;
+pub mod text;
 pub mod units;
 pub mod upsert;
 

@@ -4,7 +4,6 @@
 //! end; models downstream of a failed model are not run.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Instant;
 
 use crate::error::Result;
@@ -14,40 +13,10 @@ use crate::pipeline::Pipeline;
 use crate::session::{self, SessionOptions};
 use crate::storage::Lake;
 
+pub use crate::progress::{Observer, Quiet};
 pub use crate::runlog::{ModelStep, RunReport, SourceStep};
 
-/// What a run tells whoever watches it (a terminal, a log, nothing) as it
-/// goes. The runner knows nothing of terminals; [`crate::console`] draws.
-pub trait Observer: Send + Sync {
-    /// A source starts ingesting its new files; the returned progress is
-    /// told the bytes read.
-    fn source_started(&self, source: &str, files: &str) -> Arc<dyn ingest::Progress>;
-    /// A model starts running.
-    fn model_started(&self, table: &str, sql_file: &std::path::Path) -> Arc<dyn ingest::Progress>;
-}
-
-/// Watches nothing.
-pub struct Quiet;
-
-impl Observer for Quiet {
-    fn source_started(&self, _: &str, _: &str) -> Arc<dyn ingest::Progress> {
-        Arc::new(ingest::NoProgress)
-    }
-    fn model_started(&self, _: &str, _: &std::path::Path) -> Arc<dyn ingest::Progress> {
-        Arc::new(ingest::NoProgress)
-    }
-}
-
 /// A run id: sortable by time, unique.
-/// `n` and the noun, plural unless `n` is 1: "1 row", "2 rows". Nouns
-/// ending in "s" are not in use.
-pub fn plural(n: u64, noun: &str) -> String {
-    if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
-    }
-}
 
 pub fn new_run_id() -> String {
     format!(

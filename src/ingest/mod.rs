@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 use crate::delta::{self, Replace, WriteSpec};
 use crate::error::{Error, Result};
 use crate::pipeline::{SchemaChange, Source};
+use crate::progress::Progress;
 use crate::storage::{Lake, LandedFile};
 use csv::{CsvOptions, CsvReader, Record};
 use sniff::Sniffed;
@@ -36,25 +37,6 @@ pub const SOURCE_LINE: &str = "_source_line";
 pub const INGESTED_AT: &str = "_ingested_at";
 pub const RUN_ID: &str = "_run_id";
 const BATCH_ROWS: usize = 32 * 1024;
-
-/// Told how far ingestion is, in bytes of landed files read.
-pub trait Progress: Send + Sync {
-    /// The work starts: `total` bytes to read.
-    fn start(&self, total: u64);
-    /// `done` bytes are read.
-    fn at(&self, done: u64);
-    /// The work ended (done or failed).
-    fn finish(&self);
-}
-
-/// Progress nobody watches.
-pub struct NoProgress;
-
-impl Progress for NoProgress {
-    fn start(&self, _: u64) {}
-    fn at(&self, _: u64) {}
-    fn finish(&self) {}
-}
 
 /// What ingesting one file did.
 #[derive(Debug, Clone, Default)]

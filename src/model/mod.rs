@@ -512,7 +512,7 @@ pub async fn run_model(
             prepared.inserted,
             prepared.updated,
             prepared.stale,
-            crate::runner::plural(prepared.rewrite.len() as u64, "partition"),
+            crate::text::plural(prepared.rewrite.len() as u64, "partition"),
             written.partitions.saturating_sub(prepared.rewrite.len()),
         );
         (

@@ -39,12 +39,12 @@ impl Strategy {
                 let n: usize = files.values().map(|f| f.len()).sum();
                 format!(
                     "incremental ({})",
-                    crate::runner::plural(n as u64, "new input file")
+                    crate::text::plural(n as u64, "new input file")
                 )
             }
             Strategy::Partitions(p) => format!(
                 "incremental ({})",
-                crate::runner::plural(p.len() as u64, "partition")
+                crate::text::plural(p.len() as u64, "partition")
             ),
             Strategy::Range(r) => format!("backfill ({r})"),
         }
@@ -56,11 +56,11 @@ impl Strategy {
 fn partitions_touched(changed: usize, new: usize, total: usize) -> String {
     let mut parts = vec![format!(
         "{changed} of its {}",
-        crate::runner::plural(total as u64, "partition")
+        crate::text::plural(total as u64, "partition")
     )];
     parts[0].push_str(" changed");
     if new > 0 {
-        parts.push(crate::runner::plural(new as u64, "new partition"));
+        parts.push(crate::text::plural(new as u64, "new partition"));
     }
     parts.join(", ")
 }

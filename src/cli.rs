@@ -30,8 +30,58 @@ pub struct Cli {
     #[arg(long, global = true, env = "LAKEHOUSE_CONFIG")]
     pub config: Option<PathBuf>,
 
+    /// Log lines on stderr: `text` (coloured on a terminal unless NO_COLOR
+    /// is set) or `json`, one object per line, for log shippers.
+    #[arg(
+        long,
+        global = true,
+        env = "LAKEHOUSE_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// How a command ended, as its exit code (the README's table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// 0: done; for `run`, every source and model succeeded.
+    Success,
+    /// 1: the run ran, but a source, a file or a model failed (the others
+    /// still ran and committed).
+    Failed,
+    /// 2: the command could not start: bad pipeline, bad lake, bad flag.
+    CouldNotStart,
+    /// 3: another run holds the lake (taken at start without `--wait`, or
+    /// its lease was taken while this run was stalled): retry later.
+    LakeBusy,
+}
+
+impl Exit {
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::Success => 0,
+            Exit::Failed => 1,
+            Exit::CouldNotStart => 2,
+            Exit::LakeBusy => 3,
+        }
+    }
+
+    pub fn from_error(e: &Error) -> Exit {
+        match e {
+            Error::LakeBusy(_) | Error::LeaseLost(_) => Exit::LakeBusy,
+            _ => Exit::CouldNotStart,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -74,6 +124,26 @@ pub enum Command {
             value_name = "df://HOST:PORT|standalone"
         )]
         cluster: Option<String>,
+        /// Print the run's summary as one line of JSON on stdout (the
+        /// readable summary goes to stderr): per step its status, strategy,
+        /// rows in/written/rejected/quarantined, duplicates, rules, Delta
+        /// version and seconds.
+        #[arg(long)]
+        json: bool,
+        /// Write the run's metrics to this file in Prometheus text format,
+        /// replaced atomically (for node_exporter's textfile collector).
+        #[arg(long, env = "LAKEHOUSE_METRICS_FILE", value_name = "PATH")]
+        metrics_file: Option<PathBuf>,
+    },
+    /// The run history: the last runs, or one run's steps, rules and errors.
+    Runs {
+        /// How many runs to list, newest first.
+        #[arg(long, default_value_t = 20)]
+        last: usize,
+        #[arg(long, global = true, value_enum, default_value = "table")]
+        format: Format,
+        #[command(subcommand)]
+        show: Option<RunsCommand>,
     },
     /// Run one SQL query over bronze.*, silver.*, gold.*, quarantine.* and system.*.
     Query {
@@ -133,6 +203,15 @@ pub enum Command {
         /// Folder for shuffle files [default: a temporary folder].
         #[arg(long)]
         work_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// One run's record, steps and expectations.
+    Show {
+        /// The run's id (or a unique start of it), or `last`.
+        run_id: String,
     },
 }
 
@@ -242,8 +321,9 @@ fn parse_date(s: &str) -> std::result::Result<chrono::NaiveDate, String> {
         .map_err(|_| format!("`{s}` is not a date like 2025-03-01 (YYYY-MM-DD)"))
 }
 
-/// Runs the command; `Ok(false)` means it ran but the job failed.
-pub async fn dispatch(cli: Cli) -> Result<bool> {
+/// Runs the command; an error means it could not start (or, for `run`,
+/// that the lake was busy).
+pub async fn dispatch(cli: Cli) -> Result<Exit> {
     let options = SessionOptions {
         memory_limit: cli.memory_limit,
         ..Default::default()
@@ -260,52 +340,45 @@ pub async fn dispatch(cli: Cli) -> Result<bool> {
             to,
             reingest,
             cluster,
+            json,
+            metrics_file,
         } => {
-            let pipeline = Pipeline::load(&pipeline)?;
-            let options = SessionOptions {
-                cluster: cluster.as_deref().map(Cluster::parse).transpose()?,
-                ..options
-            };
-            if let (Some(f), Some(t)) = (from, to) {
-                if f > t {
-                    return Err(Error::Usage(format!(
-                        "--from {f} is after --to {t}: give the earlier day first"
-                    )));
+            let outcome = run_command(
+                &cli.lake,
+                &config,
+                options,
+                RunArgs {
+                    pipeline,
+                    wait,
+                    select,
+                    full_refresh,
+                    from,
+                    to,
+                    reingest,
+                    cluster,
+                    json,
+                    metrics_file,
+                },
+            )
+            .await;
+            if let (Err(e), true) = (&outcome, json) {
+                let code = Exit::from_error(e).code();
+                println!("{}", crate::report::json_not_started(&e.to_string(), code));
+            }
+            outcome
+        }
+        Command::Runs { last, format, show } => {
+            let lake = open_existing(&cli.lake, &config)?;
+            let (ctx, _) = crate::session::build(&lake, &options).await?;
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            match show {
+                None => crate::runs::list(&ctx, last, format, &mut out).await?,
+                Some(RunsCommand::Show { run_id }) => {
+                    crate::runs::show(&ctx, &run_id, format, &mut out).await?
                 }
             }
-            let refresh = if full_refresh {
-                crate::model::Refresh::Full
-            } else if from.is_some() || to.is_some() {
-                crate::model::Refresh::Range(crate::model::DateRange { from, to })
-            } else {
-                crate::model::Refresh::Auto
-            };
-            let run_options = crate::runner::RunOptions {
-                select,
-                refresh,
-                reingest,
-            };
-            crate::runner::selected(&pipeline, &run_options.select)?;
-            let lake = Lake::open(&cli.lake, config.storage.clone())?;
-            let run_id = crate::runner::new_run_id();
-            let lock = crate::lock::RunLock::acquire(&lake, &run_id, wait).await?;
-            let report = crate::delta::FENCE
-                .scope(
-                    lock.fence(),
-                    crate::runner::run(
-                        &lake,
-                        &pipeline,
-                        &options,
-                        &run_id,
-                        &run_options,
-                        &crate::console::Console,
-                    ),
-                )
-                .await;
-            lock.release().await;
-            let report = report?;
-            print!("{}", crate::console::summary(&report));
-            Ok(report.succeeded())
+            Ok(Exit::Success)
         }
         Command::Query {
             format,
@@ -321,7 +394,7 @@ pub async fn dispatch(cli: Cli) -> Result<bool> {
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
             crate::query::run_query(&ctx, &sql, format, &mut out).await?;
-            Ok(true)
+            Ok(Exit::Success)
         }
         Command::Manifest { table } => {
             let lake = open_existing(&cli.lake, &config)?;
@@ -349,7 +422,7 @@ pub async fn dispatch(cli: Cli) -> Result<bool> {
                 if n == 1 { "" } else { "s" },
                 delta.version().unwrap_or(0)
             );
-            Ok(true)
+            Ok(Exit::Success)
         }
         Command::Scheduler {
             bind,
@@ -372,7 +445,7 @@ pub async fn dispatch(cli: Cli) -> Result<bool> {
                 executor_timeout,
             )
             .await?;
-            Ok(true)
+            Ok(Exit::Success)
         }
         Command::Executor {
             scheduler,
@@ -390,12 +463,12 @@ pub async fn dispatch(cli: Cli) -> Result<bool> {
             };
             crate::cluster::run_executor(settings, config.storage.clone(), cli.memory_limit)
                 .await?;
-            Ok(true)
+            Ok(Exit::Success)
         }
         Command::Tables => {
             let lake = open_existing(&cli.lake, &config)?;
             print!("{}", crate::query::tables(&lake).await?);
-            Ok(true)
+            Ok(Exit::Success)
         }
         Command::Serve(args) => {
             let args = args.or(std::mem::take(&mut config.serve));
@@ -431,9 +504,113 @@ pub async fn dispatch(cli: Cli) -> Result<bool> {
                 serve_options,
             )
             .await?;
-            Ok(true)
+            Ok(Exit::Success)
         }
     }
+}
+
+struct RunArgs {
+    pipeline: PathBuf,
+    wait: bool,
+    select: Vec<String>,
+    full_refresh: bool,
+    from: Option<chrono::NaiveDate>,
+    to: Option<chrono::NaiveDate>,
+    reingest: Vec<String>,
+    cluster: Option<String>,
+    json: bool,
+    metrics_file: Option<PathBuf>,
+}
+
+async fn run_command(
+    lake_uri: &str,
+    config: &ConfigFile,
+    options: SessionOptions,
+    args: RunArgs,
+) -> Result<Exit> {
+    let pipeline = Pipeline::load(&args.pipeline)?;
+    let options = SessionOptions {
+        cluster: args.cluster.as_deref().map(Cluster::parse).transpose()?,
+        ..options
+    };
+    if let (Some(f), Some(t)) = (args.from, args.to) {
+        if f > t {
+            return Err(Error::Usage(format!(
+                "--from {f} is after --to {t}: give the earlier day first"
+            )));
+        }
+    }
+    let refresh = if args.full_refresh {
+        crate::model::Refresh::Full
+    } else if args.from.is_some() || args.to.is_some() {
+        crate::model::Refresh::Range(crate::model::DateRange {
+            from: args.from,
+            to: args.to,
+        })
+    } else {
+        crate::model::Refresh::Auto
+    };
+    let run_options = crate::runner::RunOptions {
+        select: args.select,
+        refresh,
+        reingest: args.reingest,
+    };
+    crate::runner::selected(&pipeline, &run_options.select)?;
+    let lake = Lake::open(lake_uri, config.storage.clone())?;
+    let run_id = crate::runner::new_run_id();
+    let lock = crate::lock::RunLock::acquire(&lake, &run_id, args.wait).await?;
+    let report = crate::delta::FENCE
+        .scope(
+            lock.fence(),
+            crate::runner::run(
+                &lake,
+                &pipeline,
+                &options,
+                &run_id,
+                &run_options,
+                &crate::console::Console,
+            ),
+        )
+        .await;
+    let lost = lock.lost();
+    lock.release().await;
+    let report = report?;
+    let exit = if lost {
+        Exit::LakeBusy
+    } else if report.succeeded() {
+        Exit::Success
+    } else {
+        Exit::Failed
+    };
+    let summary = crate::console::summary(&report);
+    if args.json {
+        eprint!("{summary}");
+        println!("{}", crate::report::json(&report, exit.code()));
+    } else {
+        print!("{summary}");
+    }
+    if let Some(path) = &args.metrics_file {
+        let local = SessionOptions {
+            cluster: None,
+            ..options
+        };
+        let last_success = match crate::session::build(&lake, &local).await {
+            Ok((ctx, _)) => crate::report::last_success(&ctx, &report).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the run history for the metrics file");
+                vec![]
+            }
+        };
+        let text = crate::report::prometheus(&report, exit.code(), &last_success);
+        if let Err(e) = crate::prom::replace_file(path, &text) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the metrics file");
+            eprintln!(
+                "warning: cannot write the metrics file {}: {e}",
+                path.display()
+            );
+        }
+    }
+    Ok(exit)
 }
 
 /// The scheduler's socket address from `df://HOST:PORT`.

@@ -220,7 +220,7 @@ pub fn summary(report: &RunReport) -> String {
         },
         report.seconds,
         if report.changed_nothing() {
-            ": nothing new, nothing committed"
+            ": nothing new, no table changed"
         } else {
             ""
         }

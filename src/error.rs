@@ -78,6 +78,9 @@ pub enum Error {
 
     #[error("{0}")]
     LeaseLost(String),
+    /// Another run holds the lake's lease (and `--wait` was not given).
+    #[error("{0}")]
+    LakeBusy(String),
     /// A broken invariant: a bug, not something the user did.
     #[error("internal error: {0}. This is a bug; please report it with the log")]
     Internal(String),

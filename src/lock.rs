@@ -414,7 +414,7 @@ impl RunLock {
                 h.run_id, h.host, h.pid, h.acquired_at
             );
             if !wait {
-                return Err(lake_error(lake, format!("{msg}. Wait for it to finish or pass --wait to queue behind it; if it crashed, its lock is taken over once its process is gone or its lease expires (60 s).")));
+                return Err(Error::LakeBusy(format!("lake location `{}`: {msg}. Wait for it to finish or pass --wait to queue behind it; if it crashed, its lock is taken over once its process is gone or its lease expires (60 s).", lake.root())));
             }
             if !announced {
                 tracing::info!("{msg}; waiting for it to finish");
@@ -433,6 +433,11 @@ impl RunLock {
             })
         };
         Ok(RunLock { lease, renewer })
+    }
+
+    /// Whether another run took the lease while this one held it.
+    pub fn lost(&self) -> bool {
+        self.lease.lost.load(Ordering::SeqCst)
     }
 
     /// The check every commit of this run passes first.

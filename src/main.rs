@@ -12,16 +12,8 @@ use tracing_subscriber::EnvFilter;
 const STACK: usize = 256 << 20;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-            EnvFilter::new(
-            "warn,lakehouse=info,deltalake_core::operations::merge=error,deltalake_core::writer::stats=error,delta_kernel::snapshot=off,buoyant_kernel::snapshot=off",
-        )
-        }))
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
     let cli = lakehouse::cli::Cli::parse();
+    init_logs(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_stack_size(STACK)
@@ -48,11 +40,40 @@ fn main() -> ExitCode {
             })
         });
     match outcome {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
+        Ok(exit) => ExitCode::from(exit.code()),
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(2)
+            ExitCode::from(lakehouse::cli::Exit::from_error(&e).code())
+        }
+    }
+}
+
+/// Logs go to stderr (stdout is for results and `--json`): as text, coloured
+/// only on a terminal and when `NO_COLOR` is unset, or as one JSON object per
+/// line for log shippers. `RUST_LOG` overrides the levels.
+fn init_logs(format: lakehouse::cli::LogFormat) {
+    use std::io::IsTerminal;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(
+            "warn,lakehouse=info,deltalake_core::operations::merge=error,deltalake_core::writer::stats=error,delta_kernel::snapshot=off,buoyant_kernel::snapshot=off",
+        )
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match format {
+        lakehouse::cli::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        lakehouse::cli::LogFormat::Text => {
+            let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+            builder
+                .with_ansi(std::io::stderr().is_terminal() && !no_color)
+                .init()
         }
     }
 }

@@ -69,6 +69,25 @@ pub async fn run_query(
     Ok(rows)
 }
 
+/// A query's rows as JSON objects, column name to value (NULL as null):
+/// for the commands that print or compute from small results.
+pub async fn rows_json(ctx: &SessionContext, sql: &str) -> Result<Vec<serde_json::Value>> {
+    let batches = ctx.sql(sql).await?.collect().await?;
+    let mut buffer = Vec::new();
+    {
+        let mut w = datafusion::arrow::json::ArrayWriter::new(&mut buffer);
+        for b in &batches {
+            w.write(b)?;
+        }
+        w.finish()?;
+    }
+    if buffer.is_empty() {
+        return Ok(vec![]);
+    }
+    serde_json::from_slice(&buffer)
+        .map_err(|e| Error::Internal(format!("query result is not JSON: {e}")))
+}
+
 /// What `lakehouse tables` and `GET /tables` say about one table.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TableInfo {

@@ -156,10 +156,15 @@ pub async fn record(lake: &Lake, report: &RunReport) -> Result<()> {
         lake,
         "runs",
         runs_schema(),
-        vec![json!({"run_id": run, "started_at": started, "seconds": report.seconds, "status": if report.errors.is_empty() {"succeeded"} else {"failed"}, "errors": report.errors.join("\n")})],
+        vec![json!({"run_id": run, "started_at": started, "seconds": report.seconds, "status": crate::report::status(report), "errors": report.errors.join("\n")})],
         run,
     )
     .await?;
+    if report.changed_nothing() {
+        // A run that found nothing to do is one row in system.runs
+        // (status `unchanged`), not a page of zero steps per cron tick.
+        return Ok(());
+    }
     let mut steps = Vec::new();
     for s in &report.sources {
         steps.push(json!({

@@ -295,10 +295,9 @@ pub async fn run(
     }
     report.seconds = started.elapsed().as_secs_f64();
     if report.changed_nothing() {
-        // Nothing new landed and every model was up to date: a no-op run
-        // leaves the lake exactly as it was, system tables included.
-        tracing::info!("nothing new: no table changed, nothing committed");
-        return Ok(report);
+        // Nothing new landed and every model was up to date: no data table
+        // changes; the run is still recorded, as `unchanged`.
+        tracing::info!("nothing new: no table changed");
     }
     if let Err(e) = crate::runlog::record(lake, &report).await {
         tracing::warn!(error = %e, "could not record the run in the system tables");

@@ -68,7 +68,7 @@ async fn a_second_run_is_refused_or_waits_and_nothing_is_ingested_twice() {
     let args = run_args(&lake);
     let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
     let second = lakehouse(&args, dir.path());
-    assert_eq!(second.status.code(), Some(2), "{}", text(&second));
+    assert_eq!(second.status.code(), Some(3), "{}", text(&second));
     assert!(
         text(&second).contains("another run holds this lake"),
         "{}",
@@ -252,9 +252,10 @@ async fn a_run_whose_lease_is_taken_stops_before_its_next_commit() {
     foreign_lock(&lake, "thief", 600_000);
     let out = run.wait_with_output().unwrap();
     let t = text(&out);
-    assert!(
-        !out.status.success(),
-        "the run went on after losing its lease: {t}"
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "a run that lost its lease exits 3 (retry later): {t}"
     );
     assert!(t.contains("lost the lake's lease to run thief"), "{t}");
     // Nothing after the theft: silver and gold have no data commit.
@@ -312,7 +313,7 @@ async fn an_expired_lease_is_taken_over_by_exactly_one_of_two_racing_runs() {
     let winners = codes.iter().filter(|c| **c == Some(0)).count();
     assert_eq!(winners, 1, "{codes:?}\n{}\n{}", text(&a), text(&b));
     let loser = if a.status.success() { &b } else { &a };
-    assert_eq!(loser.status.code(), Some(2), "{}", text(loser));
+    assert_eq!(loser.status.code(), Some(3), "{}", text(loser));
     assert!(
         text(loser).contains("another run holds this lake"),
         "{}",

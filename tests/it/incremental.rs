@@ -244,7 +244,7 @@ async fn batches_of_files_end_with_the_figures_of_one_full_run() {
 
     // Nothing new: nothing runs, nothing is committed.
     let s = run(&lake, &[]);
-    assert!(s.contains("nothing new, nothing committed"), "{s}");
+    assert!(s.contains("nothing new, no table changed"), "{s}");
 
     // A full refresh rebuilds from bronze to the same figures.
     let s = run(&lake, &["--full-refresh"]);
@@ -386,7 +386,7 @@ async fn backfill_replaces_exactly_the_date_range() {
 
     // Nothing changed since: the next run leaves gold alone.
     let s = run(&lake, &[]);
-    assert!(s.contains("nothing new, nothing committed"), "{s}");
+    assert!(s.contains("nothing new, no table changed"), "{s}");
     assert_eq!(strings(&lake, gold).await, after);
 
     // New data after a backfill: the next run takes it (incrementally, with

@@ -11,6 +11,7 @@ mod folder_readers;
 mod gen;
 mod incremental;
 mod newcomer;
+mod observe;
 mod pipeline_cli;
 mod retail;
 mod s3;

@@ -530,7 +530,7 @@ async fn a_newcomers_pipeline_gives_exact_figures() {
     let again = run(root);
     assert_eq!(again.status.code(), Some(0), "{}", text(&again));
     assert!(
-        text(&again).contains("nothing new, nothing committed"),
+        text(&again).contains("nothing new, no table changed"),
         "{}",
         text(&again)
     );

@@ -206,15 +206,27 @@ async fn example_pipeline_matches_an_independent_computation_and_reruns_change_n
     assert_eq!(versions(&lake).await, before, "a re-run commits nothing");
     assert_figures(&lake, &expected).await;
 
-    // The first run is recorded, queryable with SQL; the no-op re-run
-    // committed nothing, not even its record.
-    assert!(out.contains("nothing committed"), "{out}");
+    // Both runs are recorded, queryable with SQL: the no-op re-run as
+    // `unchanged`, with no steps.
+    assert!(out.contains("nothing new, no table changed"), "{out}");
     assert_eq!(
         one(
             &lake,
             "SELECT count(*) FROM system.runs WHERE status = 'succeeded'"
         )
         .await,
+        1
+    );
+    assert_eq!(
+        one(
+            &lake,
+            "SELECT count(*) FROM system.runs WHERE status = 'unchanged'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        one(&lake, "SELECT count(DISTINCT run_id) FROM system.steps").await,
         1
     );
     let q = one(

@@ -1,0 +1,403 @@
+//! What operators and orchestrators read: `run --json`, the metrics file
+//! (parsed with prometheus_client's parser), `runs` and `runs show`, exit
+//! codes and log formats. Values are checked against the independent
+//! computation of the example, not against the job's own other outputs.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::expected::compute;
+use crate::{gen, lakehouse, lakehouse_with_env, python, repo, text};
+
+/// The samples of a Prometheus text file, read by prometheus_client.
+pub fn prom_samples(text: &str) -> Vec<Value> {
+    use std::io::Write;
+    let mut child = std::process::Command::new(python())
+        .arg(repo().join("scripts/prom_samples.py"))
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python runs (scripts/setup installs prometheus_client)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "prometheus_client refused the metrics:\n{}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
+}
+
+/// The value of the one sample named `name` whose labels include `labels`.
+pub fn sample(samples: &[Value], name: &str, labels: &[(&str, &str)]) -> f64 {
+    let hits: Vec<&Value> = samples
+        .iter()
+        .filter(|s| s["name"] == name && labels.iter().all(|(k, v)| s["labels"][k] == *v))
+        .collect();
+    assert_eq!(hits.len(), 1, "{name}{labels:?}: {hits:?}");
+    hits[0]["value"].as_f64().unwrap()
+}
+
+fn step<'a>(doc: &'a Value, name: &str) -> &'a Value {
+    doc["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == name)
+        .unwrap_or_else(|| panic!("no step {name} in {doc}"))
+}
+
+fn stdout_json(out: &std::process::Output) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "--json prints one line on stdout: {stdout}");
+    serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_json_metrics_and_run_history_agree_with_an_independent_computation() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    gen::generate(
+        &lake,
+        &gen::Options {
+            rows: 9_000,
+            files: 3,
+            days: 6,
+            seed: 23,
+            branch_rows: 700,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let e = compute(&lake);
+    assert!(e.duplicates > 0 && e.quarantine.len() == 6, "{e:?}");
+    let metrics = dir.path().join("textfile/lakehouse.prom");
+    std::fs::create_dir_all(metrics.parent().unwrap()).unwrap();
+    let pipeline = repo().join("sql");
+    let args = [
+        "run",
+        "--lake",
+        lake.to_str().unwrap(),
+        "--pipeline",
+        pipeline.to_str().unwrap(),
+        "--json",
+        "--metrics-file",
+        metrics.to_str().unwrap(),
+    ];
+    let before = chrono::Utc::now().timestamp() as f64;
+    let first = lakehouse(&args, dir.path());
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    // The readable summary moved to stderr; stdout is the JSON alone.
+    assert!(
+        String::from_utf8_lossy(&first.stderr).contains("succeeded in"),
+        "{}",
+        text(&first)
+    );
+    let doc = stdout_json(&first);
+    assert_eq!(doc["status"], "succeeded");
+    assert_eq!(doc["exit_code"], 0);
+    let run_id = doc["run_id"].as_str().unwrap().to_string();
+
+    let orders = step(&doc, "bronze.orders");
+    assert_eq!(orders["kind"], "source");
+    assert_eq!(orders["rows_written"], e.bronze_rows);
+    assert_eq!(orders["rows_rejected"], e.bronze_rejects);
+    let landed = std::fs::read_dir(lake.join("landing/orders"))
+        .unwrap()
+        .count();
+    assert!(landed >= 3);
+    assert_eq!(orders["files_ingested"], landed);
+    assert_eq!(orders["reconciled"], true);
+    let branch = step(&doc, "bronze.branch_orders");
+    assert_eq!(branch["rows_written"], e.branch_bronze_rows);
+    assert_eq!(branch["rows_rejected"], e.branch_rejects);
+
+    let silver = step(&doc, "silver.orders");
+    assert_eq!(silver["status"], "succeeded");
+    assert_eq!(silver["strategy"], "full");
+    assert_eq!(silver["rows_written"], e.silver_rows);
+    assert_eq!(silver["duplicates"], e.duplicates);
+    let quarantined: u64 = e.quarantine.values().sum();
+    assert_eq!(silver["rows_quarantined"], quarantined);
+    assert_eq!(
+        silver["rows_in"].as_u64().unwrap(),
+        e.silver_rows + quarantined + e.duplicates
+    );
+    assert!(silver["version"].as_i64().is_some(), "{silver}");
+    let rules: BTreeMap<String, u64> = silver["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap().to_string(),
+                r["quarantined"].as_u64().unwrap(),
+            )
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert_eq!(rules, e.quarantine);
+    let gold = step(&doc, "gold.daily_region_sales");
+    assert_eq!(gold["rows_written"], e.daily.len() as u64);
+    assert_eq!(gold["duplicates"], 0);
+
+    // The metrics file, through prometheus_client's parser.
+    let after = chrono::Utc::now().timestamp() as f64;
+    let m = prom_samples(&std::fs::read_to_string(&metrics).unwrap());
+    assert_eq!(sample(&m, "lakehouse_run_success", &[]), 1.0);
+    assert_eq!(sample(&m, "lakehouse_run_exit_code", &[]), 0.0);
+    assert_eq!(
+        sample(
+            &m,
+            "lakehouse_run_info",
+            &[("run_id", &run_id), ("status", "succeeded")]
+        ),
+        1.0
+    );
+    let rows = |step: &str, outcome: &str| {
+        sample(
+            &m,
+            "lakehouse_step_rows",
+            &[("step", step), ("outcome", outcome)],
+        ) as u64
+    };
+    assert_eq!(rows("bronze.orders", "written"), e.bronze_rows);
+    assert_eq!(rows("bronze.orders", "rejected"), e.bronze_rejects);
+    assert_eq!(rows("silver.orders", "written"), e.silver_rows);
+    assert_eq!(rows("silver.orders", "quarantined"), quarantined);
+    assert_eq!(rows("silver.orders", "duplicates"), e.duplicates);
+    for (rule, n) in &e.quarantine {
+        assert_eq!(
+            sample(
+                &m,
+                "lakehouse_expectation_quarantined_rows",
+                &[("model", "silver.orders"), ("rule", rule)]
+            ) as u64,
+            *n,
+            "{rule}"
+        );
+    }
+    let fresh = sample(
+        &m,
+        "lakehouse_table_last_success_timestamp_seconds",
+        &[("table", "gold.daily_region_sales")],
+    );
+    assert!(fresh >= before - 1.0 && fresh <= after + 1.0, "{fresh}");
+    assert_eq!(
+        sample(&m, "lakehouse_step_success", &[("step", "silver.orders")]),
+        1.0
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(metrics.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+
+    // A re-run with nothing new: recorded as unchanged, the file replaced.
+    let second = lakehouse(&args, dir.path());
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second));
+    let again = stdout_json(&second);
+    assert_eq!(again["status"], "unchanged");
+    assert_eq!(step(&again, "silver.orders")["status"], "unchanged");
+    let m2 = prom_samples(&std::fs::read_to_string(&metrics).unwrap());
+    let second_id = again["run_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        sample(
+            &m2,
+            "lakehouse_run_info",
+            &[("run_id", &second_id), ("status", "unchanged")]
+        ),
+        1.0
+    );
+    assert!(
+        sample(
+            &m2,
+            "lakehouse_table_last_success_timestamp_seconds",
+            &[("table", "silver.orders")]
+        ) >= fresh
+    );
+    assert_eq!(
+        sample(
+            &m2,
+            "lakehouse_step_rows",
+            &[("step", "silver.orders"), ("outcome", "written")]
+        ),
+        0.0
+    );
+
+    // The history, newest first.
+    let lake_arg = lake.to_str().unwrap();
+    let runs = lakehouse(
+        &["runs", "--lake", lake_arg, "--format", "json"],
+        dir.path(),
+    );
+    assert!(runs.status.success(), "{}", text(&runs));
+    let list: Vec<Value> = serde_json::from_slice(&runs.stdout).unwrap();
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert_eq!(list[0]["run_id"], second_id.as_str());
+    assert_eq!(list[0]["status"], "unchanged");
+    assert_eq!(list[0]["ran"], "");
+    assert_eq!(list[1]["run_id"], run_id.as_str());
+    assert_eq!(list[1]["status"], "succeeded");
+    // The reference tables' lines, counted straight from the files.
+    let mut reference_lines = 0u64;
+    for file in ["products.csv", "stores.csv"] {
+        let body = std::fs::read_to_string(lake.join("landing").join(file)).unwrap();
+        reference_lines += body
+            .lines()
+            .skip(1)
+            .filter(|l| !l.trim().is_empty())
+            .count() as u64;
+    }
+    assert!(reference_lines > 0);
+    assert_eq!(
+        list[1]["rows_landed"].as_u64().unwrap(),
+        e.bronze_rows
+            + e.bronze_rejects
+            + e.branch_bronze_rows
+            + e.branch_rejects
+            + reference_lines
+    );
+    assert_eq!(
+        list[1]["ran"],
+        "bronze.branch_orders, bronze.orders, bronze.products, bronze.stores, silver.orders, gold.category_daily, gold.daily_region_sales"
+    );
+    let table = text(&lakehouse(
+        &["runs", "--lake", lake_arg, "--last", "1"],
+        dir.path(),
+    ));
+    assert!(
+        table.contains(&second_id) && !table.contains(&run_id),
+        "{table}"
+    );
+
+    let prefix = &run_id[..run_id.len() - 3];
+    let show = lakehouse(
+        &[
+            "runs", "--lake", lake_arg, "show", prefix, "--format", "json",
+        ],
+        dir.path(),
+    );
+    assert!(show.status.success(), "{}", text(&show));
+    let one: Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(one["run_id"], run_id.as_str());
+    assert_eq!(step(&one, "silver.orders")["duplicates"], e.duplicates);
+    let rules: BTreeMap<String, u64> = one["expectations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["rule"].as_str().unwrap().to_string(),
+                r["quarantined"].as_u64().unwrap(),
+            )
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert_eq!(rules, e.quarantine);
+    let shown = text(&lakehouse(
+        &["runs", "--lake", lake_arg, "show", "last"],
+        dir.path(),
+    ));
+    assert!(
+        shown.contains(&format!("run {second_id}: unchanged")),
+        "{shown}"
+    );
+    let missing = lakehouse(&["runs", "--lake", lake_arg, "show", "nope"], dir.path());
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        text(&missing).contains("no run `nope` in system.runs"),
+        "{}",
+        text(&missing)
+    );
+    let injected = lakehouse(
+        &["runs", "--lake", lake_arg, "show", "x' OR 'a'='a"],
+        dir.path(),
+    );
+    assert_eq!(injected.status.code(), Some(2));
+    assert!(
+        text(&injected).contains("is not a run id"),
+        "{}",
+        text(&injected)
+    );
+}
+
+fn tiny(root: &Path) {
+    crate::pipeline_cli::setup(
+        root,
+        "id,day,v,updated\n1,2025-01-01,5,1\n2,2025-01-02,x,1\n",
+        &[
+            ("bronze/events.toml", crate::pipeline_cli::SOURCE),
+            (
+                "silver/e.sql",
+                "SELECT CAST(id AS BIGINT) AS id, day FROM bronze.events\n",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn logs_have_no_colour_off_a_terminal_and_are_json_lines_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny(dir.path());
+    let args = ["run", "--lake", "lake", "--pipeline", "sql"];
+    let plain = lakehouse_with_env(&args, dir.path(), &[("RUST_LOG", "lakehouse=info")]);
+    assert!(plain.status.success(), "{}", text(&plain));
+    let stderr = String::from_utf8_lossy(&plain.stderr).to_string();
+    assert!(stderr.contains("ingested"), "{stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "escape codes in a piped log: {stderr:?}"
+    );
+
+    let mut json_args = args.to_vec();
+    json_args.extend(["--log-format", "json", "--full-refresh"]);
+    let out = lakehouse_with_env(&json_args, dir.path(), &[("RUST_LOG", "lakehouse=info")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let events: Vec<Value> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: not JSON: {l}")))
+        .collect();
+    let done = events
+        .iter()
+        .find(|e| e["message"] == "model done")
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert_eq!(done["level"], "INFO");
+    assert_eq!(done["model"], "silver.e");
+    assert_eq!(done["rows"], 2);
+}
+
+#[test]
+fn a_run_that_cannot_start_says_so_in_json_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny(dir.path());
+    std::fs::write(
+        dir.path().join("sql/silver/e.sql"),
+        "SELECT id FROM bronze.nope\n",
+    )
+    .unwrap();
+    let out = lakehouse(
+        &["run", "--lake", "lake", "--pipeline", "sql", "--json"],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let doc = stdout_json(&out);
+    assert_eq!(doc["status"], "not started");
+    assert_eq!(doc["exit_code"], 2);
+    assert!(
+        doc["errors"][0].as_str().unwrap().contains("bronze.nope"),
+        "{doc}"
+    );
+}

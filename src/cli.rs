@@ -145,6 +145,34 @@ pub enum Command {
         #[command(subcommand)]
         show: Option<RunsCommand>,
     },
+    /// Compact small files into files of about --target-size (or Z-order
+    /// them), one commit per table; safe beside a running `run`.
+    Optimize {
+        /// Tables as `layer.name` [default: every table].
+        tables: Vec<String>,
+        /// Only these partitions: comparisons of partition columns joined by
+        /// AND, e.g. "order_date >= '2025-03-01' AND region = 'north'".
+        #[arg(long = "where", value_name = "FILTER")]
+        filter: Option<String>,
+        /// Rewrite the files Z-ordered by these columns (comma-separated).
+        #[arg(long, value_delimiter = ',', value_name = "COLS")]
+        zorder: Vec<String>,
+        /// Size of the files written, e.g. 128M.
+        #[arg(long, default_value = "128M", value_parser = parse_size)]
+        target_size: usize,
+    },
+    /// Delete files no version within the retention needs (replaced
+    /// files, and files failed or killed runs left), older than it.
+    Vacuum {
+        /// Tables as `layer.name` [default: every table].
+        tables: Vec<String>,
+        /// Keep every file a version of the last DURATION needs (at least 1h).
+        #[arg(long, default_value = "7d", value_parser = parse_duration)]
+        retain: std::time::Duration,
+        /// List what would be deleted, and how many bytes, without deleting.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Run one SQL query over bronze.*, silver.*, gold.*, quarantine.* and system.*.
     Query {
         #[arg(long, value_enum, default_value = "table")]
@@ -464,6 +492,99 @@ pub async fn dispatch(cli: Cli) -> Result<Exit> {
             crate::cluster::run_executor(settings, config.storage.clone(), cli.memory_limit)
                 .await?;
             Ok(Exit::Success)
+        }
+        Command::Optimize {
+            tables,
+            filter,
+            zorder,
+            target_size,
+        } => {
+            let lake = open_existing(&cli.lake, &config)?;
+            let options = crate::maintain::OptimizeOptions {
+                filters: filter
+                    .as_deref()
+                    .map(crate::maintain::parse_where)
+                    .transpose()?
+                    .unwrap_or_default(),
+                zorder,
+                target_size: target_size as u64,
+            };
+            let named = !tables.is_empty();
+            let mut failed = false;
+            for table in crate::maintain::tables(&lake, &tables).await? {
+                match crate::maintain::optimize(&lake, &table, &options, None).await {
+                    Ok(r) => match (&r.skipped, r.version) {
+                        (Some(why), _) if named => {
+                            eprintln!("error: {}: not optimized: {why}", r.table);
+                            failed = true;
+                        }
+                        (Some(_), _) => {}
+                        (None, Some(v)) => println!(
+                            "{}: {} files ({}) rewritten as {} ({}) in {}; version {} -> {v}",
+                            r.table,
+                            r.files_removed,
+                            crate::maintain::human_bytes(r.bytes_removed),
+                            r.files_added,
+                            crate::maintain::human_bytes(r.bytes_added),
+                            crate::text::plural(r.partitions, "partition"),
+                            r.version_before,
+                        ),
+                        (None, None) => println!(
+                            "{}: already compact (version {})",
+                            r.table, r.version_before
+                        ),
+                    },
+                    Err(e) => {
+                        eprintln!("error: {}: {e}", table.name);
+                        failed = true;
+                    }
+                }
+            }
+            Ok(if failed { Exit::Failed } else { Exit::Success })
+        }
+        Command::Vacuum {
+            tables,
+            retain,
+            dry_run,
+        } => {
+            let lake = open_existing(&cli.lake, &config)?;
+            let mut failed = false;
+            let (mut files, mut bytes) = (0usize, 0u64);
+            for table in crate::maintain::tables(&lake, &tables).await? {
+                match crate::maintain::vacuum(&lake, &table, retain, dry_run).await {
+                    Ok(r) => {
+                        if dry_run {
+                            for f in &r.files {
+                                println!("{}: would delete {f}", r.table);
+                            }
+                        }
+                        if !r.files.is_empty() || !tables.is_empty() {
+                            println!(
+                                "{}: {} {} ({})",
+                                r.table,
+                                if dry_run { "would delete" } else { "deleted" },
+                                crate::text::plural(r.files.len() as u64, "file"),
+                                crate::maintain::human_bytes(r.bytes)
+                            );
+                        }
+                        files += r.files.len();
+                        bytes += r.bytes;
+                    }
+                    Err(e @ Error::Usage(_)) => return Err(e),
+                    Err(e) => {
+                        eprintln!("error: {}: {e}", table.name);
+                        failed = true;
+                    }
+                }
+            }
+            println!(
+                "vacuum {}: {} ({}) older than {} and needed by no version since",
+                if dry_run { "dry run" } else { "done" },
+                crate::text::plural(files as u64, "file"),
+                crate::maintain::human_bytes(bytes),
+                humantime::format_duration(retain)
+            );
+            Ok(if failed { Exit::Failed } else { Exit::Success })
         }
         Command::Tables => {
             let lake = open_existing(&cli.lake, &config)?;

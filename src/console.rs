@@ -225,6 +225,9 @@ pub fn summary(report: &RunReport) -> String {
             ""
         }
     ));
+    for m in &report.maintenance {
+        out.push_str(&format!("maintenance: {m}\n"));
+    }
     for e in &report.errors {
         out.push_str(&format!("error: {e}\n"));
     }

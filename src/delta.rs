@@ -764,6 +764,48 @@ pub struct Changes {
     pub partitions: BTreeSet<Vec<(String, Option<String>)>>,
     /// Some removed file did not record its partition values.
     pub partitions_unknown: bool,
+    /// A file added in the range was later rewritten by compaction: the
+    /// new rows can no longer be read file by file.
+    pub added_then_compacted: bool,
+}
+
+/// Whether a commit only reorganised files (OPTIMIZE, VACUUM): it changed
+/// no row, so it is not an input change and not a model's own run.
+pub fn is_maintenance(info: &deltalake::kernel::CommitInfo) -> bool {
+    matches!(
+        info.operation.as_deref(),
+        Some("OPTIMIZE") | Some("VACUUM START") | Some("VACUUM END")
+    )
+}
+
+/// The table's newest commits, newest first, with their versions, skipping
+/// maintenance commits; at most `limit` commits are looked at.
+pub async fn data_commits(
+    table: &DeltaTable,
+    limit: usize,
+) -> Result<Vec<(i64, deltalake::kernel::CommitInfo)>> {
+    let Some(current) = table.version() else {
+        return Ok(vec![]);
+    };
+    let infos: Vec<deltalake::kernel::CommitInfo> =
+        table.history(Some(limit)).try_collect().await?;
+    Ok(infos
+        .into_iter()
+        .enumerate()
+        .filter(|(_, info)| !is_maintenance(info))
+        .map(|(i, info)| (current as i64 - i as i64, info))
+        .collect())
+}
+
+/// The version of the table's last commit that changed data: compaction
+/// and vacuum commits after it do not count as a change of the table.
+pub async fn data_version(table: &DeltaTable) -> Result<i64> {
+    let current = table.version().map(|v| v as i64).unwrap_or(-1);
+    Ok(data_commits(table, 64)
+        .await?
+        .first()
+        .map(|(v, _)| *v)
+        .unwrap_or(current))
 }
 
 /// The data changes between two versions, or `None` when they cannot be
@@ -791,6 +833,14 @@ pub async fn changes(table: &DeltaTable, since: i64, until: i64) -> Result<Optio
                 Action::Add(add) if add.data_change => {
                     out.partitions.insert(key(&add.partition_values));
                     out.added.push(add);
+                }
+                // Compaction rewrote a file that arrived after `since`: its
+                // rows now sit in a compacted file among older rows, and the
+                // file itself may be vacuumed.
+                Action::Remove(remove)
+                    if !remove.data_change && out.added.iter().any(|a| a.path == remove.path) =>
+                {
+                    out.added_then_compacted = true;
                 }
                 Action::Remove(remove) if remove.data_change => {
                     out.removed += 1;

@@ -13,6 +13,7 @@ pub mod functions;
 pub mod ingest;
 pub mod limits;
 pub mod lock;
+pub mod maintain;
 pub mod manifest;
 pub mod model;
 pub mod pg_bool;

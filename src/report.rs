@@ -122,6 +122,7 @@ pub fn json(report: &RunReport, exit_code: u8) -> Value {
         "seconds": report.seconds,
         "steps": steps,
         "unread_files": report.unread,
+        "maintenance": report.maintenance,
         "errors": report.errors,
     })
 }

@@ -47,6 +47,9 @@ pub struct RunReport {
     pub models: Vec<ModelStep>,
     pub errors: Vec<String>,
     pub seconds: f64,
+    /// What the run's maintenance did after recording it: tables compacted
+    /// (or why a compaction failed; the data was committed either way).
+    pub maintenance: Vec<String>,
 }
 
 impl RunReport {

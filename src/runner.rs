@@ -94,6 +94,7 @@ pub async fn run(
         models: vec![],
         errors: vec![],
         seconds: 0.0,
+        maintenance: vec![],
     };
 
     // Every model planned against its inputs' schemas before anything is
@@ -302,7 +303,84 @@ pub async fn run(
     if let Err(e) = crate::runlog::record(lake, &report).await {
         tracing::warn!(error = %e, "could not record the run in the system tables");
     }
+    report.maintenance = compact_written(lake, pipeline, &report).await;
     Ok(report)
+}
+
+/// Compacts the tables this run committed to (and the system tables) where
+/// partitions gathered more small files than the model's
+/// `compact_small_files`. A failure is reported, never fails the run: its
+/// data is committed already.
+async fn compact_written(lake: &Lake, pipeline: &Pipeline, report: &RunReport) -> Vec<String> {
+    use crate::maintain::{compact_if_fragmented, TableRef, DEFAULT_COMPACT_SMALL_FILES};
+    let mut targets: Vec<(TableRef, usize)> = Vec::new();
+    let table = |name: String, folder: String| TableRef { name, folder };
+    for s in report.sources.iter().filter(|s| s.report.version.is_some()) {
+        targets.push((
+            table(format!("bronze.{}", s.name), ingest::bronze_table(&s.name)),
+            DEFAULT_COMPACT_SMALL_FILES,
+        ));
+        targets.push((
+            table(
+                format!("quarantine.bronze_{}", s.name),
+                ingest::reject_table(&s.name),
+            ),
+            DEFAULT_COMPACT_SMALL_FILES,
+        ));
+    }
+    for m in report.models.iter().filter(|m| m.report.version.is_some()) {
+        let Some(model) = pipeline.models.iter().find(|p| p.table() == m.report.table) else {
+            continue;
+        };
+        let threshold = model.settings.compact_small_files;
+        targets.push((
+            table(
+                model.table(),
+                crate::catalog::layer_folder(&model.layer, &model.name),
+            ),
+            threshold,
+        ));
+        targets.push((
+            table(
+                format!("quarantine.{}_{}", model.layer, model.name),
+                model::quarantine_folder(model),
+            ),
+            threshold,
+        ));
+    }
+    for name in ["runs", "steps", "expectations"] {
+        targets.push((
+            table(
+                format!("system.{name}"),
+                crate::catalog::layer_folder("system", name),
+            ),
+            DEFAULT_COMPACT_SMALL_FILES,
+        ));
+    }
+    let mut notes = Vec::new();
+    for (t, threshold) in targets {
+        match compact_if_fragmented(lake, &t, threshold, &report.run_id).await {
+            Ok(Some(r)) if r.version.is_some() => {
+                tracing::info!(table = %t.name, removed = r.files_removed, added = r.files_added, "compacted");
+                notes.push(format!(
+                    "{}: compacted {} small files into {} ({})",
+                    t.name,
+                    r.files_removed,
+                    r.files_added,
+                    crate::text::plural(r.partitions, "partition")
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(table = %t.name, error = %e, "compaction failed");
+                notes.push(format!(
+                    "{}: compaction failed (the run's data is committed; `lakehouse optimize {}` retries): {e}",
+                    t.name, t.name
+                ));
+            }
+        }
+    }
+    notes
 }
 
 /// Files under the lake's `landing/` that no source's glob matches (hidden

@@ -119,14 +119,18 @@ async fn open_inputs(lake: &Lake, model: &Model) -> Result<Inputs> {
     Ok(out)
 }
 
-fn versions(inputs: &Inputs) -> BTreeMap<String, i64> {
-    inputs
-        .iter()
-        .map(|(name, t)| {
-            let v = t.as_ref().and_then(|t| t.version()).map(|v| v as i64);
-            (name.clone(), v.unwrap_or(-1))
-        })
-        .collect()
+/// Each input's data version (`delta::data_version`): compacting an input
+/// is not a change the model must follow.
+async fn versions(inputs: &Inputs) -> Result<BTreeMap<String, i64>> {
+    let mut out = BTreeMap::new();
+    for (name, t) in inputs {
+        let v = match t {
+            Some(t) => delta::data_version(t).await?,
+            None => -1,
+        };
+        out.insert(name.clone(), v);
+    }
+    Ok(out)
 }
 
 /// A fingerprint of what defines the model's result (SQL and settings).
@@ -136,12 +140,14 @@ fn definition_hash(model: &Model) -> String {
     format!("{h:016x}")
 }
 
+/// The commit info of the model's last own commit (compaction and vacuum
+/// commits after it are skipped: they record no run).
 async fn last_commit_info(table: &DeltaTable) -> Result<Option<serde_json::Map<String, Value>>> {
-    let mut history = table.history(Some(1));
-    match history.try_next().await? {
-        Some(info) => Ok(Some(info.info.into_iter().collect())),
-        None => Ok(None),
-    }
+    Ok(delta::data_commits(table, 64)
+        .await?
+        .into_iter()
+        .next()
+        .map(|(_, info)| info.info.into_iter().collect()))
 }
 
 pub async fn run_model(
@@ -172,7 +178,7 @@ pub async fn run_model(
         ));
     }
     let tables = open_inputs(lake, model).await?;
-    let inputs = versions(&tables);
+    let inputs = versions(&tables).await?;
     let hash = definition_hash(model);
     let existing = delta::open(&url, &opts).await?;
     let last = match existing.as_ref() {

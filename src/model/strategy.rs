@@ -131,7 +131,15 @@ pub(super) async fn decide(
                 let Some(table) = tables.get(name).and_then(|t| t.as_ref()) else {
                     return Ok(Strategy::Full(format!("{name} is gone")));
                 };
-                match delta::changes(table, then, now).await? {
+                // Up to the table's latest version, not only `now`: a
+                // compaction after `now` may have rewritten the new files.
+                let latest = table.version().map_or(now, |v| v as i64);
+                match delta::changes(table, then, latest.max(now)).await? {
+                    Some(c) if c.added_then_compacted => {
+                        return Ok(Strategy::Full(format!(
+                            "{name}'s new files were compacted before this run read them"
+                        )))
+                    }
                     Some(c) if c.removed == 0 && then >= 0 => {
                         files.insert(name.clone(), c.added);
                     }

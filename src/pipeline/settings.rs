@@ -74,6 +74,9 @@ pub struct ModelSettings {
     /// current with every commit, for engines that read a table through
     /// them (Trino, Presto, Athena, Redshift Spectrum, Snowflake, BigQuery).
     pub symlink_manifest: bool,
+    /// After a run that wrote the model, compact its partitions holding more
+    /// than this many small files (0: never).
+    pub compact_small_files: usize,
     /// The line of each top-level key in the settings file.
     pub key_lines: Vec<(String, usize)>,
 }
@@ -100,6 +103,7 @@ impl Default for ModelSettings {
             description: None,
             incremental_inputs: vec![],
             symlink_manifest: false,
+            compact_small_files: crate::maintain::DEFAULT_COMPACT_SMALL_FILES,
             key_lines: vec![],
         }
     }
@@ -189,6 +193,8 @@ struct RawModel {
     incremental_inputs: Vec<String>,
     #[serde(default)]
     symlink_manifest: bool,
+    #[serde(default)]
+    compact_small_files: Option<usize>,
     #[serde(default)]
     expect: Vec<Spanned<RawExpectation>>,
 }
@@ -365,6 +371,9 @@ pub fn parse_model(file: &Path, text: &str) -> Result<ModelSettings> {
         description: raw.description,
         incremental_inputs: raw.incremental_inputs,
         symlink_manifest: raw.symlink_manifest,
+        compact_small_files: raw
+            .compact_small_files
+            .unwrap_or(crate::maintain::DEFAULT_COMPACT_SMALL_FILES),
         key_lines: key_lines(text),
     })
 }

@@ -10,6 +10,7 @@ mod folder_readers;
 #[path = "../../scripts/gen/src/lib.rs"]
 mod gen;
 mod incremental;
+mod maintain;
 mod newcomer;
 mod observe;
 mod pipeline_cli;

@@ -315,7 +315,13 @@ async fn compact_written(lake: &Lake, pipeline: &Pipeline, report: &RunReport) -
     use crate::maintain::{compact_if_fragmented, TableRef, DEFAULT_COMPACT_SMALL_FILES};
     let mut targets: Vec<(TableRef, usize)> = Vec::new();
     let table = |name: String, folder: String| TableRef { name, folder };
-    for s in report.sources.iter().filter(|s| s.report.version.is_some()) {
+    // A run that changed nothing added one row to system.runs, nothing else.
+    let changed = !report.changed_nothing();
+    for s in report
+        .sources
+        .iter()
+        .filter(|s| changed && !s.report.files.is_empty() && s.report.version.is_some())
+    {
         targets.push((
             table(format!("bronze.{}", s.name), ingest::bronze_table(&s.name)),
             DEFAULT_COMPACT_SMALL_FILES,
@@ -328,7 +334,11 @@ async fn compact_written(lake: &Lake, pipeline: &Pipeline, report: &RunReport) -
             DEFAULT_COMPACT_SMALL_FILES,
         ));
     }
-    for m in report.models.iter().filter(|m| m.report.version.is_some()) {
+    for m in report
+        .models
+        .iter()
+        .filter(|m| changed && !m.report.skipped && m.report.version.is_some())
+    {
         let Some(model) = pipeline.models.iter().find(|p| p.table() == m.report.table) else {
             continue;
         };
@@ -348,7 +358,12 @@ async fn compact_written(lake: &Lake, pipeline: &Pipeline, report: &RunReport) -
             threshold,
         ));
     }
-    for name in ["runs", "steps", "expectations"] {
+    let system: &[&str] = if changed {
+        &["runs", "steps", "expectations"]
+    } else {
+        &["runs"]
+    };
+    for name in system {
         targets.push((
             table(
                 format!("system.{name}"),

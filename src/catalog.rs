@@ -61,6 +61,8 @@ pub const LOCK_FILE: &str = "_lakehouse/run.lock";
 #[derive(Debug)]
 pub struct LakeCatalog {
     schemas: HashMap<String, Arc<FolderSchema>>,
+    /// The latest version of each table (`layer.name`) a query opened.
+    served: Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>,
     /// Schemas that are not lake folders, such as the `pg_catalog` the
     /// Postgres endpoint registers.
     extra: RwLock<HashMap<String, Arc<dyn SchemaProvider>>>,
@@ -71,12 +73,16 @@ impl LakeCatalog {
     /// snapshot ([`crate::cluster::scan::SnapshotTable`]), a scan that can
     /// run on other machines; otherwise through delta-rs.
     pub fn new(lake: &Lake, runtime: Arc<RuntimeEnv>, snapshots: bool) -> Self {
+        let served: Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>> =
+            Default::default();
         let schemas = SCHEMAS
             .iter()
             .map(|(name, folder)| {
                 (
                     name.to_string(),
                     Arc::new(FolderSchema {
+                        schema: name.to_string(),
+                        served: served.clone(),
                         lake: lake.clone(),
                         folder: folder.to_string(),
                         names: RwLock::new(Vec::new()),
@@ -88,8 +94,16 @@ impl LakeCatalog {
             .collect();
         Self {
             schemas,
+            served,
             extra: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// The latest version of each table a query opened, shared and live.
+    pub fn versions_served(
+        &self,
+    ) -> Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>> {
+        self.served.clone()
     }
 
     /// Re-lists the table folders so that `SHOW TABLES` and
@@ -147,6 +161,8 @@ impl CatalogProvider for LakeCatalog {
 
 #[derive(Debug)]
 struct FolderSchema {
+    schema: String,
+    served: Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>,
     lake: Lake,
     folder: String,
     names: RwLock<Vec<String>>,
@@ -175,6 +191,12 @@ impl SchemaProvider for FolderSchema {
                 )),
             })?;
         let Some(table) = table else { return Ok(None) };
+        if let (At::Latest, Some(v)) = (&at, table.version()) {
+            self.served
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(format!("{}.{base}", self.schema), v);
+        }
         if self.snapshots {
             let snapshot = crate::cluster::scan::SnapshotTable::resolve(&table)
                 .await

@@ -282,6 +282,9 @@ pub struct ServeArgs {
     /// Queries running at once; more wait for a slot [default: 16].
     #[arg(long, env = "LAKEHOUSE_MAX_QUERIES")]
     pub max_queries: Option<usize>,
+    /// A bearer token GET /metrics asks for [default: none, /metrics is open].
+    #[arg(long, env = "LAKEHOUSE_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
 }
 
 impl ServeArgs {
@@ -299,6 +302,7 @@ impl ServeArgs {
             query_timeout: self.query_timeout.or(other.query_timeout),
             query_memory: self.query_memory.or(other.query_memory),
             max_queries: self.max_queries.or(other.max_queries),
+            metrics_token: self.metrics_token.or(other.metrics_token),
         }
     }
 }
@@ -599,6 +603,7 @@ pub async fn dispatch(cli: Cli) -> Result<Exit> {
                     .map_err(usage)?,
                 memory: parse_size(args.query_memory.as_deref().unwrap_or("1G")).map_err(usage)?,
                 max_concurrent: args.max_queries.unwrap_or(16).max(1),
+                observer: None,
             };
             let options = SessionOptions {
                 limits: Some(limits),
@@ -611,7 +616,8 @@ pub async fn dispatch(cli: Cli) -> Result<Exit> {
                 args.user.unwrap_or_else(|| "lakehouse".into()),
                 args.password,
                 args.token,
-            );
+            )
+            .with_metrics_token(args.metrics_token);
             let serve_options = crate::serve::ServeOptions {
                 pg_addr: Some(args.pg_addr.unwrap_or_else(|| "127.0.0.1:5432".into())),
                 flight_addr: Some(args.flight_addr.unwrap_or_else(|| "127.0.0.1:50051".into())),

@@ -34,6 +34,21 @@ use datafusion::physical_plan::{
 use futures::{Stream, StreamExt, TryStreamExt};
 use tokio::sync::Semaphore;
 
+/// Told about every limited query: where the server counts queries, their
+/// outcome, latency, rows and bytes (`crate::serve::metrics`).
+pub trait QueryObserver: Send + Sync + fmt::Debug {
+    /// A query starts (called where its stream is created, in the task of
+    /// the protocol that asked for it).
+    fn start(&self) -> Box<dyn QueryProbe>;
+}
+
+/// One query's report. Dropped without [`QueryProbe::end`]: cancelled.
+pub trait QueryProbe: Send {
+    fn batch(&mut self, rows: usize, bytes: usize);
+    /// The stream ended: after its last row (`None`) or with an error.
+    fn end(&mut self, error: Option<&DataFusionError>);
+}
+
 #[derive(Debug, Clone)]
 pub struct QueryLimits {
     /// Longest a query may take, waiting for a slot included.
@@ -42,6 +57,8 @@ pub struct QueryLimits {
     pub memory: usize,
     /// Queries running at once; more wait for a slot (within their time limit).
     pub max_concurrent: usize,
+    /// Where each query reports its outcome, if anywhere.
+    pub observer: Option<Arc<dyn QueryObserver>>,
 }
 
 /// Wraps another planner; every physical plan it makes runs under `limits`.
@@ -215,7 +232,38 @@ impl ExecutionPlan for LimitedExec {
             timeout,
             done: false,
         };
+        let stream = Observed {
+            inner: Box::pin(stream),
+            probe: limits.observer.as_ref().map(|o| o.start()),
+        };
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+}
+
+/// Reports each batch, and the end, of a query's stream to its probe.
+struct Observed<S> {
+    inner: Pin<Box<S>>,
+    probe: Option<Box<dyn QueryProbe>>,
+}
+
+impl<S> Stream for Observed<S>
+where
+    S: Stream<Item = DfResult<datafusion::arrow::array::RecordBatch>>,
+{
+    type Item = DfResult<datafusion::arrow::array::RecordBatch>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let item = self.inner.as_mut().poll_next(cx);
+        if let Poll::Ready(item) = &item {
+            if let Some(probe) = self.probe.as_mut() {
+                match item {
+                    Some(Ok(b)) => probe.batch(b.num_rows(), b.get_array_memory_size()),
+                    Some(Err(e)) => probe.end(Some(e)),
+                    None => probe.end(None),
+                }
+            }
+        }
+        item
     }
 }
 

@@ -19,6 +19,8 @@ pub struct Auth {
     password: Option<String>,
     fixed_token: Option<String>,
     issued: Mutex<HashMap<String, Instant>>,
+    /// The bearer token `/metrics` asks for, if any.
+    metrics_token: Option<String>,
 }
 
 /// What a request's `authorization` header proved.
@@ -36,6 +38,23 @@ impl Auth {
             password: password.filter(|p| !p.is_empty()),
             fixed_token: fixed_token.filter(|t| !t.is_empty()),
             issued: Mutex::new(HashMap::new()),
+            metrics_token: None,
+        }
+    }
+
+    /// `/metrics` asks for this bearer token (none: open).
+    pub fn with_metrics_token(mut self, token: Option<String>) -> Self {
+        self.metrics_token = token.filter(|t| !t.is_empty());
+        self
+    }
+
+    /// Whether an `authorization` header may read `/metrics`.
+    pub fn metrics_allowed(&self, header: Option<&str>) -> bool {
+        match &self.metrics_token {
+            None => true,
+            Some(token) => header
+                .and_then(|h| h.strip_prefix("Bearer "))
+                .is_some_and(|given| same(given.trim().as_bytes(), token.as_bytes())),
         }
     }
 

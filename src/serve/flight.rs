@@ -144,9 +144,8 @@ impl FlightSql {
         sql: &str,
         params: Option<Vec<ScalarValue>>,
     ) -> Result<SchemaRef, Status> {
-        let df = self
-            .engine
-            .plan_with(sql, params)
+        let df = crate::serve::metrics::PROTOCOL
+            .scope("flight", self.engine.plan_with(sql, params))
             .await
             .map_err(|e| status(&e))?;
         Ok(super::plain_schema(df.schema().as_arrow()))
@@ -161,9 +160,8 @@ impl FlightSql {
         sql: &str,
         params: Option<Vec<ScalarValue>>,
     ) -> Result<Response<FlightStream>, Status> {
-        let stream = self
-            .engine
-            .sql_with(sql, params)
+        let stream = crate::serve::metrics::PROTOCOL
+            .scope("flight", self.engine.sql_with(sql, params))
             .await
             .map_err(|e| status(&e))?;
         let schema = stream.schema();
@@ -346,7 +344,10 @@ impl FlightSqlService for FlightSql {
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         self.authorize(request.metadata())?;
         let sql = numbered_placeholders(&query.query);
-        let df = self.engine.plan(&sql).await.map_err(|e| status(&e))?;
+        let df = crate::serve::metrics::PROTOCOL
+            .scope("flight", self.engine.plan(&sql))
+            .await
+            .map_err(|e| status(&e))?;
         let schema = super::plain_schema(df.schema().as_arrow());
         // The placeholders, in order, with the types DataFusion infers.
         let mut parameters: Vec<(String, Option<DataType>)> = df

@@ -49,6 +49,7 @@ pub fn router(engine: Arc<Engine>, auth: Arc<Auth>) -> Router {
             "/health",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
+        .route("/metrics", get(metrics))
         .merge(guarded)
         .with_state(app)
 }
@@ -85,6 +86,33 @@ fn query_error(e: &QueryError) -> Response {
         ErrorKind::Failed => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error(status, e.message.clone())
+}
+
+/// Prometheus metrics: open, unless `--metrics-token` is set, then only
+/// with `Authorization: Bearer <that token>` (its own token, so a scraper
+/// holds no query credentials).
+async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
+    if !app.auth.metrics_allowed(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    ) {
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "metrics need the bearer token given to --metrics-token",
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        app.engine.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn authenticate(State(app): State<App>, request: Request, next: Next) -> Response {
@@ -308,7 +336,10 @@ async fn sql(State(app): State<App>, headers: HeaderMap, body: String) -> Respon
     } else {
         body
     };
-    let mut stream = match app.engine.sql(&sql).await {
+    let started = crate::serve::metrics::PROTOCOL
+        .scope("http", app.engine.sql(&sql))
+        .await;
+    let mut stream = match started {
         Ok(s) => s,
         Err(e) => return query_error(&e),
     };

@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod flight;
 pub mod http;
+pub mod metrics;
 pub mod pg;
 
 use std::net::SocketAddr;
@@ -37,6 +38,8 @@ pub use crate::sql_policy::{
 pub struct Engine {
     pub ctx: SessionContext,
     pub lake: Lake,
+    /// What `/metrics` reports: every query, by protocol and outcome.
+    pub metrics: Arc<metrics::ServeMetrics>,
     catalog: Arc<LakeCatalog>,
     refreshed: Mutex<Instant>,
 }
@@ -48,10 +51,17 @@ const LISTING_TTL: Duration = Duration::from_secs(2);
 
 impl Engine {
     pub async fn new(lake: Lake, options: &SessionOptions) -> Result<Self> {
-        let (ctx, catalog) = crate::session::build(&lake, options).await?;
+        let metrics = Arc::new(metrics::ServeMetrics::new());
+        let mut options = options.clone();
+        if let Some(limits) = options.limits.as_mut() {
+            limits.observer = Some(Arc::new(metrics.clone()));
+        }
+        let (ctx, catalog) = crate::session::build(&lake, &options).await?;
+        metrics.set_versions(catalog.versions_served());
         Ok(Self {
             ctx,
             lake,
+            metrics,
             catalog,
             refreshed: Mutex::new(Instant::now()),
         })
@@ -77,9 +87,18 @@ impl Engine {
 
     /// Plans one read-only statement.
     pub async fn plan(&self, sql: &str) -> std::result::Result<DataFrame, QueryError> {
-        check_sql(sql)?;
+        if let Err(e) = check_sql(sql) {
+            self.metrics.refused();
+            return Err(e);
+        }
         self.refresh().await;
-        Ok(self.ctx.sql_with_options(sql, read_only_options()).await?)
+        self.ctx
+            .sql_with_options(sql, read_only_options())
+            .await
+            .map_err(|e| {
+                self.metrics.not_planned(&e);
+                e.into()
+            })
     }
 
     /// Plans and starts one read-only statement.

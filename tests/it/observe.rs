@@ -401,3 +401,215 @@ fn a_run_that_cannot_start_says_so_in_json_and_exits_2() {
         "{doc}"
     );
 }
+
+/// `/metrics` of a real server: its own token, each protocol's queries
+/// counted by outcome with the rows they returned (compared with the rows
+/// the clients received), refusals, table versions; and every metric the
+/// Grafana dashboard reads exists in the server's or the run's output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_metrics_count_each_protocol_and_the_dashboard_reads_real_names() {
+    use crate::serve::{copy_dir, Server, PASSWORD};
+    use futures::TryStreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    copy_dir(&repo().join("lake/landing"), &lake.join("landing"));
+    let metrics_file = dir.path().join("run.prom");
+    let out = lakehouse(
+        &[
+            "--lake",
+            lake.to_str().unwrap(),
+            "run",
+            "--pipeline",
+            repo().join("sql").to_str().unwrap(),
+            "--metrics-file",
+            metrics_file.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let server = Server::start(&lake, &["--metrics-token", "scrape-7f3a"]);
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/metrics", server.http);
+    for request in [
+        http.get(&url),
+        http.get(&url).bearer_auth("wrong"),
+        http.get(&url).basic_auth("analyst", Some(PASSWORD)),
+    ] {
+        assert_eq!(request.send().await.unwrap().status(), 401);
+    }
+    let scrape = || async {
+        let r = http
+            .get(&url)
+            .bearer_auth("scrape-7f3a")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"));
+        prom_samples(&r.text().await.unwrap())
+    };
+
+    // Postgres wire: two queries with known row counts, one unknown table,
+    // one refused statement.
+    let pg = server.pg().await;
+    let regions = crate::serve::pg_text(&pg, "SELECT * FROM gold.daily_region_sales")
+        .await
+        .len();
+    let days = crate::serve::pg_text(&pg, "SELECT DISTINCT order_date FROM silver.orders")
+        .await
+        .len();
+    assert!(regions > 0 && days > 0 && regions != days);
+    assert!(pg.simple_query("SELECT * FROM gold.nope").await.is_err());
+    assert!(pg
+        .simple_query("DROP TABLE gold.daily_region_sales")
+        .await
+        .is_err());
+    // HTTP: one query of 3 rows.
+    let r = http
+        .post(format!("http://{}/sql", server.http))
+        .basic_auth("analyst", Some(PASSWORD))
+        .header("accept", "application/json")
+        .body("SELECT * FROM (VALUES (1), (2), (3)) AS t(x)")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Flight SQL: one query.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.flight))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut flight = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
+    flight.handshake("analyst", PASSWORD).await.unwrap();
+    let info = flight
+        .execute("SELECT region FROM gold.daily_region_sales".into(), None)
+        .await
+        .unwrap();
+    let batches: Vec<datafusion::arrow::array::RecordBatch> = flight
+        .do_get(info.endpoint[0].ticket.clone().unwrap())
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let flight_rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(flight_rows, regions);
+
+    let m = scrape().await;
+    let q = |protocol: &str, outcome: &str| {
+        sample(
+            &m,
+            "lakehouse_serve_queries_total",
+            &[("protocol", protocol), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(q("postgres", "ok"), 2.0, "{m:?}");
+    assert_eq!(q("postgres", "no_such_table"), 1.0);
+    assert_eq!(q("http", "ok"), 1.0);
+    assert_eq!(q("flight", "ok"), 1.0);
+    let rows = |protocol: &str| {
+        sample(
+            &m,
+            "lakehouse_serve_rows_returned_total",
+            &[("protocol", protocol)],
+        ) as usize
+    };
+    assert_eq!(rows("postgres"), regions + days);
+    assert_eq!(rows("http"), 3);
+    assert_eq!(rows("flight"), regions);
+    assert!(
+        sample(
+            &m,
+            "lakehouse_serve_bytes_returned_total",
+            &[("protocol", "postgres")]
+        ) > 0.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "lakehouse_serve_refused_statements_total",
+            &[("protocol", "postgres")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "lakehouse_serve_query_duration_seconds_count",
+            &[("protocol", "postgres")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "lakehouse_serve_connections",
+            &[("protocol", "postgres")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "lakehouse_serve_queries_running",
+            &[("protocol", "postgres")]
+        ),
+        0.0
+    );
+    let version = crate::one(
+        &lake,
+        "SELECT max(version) FROM system.steps WHERE step = 'gold.daily_region_sales'",
+    )
+    .await;
+    assert_eq!(
+        sample(
+            &m,
+            "lakehouse_serve_table_version",
+            &[("table", "gold.daily_region_sales")]
+        ),
+        version as f64
+    );
+    drop(pg);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let m = scrape().await;
+    assert_eq!(
+        sample(
+            &m,
+            "lakehouse_serve_connections",
+            &[("protocol", "postgres")]
+        ),
+        0.0
+    );
+
+    // Every name the dashboard queries is one these outputs have.
+    let run = prom_samples(&std::fs::read_to_string(&metrics_file).unwrap());
+    let names: std::collections::BTreeSet<String> = m
+        .iter()
+        .chain(run.iter())
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("scripts/grafana/lakehouse-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let mut used = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_alphanumeric() || c == '_')) {
+                if word.starts_with("lakehouse_") {
+                    used += 1;
+                    assert!(
+                        names.contains(word),
+                        "the dashboard reads `{word}`, which no output has ({expr})"
+                    );
+                }
+            }
+        }
+    }
+    assert!(used >= 20, "{used}");
+}

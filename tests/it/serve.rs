@@ -13,7 +13,7 @@ use futures::TryStreamExt;
 
 use super::{lakehouse, repo, strings, text};
 
-const PASSWORD: &str = "correct horse";
+pub(crate) const PASSWORD: &str = "correct horse";
 
 /// A lake built from the committed sample landing files by the example pipeline.
 fn example_lake(root: &Path) -> PathBuf {
@@ -47,9 +47,9 @@ pub(crate) fn copy_dir(from: &Path, to: &Path) {
 
 pub(crate) struct Server {
     child: Child,
-    pg: String,
-    flight: String,
-    http: String,
+    pub(crate) pg: String,
+    pub(crate) flight: String,
+    pub(crate) http: String,
 }
 
 impl Server {

@@ -85,6 +85,7 @@ pub async fn serve(
     tls: Option<pgwire::tokio::TlsAcceptor>,
     shutdown: Shutdown,
 ) {
+    let metrics = engine.metrics.clone();
     let handlers = Arc::new(PgHandlers::new(engine, auth));
     loop {
         tokio::select! {
@@ -93,11 +94,13 @@ pub async fn serve(
                 Ok((socket, peer)) => {
                     let handlers = handlers.clone();
                     let tls = tls.clone();
-                    tokio::spawn(async move {
+                    let open = metrics.connection("postgres");
+                    tokio::spawn(crate::serve::metrics::PROTOCOL.scope("postgres", async move {
+                        let _open = open;
                         if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
                             tracing::debug!("postgres connection from {peer} ended: {e}");
                         }
-                    });
+                    }));
                 }
                 Err(e) => tracing::warn!("postgres accept failed: {e}"),
             }
@@ -428,7 +431,10 @@ impl Guard {
                 statement,
             )))
             .await
-            .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+            .map_err(|e| {
+                self.engine.metrics.not_planned(&e);
+                PgWireError::ApiError(Box::new(e))
+            })?;
         super::read_only_options()
             .verify_plan(&plan)
             .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
@@ -628,7 +634,11 @@ impl QueryHook for Guard {
         _ctx: &SessionContext,
         client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        match decide(statement) {
+        let decision = decide(statement);
+        if matches!(decision, Decision::Refuse(_)) {
+            self.engine.metrics.refused();
+        }
+        match decision {
             // Queries are answered here, so that names and type modifiers
             // are Postgres's (`fields`); COPY, cursors and SHOW pass on.
             Decision::Pass if matches!(statement, Statement::Query(_)) => {
@@ -650,7 +660,11 @@ impl QueryHook for Guard {
         _ctx: &SessionContext,
         client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
-        match decide(statement) {
+        let decision = decide(statement);
+        if matches!(decision, Decision::Refuse(_)) {
+            self.engine.metrics.refused();
+        }
+        match decision {
             Decision::Pass => {
                 self.engine.refresh().await;
                 if let Statement::Fetch { name, .. } = statement {

@@ -46,6 +46,14 @@ pub struct Cli {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LineageFormat {
+    Text,
+    Json,
+    Dot,
+    Mermaid,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
@@ -172,6 +180,19 @@ pub enum Command {
         /// List what would be deleted, and how many bytes, without deleting.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Which columns each table's columns are computed from (read off the
+    /// models' SQL with DataFusion's planner), down to bronze and the
+    /// landing files.
+    Lineage {
+        /// The pipeline folder.
+        #[arg(long, env = "LAKEHOUSE_PIPELINE", default_value = "sql")]
+        pipeline: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        format: LineageFormat,
+        /// Only this table (`gold.daily_region_sales`) or column
+        /// (`gold.daily_region_sales.revenue`) and what it comes from.
+        table: Option<String>,
     },
     /// Run one SQL query over bronze.*, silver.*, gold.*, quarantine.* and system.*.
     Query {
@@ -589,6 +610,24 @@ pub async fn dispatch(cli: Cli) -> Result<Exit> {
                 humantime::format_duration(retain)
             );
             Ok(if failed { Exit::Failed } else { Exit::Success })
+        }
+        Command::Lineage {
+            pipeline,
+            format,
+            table,
+        } => {
+            let pipeline = Pipeline::load(&pipeline)?;
+            let lake = Lake::open(&cli.lake, config.storage.clone())?;
+            let (ctx, _) = crate::session::build(&lake, &options).await?;
+            let all = crate::lineage::lineage(&ctx, &pipeline).await?;
+            let tables = crate::lineage::upstream(all, table.as_deref())?;
+            match format {
+                LineageFormat::Text => print!("{}", crate::lineage::to_text(&tables)),
+                LineageFormat::Json => println!("{}", crate::lineage::to_json(&tables)),
+                LineageFormat::Dot => print!("{}", crate::lineage::to_dot(&tables)),
+                LineageFormat::Mermaid => print!("{}", crate::lineage::to_mermaid(&tables)),
+            }
+            Ok(Exit::Success)
         }
         Command::Tables => {
             let lake = open_existing(&cli.lake, &config)?;

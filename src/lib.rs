@@ -12,6 +12,7 @@ pub mod failpoint;
 pub mod functions;
 pub mod ingest;
 pub mod limits;
+pub mod lineage;
 pub mod lock;
 pub mod maintain;
 pub mod manifest;

@@ -29,6 +29,19 @@ use crate::pipeline::{Model, Pipeline, LAYERS};
 /// Checks every model of `pipeline` against the tables `ctx` sees (a
 /// session over the lake), without running anything.
 pub async fn check(ctx: &SessionContext, pipeline: &Pipeline) -> Result<()> {
+    plan_all(ctx, pipeline, true).await.map(|_| ())
+}
+
+/// Every model's logical plan (unoptimised, as written), planned against
+/// empty tables of its inputs' schemas; `check` also checks each model's
+/// settings against its result. Models that cannot be planned yet are left
+/// out.
+pub async fn plan_all(
+    ctx: &SessionContext,
+    pipeline: &Pipeline,
+    check: bool,
+) -> Result<BTreeMap<String, datafusion::logical_expr::LogicalPlan>> {
+    let mut plans = BTreeMap::new();
     let mut known: BTreeMap<String, SchemaRef> = BTreeMap::new();
     for source in &pipeline.sources {
         let name = format!("bronze.{}", source.name);
@@ -77,7 +90,10 @@ pub async fn check(ctx: &SessionContext, pipeline: &Pipeline) -> Result<()> {
             }
         };
         let result: Schema = df.schema().as_arrow().clone();
-        check_model(&scratch, model, &result)?;
+        if check {
+            check_model(&scratch, model, &result)?;
+        }
+        plans.insert(model.table(), df.logical_plan().clone());
         let table = model.table();
         scratch.deregister_table(table.as_str())?;
         scratch.register_table(
@@ -86,7 +102,7 @@ pub async fn check(ctx: &SessionContext, pipeline: &Pipeline) -> Result<()> {
         )?;
         known.insert(table, Arc::new(result));
     }
-    Ok(())
+    Ok(plans)
 }
 
 /// What a model's settings name, checked against the columns its SELECT

@@ -613,3 +613,132 @@ async fn serve_metrics_count_each_protocol_and_the_dashboard_reads_real_names() 
     }
     assert!(used >= 20, "{used}");
 }
+
+/// Lineage of the example, read off the models' plans on a lake that has
+/// no table yet: revenue comes from quantity, unit_price and status of both
+/// order sources, region from the stores file, and the graph formats name
+/// every edge.
+#[test]
+fn lineage_traces_gold_columns_to_bronze_columns_and_landing_globs() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = repo().join("sql");
+    let run = |args: &[&str]| {
+        let mut all = vec![
+            "--lake",
+            "lake",
+            "lineage",
+            "--pipeline",
+            pipeline.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        let out = lakehouse(&all, dir.path());
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let doc: Value = serde_json::from_str(&run(&[
+        "--format",
+        "json",
+        "gold.daily_region_sales.revenue",
+    ]))
+    .unwrap();
+    let tables = doc["tables"].as_array().unwrap();
+    let gold = tables
+        .iter()
+        .find(|t| t["table"] == "gold.daily_region_sales")
+        .unwrap();
+    let columns = gold["columns"].as_array().unwrap();
+    assert_eq!(columns.len(), 1, "{gold}");
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        strings(&columns[0]["sources"]),
+        [
+            "bronze.branch_orders.quantity",
+            "bronze.branch_orders.status",
+            "bronze.branch_orders.unit_price",
+            "bronze.orders.quantity",
+            "bronze.orders.status",
+            "bronze.orders.unit_price",
+        ]
+    );
+    assert_eq!(
+        strings(&columns[0]["inputs"]),
+        ["silver.orders.amount", "silver.orders.status"]
+    );
+    assert!(
+        columns[0]["expression"]
+            .as_str()
+            .unwrap()
+            .contains("sum(CASE WHEN silver.orders.status"),
+        "{}",
+        columns[0]
+    );
+    // Upstream tables only: not gold.category_daily.
+    let names: Vec<&str> = tables
+        .iter()
+        .map(|t| t["table"].as_str().unwrap())
+        .collect();
+    assert!(!names.contains(&"gold.category_daily"), "{names:?}");
+    let orders = tables
+        .iter()
+        .find(|t| t["table"] == "bronze.orders")
+        .unwrap();
+    assert_eq!(orders["files"], "landing/orders/*.csv*");
+
+    let all: Value = serde_json::from_str(&run(&["--format", "json"])).unwrap();
+    let silver = all["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "silver.orders")
+        .unwrap();
+    let region = silver["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "region")
+        .unwrap();
+    assert_eq!(strings(&region["sources"]), ["bronze.stores.region"]);
+    assert!(
+        !silver["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"].as_str().unwrap().starts_with('_')),
+        "lineage columns are not table columns"
+    );
+
+    let dot = run(&["--format", "dot"]);
+    assert!(dot.starts_with("digraph lineage {"), "{dot}");
+    assert!(
+        dot.contains("silver_orders -> gold_daily_region_sales;"),
+        "{dot}"
+    );
+    let mermaid = run(&["--format", "mermaid"]);
+    assert!(
+        mermaid.contains("bronze_stores --> silver_orders"),
+        "{mermaid}"
+    );
+    let bad = lakehouse(
+        &[
+            "--lake",
+            "lake",
+            "lineage",
+            "--pipeline",
+            pipeline.to_str().unwrap(),
+            "gold.nope",
+        ],
+        dir.path(),
+    );
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        text(&bad).contains("no table `gold.nope` in the pipeline"),
+        "{}",
+        text(&bad)
+    );
+}

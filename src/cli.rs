@@ -181,6 +181,17 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// A table's versions, newest first: when, the operation, the run that
+    /// made it and its metrics.
+    History {
+        /// The table, as `layer.name`.
+        table: String,
+        /// How many versions to list.
+        #[arg(long, default_value_t = 20)]
+        last: usize,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
     /// Which columns each table's columns are computed from (read off the
     /// models' SQL with DataFusion's planner), down to bronze and the
     /// landing files.
@@ -610,6 +621,19 @@ pub async fn dispatch(cli: Cli) -> Result<Exit> {
                 humantime::format_duration(retain)
             );
             Ok(if failed { Exit::Failed } else { Exit::Success })
+        }
+        Command::History {
+            table,
+            last,
+            format,
+        } => {
+            let lake = open_existing(&cli.lake, &config)?;
+            let table = crate::maintain::TableRef::parse(&table)?;
+            let versions = crate::maintain::history(&lake, &table, last).await?;
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            crate::maintain::print_history(&versions, format, &mut out)?;
+            Ok(Exit::Success)
         }
         Command::Lineage {
             pipeline,

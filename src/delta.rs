@@ -352,6 +352,9 @@ pub fn conform(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch> {
 /// Creates the table when it does not exist yet (its own first commit: an
 /// empty table is a valid, readable state) and checks that an existing
 /// table's columns match.
+/// Commits between two checkpoints of a table this job creates.
+pub const CHECKPOINT_INTERVAL: &str = "10";
+
 pub async fn ensure_table(
     url: &Url,
     storage_options: &HashMap<String, String>,
@@ -403,6 +406,12 @@ pub async fn ensure_table(
         .with_columns(kernel.fields().cloned())
         .with_partition_columns(spec.partition_by.clone())
         .with_table_name(spec.table_name.clone())
+        // A checkpoint every 10 commits (delta-rs's default is 100), so
+        // readers replay at most 10 JSON commits.
+        .with_configuration_property(
+            deltalake::TableProperty::CheckpointInterval,
+            Some(CHECKPOINT_INTERVAL),
+        )
         .with_save_mode(SaveMode::Ignore);
     if let Some(d) = &spec.description {
         create = create.with_comment(d.clone());

@@ -221,7 +221,7 @@ fn commit_properties(operation: &str, run_id: Option<&str>) -> CommitProperties 
     let mut metadata: HashMap<String, serde_json::Value> = HashMap::new();
     metadata.insert("lakehouse.operation".into(), operation.into());
     if let Some(run) = run_id {
-        metadata.insert("lakehouse.run_id".into(), run.into());
+        metadata.insert("lakehouse.runId".into(), run.into());
     }
     CommitProperties::default().with_metadata(metadata)
 }
@@ -491,6 +491,127 @@ pub async fn vacuum(
         bytes,
         dry_run,
     })
+}
+
+/// One version of a table, as `lakehouse history` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Version {
+    pub version: i64,
+    pub timestamp: Option<String>,
+    pub operation: Option<String>,
+    pub run_id: Option<String>,
+    /// The job's own metrics (rows in, quarantined, ...) or Delta's
+    /// operation metrics.
+    pub metrics: Option<serde_json::Value>,
+}
+
+/// The table's last `last` versions, newest first.
+pub async fn history(lake: &Lake, table: &TableRef, last: usize) -> Result<Vec<Version>> {
+    let delta = open(lake, table).await?;
+    let current = delta.version().unwrap_or(0) as i64;
+    let infos: Vec<deltalake::kernel::CommitInfo> =
+        delta.history(Some(last.max(1))).try_collect().await?;
+    Ok(infos
+        .into_iter()
+        .enumerate()
+        .map(|(i, info)| {
+            let timestamp = info
+                .timestamp
+                .and_then(chrono::DateTime::from_timestamp_millis)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+            let run_id = info
+                .info
+                .get("lakehouse.runId")
+                .or_else(|| info.info.get("lakehouse.run_id"))
+                .and_then(|v| v.as_str())
+                .map(String::from);
+            let metrics = info
+                .info
+                .get("lakehouse.metrics")
+                .or_else(|| info.info.get("operationMetrics"))
+                .cloned();
+            Version {
+                version: current - i as i64,
+                timestamp,
+                operation: info.operation,
+                run_id,
+                metrics,
+            }
+        })
+        .collect())
+}
+
+pub fn print_history(
+    versions: &[Version],
+    format: crate::query::Format,
+    out: &mut dyn std::io::Write,
+) -> Result<()> {
+    let io = |e: std::io::Error| Error::io("write output", e);
+    match format {
+        crate::query::Format::Json => writeln!(
+            out,
+            "{}",
+            serde_json::to_string(versions).unwrap_or_default()
+        )
+        .map_err(io),
+        _ => {
+            let csv = format == crate::query::Format::Csv;
+            let rows: Vec<[String; 5]> = versions
+                .iter()
+                .map(|v| {
+                    [
+                        v.version.to_string(),
+                        v.timestamp.clone().unwrap_or_default(),
+                        v.operation.clone().unwrap_or_default(),
+                        v.run_id.clone().unwrap_or_default(),
+                        v.metrics
+                            .as_ref()
+                            .map(|m| m.to_string())
+                            .unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            let header = ["version", "timestamp", "operation", "run_id", "metrics"];
+            if csv {
+                let quote = |s: &str| {
+                    if s.contains([',', '"', '\n']) {
+                        format!("\"{}\"", s.replace('"', "\"\""))
+                    } else {
+                        s.to_string()
+                    }
+                };
+                writeln!(out, "{}", header.join(",")).map_err(io)?;
+                for r in &rows {
+                    let cells: Vec<String> = r.iter().map(|c| quote(c)).collect();
+                    writeln!(out, "{}", cells.join(",")).map_err(io)?;
+                }
+                return Ok(());
+            }
+            let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+            for r in &rows {
+                for (w, c) in widths.iter_mut().zip(r.iter()).take(4) {
+                    *w = (*w).max(c.len());
+                }
+            }
+            let line = |cells: &[&str]| {
+                let mut l = String::new();
+                for (i, c) in cells.iter().enumerate() {
+                    if i < 4 {
+                        l.push_str(&format!("{c:<w$}  ", w = widths[i]));
+                    } else {
+                        l.push_str(c);
+                    }
+                }
+                l.trim_end().to_string()
+            };
+            writeln!(out, "{}", line(&header)).map_err(io)?;
+            for r in &rows {
+                let cells: Vec<&str> = r.iter().map(|s| s.as_str()).collect();
+                writeln!(out, "{}", line(&cells)).map_err(io)?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// `12.3 MB`: sizes as people read them.

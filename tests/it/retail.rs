@@ -235,6 +235,24 @@ async fn example_pipeline_matches_an_independent_computation_and_reruns_change_n
     )
     .await as u64;
     assert_eq!(q, expected.quarantine.values().sum::<u64>());
+
+    // Optimize and vacuum every table: the same figures, through the job
+    // and through DuckDB, polars and delta-rs python.
+    let lake_arg = lake.to_str().unwrap();
+    let optimized = lakehouse(&["optimize", "--lake", lake_arg], dir.path());
+    assert!(optimized.status.success(), "{}", text(&optimized));
+    assert!(
+        text(&optimized).contains("bronze.orders: "),
+        "{}",
+        text(&optimized)
+    );
+    let vacuumed = lakehouse(
+        &["vacuum", "--lake", lake_arg, "--retain", "1h"],
+        dir.path(),
+    );
+    assert!(vacuumed.status.success(), "{}", text(&vacuumed));
+    assert_figures(&lake, &expected).await;
+    readers_agree(&lake, &expected);
 }
 
 fn readers_agree(lake: &Path, e: &Expected) {

@@ -95,54 +95,7 @@ impl Exit {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Ingest new landing files into bronze, then run every model into silver and gold.
-    Run {
-        /// The pipeline folder (bronze/, silver/, gold/).
-        #[arg(long, env = "LAKEHOUSE_PIPELINE", default_value = "sql")]
-        pipeline: PathBuf,
-        /// If another run holds the lake, wait for it instead of exiting.
-        #[arg(long)]
-        wait: bool,
-        /// Run only this model (`silver.orders`), or it and everything
-        /// downstream (`silver.orders+`). Repeatable. Sources are always ingested.
-        #[arg(long, value_name = "MODEL")]
-        select: Vec<String>,
-        /// Rebuild the models from their inputs (no skipping; merge, append
-        /// and replace_partitions models are replaced whole).
-        #[arg(long, conflicts_with_all = ["from", "to"])]
-        full_refresh: bool,
-        /// Backfill: recompute the selected models' rows dated from this day
-        /// (YYYY-MM-DD, included) and replace exactly those date partitions.
-        #[arg(long, value_name = "DATE", value_parser = parse_date)]
-        from: Option<chrono::NaiveDate>,
-        /// Backfill up to this day (YYYY-MM-DD, included); with --from or alone.
-        #[arg(long, value_name = "DATE", value_parser = parse_date)]
-        to: Option<chrono::NaiveDate>,
-        /// Ingest this landed file again although it was ingested before
-        /// (its name as bronze records it, e.g. landing/orders/day1.csv),
-        /// replacing its earlier rows in bronze and in the reject table in
-        /// the same commit. Repeatable. Models downstream are rebuilt.
-        #[arg(long, value_name = "FILE")]
-        reingest: Vec<String>,
-        /// Run the models on a Ballista cluster: df://HOST:PORT of its
-        /// scheduler, or `standalone` for one started in this process.
-        /// Executors write the files; this process commits them.
-        #[arg(
-            long,
-            env = "LAKEHOUSE_CLUSTER",
-            value_name = "df://HOST:PORT|standalone"
-        )]
-        cluster: Option<String>,
-        /// Print the run's summary as one line of JSON on stdout (the
-        /// readable summary goes to stderr): per step its status, strategy,
-        /// rows in/written/rejected/quarantined, duplicates, rules, Delta
-        /// version and seconds.
-        #[arg(long)]
-        json: bool,
-        /// Write the run's metrics to this file in Prometheus text format,
-        /// replaced atomically (for node_exporter's textfile collector).
-        #[arg(long, env = "LAKEHOUSE_METRICS_FILE", value_name = "PATH")]
-        metrics_file: Option<PathBuf>,
-    },
+    Run(RunArgs),
     /// The run history: the last runs, or one run's steps, rules and errors.
     Runs {
         /// How many runs to list, newest first.
@@ -275,6 +228,57 @@ pub enum RunsCommand {
     },
 }
 
+/// What `lakehouse run` takes.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The pipeline folder (bronze/, silver/, gold/).
+    #[arg(long, env = "LAKEHOUSE_PIPELINE", default_value = "sql")]
+    pub pipeline: PathBuf,
+    /// If another run holds the lake, wait for it instead of exiting.
+    #[arg(long)]
+    pub wait: bool,
+    /// Run only this model (`silver.orders`), or it and everything
+    /// downstream (`silver.orders+`). Repeatable. Sources are always ingested.
+    #[arg(long, value_name = "MODEL")]
+    pub select: Vec<String>,
+    /// Rebuild the models from their inputs (no skipping; merge, append
+    /// and replace_partitions models are replaced whole).
+    #[arg(long, conflicts_with_all = ["from", "to"])]
+    pub full_refresh: bool,
+    /// Backfill: recompute the selected models' rows dated from this day
+    /// (YYYY-MM-DD, included) and replace exactly those date partitions.
+    #[arg(long, value_name = "DATE", value_parser = parse_date)]
+    pub from: Option<chrono::NaiveDate>,
+    /// Backfill up to this day (YYYY-MM-DD, included); with --from or alone.
+    #[arg(long, value_name = "DATE", value_parser = parse_date)]
+    pub to: Option<chrono::NaiveDate>,
+    /// Ingest this landed file again although it was ingested before
+    /// (its name as bronze records it, e.g. landing/orders/day1.csv),
+    /// replacing its earlier rows in bronze and in the reject table in
+    /// the same commit. Repeatable. Models downstream are rebuilt.
+    #[arg(long, value_name = "FILE")]
+    pub reingest: Vec<String>,
+    /// Run the models on a Ballista cluster: df://HOST:PORT of its
+    /// scheduler, or `standalone` for one started in this process.
+    /// Executors write the files; this process commits them.
+    #[arg(
+        long,
+        env = "LAKEHOUSE_CLUSTER",
+        value_name = "df://HOST:PORT|standalone"
+    )]
+    pub cluster: Option<String>,
+    /// Print the run's summary as one line of JSON on stdout (the
+    /// readable summary goes to stderr): per step its status, strategy,
+    /// rows in/written/rejected/quarantined, duplicates, rules, Delta
+    /// version and seconds.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the run's metrics to this file in Prometheus text format,
+    /// replaced atomically (for node_exporter's textfile collector).
+    #[arg(long, env = "LAKEHOUSE_METRICS_FILE", value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
+}
+
 /// Settings of `lakehouse serve`. Each comes from its flag, else its
 /// environment variable, else the `[serve]` table of the config file, else
 /// the default shown.
@@ -395,36 +399,9 @@ pub async fn dispatch(cli: Cli) -> Result<Exit> {
     let mut config = load_config(cli.config.as_deref())?;
     crate::storage::set_node_options(config.storage.clone());
     match cli.command {
-        Command::Run {
-            pipeline,
-            wait,
-            select,
-            full_refresh,
-            from,
-            to,
-            reingest,
-            cluster,
-            json,
-            metrics_file,
-        } => {
-            let outcome = run_command(
-                &cli.lake,
-                &config,
-                options,
-                RunArgs {
-                    pipeline,
-                    wait,
-                    select,
-                    full_refresh,
-                    from,
-                    to,
-                    reingest,
-                    cluster,
-                    json,
-                    metrics_file,
-                },
-            )
-            .await;
+        Command::Run(args) => {
+            let json = args.json;
+            let outcome = run_command(&cli.lake, &config, options, args).await;
             if let (Err(e), true) = (&outcome, json) {
                 let code = Exit::from_error(e).code();
                 println!("{}", crate::report::json_not_started(&e.to_string(), code));
@@ -697,19 +674,6 @@ pub async fn dispatch(cli: Cli) -> Result<Exit> {
             Ok(Exit::Success)
         }
     }
-}
-
-struct RunArgs {
-    pipeline: PathBuf,
-    wait: bool,
-    select: Vec<String>,
-    full_refresh: bool,
-    from: Option<chrono::NaiveDate>,
-    to: Option<chrono::NaiveDate>,
-    reingest: Vec<String>,
-    cluster: Option<String>,
-    json: bool,
-    metrics_file: Option<PathBuf>,
 }
 
 async fn run_command(

@@ -191,6 +191,21 @@ impl SchemaProvider for FolderSchema {
                 )),
             })?;
         let Some(table) = table else { return Ok(None) };
+        if at != At::Latest {
+            // Time travel past a vacuum's retention: say so, instead of a
+            // missing-file error in the middle of the scan.
+            if let (Some(v), Ok(Some(latest))) = (
+                table.version(),
+                crate::delta::open(&url, self.lake.storage_options()).await,
+            ) {
+                if let Some(why) = crate::maintain::vacuumed_away(&latest, v)
+                    .await
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?
+                {
+                    return Err(DataFusionError::Plan(format!("table `{base}`: {why}")));
+                }
+            }
+        }
         if let (At::Latest, Some(v)) = (&at, table.version()) {
             self.served
                 .lock()

@@ -109,35 +109,13 @@ pub fn summary(report: &RunReport) -> String {
             format!("{:.1}s", r.seconds),
         ]);
     }
-    let widths: Vec<usize> = (0..7)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for (n, r) in rows.iter().enumerate() {
-        let line: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                if i >= 2 {
-                    format!("{:>w$}", c, w = widths[i])
-                } else {
-                    format!("{:<w$}", c, w = widths[i])
-                }
-            })
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-        if n == 0 {
-            out.push_str(
-                &widths
-                    .iter()
-                    .map(|w| "-".repeat(*w))
-                    .collect::<Vec<_>>()
-                    .join("  "),
-            );
-            out.push('\n');
-        }
-    }
+    use crate::text::Align::{Left, Right};
+    let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
+    let mut out = crate::text::table(
+        &rows,
+        &[Left, Left, Right, Right, Right, Right, Right],
+        true,
+    );
     for s in &report.sources {
         for f in &s.report.files {
             if f.refused.is_some() {

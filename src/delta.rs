@@ -796,14 +796,25 @@ pub async fn data_commits(
     let Some(current) = table.version() else {
         return Ok(vec![]);
     };
-    let infos: Vec<deltalake::kernel::CommitInfo> =
-        table.history(Some(limit)).try_collect().await?;
-    Ok(infos
-        .into_iter()
-        .enumerate()
-        .filter(|(_, info)| !is_maintenance(info))
-        .map(|(i, info)| (current as i64 - i as i64, info))
-        .collect())
+    // Usually the newest commit is a data commit: read one commit first,
+    // and more only while they are all maintenance.
+    let mut look = 1;
+    loop {
+        let n = look.min(limit);
+        let infos: Vec<deltalake::kernel::CommitInfo> =
+            table.history(Some(n)).try_collect().await?;
+        let exhausted = infos.len() < n || n == limit;
+        let found: Vec<(i64, deltalake::kernel::CommitInfo)> = infos
+            .into_iter()
+            .enumerate()
+            .filter(|(_, info)| !is_maintenance(info))
+            .map(|(i, info)| (current as i64 - i as i64, info))
+            .collect();
+        if !found.is_empty() || exhausted {
+            return Ok(found);
+        }
+        look *= 8;
+    }
 }
 
 /// The version of the table's last commit that changed data: compaction

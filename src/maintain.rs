@@ -493,6 +493,57 @@ pub async fn vacuum(
     })
 }
 
+/// Why `version` of a table can no longer be read, if a vacuum deleted its
+/// files: a vacuum after it, whose retention ended before the commit that
+/// replaced that version's files. `latest` is the table at its newest
+/// version (its log holds the vacuums).
+pub async fn vacuumed_away(latest: &DeltaTable, version: u64) -> Result<Option<String>> {
+    let Some(current) = latest.version() else {
+        return Ok(None);
+    };
+    if version >= current {
+        return Ok(None);
+    }
+    let infos: Vec<deltalake::kernel::CommitInfo> = latest
+        .history(Some((current - version) as usize))
+        .try_collect()
+        .await?;
+    // infos[i] is version current - i; the commit after `version` is last.
+    let Some(next) = infos.last().and_then(|i| i.timestamp) else {
+        return Ok(None);
+    };
+    for info in &infos {
+        if info.operation.as_deref() != Some("VACUUM START") {
+            continue;
+        }
+        let Some(at) = info.timestamp else { continue };
+        let params = info.operation_parameters.clone().unwrap_or_default();
+        let millis = |k: &str| {
+            params.get(k).and_then(|v| {
+                v.as_i64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            })
+        };
+        let Some(retention) = millis("specifiedRetentionMillis")
+            .or_else(|| millis("specified_retention_millis"))
+            .or_else(|| millis("defaultRetentionMillis"))
+        else {
+            continue;
+        };
+        if next < at - retention {
+            let when = chrono::DateTime::from_timestamp_millis(at)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_default();
+            return Ok(Some(format!(
+                "version {version} can no longer be read: a vacuum at {when} kept {} of history, and this version's files were replaced before that. \
+                 Versions still readable start after it; `lakehouse history` lists them",
+                humantime::format_duration(std::time::Duration::from_millis(retention.max(0) as u64))
+            )));
+        }
+    }
+    Ok(None)
+}
+
 /// One version of a table, as `lakehouse history` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Version {
@@ -587,48 +638,21 @@ pub fn print_history(
                 }
                 return Ok(());
             }
-            let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-            for r in &rows {
-                for (w, c) in widths.iter_mut().zip(r.iter()).take(4) {
-                    *w = (*w).max(c.len());
-                }
-            }
-            let line = |cells: &[&str]| {
-                let mut l = String::new();
-                for (i, c) in cells.iter().enumerate() {
-                    if i < 4 {
-                        l.push_str(&format!("{c:<w$}  ", w = widths[i]));
-                    } else {
-                        l.push_str(c);
-                    }
-                }
-                l.trim_end().to_string()
-            };
-            writeln!(out, "{}", line(&header)).map_err(io)?;
-            for r in &rows {
-                let cells: Vec<&str> = r.iter().map(|s| s.as_str()).collect();
-                writeln!(out, "{}", line(&cells)).map_err(io)?;
-            }
+            let mut table = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
+            table.extend(rows.iter().map(|r| r.to_vec()));
+            use crate::text::Align::{Left, Right};
+            write!(
+                out,
+                "{}",
+                crate::text::table(&table, &[Right, Left, Left, Left, Left], false)
+            )
+            .map_err(io)?;
             Ok(())
         }
     }
 }
 
-/// `12.3 MB`: sizes as people read them.
-pub fn human_bytes(n: u64) -> String {
-    let units = ["B", "KB", "MB", "GB", "TB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1000.0 && unit + 1 < units.len() {
-        v /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", units[unit])
-    }
-}
+pub use crate::text::human_bytes;
 
 #[cfg(test)]
 mod tests {
@@ -687,11 +711,5 @@ mod tests {
         for bad in ["orders", "silver.orders@v3", "nope.orders", "silver."] {
             assert!(TableRef::parse(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(human_bytes(999), "999 B");
-        assert_eq!(human_bytes(1_500_000), "1.5 MB");
     }
 }

@@ -224,44 +224,13 @@ pub async fn tables(lake: &Lake) -> Result<String> {
             t.rows.to_string(),
             t.partition_columns.join(", "),
             t.files.to_string(),
-            human_bytes(t.bytes),
+            crate::text::human_bytes(t.bytes),
         ]);
     }
-    let widths: Vec<usize> = (0..6)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for r in &rows {
-        let line: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                if matches!(i, 1 | 2 | 4 | 5) {
-                    format!("{:>w$}", c, w = widths[i])
-                } else {
-                    format!("{:<w$}", c, w = widths[i])
-                }
-            })
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
+    use crate::text::Align::{Left, Right};
+    let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
+    let out = crate::text::table(&rows, &[Left, Right, Right, Left, Right, Right], false);
     Ok(out)
-}
-
-fn human_bytes(b: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < units.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", units[u])
-    }
 }
 
 #[cfg(test)]

@@ -81,40 +81,99 @@ pub async fn run(
     observer: &dyn Observer,
 ) -> Result<RunReport> {
     let chosen = selected(pipeline, &run_options.select)?;
-    let run_id = run_id.to_string();
     let started = Instant::now();
     let started_at = chrono::Utc::now();
     let span = tracing::info_span!("run", run_id = %run_id);
     let _guard = span.enter();
-    let mut report = RunReport {
-        run_id: run_id.clone(),
+    let run = RunContext {
+        lake,
+        pipeline,
+        options,
+        run_id,
         started_at,
-        sources: vec![],
-        unread: vec![],
-        models: vec![],
-        errors: vec![],
-        seconds: 0.0,
-        maintenance: vec![],
+        run_options,
+        observer,
     };
 
-    // Every model planned against its inputs' schemas before anything is
-    // taken: a misnamed column in the settings stops the run here.
-    {
-        let local = SessionOptions {
-            cluster: None,
-            ..options.clone()
-        };
-        let (ctx, _) = session::build(lake, &local).await?;
-        model::preflight::check(&ctx, pipeline).await?;
+    preflight(&run).await?;
+    let ingested = ingest_sources(&run).await;
+    let unread = unread_landing_files(lake, pipeline).await;
+    for file in &unread {
+        tracing::warn!(file = %file, "landed file matches no source's `files` glob: it is not read");
     }
+    let modelled = run_models(&run, &chosen).await;
 
+    let mut report = RunReport {
+        run_id: run_id.to_string(),
+        started_at,
+        sources: ingested.steps,
+        unread,
+        models: modelled.steps,
+        errors: ingested.errors.into_iter().chain(modelled.errors).collect(),
+        seconds: started.elapsed().as_secs_f64(),
+        maintenance: vec![],
+    };
+    if report.changed_nothing() {
+        // Nothing new landed and every model was up to date: no data table
+        // changes; the run is still recorded, as `unchanged`.
+        tracing::info!("nothing new: no table changed");
+    }
+    if let Err(e) = crate::runlog::record(lake, &report).await {
+        tracing::warn!(error = %e, "could not record the run in the system tables");
+    }
+    report.maintenance = compact_written(lake, pipeline, &report).await;
+    Ok(report)
+}
+
+/// What every phase of a run reads.
+struct RunContext<'a> {
+    lake: &'a Lake,
+    pipeline: &'a Pipeline,
+    options: &'a SessionOptions,
+    run_id: &'a str,
+    started_at: chrono::DateTime<chrono::Utc>,
+    run_options: &'a RunOptions,
+    observer: &'a dyn Observer,
+}
+
+/// What a phase did: its steps, and the errors that make the run fail.
+struct Phase<T> {
+    steps: Vec<T>,
+    errors: Vec<String>,
+}
+
+/// Every model planned against its inputs' schemas before anything is
+/// taken: a misnamed column in the settings stops the run here (exit 2).
+async fn preflight(run: &RunContext<'_>) -> Result<()> {
+    let local = SessionOptions {
+        cluster: None,
+        ..run.options.clone()
+    };
+    let (ctx, _) = session::build(run.lake, &local).await?;
+    model::preflight::check(&ctx, run.pipeline).await
+}
+
+/// Ingests every source; a source that fails is a failed step, and the
+/// others still run. Names given to `--reingest` that no source found are
+/// errors too.
+async fn ingest_sources(run: &RunContext<'_>) -> Phase<SourceStep> {
+    let (lake, pipeline, run_id, started_at, run_options, observer) = (
+        run.lake,
+        run.pipeline,
+        run.run_id,
+        run.started_at,
+        run.run_options,
+        run.observer,
+    );
+    let mut steps: Vec<SourceStep> = Vec::new();
+    let mut errors: Vec<String> = Vec::new();
     for source in &pipeline.sources {
         let t = Instant::now();
         let progress = observer.source_started(&source.name, &source.csv.files);
         let outcome = ingest::ingest_source(
             lake,
             source,
-            &run_id,
+            run_id,
             started_at,
             progress.clone(),
             &run_options.reingest,
@@ -125,7 +184,7 @@ pub async fn run(
         match outcome {
             Ok(r) => {
                 if !r.reconciled {
-                    report.errors.push(format!(
+                    errors.push(format!(
                         "bronze.{}: reconciliation failed: {} lines read, {} rows + {} rejected, or the Delta log disagrees. This is a bug: please report it",
                         source.name, r.lines, r.rows, r.rejected
                     ));
@@ -139,9 +198,9 @@ pub async fn run(
                         })
                     })
                     .collect();
-                report.errors.extend(refused.iter().cloned());
+                errors.extend(refused.iter().cloned());
                 tracing::info!(source = %source.name, rows = r.rows, rejected = r.rejected, files = r.files.len(), skipped = r.files_skipped, "ingested");
-                report.sources.push(SourceStep {
+                steps.push(SourceStep {
                     name: source.name.clone(),
                     status: if refused.is_empty() {
                         "succeeded".into()
@@ -159,8 +218,8 @@ pub async fn run(
             }
             Err(e) => {
                 tracing::error!(source = %source.name, error = %e, "ingest failed");
-                report.errors.push(e.to_string());
-                report.sources.push(SourceStep {
+                errors.push(e.to_string());
+                steps.push(SourceStep {
                     name: source.name.clone(),
                     status: "failed".into(),
                     message: Some(e.to_string()),
@@ -171,34 +230,40 @@ pub async fn run(
         }
     }
 
+    let sources = &steps;
     for name in &run_options.reingest {
-        if !report
-            .sources
-            .iter()
-            .any(|s| s.report.reingested.contains(name))
-        {
-            report.errors.push(format!(
+        if !sources.iter().any(|s| s.report.reingested.contains(name)) {
+            errors.push(format!(
                 "--reingest {name}: no source found a landed file by that name. Give the name bronze records in _source_file, relative to the lake (like landing/orders/orders_00001.csv)"
             ));
         }
     }
 
-    report.unread = unread_landing_files(lake, pipeline).await;
-    for file in &report.unread {
-        tracing::warn!(file = %file, "landed file matches no source's `files` glob: it is not read");
-    }
+    Phase { steps, errors }
+}
 
-    // From here on the run has started (files may have been taken): a
-    // failure is recorded with the run and exits 1, not 2.
+/// Runs the chosen models in dependency order; a model downstream of a
+/// failed one is not run. From here on files may have been taken: a failure
+/// is recorded with the run and exits 1, not 2.
+async fn run_models(run: &RunContext<'_>, chosen: &HashSet<String>) -> Phase<ModelStep> {
+    let (lake, pipeline, options, run_id, started_at, run_options, observer) = (
+        run.lake,
+        run.pipeline,
+        run.options,
+        run.run_id,
+        run.started_at,
+        run.run_options,
+        run.observer,
+    );
+    let mut steps: Vec<ModelStep> = Vec::new();
+    let mut errors: Vec<String> = Vec::new();
     let session = match crate::failpoint::check("session-build") {
         Ok(()) => session::build(lake, options).await,
         Err(e) => Err(e),
     };
     if let Err(e) = &session {
         tracing::error!(error = %e, "could not start the models");
-        report
-            .errors
-            .push(format!("could not start the models, none ran: {e}"));
+        errors.push(format!("could not start the models, none ran: {e}"));
     }
     let mut stopped: Option<String> = None;
     let mut failed: HashSet<String> = HashSet::new();
@@ -211,7 +276,7 @@ pub async fn run(
         let (ctx, catalog) = match (&session, &stopped) {
             (Ok(s), None) => s,
             (_, why) => {
-                report.models.push(ModelStep {
+                steps.push(ModelStep {
                     status: "not run".into(),
                     message: Some(why.clone().unwrap_or_else(|| {
                         "the models could not start (see the run's errors)".into()
@@ -226,7 +291,7 @@ pub async fn run(
         };
         if let Some(up) = m.inputs.iter().find(|i| failed.contains(*i)) {
             failed.insert(table.clone());
-            report.models.push(ModelStep {
+            steps.push(ModelStep {
                 status: "not run".into(),
                 message: Some(format!("{up} failed")),
                 report: ModelReport {
@@ -244,7 +309,7 @@ pub async fn run(
                 &ctx,
                 lake,
                 m,
-                &run_id,
+                run_id,
                 started_at,
                 run_options.refresh,
                 options.cluster.is_some(),
@@ -255,7 +320,7 @@ pub async fn run(
         match outcome {
             Ok(r) => {
                 tracing::info!(model = %table, rows = r.rows_written, quarantined = r.quarantined, duplicates = r.duplicates, skipped = r.skipped, "model done");
-                report.models.push(ModelStep {
+                steps.push(ModelStep {
                     status: if r.skipped {
                         "unchanged".into()
                     } else {
@@ -268,9 +333,9 @@ pub async fn run(
             Err(e) => {
                 let e = model::explain(&ctx, m, e).await.in_model(&table);
                 tracing::error!(model = %table, error = %e, "model failed");
-                report.errors.push(e.to_string());
+                errors.push(e.to_string());
                 failed.insert(table.clone());
-                report.models.push(ModelStep {
+                steps.push(ModelStep {
                     status: "failed".into(),
                     message: Some(e.to_string()),
                     report: ModelReport {
@@ -286,7 +351,7 @@ pub async fn run(
         };
         if let Err(e) = refreshed {
             tracing::error!(error = %e, "could not list the lake's tables after {table}");
-            report.errors.push(format!(
+            errors.push(format!(
                 "could not list the lake's tables after {table}; the models after it did not run: {e}"
             ));
             stopped = Some(format!(
@@ -294,17 +359,7 @@ pub async fn run(
             ));
         }
     }
-    report.seconds = started.elapsed().as_secs_f64();
-    if report.changed_nothing() {
-        // Nothing new landed and every model was up to date: no data table
-        // changes; the run is still recorded, as `unchanged`.
-        tracing::info!("nothing new: no table changed");
-    }
-    if let Err(e) = crate::runlog::record(lake, &report).await {
-        tracing::warn!(error = %e, "could not record the run in the system tables");
-    }
-    report.maintenance = compact_written(lake, pipeline, &report).await;
-    Ok(report)
+    Phase { steps, errors }
 }
 
 /// Compacts the tables this run committed to (and the system tables) where

@@ -277,14 +277,14 @@ async fn optimize_and_vacuum_keep_every_figure_and_version_in_retention() {
         t.contains("silver.e: would delete day=2025-01-01/part-orphan-of-a-killed-run.parquet"),
         "{t}"
     );
-    assert!(t.contains("silver.e: would delete 1 file (3.0 KB)"), "{t}");
+    assert!(t.contains("silver.e: would delete 1 file (2.9 KiB)"), "{t}");
     assert!(orphan.exists(), "a dry run deletes nothing");
 
     let parquet_before = walk_parquet(&lake.join("silver/e"));
     let out = lakehouse(&["vacuum", "--lake", "lake", "--retain", "1d"], root);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains("silver.e: deleted 1 file (3.0 KB)"),
+        text(&out).contains("silver.e: deleted 1 file (2.9 KiB)"),
         "{}",
         text(&out)
     );
@@ -346,4 +346,126 @@ async fn an_optimize_racing_a_run_fails_instead_of_duplicating_rows() {
     assert!(result.is_err(), "the stale optimize committed");
     assert_eq!(one(&lake, "SELECT sum(v) FROM silver.e").await, total);
     assert_eq!(one(&lake, "SELECT count(*) FROM silver.e").await, rows);
+}
+
+/// Shifts every timestamp of a table's Delta log, and its files' mtimes,
+/// `days` into the past: history as if it had been written then.
+fn age_table(table: &Path, days: i64) {
+    let shift = days * 24 * 3600 * 1000;
+    let log = table.join("_delta_log");
+    for e in std::fs::read_dir(&log).unwrap().flatten() {
+        let p = e.path();
+        if p.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&p).unwrap();
+        let mut out = String::new();
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+            for (action, field) in [
+                ("commitInfo", "timestamp"),
+                ("remove", "deletionTimestamp"),
+                ("add", "modificationTime"),
+            ] {
+                if let Some(t) = v[action][field].as_i64() {
+                    v[action][field] = serde_json::json!(t - shift);
+                }
+            }
+            out.push_str(&v.to_string());
+            out.push('\n');
+        }
+        std::fs::write(&p, out).unwrap();
+    }
+    let then = (chrono::Local::now() - chrono::Duration::days(days))
+        .format("%Y%m%d%H%M")
+        .to_string();
+    let mut stack = vec![table.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.ends_with("_delta_log") {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                assert!(std::process::Command::new("touch")
+                    .args(["-t", &then])
+                    .arg(&p)
+                    .status()
+                    .unwrap()
+                    .success());
+            }
+        }
+    }
+}
+
+/// After a vacuum deleted an old version's files, reading that version
+/// says so (and which vacuum), instead of failing on a missing file; the
+/// current version and versions within the retention still read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_travel_past_a_vacuum_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    setup(root, Some(0));
+    let lake = root.join("lake");
+    let (mut total, mut rows) = (0i64, 0i64);
+    for i in 1..=3 {
+        land_and_run(root, i, &mut total, &mut rows);
+    }
+    let (old, _) = files(&lake, "silver/e").await;
+    let out = lakehouse(
+        &[
+            "run",
+            "--lake",
+            "lake",
+            "--pipeline",
+            "sql",
+            "--full-refresh",
+        ],
+        root,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let (rebuilt, _) = files(&lake, "silver/e").await;
+    assert_eq!(rebuilt, old + 1);
+    // Before any vacuum the old version reads.
+    assert_eq!(
+        one(&lake, &format!("SELECT sum(v) FROM silver.\"e@v{old}\"")).await,
+        total
+    );
+
+    age_table(&lake.join("silver/e"), 3);
+    let out = lakehouse(
+        &["vacuum", "--lake", "lake", "silver.e", "--retain", "1d"],
+        root,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("silver.e: deleted 5 files"),
+        "{}",
+        text(&out)
+    );
+
+    let q = lakehouse(
+        &[
+            "query",
+            "--lake",
+            "lake",
+            &format!("SELECT sum(v) FROM silver.\"e@v{old}\""),
+        ],
+        root,
+    );
+    assert_eq!(q.status.code(), Some(2), "{}", text(&q));
+    assert!(
+        text(&q).contains(&format!("version {old} can no longer be read: a vacuum at"))
+            && text(&q).contains("kept 1day of history"),
+        "{}",
+        text(&q)
+    );
+    assert_eq!(one(&lake, "SELECT sum(v) FROM silver.e").await, total);
+    assert_eq!(
+        one(
+            &lake,
+            &format!("SELECT sum(v) FROM silver.\"e@v{rebuilt}\"")
+        )
+        .await,
+        total
+    );
 }

@@ -35,7 +35,7 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use tokio::sync::Semaphore;
 
 /// Told about every limited query: where the server counts queries, their
-/// outcome, latency, rows and bytes (`crate::serve::metrics`).
+/// outcome, latency, rows and bytes (the server's `/metrics`).
 pub trait QueryObserver: Send + Sync + fmt::Debug {
     /// A query starts (called where its stream is created, in the task of
     /// the protocol that asked for it).

@@ -18,14 +18,9 @@ pub fn status(report: &RunReport) -> &'static str {
     }
 }
 
-/// `full (why)` → (`full`, `full (why)`): the kind of run a model had, and
-/// the whole description with the reason.
-fn strategy_kind(description: &str) -> &str {
-    description
-        .split([' ', ':'])
-        .next()
-        .filter(|s| !s.is_empty())
-        .unwrap_or("none")
+/// When the run finished, in Unix seconds.
+fn finished(report: &RunReport) -> f64 {
+    report.started_at.timestamp_millis() as f64 / 1000.0 + report.seconds
 }
 
 /// The run as one JSON object (see the README's `run --json` section).
@@ -94,13 +89,12 @@ pub fn json(report: &RunReport, exit_code: u8) -> Value {
                 })
             })
             .collect();
-        let ran = m.status == "succeeded";
         steps.push(json!({
             "step": r.table,
             "kind": "model",
             "status": m.status,
             "message": m.message,
-            "strategy": if ran { strategy_kind(&r.strategy) } else { "none" },
+            "strategy": if r.strategy_kind.is_empty() { "none" } else { r.strategy_kind },
             "strategy_detail": r.strategy,
             "rows_in": r.rows_in,
             "rows_written": r.rows_written,
@@ -144,7 +138,7 @@ pub fn json_not_started(error: &str, exit_code: u8) -> Value {
 /// up to date (Unix seconds), this run included.
 pub fn prometheus(report: &RunReport, exit_code: u8, last_success: &[(String, f64)]) -> String {
     let mut e = Exposition::new();
-    let finished = report.started_at.timestamp_millis() as f64 / 1000.0 + report.seconds;
+    let finished = finished(report);
     let status = status(report);
     e.family(
         "lakehouse_run_info",
@@ -329,7 +323,7 @@ pub async fn last_success(
         }
         Err(e) => tracing::debug!(error = %e, "no run history for the metrics"),
     }
-    let finished = report.started_at.timestamp_millis() as f64 / 1000.0 + report.seconds;
+    let finished = finished(report);
     let ok = |s: &str| s == "succeeded" || s == "unchanged";
     for s in report.sources.iter().filter(|s| ok(&s.status)) {
         at.insert(format!("bronze.{}", s.name), finished);
@@ -338,22 +332,4 @@ pub async fn last_success(
         at.insert(m.report.table.clone(), finished);
     }
     at.into_iter().collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn strategy_kinds() {
-        assert_eq!(strategy_kind("full (first run)"), "full");
-        assert_eq!(
-            strategy_kind("incremental (3 new input files)"),
-            "incremental"
-        );
-        assert_eq!(strategy_kind("backfill (2025-01-01..)"), "backfill");
-        assert_eq!(strategy_kind("unchanged"), "unchanged");
-        assert_eq!(strategy_kind("merge: 3 inserted, 1 updated"), "merge");
-        assert_eq!(strategy_kind(""), "none");
-    }
 }

@@ -62,6 +62,9 @@ pub struct ModelReport {
     pub seconds: f64,
     /// How the model ran: `full (why)` or `incremental (what)`.
     pub strategy: String,
+    /// The same for machines: `full`, `incremental`, `backfill` or
+    /// `unchanged` (empty when the model did not run).
+    pub strategy_kind: &'static str,
     pub rules: Vec<RuleResult>,
     /// Rows in = written + quarantined + duplicates, and the written and
     /// quarantined counts match the rows the Delta log records.
@@ -193,6 +196,7 @@ pub async fn run_model(
                 report.skipped = true;
                 report.reconciled = true;
                 report.strategy = "unchanged".into();
+                report.strategy_kind = "unchanged";
                 report.seconds = started.elapsed().as_secs_f64();
                 return Ok(report);
             }
@@ -243,6 +247,7 @@ pub async fn run_model(
             && !matches!(strategy, Strategy::Range(_))
             && !(settings.mode == WriteMode::Merge && matches!(strategy, Strategy::Stream(_))));
     report.strategy = strategy.describe();
+    report.strategy_kind = strategy.kind();
 
     let mut df = ctx.sql(&model.sql).await?;
     // A backfill's date column: the first date-typed partition column.

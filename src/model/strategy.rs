@@ -32,6 +32,16 @@ pub(super) enum Strategy {
 }
 
 impl Strategy {
+    /// `full`, `incremental` or `backfill`: how the model runs, for
+    /// machines (`describe` says why, for people).
+    pub(super) fn kind(&self) -> &'static str {
+        match self {
+            Strategy::Full(_) => "full",
+            Strategy::Stream(_) | Strategy::Partitions(_) => "incremental",
+            Strategy::Range(_) => "backfill",
+        }
+    }
+
     pub(super) fn describe(&self) -> String {
         match self {
             Strategy::Full(why) => format!("full ({why})"),

@@ -209,6 +209,7 @@ async fn run_json_metrics_and_run_history_agree_with_an_independent_computation(
     let again = stdout_json(&second);
     assert_eq!(again["status"], "unchanged");
     assert_eq!(step(&again, "silver.orders")["status"], "unchanged");
+    assert_eq!(step(&again, "silver.orders")["strategy"], "unchanged");
     let m2 = prom_samples(&std::fs::read_to_string(&metrics).unwrap());
     let second_id = again["run_id"].as_str().unwrap().to_string();
     assert_eq!(

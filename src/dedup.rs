@@ -4,7 +4,7 @@
 //! another part of the key's hash, and each bucket keeps its winners with a
 //! hash table once its input has ended. Buckets that do not fit the memory
 //! pool go to a spill file whole and are read back one at a time, so one
-//! bucket (a 32nd of a partition) is what must fit, not the table.
+//! bucket (a 256th of a partition) is what must fit, not the table.
 //!
 //! This replaced a sort by (key, sequence descending) that kept the first
 //! row of each run of keys, which sorted and merged every row of the table
@@ -20,7 +20,9 @@ use std::io::{BufReader, BufWriter};
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{concat_batches, take_record_batch, SortOptions};
+use datafusion::arrow::compute::{
+    concat_batches, interleave_record_batch, take_record_batch, SortOptions,
+};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
@@ -48,9 +50,14 @@ use crate::quality::error_stream;
 /// counts (a lost row cannot hide as a duplicate).
 pub type Collapsed = Arc<std::sync::atomic::AtomicU64>;
 
-/// Buckets per partition. The partition split uses the hash's low bits;
-/// buckets use its high bits, so every bucket gets its share.
-const BUCKETS: usize = 32;
+/// Buckets per partition: what must fit in memory at once is one bucket
+/// read back (at 10M rows under a 400 MB limit, about 3 MB). The partition
+/// split uses the hash's low bits; buckets use its high bits, so every
+/// bucket gets its share.
+const BUCKETS: usize = 256;
+
+/// Rows filed into the buckets at a time.
+const WINDOW_ROWS: usize = 64 * 1024;
 
 /// `df` with one row per `keys`: the greatest by `sequence_by` (in order,
 /// NULLs lowest; on a tie, the first read); without `sequence_by`, the
@@ -212,34 +219,47 @@ impl PartitionStream for LatestPerKey {
 async fn file_all(mut input: SendableRecordBatchStream, mut buckets: Buckets) -> DfResult<Buckets> {
     let mut hashes: Vec<u64> = Vec::new();
     let state = RandomState::with_seed(0);
-    while let Some(batch) = input.try_next().await? {
-        if batch.num_rows() == 0 {
-            continue;
-        }
-        hashes.clear();
-        hashes.resize(batch.num_rows(), 0);
-        create_hashes(
-            buckets.spec.columns(&batch, &buckets.spec.keys),
-            &state,
-            &mut hashes,
-        )?;
-        let mut rows: Vec<Vec<u32>> = vec![Vec::new(); BUCKETS];
-        for (row, h) in hashes.iter().enumerate() {
-            rows[((h >> 40) as usize) % BUCKETS].push(row as u32);
-        }
-        for (bucket, rows) in rows.into_iter().enumerate() {
-            if rows.is_empty() {
-                continue;
+    // Batches are filed a window at a time, so that a bucket's piece has
+    // hundreds of rows rather than a few dozen (one copy either way).
+    let mut window: Vec<RecordBatch> = Vec::new();
+    let mut window_rows = 0;
+    let mut rows: Vec<Vec<(usize, usize)>> = vec![Vec::new(); BUCKETS];
+    loop {
+        let next = input.try_next().await?;
+        if let Some(batch) = &next {
+            if batch.num_rows() > 0 {
+                hashes.clear();
+                hashes.resize(batch.num_rows(), 0);
+                create_hashes(
+                    buckets.spec.columns(batch, &buckets.spec.keys),
+                    &state,
+                    &mut hashes,
+                )?;
+                let at = window.len();
+                for (row, h) in hashes.iter().enumerate() {
+                    rows[((h >> 40) as usize) % BUCKETS].push((at, row));
+                }
+                window_rows += batch.num_rows();
+                window.push(batch.clone());
             }
-            let piece = if rows.len() == batch.num_rows() {
-                batch.clone()
-            } else {
-                take_record_batch(&batch, &UInt32Array::from(rows))?
-            };
-            buckets.hold(bucket, compact(piece)?)?;
+        }
+        if window_rows >= WINDOW_ROWS || (next.is_none() && window_rows > 0) {
+            let refs: Vec<&RecordBatch> = window.iter().collect();
+            for (bucket, rows) in rows.iter_mut().enumerate() {
+                if rows.is_empty() {
+                    continue;
+                }
+                let piece = interleave_record_batch(&refs, rows)?;
+                rows.clear();
+                buckets.hold(bucket, compact(piece)?)?;
+            }
+            window.clear();
+            window_rows = 0;
+        }
+        if next.is_none() {
+            return Ok(buckets);
         }
     }
-    Ok(buckets)
 }
 
 /// Copies the text a view column's rows use out of the buffers they share

@@ -337,7 +337,11 @@ impl Buckets {
         // One message per spill, not one per small piece.
         let batch = concat_batches(&self.spec.schema, &pieces)?;
         drop(pieces);
-        writer.write(&batch)?;
+        writer.write(&batch).map_err(|e| {
+            DataFusionError::Execution(format!(
+                "deduplication could not write its spill file (is the temporary folder full?): {e}"
+            ))
+        })?;
         self.reservation.shrink(bytes);
         Ok(())
     }
@@ -414,32 +418,28 @@ impl Buckets {
             })?;
             // The file's bytes, read and then copied into one batch: room
             // for twice that, made by spilling what other buckets hold.
-            let file = std::fs::File::open(path)?;
-            read_back = 2 * file.metadata()?.len() as usize;
+            let unreadable = |e: std::io::Error| {
+                DataFusionError::Execution(format!(
+                    "deduplication could not read back its spill file {}: {e}",
+                    path.display()
+                ))
+            };
+            let file = std::fs::File::open(path).map_err(unreadable)?;
+            read_back = 2 * file.metadata().map_err(unreadable)?.len() as usize;
             self.make_room(read_back)?;
             let reader = StreamReader::try_new(BufReader::new(file), None)?;
             for batch in reader {
                 pieces.push(batch?);
             }
         }
-        // What this bucket holds is released when its winners leave.
-        let release = held + read_back;
-        if pieces.is_empty() {
-            self.reservation
-                .shrink(release.min(self.reservation.size()));
-            return Ok((Vec::new(), 0));
-        }
-        let batch = concat_batches(&spec.schema, &pieces)?;
-        drop(pieces);
-        let kept = keep_latest(&batch, spec)?;
-        let dropped = (batch.num_rows() - kept.len()) as u64;
-        let winners = if kept.len() == batch.num_rows() {
-            batch
-        } else {
-            take_record_batch(&batch, &UInt32Array::from(kept))?
-        };
+        // What this bucket holds is released as its winners leave.
+        let winners = keep_winners(pieces, spec);
         self.reservation
-            .shrink(release.min(self.reservation.size()));
+            .shrink((held + read_back).min(self.reservation.size()));
+        let (winners, dropped) = match winners? {
+            Some(w) => w,
+            None => return Ok((Vec::new(), 0)),
+        };
         let mut out = Vec::new();
         let mut offset = 0;
         while offset < winners.num_rows() {
@@ -449,6 +449,25 @@ impl Buckets {
         }
         Ok((out, dropped))
     }
+}
+
+/// The winners among a bucket's pieces, and how many rows lost; `None`
+/// for an empty bucket.
+fn keep_winners(pieces: Vec<RecordBatch>, spec: &Spec) -> DfResult<Option<(RecordBatch, u64)>> {
+    if pieces.is_empty() {
+        return Ok(None);
+    }
+    let batch = concat_batches(&spec.schema, &pieces)?;
+    drop(pieces);
+    let kept = keep_latest(&batch, spec)?;
+    let dropped = (batch.num_rows() - kept.len()) as u64;
+    if kept.len() == batch.num_rows() {
+        return Ok(Some((batch, dropped)));
+    }
+    Ok(Some((
+        take_record_batch(&batch, &UInt32Array::from(kept))?,
+        dropped,
+    )))
 }
 
 /// Row numbers of `batch` to keep, ascending: per key, the row whose

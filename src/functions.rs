@@ -53,14 +53,156 @@ fn utc() -> DataType {
     crate::delta::utc_timestamp()
 }
 
-/// Parses `value` with the first of `formats` (pre-compiled strftime
-/// items) that matches it whole: microseconds since the epoch, UTC. A
-/// date-only format gives midnight.
-pub fn parse_with(value: &str, formats: &[Vec<Item<'static>>]) -> Option<i64> {
+/// A format compiled once per batch: chrono's items, and when the format
+/// is only fixed-width numbers and literals (`%Y-%m-%d %H:%M:%S`,
+/// `%d/%m/%Y`, ...), a direct reader for values written at full width.
+pub struct Format {
+    items: Vec<Item<'static>>,
+    fixed: Option<Fixed>,
+}
+
+/// Reads values of a format made of `%Y` (four digits), `%m %d %H %M %S`
+/// (two digits) and literal bytes, without chrono. It accepts a subset of
+/// what chrono accepts for the same format (no signs, no short numbers, no
+/// extra spaces), with the same result; anything else goes to chrono. At
+/// 10M rows of the example, chrono's parser was 5% of silver's CPU.
+#[derive(Debug)]
+struct Fixed {
+    tokens: Vec<Token>,
+    /// The format has an hour and a minute (and maybe seconds); without
+    /// them it is a date alone.
+    time: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token {
+    Year,
+    Month,
+    Day,
+    Hour,
+    Minute,
+    Second,
+    Byte(u8),
+}
+
+impl Fixed {
+    fn compile(items: &[Item<'_>]) -> Option<Fixed> {
+        use chrono::format::{Numeric, Pad};
+        let mut tokens = Vec::new();
+        let literal = |tokens: &mut Vec<Token>, text: &str| {
+            text.is_ascii()
+                .then(|| tokens.extend(text.bytes().map(Token::Byte)))
+        };
+        // chrono skips any run of white space at a space item, where this
+        // reads exactly the format's spaces (a subset): white space right
+        // after one could be read differently, so such formats stay chrono's.
+        let mut after_space = false;
+        for item in items {
+            let starts_white = match item {
+                Item::Literal(t) | Item::Space(t) => t.starts_with(char::is_whitespace),
+                Item::OwnedLiteral(t) | Item::OwnedSpace(t) => t.starts_with(char::is_whitespace),
+                _ => false,
+            };
+            if after_space && starts_white {
+                return None;
+            }
+            after_space = matches!(item, Item::Space(_) | Item::OwnedSpace(_));
+            match item {
+                Item::Numeric(n, Pad::Zero) => tokens.push(match n {
+                    Numeric::Year => Token::Year,
+                    Numeric::Month => Token::Month,
+                    Numeric::Day => Token::Day,
+                    Numeric::Hour => Token::Hour,
+                    Numeric::Minute => Token::Minute,
+                    Numeric::Second => Token::Second,
+                    _ => return None,
+                }),
+                Item::Literal(text) => literal(&mut tokens, text)?,
+                Item::OwnedLiteral(text) => literal(&mut tokens, text)?,
+                Item::Space(text) => literal(&mut tokens, text)?,
+                Item::OwnedSpace(text) => literal(&mut tokens, text)?,
+                _ => return None,
+            }
+        }
+        // Values are trimmed before parsing: a format that ends in white
+        // space is chrono's.
+        if after_space {
+            return None;
+        }
+        let count = |t: Token| tokens.iter().filter(|&&x| x == t).count();
+        let date = [Token::Year, Token::Month, Token::Day]
+            .iter()
+            .all(|&t| count(t) == 1);
+        let (h, m, s) = (
+            count(Token::Hour),
+            count(Token::Minute),
+            count(Token::Second),
+        );
+        let time = match (h, m, s) {
+            (0, 0, 0) => false,
+            (1, 1, 0 | 1) => true,
+            _ => return None,
+        };
+        date.then_some(Fixed { tokens, time })
+    }
+
+    /// The date and time of `value`, or None when it is not written at
+    /// full width in this format (chrono then decides).
+    fn read(&self, value: &str) -> Option<chrono::NaiveDateTime> {
+        let mut b = value.as_bytes();
+        let (mut y, mut mo, mut d, mut h, mut mi, mut s) = (0, 0, 0, 0, 0, 0);
+        fn digits(b: &mut &[u8], n: usize) -> Option<u32> {
+            let (head, rest) = (b.get(..n)?, &b[n..]);
+            let mut v = 0u32;
+            for &c in head {
+                if !c.is_ascii_digit() {
+                    return None;
+                }
+                v = v * 10 + u32::from(c - b'0');
+            }
+            *b = rest;
+            Some(v)
+        }
+        for t in &self.tokens {
+            match *t {
+                Token::Year => y = digits(&mut b, 4)?,
+                Token::Month => mo = digits(&mut b, 2)?,
+                Token::Day => d = digits(&mut b, 2)?,
+                Token::Hour => h = digits(&mut b, 2)?,
+                Token::Minute => mi = digits(&mut b, 2)?,
+                Token::Second => s = digits(&mut b, 2)?,
+                Token::Byte(c) => {
+                    if b.first() != Some(&c) {
+                        return None;
+                    }
+                    b = &b[1..];
+                }
+            }
+        }
+        if !b.is_empty() {
+            return None;
+        }
+        let date = chrono::NaiveDate::from_ymd_opt(i32::try_from(y).ok()?, mo, d)?;
+        let time = if self.time {
+            // A leap second (60) is chrono's to read.
+            chrono::NaiveTime::from_hms_opt(h, mi, s)?
+        } else {
+            chrono::NaiveTime::MIN
+        };
+        Some(date.and_time(time))
+    }
+}
+
+/// Parses `value` with the first of `formats` that matches it whole:
+/// microseconds since the epoch, UTC. A date-only format gives midnight.
+pub fn parse_with(value: &str, formats: &[Format]) -> Option<i64> {
     let value = value.trim();
-    for items in formats {
+    for format in formats {
+        if let Some(dt) = format.fixed.as_ref().and_then(|f| f.read(value)) {
+            return Some(dt.and_utc().timestamp_micros());
+        }
         let mut parsed = Parsed::new();
-        if parse(&mut parsed, value, items.iter()).is_err() {
+        if parse(&mut parsed, value, format.items.iter()).is_err() {
             continue;
         }
         if let Ok(dt) = parsed.to_naive_datetime_with_offset(0) {
@@ -81,31 +223,35 @@ pub fn parse_with(value: &str, formats: &[Vec<Item<'static>>]) -> Option<i64> {
 }
 
 /// Days since the epoch of the date `value` holds in one of `formats`.
-pub fn parse_date_with(value: &str, formats: &[Vec<Item<'static>>]) -> Option<i32> {
+pub fn parse_date_with(value: &str, formats: &[Format]) -> Option<i32> {
     let value = value.trim();
-    for items in formats {
+    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?;
+    for format in formats {
+        if let Some(dt) = format.fixed.as_ref().and_then(|f| f.read(value)) {
+            return i32::try_from((dt.date() - epoch).num_days()).ok();
+        }
         let mut parsed = Parsed::new();
-        if parse(&mut parsed, value, items.iter()).is_err() {
+        if parse(&mut parsed, value, format.items.iter()).is_err() {
             continue;
         }
         // A format with a time of day must hold a valid one too.
         let time_ok = (parsed.hour_div_12.is_none() && parsed.hour_mod_12.is_none())
             || parsed.to_naive_time().is_ok();
         if let (true, Ok(d)) = (time_ok, parsed.to_naive_date()) {
-            let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?;
             return i32::try_from((d - epoch).num_days()).ok();
         }
     }
     None
 }
 
-fn compile(function: &str, format: &str) -> Result<Vec<Item<'static>>> {
+fn compile(function: &str, format: &str) -> Result<Format> {
     let items: Vec<Item<'static>> = StrftimeItems::new(format).parse_to_owned().map_err(|e| {
         datafusion::error::DataFusionError::Execution(format!(
             "{function}: bad format `{format}`: {e}"
         ))
     })?;
-    Ok(items)
+    let fixed = Fixed::compile(&items);
+    Ok(Format { items, fixed })
 }
 
 impl ScalarUDFImpl for TryParse {
@@ -172,6 +318,116 @@ impl ScalarUDFImpl for TryParse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The direct reader agrees with chrono on every value, for formats it
+    /// reads and values it takes or leaves: full-width values, short
+    /// numbers, signs, extra or missing spaces, impossible dates and times,
+    /// leap seconds, trailing text, and random edits of valid values.
+    #[test]
+    fn the_direct_reader_agrees_with_chrono() {
+        let formats = [
+            "%Y-%m-%dT%H:%M:%S",
+            "%Y-%m-%d %H:%M:%S",
+            "%d/%m/%Y %H:%M",
+            "%d/%m/%Y",
+            "%Y%m%d",
+            "%m/%d/%Y",
+            "%Y-%m-%d  %H:%M",
+            "%d.%m.%Y %H:%M:%S",
+        ];
+        let mut seeds: Vec<String> = vec![
+            "2024-03-01T10:20:30",
+            "2024-03-01 10:20:30",
+            "01/03/2024 10:20",
+            "01/03/2024",
+            "20240301",
+            "03/01/2024",
+            "2024-03-01  10:20",
+            "01.03.2024 10:20:30",
+            "2024-02-29 23:59:59",
+            "2023-02-29 10:00:00",
+            "2024-02-30T00:00:00",
+            "2024-13-01 00:00:00",
+            "2024-03-01 24:00:00",
+            "2024-03-01 10:60:00",
+            "2024-12-31 23:59:60",
+            "+2024-03-01 10:20:30",
+            "-2024-03-01 10:20:30",
+            "2024-3-1 1:2:3",
+            "2024-03-01 10:20",
+            "2024-03-01 10:20:30Z",
+            "1/3/2024",
+            "31/04/2024",
+            "0000-01-01 00:00:00",
+            "9999-12-31 23:59:59",
+            "2024-03-01 10:20:3",
+            "2024-03-0110:20:30",
+            "2024-03-01   10:20:30",
+            "20240301 ",
+            " 2024-03-01 10:20:30",
+            "",
+            " ",
+            "yesterday",
+            "٢٠٢٤-03-01 10:20:30",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        // Random edits of the valid ones: a byte changed, dropped or doubled.
+        let alphabet = b"0123456789 -/:.T+Z";
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let valid: Vec<String> = seeds.iter().take(8).cloned().collect();
+        for _ in 0..4000 {
+            let mut v: Vec<u8> = valid[next(valid.len())].clone().into_bytes();
+            let at = next(v.len());
+            match next(3) {
+                0 => v[at] = alphabet[next(alphabet.len())],
+                1 => {
+                    v.remove(at);
+                }
+                _ => v.insert(at, v[at]),
+            }
+            seeds.push(String::from_utf8(v).unwrap());
+        }
+        let mut direct = 0;
+        for f in formats {
+            let fast = compile("t", f).unwrap();
+            assert!(fast.fixed.is_some(), "{f} is read directly");
+            let slow = Format {
+                items: fast.items.clone(),
+                fixed: None,
+            };
+            let (fast, slow) = ([fast], [slow]);
+            for v in &seeds {
+                assert_eq!(parse_with(v, &fast), parse_with(v, &slow), "{f}: {v:?}");
+                assert_eq!(
+                    parse_date_with(v, &fast),
+                    parse_date_with(v, &slow),
+                    "{f}: {v:?}"
+                );
+                direct += usize::from(fast[0].fixed.as_ref().unwrap().read(v.trim()).is_some());
+            }
+        }
+        // The direct reader did take values, not only leave them to chrono.
+        assert!(direct > 500, "{direct}");
+        // Formats it does not read stay chrono's.
+        for f in [
+            "%e/%m/%Y",
+            "%b %d %Y",
+            "%Y-%m-%d %H",
+            "%Y-%m-%d %z",
+            "%s",
+            "%d/%m/%Y ",
+        ] {
+            assert!(compile("t", f).unwrap().fixed.is_none(), "{f}");
+        }
+    }
 
     #[test]
     fn parses_only_whole_values_in_the_given_formats() {

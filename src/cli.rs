@@ -267,6 +267,17 @@ pub struct RunArgs {
         value_name = "df://HOST:PORT|standalone"
     )]
     pub cluster: Option<String>,
+    /// With --cluster: how long one model's job may run on the cluster
+    /// before it is cancelled and the model fails, committing nothing
+    /// (a job whose lost tasks are never run again would otherwise hold
+    /// the run and the lake's lease forever).
+    #[arg(
+        long,
+        env = "LAKEHOUSE_STAGE_TIMEOUT",
+        default_value = "4h",
+        value_parser = crate::units::parse_duration
+    )]
+    pub stage_timeout: std::time::Duration,
     /// Print the run's summary as one line of JSON on stdout (the
     /// readable summary goes to stderr): per step its status, strategy,
     /// rows in/written/rejected/quarantined, duplicates, rules, Delta
@@ -685,6 +696,7 @@ async fn run_command(
     let pipeline = Pipeline::load(&args.pipeline)?;
     let options = SessionOptions {
         cluster: args.cluster.as_deref().map(Cluster::parse).transpose()?,
+        stage_timeout: args.stage_timeout,
         ..options
     };
     if let (Some(f), Some(t)) = (args.from, args.to) {

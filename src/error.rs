@@ -81,6 +81,10 @@ pub enum Error {
     /// Another run holds the lake's lease (and `--wait` was not given).
     #[error("{0}")]
     LakeBusy(String),
+    /// The cluster did not do what was asked of it (a job that never
+    /// finished); nothing was committed.
+    #[error("cluster: {0}")]
+    Cluster(String),
     /// A broken invariant: a bug, not something the user did.
     #[error("internal error: {0}. This is a bug; please report it with the log")]
     Internal(String),

@@ -27,6 +27,9 @@ pub struct SessionOptions {
     pub limits: Option<crate::limits::QueryLimits>,
     /// Run plans on this Ballista cluster instead of in this process.
     pub cluster: Option<crate::cluster::Cluster>,
+    /// How long a model's staging job may run on the cluster before it is
+    /// cancelled and the model fails with nothing committed.
+    pub stage_timeout: std::time::Duration,
 }
 
 impl Default for SessionOptions {
@@ -38,6 +41,7 @@ impl Default for SessionOptions {
                 .unwrap_or(2),
             limits: None,
             cluster: None,
+            stage_timeout: crate::cluster::DEFAULT_STAGE_TIMEOUT,
         }
     }
 }
@@ -132,6 +136,7 @@ pub async fn build(
             ctx.state(),
             lake.storage_options(),
             options.memory_limit,
+            options.stage_timeout,
         )
         .await?;
         return Ok((SessionContext::new_with_state(state), catalog));

@@ -289,6 +289,7 @@ pub async fn connect(
     state: SessionState,
     options: &HashMap<String, String>,
     memory_limit: usize,
+    stage_timeout: std::time::Duration,
 ) -> Result<SessionState> {
     let config = state
         .config()
@@ -302,10 +303,102 @@ pub async fn connect(
         Cluster::Remote(url) => url.clone(),
         Cluster::Standalone => standalone(&state, options, memory_limit).await?,
     };
+    let state = state.upgrade_for_ballista(url.clone())?;
+    // The client asks for its job's status (pull) rather than waiting for
+    // the scheduler's updates (push), so the job's id is known as soon as
+    // the scheduler accepts it, which the stage timeout needs to cancel it.
+    let config = state
+        .config()
+        .clone()
+        .set_bool(ballista_core::config::BALLISTA_CLIENT_PULL, true)
+        .with_extension(Arc::new(Jobs {
+            scheduler: url,
+            stage_timeout,
+        }));
+    let state = SessionStateBuilder::new_from_existing(state)
+        .with_config(config)
+        .build();
     // Ballista's upgrade sets the function list to its own: add ours back.
-    let ctx = SessionContext::new_with_state(state.upgrade_for_ballista(url)?);
+    let ctx = SessionContext::new_with_state(state);
     register_functions(&ctx);
     Ok(ctx.state())
+}
+
+/// A staging job that runs longer than this is cancelled (`--stage-timeout`).
+pub const DEFAULT_STAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4 * 3600);
+
+/// The scheduler a cluster session submits its jobs to, and how long a
+/// staging job may take: kept in the session's config.
+#[derive(Debug)]
+struct Jobs {
+    scheduler: String,
+    stage_timeout: std::time::Duration,
+}
+
+/// Runs `plan` and collects its result; on a cluster, the job may run at
+/// most the session's stage timeout from when the scheduler accepted it,
+/// then it is cancelled and this fails. Ballista's client waits on a job
+/// without a bound, and a job whose tasks are never rescheduled (an
+/// executor lost at a bad moment) would hold the run, and the lake's
+/// lease, forever.
+pub async fn collect_bounded(
+    ctx: &SessionContext,
+    plan: datafusion::logical_expr::LogicalPlan,
+) -> Result<Vec<datafusion::arrow::array::RecordBatch>> {
+    type Distributed = ballista_core::execution_plans::DistributedQueryExec<
+        datafusion_proto::protobuf::LogicalPlanNode,
+    >;
+    let state = ctx.state();
+    let physical = state.create_physical_plan(&plan).await?;
+    let run = datafusion::physical_plan::collect(physical.clone(), ctx.task_ctx());
+    let (Some(jobs), Some(query)) = (
+        state.config().get_extension::<Jobs>(),
+        physical.downcast_ref::<Distributed>(),
+    ) else {
+        return Ok(run.await?);
+    };
+    let mut run = std::pin::pin!(run);
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let job = loop {
+        tokio::select! {
+            result = &mut run => return Ok(result?),
+            _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {
+                let now = tokio::time::Instant::now();
+                match (deadline, query.job_id()) {
+                    (None, Some(_)) => deadline = Some(now + jobs.stage_timeout),
+                    (Some(at), Some(job)) if now >= at => break job,
+                    _ => {}
+                }
+            }
+        }
+    };
+    let job = job.to_string();
+    let cancelled = match cancel(&jobs.scheduler, &job).await {
+        Ok(()) => "the job was cancelled".to_string(),
+        Err(e) => format!("cancelling it failed ({e}): cancel it on the scheduler"),
+    };
+    tracing::error!(job = %job, "stage timeout: {cancelled}");
+    Err(Error::Cluster(format!(
+        "job {job} did not finish within the stage timeout ({}); {cancelled}. Nothing was committed. \
+         Check that the executors are alive (their logs, and the scheduler's lines about lost executors), then run again; \
+         a model that truly needs longer takes a larger --stage-timeout (LAKEHOUSE_STAGE_TIMEOUT)",
+        humantime::format_duration(jobs.stage_timeout)
+    )))
+}
+
+async fn cancel(scheduler: &str, job_id: &str) -> std::result::Result<(), String> {
+    use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
+    use ballista_core::serde::protobuf::CancelJobParams;
+    let mut client = SchedulerGrpcClient::connect(scheduler.to_string())
+        .await
+        .map_err(|e| e.to_string())?;
+    client
+        .cancel_job(CancelJobParams {
+            job_id: job_id.to_string(),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// Starts a scheduler and one executor in this process; returns the

@@ -84,12 +84,12 @@ impl Stage<'_> {
         let plan = LogicalPlan::Extension(Extension {
             node: Arc::new(node),
         });
-        let batches = ctx
-            .execute_logical_plan(plan)
-            .await?
-            .collect()
+        let batches = crate::cluster::collect_bounded(ctx, plan)
             .await
-            .map_err(typed)?;
+            .map_err(|e| match e {
+                Error::DataFusion(e) => typed(e),
+                other => other,
+            })?;
 
         let mut adds = Vec::new();
         let mut quarantine_adds = Vec::new();

@@ -35,6 +35,33 @@ pub const SCHEMAS: [(&str, &str); 5] = [
     ("system", "_lakehouse"),
 ];
 
+/// A table folder of the lake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableFolder {
+    pub schema: &'static str,
+    pub name: String,
+    /// Relative to the lake root: `silver/orders`.
+    pub folder: String,
+}
+
+/// Every table folder of the lake, schema by schema, in the order of
+/// [`SCHEMAS`] and by name within one: what `lakehouse tables`, the HTTP
+/// listing and the maintenance commands walk.
+pub async fn list_tables(lake: &Lake) -> Result<Vec<TableFolder>> {
+    let mut out = Vec::new();
+    for (schema, layer) in SCHEMAS {
+        for name in lake.list_folders(layer).await? {
+            let folder = format!("{layer}/{name}");
+            out.push(TableFolder {
+                schema,
+                name,
+                folder,
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// Folder (relative to the lake root) of `schema.table`.
 pub fn table_folder(schema: &str, table: &str) -> Option<String> {
     SCHEMAS

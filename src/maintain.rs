@@ -66,16 +66,14 @@ pub async fn tables(lake: &Lake, names: &[String]) -> Result<Vec<TableRef>> {
     if !names.is_empty() {
         return names.iter().map(|n| TableRef::parse(n)).collect();
     }
-    let mut out = Vec::new();
-    for (schema, folder) in crate::catalog::SCHEMAS {
-        for name in lake.list_folders(folder).await? {
-            out.push(TableRef {
-                name: format!("{schema}.{name}"),
-                folder: format!("{folder}/{name}"),
-            });
-        }
-    }
-    Ok(out)
+    Ok(crate::catalog::list_tables(lake)
+        .await?
+        .into_iter()
+        .map(|t| TableRef {
+            name: format!("{}.{}", t.schema, t.name),
+            folder: t.folder,
+        })
+        .collect())
 }
 
 async fn open(lake: &Lake, table: &TableRef) -> Result<DeltaTable> {

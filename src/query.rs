@@ -5,7 +5,6 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
 
-use crate::catalog::SCHEMAS;
 use crate::error::{Error, Result};
 use crate::storage::Lake;
 
@@ -100,18 +99,14 @@ pub struct TableInfo {
     pub partition_columns: Vec<String>,
 }
 
+/// `folder` is the table's, relative to the lake root.
 async fn table_info(
     lake: &Lake,
     schema: &str,
-    folder: &str,
     name: &str,
+    folder: &str,
 ) -> Result<Option<(TableInfo, deltalake::DeltaTable)>> {
-    let Some(table) = crate::delta::open(
-        &lake.url(&format!("{folder}/{name}")),
-        lake.storage_options(),
-    )
-    .await?
-    else {
+    let Some(table) = crate::delta::open(&lake.url(folder), lake.storage_options()).await? else {
         return Ok(None);
     };
     let (rows, files, bytes) = crate::delta::row_count(&table).await?;
@@ -131,11 +126,9 @@ async fn table_info(
 /// Every table of the lake, layer by layer.
 pub async fn table_infos(lake: &Lake) -> Result<Vec<TableInfo>> {
     let mut out = Vec::new();
-    for (schema, folder) in SCHEMAS {
-        for name in lake.list_folders(folder).await? {
-            if let Some((info, _)) = table_info(lake, schema, folder, &name).await? {
-                out.push(info);
-            }
+    for t in crate::catalog::list_tables(lake).await? {
+        if let Some((info, _)) = table_info(lake, t.schema, &t.name, &t.folder).await? {
+            out.push(info);
         }
     }
     Ok(out)
@@ -166,7 +159,7 @@ pub struct TableDetail {
 
 /// One table with its columns and partitions; `None` if there is no such table.
 pub async fn table_detail(lake: &Lake, schema: &str, name: &str) -> Result<Option<TableDetail>> {
-    let Some(folder) = SCHEMAS.iter().find(|(s, _)| *s == schema).map(|(_, f)| *f) else {
+    let Some(folder) = crate::catalog::table_folder(schema, name) else {
         return Ok(None);
     };
     if crate::catalog::parse_table_name(name)
@@ -177,7 +170,7 @@ pub async fn table_detail(lake: &Lake, schema: &str, name: &str) -> Result<Optio
     {
         return Ok(None);
     }
-    let Some((info, table)) = table_info(lake, schema, folder, name).await? else {
+    let Some((info, table)) = table_info(lake, schema, name, &folder).await? else {
         return Ok(None);
     };
     let arrow = table.snapshot()?.snapshot().arrow_schema();

@@ -35,11 +35,50 @@ struct Found {
     origin: Option<(String, i64)>,
 }
 
+/// What kind of engine error `err` is, from its type; an error of a job
+/// that ran on a cluster arrives as the job's text, so for those the text
+/// says it.
+#[derive(Debug, PartialEq)]
+enum Kind {
+    Ambiguous,
+    OutOfMemory,
+    Other,
+}
+
+fn kind(err: &Error) -> Kind {
+    use datafusion::common::SchemaError;
+    use datafusion::error::DataFusionError;
+    let mut err = err;
+    while let Error::Model { source, .. } = err {
+        err = source;
+    }
+    let Error::DataFusion(e) = err else {
+        return Kind::Other;
+    };
+    match e.find_root() {
+        DataFusionError::SchemaError(e, _)
+            if matches!(e.as_ref(), SchemaError::AmbiguousReference { .. }) =>
+        {
+            Kind::Ambiguous
+        }
+        DataFusionError::ResourcesExhausted(_) => Kind::OutOfMemory,
+        DataFusionError::Execution(text) if text.starts_with("Job ") => {
+            if text.contains("Resources exhausted") {
+                Kind::OutOfMemory
+            } else {
+                Kind::Other
+            }
+        }
+        _ => Kind::Other,
+    }
+}
+
 /// `err` with what the model's inputs say about the value it names; `err`
 /// itself when it names none or the value is not found.
 pub async fn explain(ctx: &SessionContext, model: &Model, err: Error) -> Error {
     let message = err.to_string();
-    if message.contains("which would be ambiguous") && model.sql.to_uppercase().contains("UNION") {
+    let kind = kind(&err);
+    if kind == Kind::Ambiguous && model.sql.to_uppercase().contains("UNION") {
         // DataFusion gives the columns of a UNION the names of its first
         // SELECT; a later SELECT's bare column named like one of those
         // collides with it (apache/datafusion#5410 and its kin).
@@ -50,7 +89,7 @@ pub async fn explain(ctx: &SessionContext, model: &Model, err: Error) -> Error {
             ))),
         };
     }
-    if message.contains("Resources exhausted") {
+    if kind == Kind::OutOfMemory {
         // DataFusion's own advice names its configuration keys, which a
         // pipeline does not set: say what to do here.
         return Error::Model {
@@ -206,6 +245,45 @@ mod tests {
             Some("n/a")
         );
         assert_eq!(bad_value("Arrow error: Divide by zero error"), None);
+    }
+
+    #[test]
+    fn errors_are_told_apart_by_their_type() {
+        use datafusion::common::{Column, SchemaError};
+        use datafusion::error::DataFusionError as E;
+        let oom = || E::ResourcesExhausted("Additional allocation failed".into());
+        let in_model = |e: Error| Error::Model {
+            model: "silver.x".into(),
+            source: Box::new(e),
+        };
+        assert_eq!(kind(&Error::DataFusion(oom())), Kind::OutOfMemory);
+        assert_eq!(
+            kind(&in_model(Error::DataFusion(E::Context(
+                "sorting".into(),
+                Box::new(oom())
+            )))),
+            Kind::OutOfMemory
+        );
+        let ambiguous = E::SchemaError(
+            Box::new(SchemaError::AmbiguousReference {
+                field: Box::new(Column::new_unqualified("a")),
+            }),
+            Box::new(None),
+        );
+        assert_eq!(
+            kind(&in_model(Error::DataFusion(ambiguous))),
+            Kind::Ambiguous
+        );
+        // A cluster job's failure is its text.
+        let remote = E::Execution("Job abc failed: Resources exhausted: ...".into());
+        assert_eq!(kind(&Error::DataFusion(remote)), Kind::OutOfMemory);
+        // Text alone elsewhere is not taken for the type.
+        assert_eq!(
+            kind(&Error::Usage("Resources exhausted".into())),
+            Kind::Other
+        );
+        let said = E::Execution("value 'Resources exhausted' is bad".into());
+        assert_eq!(kind(&Error::DataFusion(said)), Kind::Other);
     }
 
     #[test]

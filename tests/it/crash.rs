@@ -260,30 +260,12 @@ async fn a_run_whose_lease_is_taken_stops_before_its_next_commit() {
     assert!(t.contains("lost the lake's lease to run thief"), "{t}");
     // Nothing after the theft: silver and gold have no data commit.
     for table in ["silver/orders", "gold/daily_region_sales"] {
-        let parquet = walk(&lake.join(table))
-            .into_iter()
-            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
-            .count();
+        let parquet = crate::data_files(&lake.join(table));
         assert_eq!(parquet, 0, "{table} was written after the lease was lost");
     }
     // The thief's lock is still there.
     let lock = std::fs::read_to_string(lake.join("_lakehouse/run.lock")).unwrap();
     assert!(lock.contains("\"thief\""), "{lock}");
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = vec![];
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 /// An expired lease is taken over; of two runs racing for it exactly one

@@ -24,14 +24,6 @@ fn run(lake: &Path, extra: &[&str]) -> String {
     text(&out)
 }
 
-/// The summary line of `table`.
-fn line<'a>(summary: &'a str, table: &str) -> &'a str {
-    summary
-        .lines()
-        .find(|l| l.starts_with(&format!("{table} ")))
-        .unwrap_or_else(|| panic!("no line for {table} in\n{summary}"))
-}
-
 fn land(from: &Path, lake: &Path, files: &[&str]) {
     for f in files {
         let to = lake.join("landing").join(f);
@@ -140,7 +132,7 @@ async fn batches_of_files_end_with_the_figures_of_one_full_run() {
     );
     let s = run(&lake, &[]);
     assert!(
-        line(&s, "silver.orders").contains("full (first run)"),
+        crate::summary_line(&s, "silver.orders").contains("full (first run)"),
         "{s}"
     );
 
@@ -153,13 +145,15 @@ async fn batches_of_files_end_with_the_figures_of_one_full_run() {
     land(&staged, &lake, &branch_refs);
     let s = run(&lake, &[]);
     assert!(
-        line(&s, "silver.orders").contains(&format!("incremental ({} new input files)", 2)),
+        crate::summary_line(&s, "silver.orders")
+            .contains(&format!("incremental ({} new input files)", 2)),
         "one new bronze file per source: {s}"
     );
     // The new files spread over all 20 days: every gold partition changed,
     // and filtering every scan to all of them costs more than a full run.
     assert!(
-        line(&s, "gold.daily_region_sales").contains("full (100 of its 100 partitions changed)"),
+        crate::summary_line(&s, "gold.daily_region_sales")
+            .contains("full (100 of its 100 partitions changed)"),
         "{s}"
     );
 
@@ -170,7 +164,7 @@ async fn batches_of_files_end_with_the_figures_of_one_full_run() {
     );
     let s = run(&lake, &[]);
     assert!(
-        line(&s, "silver.orders").contains("incremental (1 new input file)"),
+        crate::summary_line(&s, "silver.orders").contains("incremental (1 new input file)"),
         "{s}"
     );
 
@@ -183,11 +177,11 @@ async fn batches_of_files_end_with_the_figures_of_one_full_run() {
     // B's stale update loses; only A's old partition is rewritten (the late
     // order lands there too) and A's new day gains a file.
     assert!(
-        line(&s, "silver.orders")
+        crate::summary_line(&s, "silver.orders")
             .contains("1 inserted, 1 updated, 1 stale; 1 partition rewritten, 1 appended to"),
         "{s}"
     );
-    let gold = line(&s, "gold.daily_region_sales");
+    let gold = crate::summary_line(&s, "gold.daily_region_sales");
     let parts: usize = gold
         .split("incremental (")
         .nth(1)
@@ -249,7 +243,7 @@ async fn batches_of_files_end_with_the_figures_of_one_full_run() {
     // A full refresh rebuilds from bronze to the same figures.
     let s = run(&lake, &["--full-refresh"]);
     assert!(
-        line(&s, "silver.orders").contains("full (--full-refresh)"),
+        crate::summary_line(&s, "silver.orders").contains("full (--full-refresh)"),
         "{s}"
     );
     assert_eq!(figures(&lake).await, incremental);
@@ -262,7 +256,7 @@ async fn batches_of_files_end_with_the_figures_of_one_full_run() {
     .unwrap();
     let s = run(&lake, &[]);
     assert!(
-        line(&s, "silver.orders").contains("full (bronze.stores changed)"),
+        crate::summary_line(&s, "silver.orders").contains("full (bronze.stores changed)"),
         "{s}"
     );
     assert_eq!(
@@ -341,7 +335,7 @@ async fn backfill_replaces_exactly_the_date_range() {
         ],
     );
     assert!(
-        line(&s, "gold.daily_region_sales")
+        crate::summary_line(&s, "gold.daily_region_sales")
             .contains(&format!("backfill ({from}..{to}): 15 partitions")),
         "{s}"
     );
@@ -395,7 +389,7 @@ async fn backfill_replaces_exactly_the_date_range() {
     land(&staged, &lake, &["orders/orders_00003.csv"]);
     let s = run(&lake, &[]);
     assert!(
-        line(&s, "silver.orders").contains("incremental (1 new input file)"),
+        crate::summary_line(&s, "silver.orders").contains("incremental (1 new input file)"),
         "{s}"
     );
     let silver_before = strings(&lake, "SELECT order_id, CAST(amount AS VARCHAR), CAST(order_date AS VARCHAR) FROM silver.orders ORDER BY 1").await;
@@ -408,7 +402,10 @@ async fn backfill_replaces_exactly_the_date_range() {
         &lake,
         &["--select", "silver.orders", "--from", &from, "--to", &to],
     );
-    assert!(line(&s, "silver.orders").contains("backfill ("), "{s}");
+    assert!(
+        crate::summary_line(&s, "silver.orders").contains("backfill ("),
+        "{s}"
+    );
     assert_eq!(
         strings(&lake, "SELECT order_id, CAST(amount AS VARCHAR), CAST(order_date AS VARCHAR) FROM silver.orders ORDER BY 1").await,
         silver_before
@@ -417,7 +414,7 @@ async fn backfill_replaces_exactly_the_date_range() {
     std::fs::write(&sql, text_before).unwrap();
     let s = run(&lake, &["--full-refresh"]);
     assert!(
-        line(&s, "gold.daily_region_sales").contains("full (--full-refresh)"),
+        crate::summary_line(&s, "gold.daily_region_sales").contains("full (--full-refresh)"),
         "{s}"
     );
     crate::retail::assert_figures(&lake, &compute(&lake)).await;

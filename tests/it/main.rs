@@ -136,6 +136,43 @@ pub fn block_on_one(lake: &Path, query: &str) -> i64 {
 
 /// The Python interpreter that has duckdb, polars and deltalake (installed by
 /// scripts/setup into .venv).
+/// The line of `table` in a run's summary.
+pub fn summary_line<'a>(summary: &'a str, table: &str) -> &'a str {
+    summary
+        .lines()
+        .find(|l| l.starts_with(&format!("{table} ")))
+        .unwrap_or_else(|| panic!("no line for {table} in:\n{summary}"))
+}
+
+/// Every file under `dir`, recursively, sorted (none when it is missing).
+pub fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Parquet data files under a table folder (checkpoints in `_delta_log`
+/// aside).
+pub fn data_files(table: &Path) -> usize {
+    files(table)
+        .iter()
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "parquet")
+                && !p.components().any(|c| c.as_os_str() == "_delta_log")
+        })
+        .count()
+}
+
 pub fn python() -> std::path::PathBuf {
     if let Ok(p) = std::env::var("LAKEHOUSE_PYTHON") {
         return p.into();

@@ -67,13 +67,6 @@ async fn files(lake: &Path, table: &str) -> (u64, usize) {
     (t.version().unwrap(), files)
 }
 
-fn line<'a>(summary: &'a str, table: &str) -> &'a str {
-    summary
-        .lines()
-        .find(|l| l.starts_with(table))
-        .unwrap_or_else(|| panic!("no line for {table}: {summary}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_compact_fragmented_partitions_and_stay_incremental() {
     let dir = tempfile::tempdir().unwrap();
@@ -86,7 +79,7 @@ async fn runs_compact_fragmented_partitions_and_stay_incremental() {
         let s = land_and_run(root, i, &mut total, &mut rows);
         if i > 1 {
             assert!(
-                line(&s, "silver.e").contains("incremental (1 new input file)"),
+                crate::summary_line(&s, "silver.e").contains("incremental (1 new input file)"),
                 "run {i} after a compaction must stay incremental: {s}"
             );
         }
@@ -233,7 +226,7 @@ async fn optimize_and_vacuum_keep_every_figure_and_version_in_retention() {
     // The next run is still incremental, and exact.
     let s = land_and_run(root, 5, &mut total, &mut rows);
     assert!(
-        line(&s, "silver.e").contains("incremental (1 new input file)"),
+        crate::summary_line(&s, "silver.e").contains("incremental (1 new input file)"),
         "{s}"
     );
     assert_eq!(one(&lake, "SELECT sum(v) FROM silver.e").await, total);
@@ -280,7 +273,7 @@ async fn optimize_and_vacuum_keep_every_figure_and_version_in_retention() {
     assert!(t.contains("silver.e: would delete 1 file (2.9 KiB)"), "{t}");
     assert!(orphan.exists(), "a dry run deletes nothing");
 
-    let parquet_before = walk_parquet(&lake.join("silver/e"));
+    let parquet_before = crate::data_files(&lake.join("silver/e"));
     let out = lakehouse(&["vacuum", "--lake", "lake", "--retain", "1d"], root);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
@@ -289,27 +282,16 @@ async fn optimize_and_vacuum_keep_every_figure_and_version_in_retention() {
         text(&out)
     );
     assert!(!orphan.exists());
-    assert_eq!(walk_parquet(&lake.join("silver/e")), parquet_before - 1);
+    assert_eq!(
+        crate::data_files(&lake.join("silver/e")),
+        parquet_before - 1
+    );
     assert_eq!(one(&lake, "SELECT sum(v) FROM silver.e").await, total);
     assert_eq!(
         one(&lake, &format!("SELECT sum(v) FROM silver.\"e@v{before}\"")).await,
         total_at_before,
         "a version within the retention still reads"
     );
-}
-
-/// Data files under a table folder (checkpoints in `_delta_log` aside).
-fn walk_parquet(dir: &Path) -> usize {
-    let mut n = 0;
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() && !p.ends_with("_delta_log") {
-            n += walk_parquet(&p);
-        } else if p.extension().is_some_and(|x| x == "parquet") {
-            n += 1;
-        }
-    }
-    n
 }
 
 /// An optimize planned on a snapshot that a run then replaced fails its

@@ -390,14 +390,6 @@ fn run(root: &Path) -> std::process::Output {
     lakehouse(&["run", "--lake", "lake", "--pipeline", "sql"], root)
 }
 
-/// The summary line of `table`.
-fn line<'a>(summary: &'a str, table: &str) -> &'a str {
-    summary
-        .lines()
-        .find(|l| l.starts_with(&format!("{table} ")))
-        .unwrap_or_else(|| panic!("no line for {table} in:\n{summary}"))
-}
-
 /// Whether anything was committed to the table beyond its creation
 /// (version 0 creates it empty, before a model's rows are staged).
 fn committed(root: &Path, folder: &str) -> bool {
@@ -461,7 +453,7 @@ async fn a_newcomers_pipeline_gives_exact_figures() {
         .map(|(r, n)| vec![r.to_string(), n.to_string()])
         .collect();
     assert_eq!(reasons, want_reasons);
-    let users_line = line(&summary, "silver.users");
+    let users_line = crate::summary_line(&summary, "silver.users");
     let quarantined: u64 = want.users_quarantined.values().sum();
     let fields: Vec<&str> = users_line.split_whitespace().collect();
     let n = fields.len();
@@ -477,7 +469,7 @@ async fn a_newcomers_pipeline_gives_exact_figures() {
     );
 
     // silver.logins and its quarantine.
-    let logins_line = line(&summary, "silver.logins");
+    let logins_line = crate::summary_line(&summary, "silver.logins");
     let quarantined: u64 = want.logins_quarantined.values().sum();
     let fields: Vec<&str> = logins_line.split_whitespace().collect();
     let n = fields.len();
@@ -586,11 +578,10 @@ fn a_date_that_does_not_parse_names_its_value_file_and_line() {
     );
     assert!(error.contains("try_to_date"), "{error}");
     assert!(!committed(root, "silver/users"), "{t}");
-    assert!(line_of(&t, "silver.logins").contains("not run"), "{t}");
-}
-
-fn line_of<'a>(t: &'a str, table: &str) -> &'a str {
-    line(t, table)
+    assert!(
+        crate::summary_line(&t, "silver.logins").contains("not run"),
+        "{t}"
+    );
 }
 
 #[tokio::test]

@@ -74,7 +74,7 @@ fn batch(rows: &[(&str, i64)]) -> RecordBatch {
 
 fn files_of(dir: &std::path::Path) -> Vec<String> {
     let mut out = Vec::new();
-    for entry in walk(dir) {
+    for entry in crate::files(dir) {
         if entry.extension().is_some_and(|e| e == "parquet") {
             out.push(
                 entry
@@ -86,19 +86,6 @@ fn files_of(dir: &std::path::Path) -> Vec<String> {
         }
     }
     out.sort();
-    out
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p))
-        } else {
-            out.push(p)
-        }
-    }
     out
 }
 

@@ -11,6 +11,7 @@ mod reader;
 pub mod sniff;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -333,32 +334,59 @@ pub async fn ingest_source(
     let rejects = delta::ensure_table(&reject_url, &opts, &reject_schema(), &reject_spec).await?;
 
     progress.start(todo.iter().map(|(f, _)| f.size).sum());
-    let (row_tx, row_rx) = mpsc::channel::<datafusion::error::Result<RecordBatch>>(4);
+    // One parser per core takes the files one at a time from a shared
+    // list, each feeding its own bronze writer (so bronze gets one set of
+    // files per parser); the rejects of all go to one writer.
+    let parsers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(todo.len())
+        .max(1);
+    let job = Arc::new(ParseJob {
+        files: todo.clone(),
+        sniffed,
+        next: AtomicUsize::new(0),
+        done_bytes: AtomicU64::new(0),
+        columns: columns.clone(),
+        schema: schema.clone(),
+        source: source.clone(),
+        run_id: run_id.to_string(),
+        ingested_at: ingested_at.timestamp_micros(),
+        handle: tokio::runtime::Handle::current(),
+        progress: progress.clone(),
+    });
     let (rej_tx, rej_rx) = mpsc::channel::<datafusion::error::Result<RecordBatch>>(4);
-    let parse = {
-        let job = ParseJob {
-            files: todo.clone(),
-            sniffed,
-            columns: columns.clone(),
-            schema: schema.clone(),
-            source: source.clone(),
-            run_id: run_id.to_string(),
-            ingested_at: ingested_at.timestamp_micros(),
-            handle: tokio::runtime::Handle::current(),
-            progress: progress.clone(),
-        };
-        tokio::task::spawn_blocking(move || job.run(row_tx, rej_tx))
-    };
-    let rows_stream = channel_stream(schema.clone(), row_rx);
+    let mut row_streams = Vec::with_capacity(parsers);
+    let mut parsing = Vec::with_capacity(parsers);
+    for _ in 0..parsers {
+        let (row_tx, row_rx) = mpsc::channel::<datafusion::error::Result<RecordBatch>>(4);
+        row_streams.push(channel_stream(schema.clone(), row_rx));
+        let (job, rej_tx) = (job.clone(), rej_tx.clone());
+        parsing.push(tokio::task::spawn_blocking(move || job.run(row_tx, rej_tx)));
+    }
+    drop(rej_tx);
     let rej_stream = channel_stream(reject_schema(), rej_rx);
     let (staged_rows, staged_rejects) = tokio::try_join!(
-        delta::stage(&bronze, vec![rows_stream], &bronze_spec.table_name),
+        delta::stage(&bronze, row_streams, &bronze_spec.table_name),
         delta::stage(&rejects, vec![rej_stream], &reject_spec.table_name),
     )?;
-    let file_reports = parse.await.map_err(|e| Error::Ingest {
-        source_name: source.name.clone(),
-        message: format!("parser thread failed: {e}"),
-    })??;
+    // Each file's report, in the order of `todo`.
+    let mut file_reports: Vec<(usize, FileReport)> = Vec::with_capacity(todo.len());
+    for parser in parsing {
+        file_reports.extend(parser.await.map_err(|e| Error::Ingest {
+            source_name: source.name.clone(),
+            message: format!("parser thread failed: {e}"),
+        })??);
+    }
+    file_reports.sort_by_key(|(i, _)| *i);
+    let file_reports: Vec<FileReport> = file_reports.into_iter().map(|(_, r)| r).collect();
+    if file_reports.len() != todo.len() {
+        return Err(Error::Internal(format!(
+            "{} of {} files of source {} were parsed",
+            file_reports.len(),
+            todo.len(),
+            source.name
+        )));
+    }
 
     let ingested: Vec<&FileReport> = file_reports
         .iter()
@@ -511,6 +539,10 @@ fn options(source: &Source) -> CsvOptions {
 struct ParseJob {
     files: Vec<(LandedFile, bool)>,
     sniffed: Vec<Sniffed>,
+    /// The next file a parser takes.
+    next: AtomicUsize,
+    /// Bytes of the files parsed so far, for the progress bar.
+    done_bytes: AtomicU64,
     columns: Vec<String>,
     schema: SchemaRef,
     source: Source,
@@ -523,46 +555,55 @@ struct ParseJob {
 type Tx = mpsc::Sender<datafusion::error::Result<RecordBatch>>;
 
 impl ParseJob {
-    fn run(self, rows: Tx, rejects: Tx) -> Result<Vec<FileReport>> {
+    /// Parses files taken from the shared list until none is left; each
+    /// file's report with its index in the list.
+    fn run(&self, rows: Tx, rejects: Tx) -> Result<Vec<(usize, FileReport)>> {
         let mut reports = Vec::new();
-        let mut done_bytes = 0;
-        for ((file, rejects_done), sniffed) in self.files.iter().zip(&self.sniffed) {
-            self.progress.at(done_bytes);
-            done_bytes += file.size;
+        loop {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            let (Some((file, rejects_done)), Some(sniffed)) =
+                (self.files.get(i), self.sniffed.get(i))
+            else {
+                return Ok(reports);
+            };
             if let Some(why) = &sniffed.refused {
                 tracing::warn!(file = %file.name, "refused: {why}");
-                reports.push(FileReport {
-                    file: file.name.clone(),
-                    refused: Some(why.clone()),
-                    ..Default::default()
-                });
-                continue;
-            }
-            match self.parse_file(file, *rejects_done, &rows, &rejects) {
-                Ok(r) => {
-                    if !r.missing_columns.is_empty() {
-                        tracing::warn!(file = %file.name, columns = ?r.missing_columns, rows = r.rows, "the file's header lacks declared column(s): NULL for every one of its rows");
+                reports.push((
+                    i,
+                    FileReport {
+                        file: file.name.clone(),
+                        refused: Some(why.clone()),
+                        ..Default::default()
+                    },
+                ));
+            } else {
+                match self.parse_file(file, *rejects_done, &rows, &rejects) {
+                    Ok(r) => {
+                        if !r.missing_columns.is_empty() {
+                            tracing::warn!(file = %file.name, columns = ?r.missing_columns, rows = r.rows, "the file's header lacks declared column(s): NULL for every one of its rows");
+                        }
+                        if !r.empty_columns.is_empty() {
+                            tracing::warn!(file = %file.name, columns = ?r.empty_columns, rows = r.rows, "column(s) empty in every row of the file");
+                        }
+                        reports.push((i, r))
                     }
-                    if !r.empty_columns.is_empty() {
-                        tracing::warn!(file = %file.name, columns = ?r.empty_columns, rows = r.rows, "column(s) empty in every row of the file");
+                    Err(e) => {
+                        // Rows already sent cannot be taken back from this
+                        // write: abort the whole source so nothing is committed.
+                        let msg = format!("{}: {e}", file.name);
+                        let _ = rows.blocking_send(Err(
+                            datafusion::error::DataFusionError::Execution(msg.clone()),
+                        ));
+                        return Err(Error::Ingest {
+                            source_name: self.source.name.clone(),
+                            message: msg,
+                        });
                     }
-                    reports.push(r)
-                }
-                Err(e) => {
-                    // Rows already sent cannot be taken back from this write:
-                    // abort the whole source so nothing is committed.
-                    let msg = format!("{}: {e}", file.name);
-                    let _ = rows.blocking_send(Err(datafusion::error::DataFusionError::Execution(
-                        msg.clone(),
-                    )));
-                    return Err(Error::Ingest {
-                        source_name: self.source.name.clone(),
-                        message: msg,
-                    });
                 }
             }
+            let done = self.done_bytes.fetch_add(file.size, Ordering::Relaxed) + file.size;
+            self.progress.at(done);
         }
-        Ok(reports)
     }
 
     fn parse_file(

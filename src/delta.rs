@@ -433,10 +433,14 @@ pub fn table_arrow_schema(table: &DeltaTable) -> Result<SchemaRef> {
 pub fn writer_properties() -> deltalake::parquet::file::properties::WriterProperties {
     use deltalake::parquet::basic::Compression;
     use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
+    use deltalake::parquet::schema::types::ColumnPath;
     WriterProperties::builder()
         .set_created_by(format!("lakehouse {}", env!("CARGO_PKG_VERSION")))
         .set_compression(Compression::SNAPPY)
         .set_statistics_enabled(EnabledStatistics::Page)
+        // Every row of a file has its own line number: a dictionary of them
+        // never pays, and filling one cost bronze's writer time.
+        .set_column_dictionary_enabled(ColumnPath::from(crate::ingest::SOURCE_LINE), false)
         .build()
 }
 

@@ -191,11 +191,15 @@ impl<R: Read> CsvReader<R> {
         let trimmed = raw.strip_suffix(b"\n").unwrap_or(raw);
         let trimmed = trimmed.strip_suffix(b"\r").unwrap_or(trimmed);
         rec.raw.extend_from_slice(trimmed);
-        let mut lines = 0;
-        for (k, &b) in raw.iter().enumerate() {
-            if b == b'\n' || (b == b'\r' && raw.get(k + 1) != Some(&b'\n')) {
-                lines += 1;
-            }
+        // Line ends: every LF, and every CR not followed by an LF (the
+        // count of LFs is one vectorised pass; CRs are rare).
+        let mut lines = raw.iter().filter(|&&b| b == b'\n').count() as u64;
+        if raw.contains(&b'\r') {
+            lines += raw
+                .iter()
+                .enumerate()
+                .filter(|&(k, &b)| b == b'\r' && raw.get(k + 1) != Some(&b'\n'))
+                .count() as u64;
         }
         self.line += lines;
         self.pos = end;

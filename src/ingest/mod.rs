@@ -665,19 +665,21 @@ impl ParseJob {
         let name = file.name.as_str();
         while csv.next(&mut rec)? {
             report.lines += 1;
-            let problem = if let Some(err) = rec.error.take() {
+            let error = rec.error.take();
+            let text = error.is_none().then(|| record_text(&rec)).flatten();
+            let problem = if let Some(err) = error {
                 Some(err)
             } else if rec.len() != expected_fields {
                 Some(format!(
                     "expected {expected_fields} fields, found {}",
                     rec.len()
                 ))
-            } else if let Some(i) = (0..rec.len()).find(|&i| rec.field(i).contains(&0)) {
-                Some(format!("NUL byte in field {}", i + 1))
-            } else if let Some(i) =
-                (0..rec.len()).find(|&i| std::str::from_utf8(rec.field(i)).is_err())
-            {
-                Some(format!("invalid UTF-8 in field {}", i + 1))
+            } else if rec.data.contains(&0) {
+                let i = (0..rec.len()).find(|&i| rec.field(i).contains(&0));
+                Some(format!("NUL byte in field {}", i.unwrap_or(0) + 1))
+            } else if text.is_none() {
+                let i = (0..rec.len()).find(|&i| std::str::from_utf8(rec.field(i)).is_err());
+                Some(format!("invalid UTF-8 in field {}", i.unwrap_or(0) + 1))
             } else if header.as_ref().is_some_and(|h| {
                 h.len() == rec.len() && (0..rec.len()).all(|i| h[i] == rec.field(i))
             }) {
@@ -697,14 +699,15 @@ impl ParseJob {
                 }
                 None => {
                     report.rows += 1;
+                    // Checked above: the record's text, cut at its fields.
+                    let text = text.unwrap_or_default();
                     for (col, m) in mapping.iter().enumerate() {
                         match m {
-                            // Checked as UTF-8 above.
                             Some(i) => {
-                                let value = rec.field(*i);
+                                let start = if *i == 0 { 0 } else { rec.ends[*i - 1] };
+                                let value = text.get(start..rec.ends[*i]).unwrap_or_default();
                                 filled[col] |= !value.is_empty();
-                                b.cols[col]
-                                    .append_value(std::str::from_utf8(value).unwrap_or_default())
+                                b.cols[col].append_value(value)
                             }
                             None => b.cols[col].append_null(),
                         }
@@ -740,6 +743,17 @@ impl ParseJob {
         }
         Ok(report)
     }
+}
+
+/// The record's field bytes as text when every field is valid UTF-8: the
+/// bytes are checked once, and every field must end on a character
+/// boundary (a field cut inside a character is itself invalid).
+fn record_text(rec: &Record) -> Option<&str> {
+    let text = std::str::from_utf8(&rec.data).ok()?;
+    rec.ends
+        .iter()
+        .all(|&end| text.is_char_boundary(end))
+        .then_some(text)
 }
 
 /// Why a file whose header has neither a `rename` key nor the column it

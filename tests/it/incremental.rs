@@ -180,7 +180,10 @@ async fn batches_of_files_end_with_the_figures_of_one_full_run() {
         format!("incremental ({added} new input files)")
     };
     assert!((1..=2).contains(&added), "{added} new bronze files: {s}");
-    assert!(crate::summary_line(&s, "silver.orders").contains(&said), "{s}");
+    assert!(
+        crate::summary_line(&s, "silver.orders").contains(&said),
+        "{s}"
+    );
 
     // The hand-made file alone: gold recomputes the partitions its rows
     // touch (A's old and new day, B's day if its file was rewritten, the

@@ -204,19 +204,26 @@ fn assert_same(remote: &Path, local: &Path) {
     assert!(l.lines().count() > 100, "too little to compare: {l}");
 }
 
-fn run(lake: &Path, cluster: Option<&str>, extra: &[&str]) -> String {
+/// `lakehouse run` of the example on `lake`, on `cluster` if given.
+fn run_args(lake: &Path, cluster: Option<&str>, extra: &[&str]) -> Vec<String> {
     let pipeline = repo().join("sql");
-    let mut args = vec![
-        "run",
-        "--lake",
-        lake.to_str().unwrap(),
-        "--pipeline",
-        pipeline.to_str().unwrap(),
+    let mut args: Vec<String> = vec![
+        "run".into(),
+        "--lake".into(),
+        lake.to_str().unwrap().into(),
+        "--pipeline".into(),
+        pipeline.to_str().unwrap().into(),
     ];
     if let Some(c) = cluster {
-        args.extend(["--cluster", c]);
+        args.extend(["--cluster".into(), c.into()]);
     }
-    args.extend(extra);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+fn run(lake: &Path, cluster: Option<&str>, extra: &[&str]) -> String {
+    let args = run_args(lake, cluster, extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = lakehouse(&args, lake.parent().unwrap());
     assert!(out.status.success(), "run on {cluster:?}: {}", text(&out));
     text(&out)
@@ -291,21 +298,9 @@ fn the_pipeline_on_a_ballista_cluster_writes_the_same_tables_as_a_local_run() {
     // the next run does the work.
     let count = "SELECT count(*) AS n FROM silver.orders";
     let before = query(&remote, None, count);
-    let pipeline = repo().join("sql");
-    let out = lakehouse(
-        &[
-            "run",
-            "--lake",
-            remote.to_str().unwrap(),
-            "--pipeline",
-            pipeline.to_str().unwrap(),
-            "--cluster",
-            &address,
-            "--stage-timeout",
-            "1ms",
-        ],
-        dir.path(),
-    );
+    let args = run_args(&remote, Some(&address), &["--stage-timeout", "1ms"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = lakehouse(&args, dir.path());
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
     assert!(
@@ -381,19 +376,12 @@ fn an_executor_killed_while_silver_stages_loses_no_row() {
     let _a = executor(&address, &wa, dir.path());
     let mut b = Some(executor(&address, &wb, dir.path()));
 
-    let pipeline = repo().join("sql");
     let mut job = Command::new(env!("CARGO_BIN_EXE_lakehouse"))
-        .args([
-            "run",
-            "--lake",
-            remote.to_str().unwrap(),
-            "--pipeline",
-            pipeline.to_str().unwrap(),
-            "--cluster",
-            &address,
-            "--stage-timeout",
-            "120s",
-        ])
+        .args(run_args(
+            &remote,
+            Some(&address),
+            &["--stage-timeout", "120s"],
+        ))
         .current_dir(dir.path())
         .env("RUST_LOG", "lakehouse=info")
         .stdout(Stdio::piped())

@@ -358,24 +358,33 @@ pub async fn collect_bounded(
         return Ok(run.await?);
     };
     let mut run = std::pin::pin!(run);
-    let mut deadline: Option<tokio::time::Instant> = None;
+    // The clock starts when the scheduler has accepted the job (its id is
+    // known): a queue or a slow submission is not the job's time.
     let job = loop {
         tokio::select! {
             result = &mut run => return Ok(result?),
             _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {
-                let now = tokio::time::Instant::now();
-                match (deadline, query.job_id()) {
-                    (None, Some(_)) => deadline = Some(now + jobs.stage_timeout),
-                    (Some(at), Some(job)) if now >= at => break job,
-                    _ => {}
+                if let Some(job) = query.job_id() {
+                    break job;
                 }
             }
         }
     };
+    if let Ok(result) = tokio::time::timeout(jobs.stage_timeout, &mut run).await {
+        return Ok(result?);
+    }
     let job = job.to_string();
-    let cancelled = match cancel(&jobs.scheduler, &job).await {
-        Ok(()) => "the job was cancelled".to_string(),
-        Err(e) => format!("cancelling it failed ({e}): cancel it on the scheduler"),
+    // A scheduler that does not answer must not hold the run either.
+    let cancelling = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        cancel(&jobs.scheduler, &job),
+    );
+    let cancelled = match cancelling.await {
+        Ok(Ok(())) => "the job was cancelled".to_string(),
+        Ok(Err(e)) => format!("cancelling it failed ({e}): cancel it on the scheduler"),
+        Err(_) => {
+            "the scheduler did not answer the cancellation within 30 s: cancel it there".to_string()
+        }
     };
     tracing::error!(job = %job, "stage timeout: {cancelled}");
     Err(Error::Cluster(format!(

@@ -33,8 +33,12 @@ impl Record {
         self.ends.len()
     }
     pub fn field(&self, i: usize) -> &[u8] {
+        &self.data[self.span(i)]
+    }
+    /// Where field `i` lies in `data`.
+    pub fn span(&self, i: usize) -> std::ops::Range<usize> {
         let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        &self.data[start..self.ends[i]]
+        start..self.ends[i]
     }
 }
 

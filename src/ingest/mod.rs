@@ -704,8 +704,7 @@ impl ParseJob {
                     for (col, m) in mapping.iter().enumerate() {
                         match m {
                             Some(i) => {
-                                let start = if *i == 0 { 0 } else { rec.ends[*i - 1] };
-                                let value = text.get(start..rec.ends[*i]).unwrap_or_default();
+                                let value = text.get(rec.span(*i)).unwrap_or_default();
                                 filled[col] |= !value.is_empty();
                                 b.cols[col].append_value(value)
                             }

@@ -95,13 +95,13 @@ pub async fn run(
         observer,
     };
 
-    preflight(&run).await?;
+    let planned = preflight(&run).await?;
     let ingested = ingest_sources(&run).await;
     let unread = unread_landing_files(lake, pipeline).await;
     for file in &unread {
         tracing::warn!(file = %file, "landed file matches no source's `files` glob: it is not read");
     }
-    let modelled = run_models(&run, &chosen).await;
+    let modelled = run_models(&run, &chosen, planned).await;
 
     let mut report = RunReport {
         run_id: run_id.to_string(),
@@ -142,15 +142,24 @@ struct Phase<T> {
     errors: Vec<String>,
 }
 
+/// A session over the lake, and its catalog.
+type Session = (
+    datafusion::prelude::SessionContext,
+    std::sync::Arc<crate::catalog::LakeCatalog>,
+);
+
 /// Every model planned against its inputs' schemas before anything is
 /// taken: a misnamed column in the settings stops the run here (exit 2).
-async fn preflight(run: &RunContext<'_>) -> Result<()> {
+/// Returns the local session it planned in, for the models to run in when
+/// the run is not on a cluster.
+async fn preflight(run: &RunContext<'_>) -> Result<Option<Session>> {
     let local = SessionOptions {
         cluster: None,
         ..run.options.clone()
     };
-    let (ctx, _) = session::build(run.lake, &local).await?;
-    model::preflight::check(&ctx, run.pipeline).await
+    let (ctx, catalog) = session::build(run.lake, &local).await?;
+    model::preflight::check(&ctx, run.pipeline).await?;
+    Ok(run.options.cluster.is_none().then_some((ctx, catalog)))
 }
 
 /// Ingests every source; a source that fails is a failed step, and the
@@ -177,6 +186,7 @@ async fn ingest_sources(run: &RunContext<'_>) -> Phase<SourceStep> {
             started_at,
             progress.clone(),
             &run_options.reingest,
+            run.options.target_partitions,
         )
         .await;
         progress.finish();
@@ -245,7 +255,11 @@ async fn ingest_sources(run: &RunContext<'_>) -> Phase<SourceStep> {
 /// Runs the chosen models in dependency order; a model downstream of a
 /// failed one is not run. From here on files may have been taken: a failure
 /// is recorded with the run and exits 1, not 2.
-async fn run_models(run: &RunContext<'_>, chosen: &HashSet<String>) -> Phase<ModelStep> {
+async fn run_models(
+    run: &RunContext<'_>,
+    chosen: &HashSet<String>,
+    session: Option<Session>,
+) -> Phase<ModelStep> {
     let (lake, pipeline, options, run_id, started_at, run_options, observer) = (
         run.lake,
         run.pipeline,
@@ -257,9 +271,12 @@ async fn run_models(run: &RunContext<'_>, chosen: &HashSet<String>) -> Phase<Mod
     );
     let mut steps: Vec<ModelStep> = Vec::new();
     let mut errors: Vec<String> = Vec::new();
-    let session = match crate::failpoint::check("session-build") {
-        Ok(()) => session::build(lake, options).await,
-        Err(e) => Err(e),
+    // The preflight's session sees the tables ingestion just created once
+    // its catalog lists the lake again.
+    let session = match (crate::failpoint::check("session-build"), session) {
+        (Err(e), _) => Err(e),
+        (Ok(()), Some((ctx, catalog))) => catalog.refresh().await.map(|()| (ctx, catalog)),
+        (Ok(()), None) => session::build(lake, options).await,
     };
     if let Err(e) = &session {
         tracing::error!(error = %e, "could not start the models");

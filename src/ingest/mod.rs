@@ -1,6 +1,7 @@
 //! Landing CSV -> bronze. Lists a source's files, skips the ones already
-//! ingested, parses the rest on a blocking thread (CSV parsing is CPU work)
-//! and streams rows into the bronze Delta table and malformed rows into the
+//! ingested, parses the rest on blocking threads (CSV parsing is CPU work;
+//! one parser per file at a time, as many as the run's parallelism) and
+//! streams rows into the bronze Delta table and malformed rows into the
 //! source's reject table. Which files were ingested is recorded as Delta app
 //! transactions (`lakehouse-ingest:<file>`) in the same commit as their rows,
 //! so a crash can never ingest a file twice or half.
@@ -183,6 +184,13 @@ pub fn reject_schema() -> SchemaRef {
 }
 
 /// Ingests every new file of `source` into bronze.
+/// Ingests one source's new landing files into bronze and its rejects, in
+/// four phases: [`select`] the files not taken yet, [`settle_columns`]
+/// (every new file looked at before any row is taken), [`parse`] them into
+/// staged Parquet files (nothing visible), and [`commit`] rejects then
+/// bronze with the files' ingestion markers, checking that every line read
+/// became exactly one bronze or reject row. `parsers` bounds how many files
+/// are parsed at once.
 pub async fn ingest_source(
     lake: &Lake,
     source: &Source,
@@ -190,14 +198,54 @@ pub async fn ingest_source(
     ingested_at: chrono::DateTime<chrono::Utc>,
     progress: Arc<dyn Progress>,
     reingest: &[String],
+    parsers: usize,
 ) -> Result<SourceReport> {
-    let files = lake.glob(&source.csv.files).await?;
-    let opts = lake.storage_options().clone();
-    let bronze_url = lake.url(&bronze_table(&source.name));
-    let reject_url = lake.url(&reject_table(&source.name));
-    let bronze = delta::open(&bronze_url, &opts).await?;
-    let rejects = delta::open(&reject_url, &opts).await?;
+    let selection = select(lake, source, reingest).await?;
+    if selection.todo.is_empty() {
+        // Nothing landed yet: with declared columns, an empty bronze table
+        // lets the models that read this source run.
+        if let (None, Some(cols)) = (&selection.bronze, &source.csv.columns) {
+            let cols: Vec<String> = cols.iter().map(|c| c.to_lowercase()).collect();
+            let spec = bronze_spec(source, run_id);
+            let url = lake.url(&bronze_table(&source.name));
+            delta::ensure_table(&url, lake.storage_options(), &bronze_schema(&cols), &spec).await?;
+        }
+        let mut report = selection.report;
+        report.reconciled = true;
+        return Ok(report);
+    }
+    let layout = settle_columns(source, selection.bronze.as_ref(), &selection.todo).await?;
+    let targets =
+        Targets::prepare(lake, source, run_id, selection.bronze.as_ref(), &layout).await?;
+    let parsed = parse(
+        source,
+        &selection.todo,
+        layout,
+        &targets,
+        run_id,
+        ingested_at,
+        progress,
+        parsers,
+    )
+    .await?;
+    commit(selection, parsed, targets, reingest).await
+}
 
+/// Phase 1: the source's landed files, and which of them to take.
+struct Selection {
+    bronze: Option<DeltaTable>,
+    /// Files seen, skipped and changed so far.
+    report: SourceReport,
+    /// Files to parse, each with whether its rejects are already committed
+    /// (a run that died between the rejects' and bronze's commits).
+    todo: Vec<(LandedFile, bool)>,
+}
+
+async fn select(lake: &Lake, source: &Source, reingest: &[String]) -> Result<Selection> {
+    let files = lake.glob(&source.csv.files).await?;
+    let opts = lake.storage_options();
+    let bronze = delta::open(&lake.url(&bronze_table(&source.name)), opts).await?;
+    let rejects = delta::open(&lake.url(&reject_table(&source.name)), opts).await?;
     let mut report = SourceReport {
         files_seen: files.len(),
         ..Default::default()
@@ -205,8 +253,7 @@ pub async fn ingest_source(
     let mut todo = Vec::new();
     for file in files {
         let id = app_id(&file.name);
-        let again = reingest.contains(&file.name);
-        if again {
+        if reingest.contains(&file.name) {
             report.reingested.push(file.name.clone());
             tracing::info!(file = %file.name, "taking the file again (--reingest)");
             todo.push((file, false));
@@ -223,21 +270,33 @@ pub async fn ingest_source(
         let rejects_done = ingested_size(&rejects, &id).await?.is_some();
         todo.push((file, rejects_done));
     }
-    if todo.is_empty() {
-        // Nothing landed yet: with declared columns, an empty bronze table
-        // lets the models that read this source run.
-        if let (None, Some(cols)) = (&bronze, &source.csv.columns) {
-            let cols: Vec<String> = cols.iter().map(|c| c.to_lowercase()).collect();
-            let spec = bronze_spec(source, run_id);
-            delta::ensure_table(&bronze_url, &opts, &bronze_schema(&cols), &spec).await?;
-        }
-        report.reconciled = true;
-        return Ok(report);
-    }
+    Ok(Selection {
+        bronze,
+        report,
+        todo,
+    })
+}
 
-    // Look at every new file first: refuse the unreadable ones and settle
-    // bronze's columns before any row is taken.
-    let sniffed = {
+/// Phase 2: bronze's columns once the new files are in, and what the look
+/// at each file found (refused files keep their reason).
+struct Layout {
+    sniffed: Vec<Sniffed>,
+    /// Bronze's columns before this run.
+    existing: Vec<String>,
+    /// Bronze's columns after it: existing, declared, then new headers.
+    columns: Vec<String>,
+}
+
+async fn settle_columns(
+    source: &Source,
+    bronze: Option<&DeltaTable>,
+    todo: &[(LandedFile, bool)],
+) -> Result<Layout> {
+    let ingest_error = |message: String| Error::Ingest {
+        source_name: source.name.clone(),
+        message,
+    };
+    let mut sniffed = {
         let files: Vec<LandedFile> = todo.iter().map(|(f, _)| f.clone()).collect();
         let csv = source.csv.clone();
         let handle = tokio::runtime::Handle::current();
@@ -248,16 +307,10 @@ pub async fn ingest_source(
                 .collect()
         })
         .await
-        .map_err(|e| Error::Ingest {
-            source_name: source.name.clone(),
-            message: format!("file check failed: {e}"),
-        })?
-        .map_err(|e| Error::Ingest {
-            source_name: source.name.clone(),
-            message: e.to_string(),
-        })?
+        .map_err(|e| ingest_error(format!("file check failed: {e}")))?
+        .map_err(|e| ingest_error(e.to_string()))?
     };
-    let existing: Vec<String> = match &bronze {
+    let existing: Vec<String> = match bronze {
         Some(table) => delta::table_arrow_schema(table)?
             .fields()
             .iter()
@@ -272,7 +325,6 @@ pub async fn ingest_source(
             columns.push(c.to_lowercase());
         }
     }
-    let mut sniffed = sniffed;
     for s in sniffed.iter_mut() {
         let Some(header) = &s.header else { continue };
         if s.refused.is_some() {
@@ -298,15 +350,42 @@ pub async fn ingest_source(
         }
     }
     if columns.is_empty() {
-        return Err(Error::Ingest {
-            source_name: source.name.clone(),
-            message: "no columns: declare `columns = [...]` in the source settings, or land a file with a header".into(),
-        });
+        return Err(ingest_error(
+            "no columns: declare `columns = [...]` in the source settings, or land a file with a header".into(),
+        ));
     }
-    if let Some(table) = &bronze {
-        let added: Vec<deltalake::kernel::StructField> = columns
+    Ok(Layout {
+        sniffed,
+        existing,
+        columns,
+    })
+}
+
+/// The two tables an ingest writes, created or widened to the settled
+/// columns, with how each is written.
+struct Targets {
+    bronze: DeltaTable,
+    bronze_spec: WriteSpec,
+    rejects: DeltaTable,
+    reject_spec: WriteSpec,
+    schema: SchemaRef,
+}
+
+impl Targets {
+    async fn prepare(
+        lake: &Lake,
+        source: &Source,
+        run_id: &str,
+        bronze: Option<&DeltaTable>,
+        layout: &Layout,
+    ) -> Result<Self> {
+        let opts = lake.storage_options();
+        let bronze_url = lake.url(&bronze_table(&source.name));
+        let reject_url = lake.url(&reject_table(&source.name));
+        let added: Vec<deltalake::kernel::StructField> = layout
+            .columns
             .iter()
-            .filter(|c| !existing.contains(c))
+            .filter(|c| !layout.existing.contains(c))
             .map(|c| {
                 deltalake::kernel::StructField::new(
                     c.clone(),
@@ -315,103 +394,156 @@ pub async fn ingest_source(
                 )
             })
             .collect();
-        if !added.is_empty() {
+        if let (Some(table), false) = (bronze, added.is_empty()) {
             tracing::info!(source = %source.name, columns = ?added.iter().map(|f| f.name().clone()).collect::<Vec<_>>(), "adding new columns to bronze");
             table.clone().add_columns().with_fields(added).await?;
         }
+        let schema = bronze_schema(&layout.columns);
+        let bronze_spec = bronze_spec(source, run_id);
+        let reject_spec = WriteSpec {
+            table_name: format!("quarantine.bronze_{}", source.name),
+            description: Some(format!(
+                "Rows of bronze.{} that could not be read, with the reason",
+                source.name
+            )),
+            ..bronze_spec.clone()
+        };
+        Ok(Self {
+            bronze: delta::ensure_table(&bronze_url, opts, &schema, &bronze_spec).await?,
+            rejects: delta::ensure_table(&reject_url, opts, &reject_schema(), &reject_spec).await?,
+            bronze_spec,
+            reject_spec,
+            schema,
+        })
     }
-    let schema = bronze_schema(&columns);
-    let bronze_spec = bronze_spec(source, run_id);
-    let reject_spec = WriteSpec {
-        table_name: format!("quarantine.bronze_{}", source.name),
-        description: Some(format!(
-            "Rows of bronze.{} that could not be read, with the reason",
-            source.name
-        )),
-        ..bronze_spec.clone()
-    };
-    let bronze = delta::ensure_table(&bronze_url, &opts, &schema, &bronze_spec).await?;
-    let rejects = delta::ensure_table(&reject_url, &opts, &reject_schema(), &reject_spec).await?;
+}
 
+/// Phase 3: the files parsed into staged (invisible) Parquet files.
+struct Parsed {
+    rows: delta::Staged,
+    rejects: delta::Staged,
+    /// Each file's report, in the order of the selection.
+    files: Vec<FileReport>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn parse(
+    source: &Source,
+    todo: &[(LandedFile, bool)],
+    layout: Layout,
+    targets: &Targets,
+    run_id: &str,
+    ingested_at: chrono::DateTime<chrono::Utc>,
+    progress: Arc<dyn Progress>,
+    parsers: usize,
+) -> Result<Parsed> {
     progress.start(todo.iter().map(|(f, _)| f.size).sum());
-    // One parser per core takes the files one at a time from a shared
-    // list, each feeding its own bronze writer (so bronze gets one set of
-    // files per parser); the rejects of all go to one writer.
-    let parsers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(todo.len())
-        .max(1);
+    // Parsers take the files one at a time from a shared list, each
+    // feeding its own bronze writer (so bronze gets one set of files per
+    // parser); the rejects of all go to one writer.
+    let parsers = parsers.min(todo.len()).max(1);
     let job = Arc::new(ParseJob {
-        files: todo.clone(),
-        sniffed,
+        files: todo.to_vec(),
+        sniffed: layout.sniffed,
         next: AtomicUsize::new(0),
         done_bytes: AtomicU64::new(0),
-        columns: columns.clone(),
-        schema: schema.clone(),
+        columns: layout.columns,
+        schema: targets.schema.clone(),
         source: source.clone(),
         run_id: run_id.to_string(),
         ingested_at: ingested_at.timestamp_micros(),
         handle: tokio::runtime::Handle::current(),
-        progress: progress.clone(),
+        progress,
     });
     let (rej_tx, rej_rx) = mpsc::channel::<datafusion::error::Result<RecordBatch>>(4);
     let mut row_streams = Vec::with_capacity(parsers);
     let mut parsing = Vec::with_capacity(parsers);
     for _ in 0..parsers {
         let (row_tx, row_rx) = mpsc::channel::<datafusion::error::Result<RecordBatch>>(4);
-        row_streams.push(channel_stream(schema.clone(), row_rx));
+        row_streams.push(channel_stream(targets.schema.clone(), row_rx));
         let (job, rej_tx) = (job.clone(), rej_tx.clone());
         parsing.push(tokio::task::spawn_blocking(move || job.run(row_tx, rej_tx)));
     }
     drop(rej_tx);
     let rej_stream = channel_stream(reject_schema(), rej_rx);
-    let (staged_rows, staged_rejects) = tokio::try_join!(
-        delta::stage(&bronze, row_streams, &bronze_spec.table_name),
-        delta::stage(&rejects, vec![rej_stream], &reject_spec.table_name),
+    let (rows, rejects) = tokio::try_join!(
+        delta::stage(
+            &targets.bronze,
+            row_streams,
+            &targets.bronze_spec.table_name
+        ),
+        delta::stage(
+            &targets.rejects,
+            vec![rej_stream],
+            &targets.reject_spec.table_name
+        ),
     )?;
-    // Each file's report, in the order of `todo`.
-    let mut file_reports: Vec<(usize, FileReport)> = Vec::with_capacity(todo.len());
+    let mut files: Vec<(usize, FileReport)> = Vec::with_capacity(todo.len());
     for parser in parsing {
-        file_reports.extend(parser.await.map_err(|e| Error::Ingest {
+        files.extend(parser.await.map_err(|e| Error::Ingest {
             source_name: source.name.clone(),
             message: format!("parser thread failed: {e}"),
         })??);
     }
-    file_reports.sort_by_key(|(i, _)| *i);
-    let file_reports: Vec<FileReport> = file_reports.into_iter().map(|(_, r)| r).collect();
-    if file_reports.len() != todo.len() {
+    files.sort_by_key(|(i, _)| *i);
+    if files.len() != todo.len() {
         return Err(Error::Internal(format!(
             "{} of {} files of source {} were parsed",
-            file_reports.len(),
+            files.len(),
             todo.len(),
             source.name
         )));
     }
+    Ok(Parsed {
+        rows,
+        rejects,
+        files: files.into_iter().map(|(_, r)| r).collect(),
+    })
+}
 
-    let ingested: Vec<&FileReport> = file_reports
-        .iter()
-        .filter(|f| f.refused.is_none())
-        .collect();
-    let txns = |only_new_rejects: bool| -> Vec<Transaction> {
+/// Phase 4: rejects, then bronze, committed with the ingestion markers of
+/// the files taken; files taken again replace their earlier rows in the
+/// same commits. The report's `reconciled` compares the lines read with
+/// the rows each table's log records.
+async fn commit(
+    selection: Selection,
+    parsed: Parsed,
+    targets: Targets,
+    reingest: &[String],
+) -> Result<SourceReport> {
+    let Selection {
+        mut report, todo, ..
+    } = selection;
+    let Parsed {
+        rows: mut staged_rows,
+        rejects: mut staged_rejects,
+        files,
+    } = parsed;
+    let Targets {
+        bronze,
+        mut bronze_spec,
+        rejects,
+        mut reject_spec,
+        ..
+    } = targets;
+    let taken = || {
         todo.iter()
-            .zip(file_reports.iter())
-            .filter(|((_, rejects_done), r)| {
-                r.refused.is_none() && !(only_new_rejects && *rejects_done)
-            })
+            .zip(files.iter())
+            .filter(|(_, r)| r.refused.is_none())
+    };
+    let txns = |only_new_rejects: bool| -> Vec<Transaction> {
+        taken()
+            .filter(|((_, rejects_done), _)| !(only_new_rejects && *rejects_done))
             .flat_map(|((f, _), _)| ingest_txns(f))
             .collect()
     };
     // Files taken again: their earlier rows leave both tables in the same
     // commits that add their new rows; the other rows of the data files
     // holding them are carried over into new files.
-    let replacing: Vec<String> = todo
-        .iter()
-        .zip(file_reports.iter())
-        .filter(|((f, _), r)| r.refused.is_none() && reingest.contains(&f.name))
+    let replacing: Vec<String> = taken()
+        .filter(|((f, _), _)| reingest.contains(&f.name))
         .map(|((f, _), _)| f.name.clone())
         .collect();
-    let mut staged_rows = staged_rows;
-    let mut staged_rejects = staged_rejects;
     let (carried, bronze_replace, n) = drop_rows_of(
         &bronze,
         &mut staged_rows,
@@ -432,30 +564,26 @@ pub async fn ingest_source(
     // Rejects first: if the run dies between the two commits, the next run
     // re-reads the files but, seeing their rejects recorded, skips them.
     // (A file taken again is taken again whole: run the same --reingest.)
-    let mut reject_spec = reject_spec;
     reject_spec.replace = reject_replace;
     reject_spec.transactions = txns(true);
     let (_, rejects_written) = delta::commit(rejects, staged_rejects, &reject_spec).await?;
-    let mut bronze_spec = bronze_spec;
     bronze_spec.transactions = txns(false);
     bronze_spec.replace = bronze_replace;
     let (_, written) = delta::commit(bronze, staged_rows, &bronze_spec).await?;
-    let rejects_expected: u64 = todo
-        .iter()
-        .zip(file_reports.iter())
-        .filter(|((_, done), r)| !done && r.refused.is_none())
+    let rejects_expected: u64 = taken()
+        .filter(|((_, done), _)| !done)
         .map(|(_, r)| r.rejected)
         .sum();
 
-    report.rows = ingested.iter().map(|f| f.rows).sum();
-    report.rejected = ingested.iter().map(|f| f.rejected).sum();
+    report.rows = taken().map(|(_, f)| f.rows).sum();
+    report.rejected = taken().map(|(_, f)| f.rejected).sum();
+    report.lines = taken().map(|(_, f)| f.lines).sum();
     report.version = written.version;
     report.data_files = written.files_added;
-    report.lines = ingested.iter().map(|f| f.lines).sum();
     report.reconciled = report.lines == report.rows + report.rejected
         && written.rows_in_files == report.rows + carried
         && rejects_written.rows_in_files == rejects_expected + carried_rejects;
-    report.files = file_reports;
+    report.files = files;
     Ok(report)
 }
 

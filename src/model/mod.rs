@@ -293,7 +293,7 @@ pub async fn run_model(
         .iter()
         .map(|f| f.name().clone())
         .collect();
-    preflight::check_model(ctx, model, df.schema().as_arrow())?;
+    preflight::check_columns(model, df.schema().as_arrow())?;
 
     // Expectations run on the model's plan as it streams.
     let checker = Arc::new(Checker::new(

@@ -109,6 +109,22 @@ pub async fn plan_all(
 /// returns: the key, partition and sequence columns, and every
 /// expectation's check.
 pub fn check_model(ctx: &SessionContext, model: &Model, result: &Schema) -> Result<()> {
+    check_columns(model, result)?;
+    let unqualified = DFSchema::try_from(result.clone())?;
+    let settings_file = model.sql_file.with_extension("toml");
+    crate::quality::plan_rules(
+        ctx,
+        &unqualified,
+        &model.settings.expectations,
+        &settings_file,
+    )?;
+    Ok(())
+}
+
+/// The key, partition and sequence columns the settings name, checked
+/// against the columns the model's SELECT returns. (A run checks the
+/// expectations where it plans them for the checker.)
+pub fn check_columns(model: &Model, result: &Schema) -> Result<()> {
     let settings = &model.settings;
     let settings_file = model.sql_file.with_extension("toml");
     let columns: Vec<&str> = result.fields().iter().map(|f| f.name().as_str()).collect();
@@ -146,7 +162,5 @@ pub fn check_model(ctx: &SessionContext, model: &Model, result: &Schema) -> Resu
             ));
         }
     }
-    let unqualified = DFSchema::try_from(result.clone())?;
-    crate::quality::plan_rules(ctx, &unqualified, &settings.expectations, &settings_file)?;
     Ok(())
 }

@@ -88,6 +88,11 @@ pub enum Error {
     /// A broken invariant: a bug, not something the user did.
     #[error("internal error: {0}. This is a bug; please report it with the log")]
     Internal(String),
+    /// A model's failure as the engine reported it, with what caused it in
+    /// the pipeline and what to do (see `model::diagnose`).
+    #[error("{0}")]
+    Diagnosed(String),
+    /// A flag, argument or setting the user gave that cannot be used.
     #[error("{0}")]
     Usage(String),
 }

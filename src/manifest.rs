@@ -90,7 +90,7 @@ fn manifest_path(columns: &[String], key: &PartitionKey) -> Result<Path> {
     } else {
         format!("{FOLDER}/{folder}/manifest")
     };
-    Path::parse(&text).map_err(|e| Error::Usage(format!("manifest path `{text}`: {e}")))
+    Path::parse(&text).map_err(|e| Error::Internal(format!("manifest path `{text}`: {e}")))
 }
 
 /// Live data files of the table's loaded version by partition, as absolute URIs.

@@ -124,7 +124,7 @@ pub async fn prepare(
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, t)| t.clone())
-            .ok_or_else(|| Error::Usage(format!("upsert: the model returns no column `{name}`")))
+            .ok_or_else(|| Error::Internal(format!("upsert: the model returns no column `{name}`")))
     };
 
     // The stored side: key, partition and sequence columns only.

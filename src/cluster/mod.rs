@@ -164,7 +164,7 @@ fn codec() -> BallistaCodec {
 }
 
 fn ballista_error(what: &str) -> impl Fn(ballista_core::error::BallistaError) -> Error + '_ {
-    move |e| Error::Usage(format!("{what}: {e}"))
+    move |e| Error::Cluster(format!("{what}: {e}"))
 }
 
 /// Runs a scheduler on `listener` until the process ends.
@@ -436,7 +436,7 @@ async fn standalone(
         match SchedulerGrpcClient::connect(url.clone()).await {
             Ok(s) => break s,
             Err(e) if attempts > 100 => {
-                return Err(Error::Usage(format!(
+                return Err(Error::Cluster(format!(
                     "the standalone scheduler at {url} did not answer: {e}"
                 )))
             }

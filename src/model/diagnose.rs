@@ -84,7 +84,7 @@ pub async fn explain(ctx: &SessionContext, model: &Model, err: Error) -> Error {
         // collides with it (apache/datafusion#5410 and its kin).
         return Error::Model {
             model: model.table(),
-            source: Box::new(Error::Usage(format!(
+            source: Box::new(Error::Diagnosed(format!(
                 "{message}. In a UNION, give every column of every SELECT its name with AS (`is_active AS _active_text`), not only in the first one"
             ))),
         };
@@ -94,7 +94,7 @@ pub async fn explain(ctx: &SessionContext, model: &Model, err: Error) -> Error {
         // pipeline does not set: say what to do here.
         return Error::Model {
             model: model.table(),
-            source: Box::new(Error::Usage(format!(
+            source: Box::new(Error::Diagnosed(format!(
                 "{message}\nThe model needs more memory than the engine may hold: run with a larger --memory-limit (or LAKEHOUSE_MEMORY_LIMIT), e.g. --memory-limit 4G. Nothing was committed for this model"
             ))),
         };
@@ -128,7 +128,7 @@ pub async fn explain(ctx: &SessionContext, model: &Model, err: Error) -> Error {
     };
     Error::Model {
         model: model.table(),
-        source: Box::new(Error::Usage(format!(
+        source: Box::new(Error::Diagnosed(format!(
             "the value '{value}' of {}.{}{row} does not convert{sql_line}: {message}. {parse_hint}. Nothing was committed for this model",
             found.table, found.column
         ))),

@@ -20,8 +20,8 @@ use crate::error::{Error, Result};
 /// engine's session, inside the `lakehouse` catalog.
 pub async fn install_catalog(ctx: &SessionContext) -> Result<()> {
     setup_pg_catalog(ctx, CATALOG, EmptyContextProvider)
-        .map_err(|e| Error::Usage(format!("cannot set up pg_catalog: {e}")))?;
-    let setup = |e: DataFusionError| Error::Usage(format!("cannot set up pg_catalog: {e}"));
+        .map_err(|e| Error::Internal(format!("cannot set up pg_catalog: {e}")))?;
+    let setup = |e: DataFusionError| Error::Internal(format!("cannot set up pg_catalog: {e}"));
     if let Some(catalog) = ctx.catalog(CATALOG) {
         if let Some(inner) = catalog.schema("pg_catalog") {
             catalog

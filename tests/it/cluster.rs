@@ -30,6 +30,19 @@ pub(crate) fn node_with(args: &[&str], cwd: &Path, env: &[(&str, String)]) -> Ch
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
+    // To see what the nodes did: LAKEHOUSE_TEST_NODE_LOGS=DIR keeps each
+    // node's log there, at LAKEHOUSE_TEST_NODE_RUST_LOG (default info).
+    if let Ok(logs) = std::env::var("LAKEHOUSE_TEST_NODE_LOGS") {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::fs::create_dir_all(&logs).unwrap();
+        let file = std::fs::File::create(Path::new(&logs).join(format!("{n:02}-{}.log", args[0])))
+            .unwrap();
+        c.stderr(file).env(
+            "RUST_LOG",
+            std::env::var("LAKEHOUSE_TEST_NODE_RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+    }
     for (k, v) in env {
         c.env(k, v);
     }

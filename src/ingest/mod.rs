@@ -466,11 +466,13 @@ async fn parse(
     }
     drop(rej_tx);
     let rej_stream = channel_stream(reject_schema(), rej_rx);
+    // Bronze is written once and read back whole: no dictionaries.
     let (rows, rejects) = tokio::try_join!(
-        delta::stage(
+        delta::stage_with(
             &targets.bronze,
             row_streams,
-            &targets.bronze_spec.table_name
+            &targets.bronze_spec.table_name,
+            delta::Dictionaries::Off,
         ),
         delta::stage(
             &targets.rejects,

@@ -81,6 +81,46 @@ async fn reconciliation_holds_on_one_million_dirty_rows() {
         one(&lake, "SELECT CAST(sum(revenue) * 100 AS BIGINT) FROM gold.daily_region_sales").await,
         one(&lake, "SELECT CAST(sum(amount) * 100 AS BIGINT) FROM silver.orders WHERE status = 'completed'").await
     );
+
+    // Encodings: bronze has no dictionaries; silver has them except for
+    // text whose values nearly all differ (order_id here).
+    let bronze_file = largest_parquet(&lake.join("bronze/orders"));
+    assert_eq!(
+        dictionary_columns(&bronze_file),
+        Vec::<String>::new(),
+        "{bronze_file:?}"
+    );
+    let silver_file = largest_parquet(&lake.join("silver/orders"));
+    let silver_dictionaries = dictionary_columns(&silver_file);
+    assert!(
+        !silver_dictionaries.contains(&"order_id".to_string())
+            && silver_dictionaries.contains(&"status".to_string())
+            && silver_dictionaries.contains(&"category".to_string()),
+        "{silver_file:?}: {silver_dictionaries:?}"
+    );
+}
+
+/// The biggest Parquet file under `dir` (a full first batch decided its
+/// encodings).
+fn largest_parquet(dir: &std::path::Path) -> std::path::PathBuf {
+    crate::files(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .expect("a Parquet file")
+}
+
+/// The columns of `file`'s first row group written with a dictionary page.
+fn dictionary_columns(file: &std::path::Path) -> Vec<String> {
+    use deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
+    let reader = SerializedFileReader::new(std::fs::File::open(file).unwrap()).unwrap();
+    let group = reader.metadata().row_group(0);
+    group
+        .columns()
+        .iter()
+        .filter(|c| c.dictionary_page_offset().is_some())
+        .map(|c| c.column_path().string())
+        .collect()
 }
 
 /// A memory limit too small for the model's sorts ends in a clear error

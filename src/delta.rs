@@ -542,8 +542,9 @@ pub enum Dictionaries {
     Sampled,
     /// None: for tables written once and read back whole, such as bronze,
     /// where filling dictionaries cost more than the bytes they save. (At
-    /// 10M rows of the example, bronze took 11.1–12.5 s with them and
-    /// 7.7–10.2 s without, alternated; its files grew from 335 to 469 MB.)
+    /// 10M rows of the example, bronze took 12.4 s with them and 9.1 s
+    /// without, medians of three alternated; its files grew from 339 to
+    /// 469 MB. See the README's Performance section.)
     Off,
 }
 

@@ -17,7 +17,6 @@ pub use crate::progress::{Observer, Quiet};
 pub use crate::runlog::{ModelStep, RunReport, SourceStep};
 
 /// A run id: sortable by time, unique.
-
 pub fn new_run_id() -> String {
     format!(
         "{}-{}",

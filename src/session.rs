@@ -56,7 +56,7 @@ impl Default for SessionOptions {
 /// of the memory limit. More spill files than this merge in several passes.
 fn spill_merge_fan_in(memory_limit: usize, target_partitions: usize) -> usize {
     let merges = (target_partitions.max(1) * 2) as u64;
-    let per_file: u64 = 2 * 8 << 20;
+    let per_file: u64 = (2 * 8) << 20;
     let share = (memory_limit as u64 / 4) / merges;
     (share / per_file).clamp(2, 64) as usize
 }

@@ -474,40 +474,29 @@ const DICTIONARY_SAMPLE_ROWS: usize = 1024;
 /// (NULLs aside), judged only on samples of [`DICTIONARY_SAMPLE_ROWS`] or
 /// more values.
 fn near_unique_text_columns(sample: &RecordBatch) -> Vec<String> {
-    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::array::AsArray;
     use datafusion::arrow::datatypes::DataType;
-    let mut plain = Vec::new();
-    for (field, column) in sample.schema().fields().iter().zip(sample.columns()) {
-        let mut seen = std::collections::HashSet::new();
-        let values = match field.data_type() {
-            DataType::Utf8 => {
-                let a = column.as_string::<i32>();
-                for v in a.iter().flatten() {
-                    seen.insert(v);
-                }
-                a.len() - a.null_count()
-            }
-            DataType::LargeUtf8 => {
-                let a = column.as_string::<i64>();
-                for v in a.iter().flatten() {
-                    seen.insert(v);
-                }
-                a.len() - a.null_count()
-            }
-            DataType::Utf8View => {
-                let a = column.as_string_view();
-                for v in a.iter().flatten() {
-                    seen.insert(v);
-                }
-                a.len() - a.null_count()
-            }
-            _ => continue,
-        };
-        if values >= DICTIONARY_SAMPLE_ROWS && seen.len() * 10 >= values * 9 {
-            plain.push(field.name().clone());
+    fn near_unique<'a>(values: impl Iterator<Item = Option<&'a str>>) -> bool {
+        let (mut seen, mut n) = (std::collections::HashSet::new(), 0);
+        for v in values.flatten() {
+            seen.insert(v);
+            n += 1;
         }
+        n >= DICTIONARY_SAMPLE_ROWS && seen.len() * 10 >= n * 9
     }
-    plain
+    sample
+        .schema()
+        .fields()
+        .iter()
+        .zip(sample.columns())
+        .filter(|(field, column)| match field.data_type() {
+            DataType::Utf8 => near_unique(column.as_string::<i32>().iter()),
+            DataType::LargeUtf8 => near_unique(column.as_string::<i64>().iter()),
+            DataType::Utf8View => near_unique(column.as_string_view().iter()),
+            _ => false,
+        })
+        .map(|(field, _)| field.name().clone())
+        .collect()
 }
 
 /// Files written but not yet committed.
@@ -546,6 +535,22 @@ pub enum Dictionaries {
     /// without, medians of three alternated; its files grew from 339 to
     /// 469 MB. See the README's Performance section.)
     Off,
+}
+
+impl Dictionaries {
+    /// The writer settings for a table whose first batch is `sample`.
+    fn writer_properties(
+        self,
+        sample: &RecordBatch,
+    ) -> deltalake::parquet::file::properties::WriterProperties {
+        match self {
+            Dictionaries::Sampled => writer_properties_for(sample),
+            Dictionaries::Off => writer_properties()
+                .into_builder()
+                .set_dictionary_enabled(false)
+                .build(),
+        }
+    }
 }
 
 /// Streams `inputs` into new Parquet files of `table` (one writer per input,
@@ -742,13 +747,7 @@ async fn drain(
             Some(w) => w,
             None => writer.insert(SortedWriter::new(
                 RecordBatchWriter::for_table(&delta_table)?
-                    .with_writer_properties(match dictionaries {
-                        Dictionaries::Sampled => writer_properties_for(&batch),
-                        Dictionaries::Off => writer_properties()
-                            .into_builder()
-                            .set_dictionary_enabled(false)
-                            .build(),
-                    })
+                    .with_writer_properties(dictionaries.writer_properties(&batch))
                     .with_target_file_size(TARGET_FILE_SIZE),
                 partition_by.clone(),
                 &table,

@@ -183,7 +183,6 @@ pub fn reject_schema() -> SchemaRef {
     ]))
 }
 
-/// Ingests every new file of `source` into bronze.
 /// Ingests one source's new landing files into bronze and its rejects, in
 /// four phases: [`select`] the files not taken yet, [`settle_columns`]
 /// (every new file looked at before any row is taken), [`parse`] them into

@@ -19,9 +19,10 @@ use std::collections::HashMap;
 use std::io::{BufReader, BufWriter};
 use std::sync::{Arc, Mutex};
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
+use datafusion::arrow::array::new_empty_array;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{
-    concat_batches, interleave_record_batch, take_record_batch, SortOptions,
+    concat, concat_batches, interleave_record_batch, take_record_batch, SortOptions,
 };
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::ipc::reader::StreamReader;
@@ -80,17 +81,12 @@ pub async fn latest_per_key(
         plan,
         Partitioning::Hash(key_exprs, n),
     )?);
-    let index_of = |names: &[String]| -> Result<Vec<usize>> {
-        Ok(names
-            .iter()
-            .map(|k| schema.index_of(k))
-            .collect::<std::result::Result<_, _>>()?)
-    };
-    let spec = Arc::new(Spec {
-        keys: index_of(keys)?,
-        sequence: index_of(sequence_by)?,
-        schema: schema.clone(),
-    });
+    let spec = Arc::new(Spec::new(
+        schema.clone(),
+        keys,
+        sequence_by,
+        Losers::Drop(collapsed),
+    )?);
     let streams: Vec<Arc<dyn PartitionStream>> = (0..n)
         .map(|index| {
             Arc::new(LatestPerKey {
@@ -98,21 +94,75 @@ pub async fn latest_per_key(
                 index,
                 spec: spec.clone(),
                 used: Mutex::new(false),
-                collapsed: collapsed.clone(),
             }) as Arc<dyn PartitionStream>
         })
         .collect();
     Ok(ctx.read_table(Arc::new(StreamingTable::try_new(schema, streams)?))?)
 }
 
-/// Which columns are the key and the sequence.
-struct Spec {
+/// Which columns are the key and the sequence, and what becomes of the
+/// rows that lose.
+pub struct Spec {
     keys: Vec<usize>,
     sequence: Vec<usize>,
+    /// The input's schema.
     schema: SchemaRef,
+    losers: Losers,
+}
+
+/// What becomes of a row that an equal key's later row replaces.
+pub enum Losers {
+    /// Left out, and counted in the counter (an in-process run).
+    Drop(Collapsed),
+    /// Kept, with TRUE in a boolean column added after the input's (the
+    /// staging plan: the count travels with the rows, to whichever task
+    /// writes them). Rows that fail one of the `drop_rules` columns (FALSE
+    /// or NULL) take no part: they are marked FALSE and win nothing.
+    Mark {
+        column: String,
+        drop_rules: Vec<usize>,
+    },
 }
 
 impl Spec {
+    /// Deduplication of rows of `schema` by the columns `keys`, the greatest
+    /// `sequence_by` winning.
+    pub fn new(
+        schema: SchemaRef,
+        keys: &[String],
+        sequence_by: &[String],
+        losers: Losers,
+    ) -> DfResult<Self> {
+        let index_of = |names: &[String]| -> DfResult<Vec<usize>> {
+            Ok(names
+                .iter()
+                .map(|k| schema.index_of(k))
+                .collect::<std::result::Result<_, _>>()?)
+        };
+        Ok(Self {
+            keys: index_of(keys)?,
+            sequence: index_of(sequence_by)?,
+            schema,
+            losers,
+        })
+    }
+
+    /// The schema of what comes out: the input's, plus the mark column.
+    pub fn output_schema(&self) -> SchemaRef {
+        match &self.losers {
+            Losers::Drop(_) => self.schema.clone(),
+            Losers::Mark { column, .. } => {
+                let mut fields: Vec<_> = self.schema.fields().iter().cloned().collect();
+                fields.push(Arc::new(datafusion::arrow::datatypes::Field::new(
+                    column,
+                    DataType::Boolean,
+                    false,
+                )));
+                Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
+            }
+        }
+    }
+
     fn key_converter(&self) -> DfResult<RowConverter> {
         Ok(RowConverter::new(
             self.keys
@@ -156,7 +206,6 @@ struct LatestPerKey {
     index: usize,
     spec: Arc<Spec>,
     used: Mutex<bool>,
-    collapsed: Collapsed,
 }
 
 impl std::fmt::Debug for LatestPerKey {
@@ -182,37 +231,44 @@ impl PartitionStream for LatestPerKey {
             }
             *used = true;
         }
-        let input = match self.plan.execute(self.index, ctx.clone()) {
-            Ok(s) => s,
-            Err(e) => return fail(e.to_string()),
-        };
-        let reservation = MemoryConsumer::new(format!("LatestPerKey[{}]", self.index))
-            .with_can_spill(true)
-            .register(ctx.memory_pool());
-        let buckets = Buckets {
-            spec: self.spec.clone(),
-            ctx,
-            reservation,
-            held: (0..BUCKETS).map(|_| Vec::new()).collect(),
-            held_bytes: vec![0; BUCKETS],
-            spilled: (0..BUCKETS).map(|_| None).collect(),
-        };
-        let spec = self.spec.clone();
-        let collapsed = self.collapsed.clone();
-        let batch_size = buckets.ctx.session_config().batch_size().max(1);
-        let filed = futures::stream::once(file_all(input, buckets));
-        let out = filed
-            .map_ok(move |buckets| {
-                let spec = spec.clone();
-                let collapsed = collapsed.clone();
-                buckets
-                    .into_winners(spec, collapsed, batch_size)
-                    .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
-                    .try_flatten()
-            })
-            .try_flatten();
-        Box::pin(RecordBatchStreamAdapter::new(self.spec.schema.clone(), out))
+        match self.plan.execute(self.index, ctx.clone()) {
+            Ok(input) => deduplicate(input, self.spec.clone(), ctx, self.index),
+            Err(e) => fail(e.to_string()),
+        }
     }
+}
+
+/// `input` (one partition of rows split by key: equal keys all in it)
+/// deduplicated as `spec` says. Nothing comes out before the input ends.
+pub fn deduplicate(
+    input: SendableRecordBatchStream,
+    spec: Arc<Spec>,
+    ctx: Arc<TaskContext>,
+    partition: usize,
+) -> SendableRecordBatchStream {
+    let reservation = MemoryConsumer::new(format!("LatestPerKey[{partition}]"))
+        .with_can_spill(true)
+        .register(ctx.memory_pool());
+    let batch_size = ctx.session_config().batch_size().max(1);
+    let buckets = Buckets {
+        spec: spec.clone(),
+        ctx,
+        reservation,
+        held: (0..BUCKETS).map(|_| Vec::new()).collect(),
+        held_bytes: vec![0; BUCKETS],
+        spilled: (0..BUCKETS).map(|_| None).collect(),
+    };
+    let schema = spec.output_schema();
+    let filed = futures::stream::once(file_all(input, buckets));
+    let out = filed
+        .map_ok(move |buckets| {
+            buckets
+                .into_winners(spec.clone(), batch_size)
+                .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
+                .try_flatten()
+        })
+        .try_flatten();
+    Box::pin(RecordBatchStreamAdapter::new(schema, out))
 }
 
 /// Reads the whole input into the buckets.
@@ -282,6 +338,25 @@ fn compact(batch: RecordBatch) -> DfResult<RecordBatch> {
             _ => c.clone(),
         })
         .collect();
+    Ok(RecordBatch::try_new(batch.schema(), columns)?)
+}
+
+/// `batch` in buffers of its own: every column copied (text views keep
+/// only the bytes their rows use).
+fn owned(batch: RecordBatch) -> DfResult<RecordBatch> {
+    let columns: Vec<ArrayRef> = batch
+        .columns()
+        .iter()
+        .map(|c| {
+            Ok(match c.data_type() {
+                DataType::Utf8View => Arc::new(c.as_string_view().gc()) as ArrayRef,
+                DataType::BinaryView => Arc::new(c.as_binary_view().gc()) as ArrayRef,
+                // Concatenating with nothing copies (one array alone would
+                // come back as a slice of the same buffers).
+                dt => concat(&[c.as_ref(), new_empty_array(dt).as_ref()])?,
+            })
+        })
+        .collect::<DfResult<_>>()?;
     Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }
 
@@ -370,7 +445,6 @@ impl Buckets {
     fn into_winners(
         self,
         spec: Arc<Spec>,
-        collapsed: Collapsed,
         batch_size: usize,
     ) -> impl futures::Stream<Item = DfResult<Vec<RecordBatch>>> + Send {
         let mut order: Vec<usize> = (0..BUCKETS).collect();
@@ -378,14 +452,15 @@ impl Buckets {
         let state = (self, order.into_iter());
         futures::stream::unfold(state, move |(mut buckets, mut order)| {
             let spec = spec.clone();
-            let collapsed = collapsed.clone();
             async move {
                 let bucket = order.next()?;
                 let out =
                     buckets
                         .winners_of(bucket, &spec, batch_size)
                         .map(|(batches, dropped)| {
-                            collapsed.fetch_add(dropped, std::sync::atomic::Ordering::Relaxed);
+                            if let Losers::Drop(collapsed) = &spec.losers {
+                                collapsed.fetch_add(dropped, std::sync::atomic::Ordering::Relaxed);
+                            }
                             batches
                         });
                 Some((out, (buckets, order)))
@@ -433,7 +508,15 @@ impl Buckets {
             }
         }
         // What this bucket holds is released as its winners leave.
-        let winners = keep_winners(pieces, spec);
+        let winners = keep_winners(pieces, spec).and_then(|w| match w {
+            // Text views read back from a spill file point into the file's
+            // whole messages: copied out, each batch that leaves holds (and
+            // is counted by the operators after this one for) its own bytes
+            // only. Otherwise a sort downstream counted every message once
+            // per column and asked the pool for hundreds of MB per batch.
+            Some((batch, dropped)) if read_back > 0 => Ok(Some((owned(batch)?, dropped))),
+            other => Ok(other),
+        });
         self.reservation
             .shrink((held + read_back).min(self.reservation.size()));
         let (winners, dropped) = match winners? {
@@ -461,6 +544,19 @@ fn keep_winners(pieces: Vec<RecordBatch>, spec: &Spec) -> DfResult<Option<(Recor
     drop(pieces);
     let kept = keep_latest(&batch, spec)?;
     let dropped = (batch.num_rows() - kept.len()) as u64;
+    if let Losers::Mark { .. } = spec.losers {
+        // Every row stays; the losers are marked.
+        let mut marks = vec![true; batch.num_rows()];
+        for &i in &kept {
+            marks[i as usize] = false;
+        }
+        let mut columns = batch.columns().to_vec();
+        columns.push(Arc::new(BooleanArray::from(marks)));
+        return Ok(Some((
+            RecordBatch::try_new(spec.output_schema(), columns)?,
+            dropped,
+        )));
+    }
     if kept.len() == batch.num_rows() {
         return Ok(Some((batch, dropped)));
     }
@@ -468,6 +564,19 @@ fn keep_winners(pieces: Vec<RecordBatch>, spec: &Spec) -> DfResult<Option<(Recor
         take_record_batch(&batch, &UInt32Array::from(kept))?,
         dropped,
     )))
+}
+
+/// Per row of `batch`, whether it fails one of the `drop_rules` columns
+/// (FALSE or NULL): such a row takes no part in deduplication.
+fn outside(batch: &RecordBatch, drop_rules: &[usize]) -> Vec<bool> {
+    let mut out = vec![false; batch.num_rows()];
+    for &c in drop_rules {
+        let v = batch.column(c).as_boolean();
+        for (row, o) in out.iter_mut().enumerate() {
+            *o |= !(v.is_valid(row) && v.value(row));
+        }
+    }
+    out
 }
 
 /// Row numbers of `batch` to keep, ascending: per key, the row whose
@@ -481,9 +590,18 @@ fn keep_latest(batch: &RecordBatch, spec: &Spec) -> DfResult<Vec<u32>> {
         Some(c) => Some(c.convert_columns(&spec.columns(batch, &spec.sequence))?),
         None => None,
     };
+    let excluded = match &spec.losers {
+        Losers::Mark { drop_rules, .. } if !drop_rules.is_empty() => outside(batch, drop_rules),
+        _ => Vec::new(),
+    };
+    let mut kept: Vec<u32> = Vec::new();
     let mut best: HashMap<datafusion::arrow::row::Row<'_>, u32, RandomState> =
         HashMap::with_capacity_and_hasher(batch.num_rows(), RandomState::with_seed(1));
     for i in 0..batch.num_rows() {
+        if excluded.get(i).copied().unwrap_or(false) {
+            kept.push(i as u32);
+            continue;
+        }
         match best.entry(keys.row(i)) {
             Entry::Vacant(e) => {
                 e.insert(i as u32);
@@ -497,7 +615,7 @@ fn keep_latest(batch: &RecordBatch, spec: &Spec) -> DfResult<Vec<u32>> {
             }
         }
     }
-    let mut kept: Vec<u32> = best.into_values().collect();
+    kept.extend(best.into_values());
     kept.sort_unstable();
     Ok(kept)
 }
@@ -513,7 +631,7 @@ mod tests {
     use datafusion::execution::runtime_env::RuntimeEnvBuilder;
     use datafusion::prelude::{SessionConfig, SessionContext};
 
-    use super::{keep_latest, latest_per_key, Spec};
+    use super::{keep_latest, latest_per_key, Losers, Spec};
 
     fn schema() -> Arc<Schema> {
         Arc::new(Schema::new(vec![
@@ -549,6 +667,7 @@ mod tests {
             keys: vec![0],
             sequence: vec![1],
             schema: schema(),
+            losers: Losers::Drop(Default::default()),
         };
         let b = batch(&[
             (Some("a"), Some(1), 0),
@@ -566,6 +685,52 @@ mod tests {
             ..spec
         };
         assert_eq!(keep_latest(&b, &first).unwrap(), vec![0, 1, 5, 7]);
+    }
+
+    /// Marking, as the staging plan does: every row stays, the losers are
+    /// marked, and a row that fails a drop rule (FALSE or NULL) neither
+    /// wins nor loses, even when its sequence is the greatest.
+    #[test]
+    fn marked_losers_stay_and_quarantined_rows_take_no_part() {
+        use datafusion::arrow::array::BooleanArray;
+        let mut fields: Vec<_> = schema().fields().iter().cloned().collect();
+        fields.push(Arc::new(Field::new("ok", DataType::Boolean, true)));
+        let with_ok = Arc::new(Schema::new(fields));
+        let b = batch(&[
+            (Some("a"), Some(1), 0),
+            (Some("a"), Some(9), 1),
+            (Some("a"), Some(3), 2),
+            (Some("b"), Some(2), 3),
+            (Some("b"), Some(7), 4),
+            (Some("c"), Some(1), 5),
+        ]);
+        let mut columns = b.columns().to_vec();
+        columns.push(Arc::new(BooleanArray::from(vec![
+            Some(true),
+            Some(false),
+            Some(true),
+            Some(true),
+            None,
+            Some(true),
+        ])));
+        let b = RecordBatch::try_new(with_ok.clone(), columns).unwrap();
+        let spec = Spec::new(
+            with_ok,
+            &["k".into()],
+            &["seq".into()],
+            Losers::Mark {
+                column: "dup".into(),
+                drop_rules: vec![3],
+            },
+        )
+        .unwrap();
+        let (out, dropped) = super::keep_winners(vec![b], &spec).unwrap().unwrap();
+        assert_eq!(out.num_rows(), 6);
+        assert_eq!(out.schema().field(4).name(), "dup");
+        let marks: Vec<bool> = out.column(4).as_boolean().iter().flatten().collect();
+        // a: 9 fails its rule, so 3 wins over 1; b: 7 is NULL (fails), 2 wins.
+        assert_eq!(marks, vec![true, false, false, false, false, false]);
+        assert_eq!(dropped, 1);
     }
 
     /// Through the operator, with a pool so small that buckets spill: the

@@ -729,8 +729,11 @@ async fn drain(
 ) -> Result<(Vec<deltalake::kernel::Add>, u64)> {
     let mut rows = 0u64;
     // Inputs of partitioned tables arrive sorted by the partition columns.
-    // The writer is made at the first batch, which decides its encodings.
-    let mut writer: Option<SortedWriter> = None;
+    let mut writer = SortedWriter::new(partition_by, &table, move |first| {
+        Ok(RecordBatchWriter::for_table(&delta_table)?
+            .with_writer_properties(dictionaries.writer_properties(first))
+            .with_target_file_size(TARGET_FILE_SIZE))
+    });
     while let Some(batch) = input.try_next().await? {
         if batch.num_rows() == 0 {
             continue;
@@ -743,39 +746,37 @@ async fn drain(
             },
             other => other,
         })?;
-        let sorted = match &mut writer {
-            Some(w) => w,
-            None => writer.insert(SortedWriter::new(
-                RecordBatchWriter::for_table(&delta_table)?
-                    .with_writer_properties(dictionaries.writer_properties(&batch))
-                    .with_target_file_size(TARGET_FILE_SIZE),
-                partition_by.clone(),
-                &table,
-            )),
-        };
-        sorted.write(batch).await?;
+        writer.write(batch).await?;
     }
-    match writer {
-        Some(w) => Ok((w.finish().await?, rows)),
-        None => Ok((vec![], rows)),
-    }
+    Ok((writer.finish().await?, rows))
 }
 
 /// A writer for rows that arrive sorted by the table's partition columns:
 /// it closes the file when the partition changes, so it holds one
-/// partition's buffer at a time and writes one file per partition.
+/// partition's buffer at a time and writes one file per partition. The
+/// Parquet writer is made at the first batch, which decides its encodings
+/// ([`Dictionaries`]); a writer that sees no row writes no file.
 pub struct SortedWriter {
-    writer: RecordBatchWriter,
+    make: Option<MakeWriter>,
+    writer: Option<RecordBatchWriter>,
     partition_by: Vec<String>,
     table: String,
     current: Option<Vec<String>>,
     adds: Vec<deltalake::kernel::Add>,
 }
 
+/// Makes the Parquet writer of a [`SortedWriter`] from its first batch.
+type MakeWriter = Box<dyn FnOnce(&RecordBatch) -> Result<RecordBatchWriter> + Send>;
+
 impl SortedWriter {
-    pub fn new(writer: RecordBatchWriter, partition_by: Vec<String>, table: &str) -> Self {
+    pub fn new(
+        partition_by: Vec<String>,
+        table: &str,
+        make: impl FnOnce(&RecordBatch) -> Result<RecordBatchWriter> + Send + 'static,
+    ) -> Self {
         Self {
-            writer,
+            make: Some(Box::new(make)),
+            writer: None,
             partition_by,
             table: table.to_string(),
             current: None,
@@ -783,9 +784,26 @@ impl SortedWriter {
         }
     }
 
+    /// The Parquet writer, made from `first` if there is none yet.
+    fn writer(&mut self, first: &RecordBatch) -> Result<&mut RecordBatchWriter> {
+        if self.writer.is_none() {
+            let make = self
+                .make
+                .take()
+                .ok_or_else(|| Error::Internal(format!("the writer of {} was lost", self.table)))?;
+            self.writer = Some(make(first)?);
+        }
+        self.writer
+            .as_mut()
+            .ok_or_else(|| Error::Internal(format!("no writer for {}", self.table)))
+    }
+
     pub async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
         if self.partition_by.is_empty() {
-            return Ok(self.writer.write(batch).await?);
+            return Ok(self.writer(&batch)?.write(batch).await?);
         }
         let keys: Vec<ArrayRef> = self
             .partition_by
@@ -803,19 +821,24 @@ impl SortedWriter {
         for range in partition(&keys)?.ranges() {
             let key: Vec<String> = keys.iter().map(|k| key_string(k, range.start)).collect();
             if self.current.as_ref().is_some_and(|c| *c != key) {
-                self.adds.extend(self.writer.flush().await?);
+                let flushed = self.writer(&batch)?.flush().await?;
+                self.adds.extend(flushed);
             }
-            self.current = Some(key);
-            self.writer
+            let writer = self.writer(&batch)?;
+            writer
                 .write(batch.slice(range.start, range.end - range.start))
                 .await?;
+            self.current = Some(key);
         }
         Ok(())
     }
 
     /// Closes the open files; the files written, as Delta adds.
     pub async fn finish(mut self) -> Result<Vec<deltalake::kernel::Add>> {
-        self.adds.extend(self.writer.flush().await?);
+        if let Some(w) = self.writer.as_mut() {
+            let flushed = w.flush().await?;
+            self.adds.extend(flushed);
+        }
         Ok(self.adds)
     }
 }

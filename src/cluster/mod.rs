@@ -350,6 +350,10 @@ pub async fn collect_bounded(
     >;
     let state = ctx.state();
     let physical = state.create_physical_plan(&plan).await?;
+    tracing::debug!(
+        plan = %datafusion::physical_plan::displayable(physical.as_ref()).indent(false),
+        "staging plan"
+    );
     let run = datafusion::physical_plan::collect(physical.clone(), ctx.task_ctx());
     let (Some(jobs), Some(query)) = (
         state.config().get_extension::<Jobs>(),

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch, StringArray};
 use datafusion::arrow::compute::{filter, filter_record_batch, not, SortOptions};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
-use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DFSchema, DFSchemaRef};
 use datafusion::error::{DataFusionError, Result as DfResult};
@@ -21,13 +20,14 @@ use datafusion::physical_expr::{
     PhysicalSortRequirement,
 };
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
     PlanProperties,
 };
 use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::writer::RecordBatchWriter;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -59,6 +59,46 @@ pub struct StageSpec {
     pub unique_key: Vec<String>,
     pub sequence_by: Vec<String>,
     pub run_id: String,
+    /// A backfill's dates: only rows whose `column` lies in the range
+    /// (both ends included, in days since 1970-01-01) are written, after
+    /// deduplication (a key whose latest row moved out of the range leaves
+    /// it).
+    #[serde(default)]
+    pub range: Option<StageRange>,
+}
+
+/// The dates a backfill writes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StageRange {
+    pub column: String,
+    pub from: Option<i32>,
+    pub to: Option<i32>,
+}
+
+impl StageRange {
+    /// `column IS NOT NULL AND column >= from AND column <= to`, over
+    /// `schema`.
+    fn predicate(&self, schema: &SchemaRef) -> DfResult<Arc<dyn PhysicalExpr>> {
+        use datafusion::logical_expr::Operator;
+        use datafusion::physical_expr::expressions::{BinaryExpr, IsNotNullExpr, Literal};
+        let column: Arc<dyn PhysicalExpr> =
+            Arc::new(Column::new_with_schema(&self.column, schema)?);
+        let data_type = schema.field_with_name(&self.column)?.data_type().clone();
+        let mut predicate: Arc<dyn PhysicalExpr> = Arc::new(IsNotNullExpr::new(column.clone()));
+        for (end, op) in [(self.from, Operator::GtEq), (self.to, Operator::LtEq)] {
+            if let Some(days) = end {
+                let value =
+                    datafusion::common::ScalarValue::Date32(Some(days)).cast_to(&data_type)?;
+                let compare = Arc::new(BinaryExpr::new(
+                    column.clone(),
+                    op,
+                    Arc::new(Literal::new(value)),
+                ));
+                predicate = Arc::new(BinaryExpr::new(predicate, Operator::And, compare));
+            }
+        }
+        Ok(predicate)
+    }
 }
 
 pub fn encode_schema(schema: &Schema) -> DfResult<String> {
@@ -258,6 +298,10 @@ impl ExtensionPlanner for StagePlanner {
         if !spec.unique_key.is_empty() {
             plan = Arc::new(DedupExec::try_new(plan, spec.clone())?);
         }
+        if let Some(range) = &spec.range {
+            let predicate = range.predicate(&plan.schema())?;
+            plan = Arc::new(FilterExec::try_new(predicate, plan)?);
+        }
         Ok(Some(Arc::new(StageExec::try_new(plan, spec)?)))
     }
 }
@@ -281,13 +325,12 @@ fn properties(schema: SchemaRef, input: &Arc<dyn ExecutionPlan>) -> Arc<PlanProp
 /// Keeps, per key, the row with the greatest sequence among the rows that
 /// pass every `drop` rule, and marks the others of that key as duplicates
 /// (column [`DUPLICATE`]); rows a `drop` rule quarantines pass unmarked.
-/// Needs its input hash-split by the key and sorted by key, then sequence
-/// descending (NULLs last).
+/// Needs its input hash-split by the key; it does not sort
+/// ([`crate::dedup`]: buckets by hash, spilled whole when memory is short).
 #[derive(Debug)]
 pub struct DedupExec {
     input: Arc<dyn ExecutionPlan>,
     spec: StageSpec,
-    schema: SchemaRef,
     props: Arc<PlanProperties>,
 }
 
@@ -296,49 +339,35 @@ impl DedupExec {
         let mut fields: Vec<FieldRef> = input.schema().fields().iter().cloned().collect();
         fields.push(Arc::new(Field::new(DUPLICATE, DataType::Boolean, false)));
         let schema = Arc::new(Schema::new(fields));
-        let mut eq = EquivalenceProperties::new(schema.clone());
-        // Marking rows keeps their order.
-        if let Some(ordering) = input.output_ordering() {
-            eq.add_ordering(ordering.iter().cloned());
-        }
         let props = Arc::new(PlanProperties::new(
-            eq,
+            EquivalenceProperties::new(schema),
             input.output_partitioning().clone(),
-            EmissionType::Incremental,
+            // Rows come out once the partition's input has ended.
+            EmissionType::Final,
             Boundedness::Bounded,
         ));
-        Ok(Self {
-            input,
-            spec,
-            schema,
-            props,
-        })
+        Ok(Self { input, spec, props })
     }
 
-    fn ordering(&self) -> DfResult<Vec<PhysicalSortRequirement>> {
+    fn dedup_spec(&self) -> DfResult<crate::dedup::Spec> {
         let schema = self.input.schema();
-        let mut order: Vec<PhysicalSortRequirement> = columns(&schema, &self.spec.unique_key)?
-            .into_iter()
-            .map(|e| {
-                PhysicalSortRequirement::new(
-                    e,
-                    Some(SortOptions {
-                        descending: false,
-                        nulls_first: false,
-                    }),
-                )
-            })
-            .collect();
-        for e in columns(&schema, &self.spec.sequence_by)? {
-            order.push(PhysicalSortRequirement::new(
-                e,
-                Some(SortOptions {
-                    descending: true,
-                    nulls_first: false,
-                }),
-            ));
-        }
-        Ok(order)
+        let drop_rules: Vec<usize> = self
+            .spec
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.action == crate::pipeline::Action::Drop)
+            .map(|(i, _)| schema.index_of(&rule_column(i)))
+            .collect::<std::result::Result<_, _>>()?;
+        crate::dedup::Spec::new(
+            schema,
+            &self.spec.unique_key,
+            &self.spec.sequence_by,
+            crate::dedup::Losers::Mark {
+                column: DUPLICATE.to_string(),
+                drop_rules,
+            },
+        )
     }
 }
 
@@ -379,16 +408,8 @@ impl ExecutionPlan for DedupExec {
         }
     }
 
-    fn required_input_ordering(&self) -> Vec<Option<OrderingRequirements>> {
-        vec![self
-            .ordering()
-            .ok()
-            .and_then(LexRequirement::new)
-            .map(OrderingRequirements::new)]
-    }
-
     fn maintains_input_order(&self) -> Vec<bool> {
-        vec![true]
+        vec![false]
     }
 
     fn with_new_children(
@@ -406,82 +427,10 @@ impl ExecutionPlan for DedupExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
-        let input = self.input.execute(partition, context)?;
-        let in_schema = self.input.schema();
-        let keys: Vec<usize> = self
-            .spec
-            .unique_key
-            .iter()
-            .map(|k| in_schema.index_of(k))
-            .collect::<std::result::Result<_, _>>()?;
-        let drop_rules: Vec<usize> = self
-            .spec
-            .rules
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.action == crate::pipeline::Action::Drop)
-            .map(|(i, _)| in_schema.index_of(&rule_column(i)))
-            .collect::<std::result::Result<_, _>>()?;
-        let fields: Vec<SortField> = keys
-            .iter()
-            .map(|&i| SortField::new(in_schema.field(i).data_type().clone()))
-            .collect();
-        let converter = RowConverter::new(fields)?;
-        let schema = self.schema.clone();
-        let out_schema = schema.clone();
-        let stream = input.scan(
-            (converter, None::<OwnedRow>),
-            move |(converter, last), batch| {
-                let out = batch.and_then(|batch| {
-                    let marks = mark_duplicates(&batch, &keys, &drop_rules, converter, last)?;
-                    let mut cols = batch.columns().to_vec();
-                    cols.push(Arc::new(marks));
-                    Ok(RecordBatch::try_new(out_schema.clone(), cols)?)
-                });
-                futures::future::ready(Some(out))
-            },
-        );
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+        let spec = Arc::new(self.dedup_spec()?);
+        let input = self.input.execute(partition, context.clone())?;
+        Ok(crate::dedup::deduplicate(input, spec, context, partition))
     }
-}
-
-/// TRUE for each row that passes the drop rules and has the key of the
-/// passing row before it (input sorted by key, latest first).
-fn mark_duplicates(
-    batch: &RecordBatch,
-    keys: &[usize],
-    drop_rules: &[usize],
-    converter: &mut RowConverter,
-    last: &mut Option<OwnedRow>,
-) -> DfResult<BooleanArray> {
-    let n = batch.num_rows();
-    if n == 0 {
-        return Ok(BooleanArray::from(Vec::<bool>::new()));
-    }
-    let passes: Vec<bool> = (0..n)
-        .map(|row| {
-            drop_rules.iter().all(|&c| {
-                let v = batch.column(c).as_boolean();
-                v.is_valid(row) && v.value(row)
-            })
-        })
-        .collect();
-    let key_columns: Vec<_> = keys.iter().map(|&i| batch.column(i).clone()).collect();
-    let rows = converter.convert_columns(&key_columns)?;
-    let mut marks = Vec::with_capacity(n);
-    for (i, passes) in passes.iter().enumerate() {
-        if !passes {
-            marks.push(false);
-            continue;
-        }
-        let row = rows.row(i);
-        let duplicate = last.as_ref().is_some_and(|l| l.row() == row);
-        if !duplicate {
-            *last = Some(row.owned());
-        }
-        marks.push(duplicate);
-    }
-    Ok(BooleanArray::from(marks))
 }
 
 /// Writes its input into Parquet files of the model's table (rows that
@@ -608,21 +557,26 @@ pub enum Message {
     },
 }
 
-/// A writer for one table, on the store as this node reaches it.
+/// A writer for one table, on the store as this node reaches it; the
+/// table's first rows decide which columns get a dictionary.
 fn writer(
-    url: &str,
-    schema: &SchemaRef,
+    url: String,
+    schema: SchemaRef,
     partition_by: &[String],
-) -> crate::error::Result<RecordBatchWriter> {
-    deltalake::aws::register_handlers(None);
-    Ok(RecordBatchWriter::try_new(
-        url,
-        schema.clone(),
-        Some(partition_by.to_vec()),
-        Some(crate::storage::node_options()),
-    )?
-    .with_writer_properties(crate::delta::writer_properties())
-    .with_target_file_size(crate::delta::TARGET_FILE_SIZE))
+    table: &str,
+) -> crate::delta::SortedWriter {
+    let partitions = partition_by.to_vec();
+    crate::delta::SortedWriter::new(partition_by.to_vec(), table, move |first| {
+        deltalake::aws::register_handlers(None);
+        Ok(RecordBatchWriter::try_new(
+            &url,
+            schema,
+            Some(partitions),
+            Some(crate::storage::node_options()),
+        )?
+        .with_writer_properties(crate::delta::writer_properties_for(first))
+        .with_target_file_size(crate::delta::TARGET_FILE_SIZE))
+    })
 }
 
 async fn stage_partition(
@@ -632,15 +586,17 @@ async fn stage_partition(
     use crate::error::Error;
     let in_schema = input.schema();
     let table_schema = decode_schema(&spec.table_schema)?;
-    let mut table = crate::delta::SortedWriter::new(
-        writer(&spec.table_url, &table_schema, &spec.partition_by)?,
-        spec.partition_by.clone(),
+    let mut table = writer(
+        spec.table_url.clone(),
+        table_schema.clone(),
+        &spec.partition_by,
         &spec.model,
     );
     let mut quarantine = match &spec.quarantine {
         Some((url, schema)) => {
             let schema = decode_schema(schema)?;
-            Some((writer(url, &schema, &[])?, schema))
+            let name = format!("the quarantine of {}", spec.model);
+            Some((writer(url.clone(), schema.clone(), &[], &name), schema))
         }
         None => None,
     };
@@ -716,8 +672,8 @@ async fn stage_partition(
     for add in table_adds {
         messages.push(json(&Message::Table(add))?);
     }
-    if let Some((mut w, _)) = quarantine {
-        for add in w.flush().await? {
+    if let Some((w, _)) = quarantine {
+        for add in w.finish().await? {
             messages.push(json(&Message::Quarantine(add))?);
         }
     }
@@ -783,7 +739,6 @@ impl datafusion::execution::context::QueryPlanner for Planner {
 mod tests {
     use super::*;
     use crate::pipeline::{Action, Expectation};
-    use datafusion::arrow::array::Int64Array;
 
     fn rule(name: &str, action: Action) -> Expectation {
         Expectation {
@@ -815,52 +770,6 @@ mod tests {
         assert_eq!(
             mask.iter().collect::<Vec<_>>(),
             vec![Some(true), Some(false), Some(false), Some(true)]
-        );
-    }
-
-    #[test]
-    fn duplicates_are_marked_among_passing_rows_across_batches() {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("k", DataType::Int64, false),
-            Field::new("ok", DataType::Boolean, true),
-        ]));
-        let batch = |keys: Vec<i64>, ok: Vec<bool>| {
-            RecordBatch::try_new(
-                schema.clone(),
-                vec![
-                    Arc::new(Int64Array::from(keys)),
-                    Arc::new(BooleanArray::from(ok)),
-                ],
-            )
-            .unwrap()
-        };
-        let mut converter = RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap();
-        let mut last = None;
-        // Key 1: the quarantined row passes unmarked and does not count as
-        // the key's first row; key 2 continues into the next batch.
-        let a = mark_duplicates(
-            &batch(vec![1, 1, 1, 2], vec![false, true, true, true]),
-            &[0],
-            &[1],
-            &mut converter,
-            &mut last,
-        )
-        .unwrap();
-        assert_eq!(
-            a.iter().flatten().collect::<Vec<_>>(),
-            vec![false, false, true, false]
-        );
-        let b = mark_duplicates(
-            &batch(vec![2, 3, 3], vec![true, true, true]),
-            &[0],
-            &[1],
-            &mut converter,
-            &mut last,
-        )
-        .unwrap();
-        assert_eq!(
-            b.iter().flatten().collect::<Vec<_>>(),
-            vec![true, false, true]
         );
     }
 }

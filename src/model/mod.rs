@@ -29,6 +29,7 @@ use futures::TryStreamExt;
 use serde_json::{json, Value};
 
 use crate::catalog::table_folder;
+use crate::cluster::stage::StageRange;
 use crate::delta::{self, Replace, WriteSpec};
 use crate::error::{Error, Result};
 use crate::pipeline::{Model, WriteMode};
@@ -206,11 +207,6 @@ pub async fn run_model(
         Some(q) => last_commit_info(&q).await?,
         None => None,
     };
-    if on_cluster && matches!(refresh, Refresh::Range(_)) {
-        return Err(Error::Usage(format!(
-            "{table_name}: backfills (--from/--to) do not run on a cluster yet; run the backfill without --cluster"
-        )));
-    }
     let strategy = match refresh {
         Refresh::Full => Strategy::Full("--full-refresh".into()),
         Refresh::Range(range) => Strategy::Range(range),
@@ -240,11 +236,10 @@ pub async fn run_model(
     tracing::info!(model = %table_name, strategy = %strategy.describe(), "planning");
     // Plan → stage → commit: the model runs as one staging plan whose tasks
     // write the files (on a cluster's executors or in this process) and
-    // this process commits what they wrote. The upsert of a merge model and
-    // a backfill's range still run in-process only.
+    // this process commits what they wrote. The upsert of a merge model
+    // still runs in-process only.
     let staged = on_cluster
         || (writer_choice() == Writer::Staged
-            && !matches!(strategy, Strategy::Range(_))
             && !(settings.mode == WriteMode::Merge && matches!(strategy, Strategy::Stream(_))));
     report.strategy = strategy.describe();
     report.strategy_kind = strategy.kind();
@@ -443,6 +438,11 @@ pub async fn run_model(
             table,
             quarantine: quarantine_table.map(|t| (t, &quarantine_spec)),
             run_id,
+            range: range.as_ref().map(|(column, r)| StageRange {
+                column: column.clone(),
+                from: r.from.map(restrict::days),
+                to: r.to.map(restrict::days),
+            }),
         };
         let done = stage
             .run(ctx, df, settings, &settings_file, &mut spec)
@@ -451,17 +451,29 @@ pub async fn run_model(
         report.version = done.version;
         report.rows_written = done.written;
         report.files = done.files;
-        report.rows_in = done.counts.rows_in;
-        report.quarantined = done.counts.quarantined;
-        report.duplicates = done.duplicates;
         report.rules = done.counts.results(&settings.expectations);
-        report.reconciled = done.log_agrees
-            && reconciles(
-                report.rows_in,
-                report.rows_written,
-                report.quarantined,
-                report.duplicates,
+        if range.is_some() {
+            // As in this process: a backfill reads every input row but
+            // writes only the range; the rest are neither duplicates nor
+            // quarantined here.
+            report.strategy = format!(
+                "{}: {} partitions, {} rows",
+                report.strategy, done.partitions, done.written
             );
+            report.rows_in = report.rows_written;
+            report.reconciled = done.log_agrees;
+        } else {
+            report.rows_in = done.counts.rows_in;
+            report.quarantined = done.counts.quarantined;
+            report.duplicates = done.duplicates;
+            report.reconciled = done.log_agrees
+                && reconciles(
+                    report.rows_in,
+                    report.rows_written,
+                    report.quarantined,
+                    report.duplicates,
+                );
+        }
         return finish(report, started);
     }
     let Some((result, quarantine_stream, collapsed)) = local.take() else {

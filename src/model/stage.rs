@@ -9,12 +9,16 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::AsArray;
 use datafusion::common::DFSchema;
+use datafusion::common::ScalarValue;
+use datafusion::functions::core::expr_fn::coalesce;
 use datafusion::logical_expr::{Expr, Extension, LogicalPlan};
-use datafusion::prelude::{DataFrame, SessionContext};
+use datafusion::prelude::{ident, lit, when, DataFrame, SessionContext};
 use deltalake::DeltaTable;
 use serde_json::json;
 
-use crate::cluster::stage::{encode_schema, rule_column, Message, StageNode, StageSpec};
+use crate::cluster::stage::{
+    encode_schema, rule_column, Message, StageNode, StageRange, StageSpec,
+};
 use crate::delta::{self, Staged, WriteSpec};
 use crate::error::{Error, Result};
 use crate::pipeline::ModelSettings;
@@ -26,6 +30,8 @@ pub(super) struct Stage<'a> {
     pub table: DeltaTable,
     pub quarantine: Option<(DeltaTable, &'a WriteSpec)>,
     pub run_id: &'a str,
+    /// A backfill's dates (`--from/--to`): only rows of the range are written.
+    pub range: Option<StageRange>,
 }
 
 /// What staging and the commits did.
@@ -33,6 +39,8 @@ pub(super) struct Done {
     pub version: Option<i64>,
     pub written: u64,
     pub files: usize,
+    /// Table partitions the new files went to.
+    pub partitions: usize,
     pub counts: Counts,
     pub duplicates: u64,
     /// The rows the Delta log records in the new files equal the rows the
@@ -62,7 +70,7 @@ impl Stage<'_> {
         for (i, check) in rules.into_iter().enumerate() {
             exprs.push(check.alias(rule_column(i)));
         }
-        let checked = df.select(exprs)?;
+        let checked = without_lineage_of_kept_rows(df.select(exprs)?, settings)?;
         let stage = StageSpec {
             model: model.to_string(),
             table_url: self.table.table_url().to_string(),
@@ -79,6 +87,7 @@ impl Stage<'_> {
             unique_key: settings.unique_key.clone(),
             sequence_by: settings.sequence_by.clone(),
             run_id: self.run_id.to_string(),
+            range: self.range.clone(),
         };
         let node = StageNode::new(checked.logical_plan().clone(), &stage)?;
         let plan = LogicalPlan::Extension(Extension {
@@ -126,12 +135,15 @@ impl Stage<'_> {
         }
         // The quarantine commits first: a crash before the table's commit
         // leaves their recorded inputs apart, and the next run is full.
-        let quarantine_rows = match self.quarantine {
+        // The quarantine's commit holds every row a `drop` rule caught. A
+        // backfill has none (those rows were quarantined when they came),
+        // and a model without `drop` rules catches none.
+        let quarantine_agrees = match self.quarantine {
             Some((table, q_spec)) => {
                 let staged = Staged::from_adds(quarantine_adds, counts.quarantined);
-                delta::commit(table, staged, q_spec).await?.1.rows_in_files
+                delta::commit(table, staged, q_spec).await?.1.rows_in_files == counts.quarantined
             }
-            None => 0,
+            None => self.range.is_some() || counts.quarantined == 0,
         };
         spec.metadata.insert(
             "lakehouse.metrics".into(),
@@ -147,11 +159,57 @@ impl Stage<'_> {
             version: done.version,
             written,
             files: done.files_added,
-            log_agrees: done.rows_in_files == written && quarantine_rows == counts.quarantined,
+            partitions: done.partitions,
+            log_agrees: done.rows_in_files == written && quarantine_agrees,
             counts,
             duplicates,
         })
     }
+}
+
+/// `checked` (the model's columns and one per expectation) with its lineage
+/// columns (`_source_file`, `_line`, ...) set to NULL on the rows that pass
+/// every `drop` rule. Only the quarantine keeps lineage, and only failing
+/// rows go there; the rows kept for the table would otherwise carry it
+/// through the key shuffle, the deduplication and the partition sort.
+/// Columns the key, the sequence or the partitioning use are left alone.
+fn without_lineage_of_kept_rows(checked: DataFrame, settings: &ModelSettings) -> Result<DataFrame> {
+    let passes = settings
+        .expectations
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.action == crate::pipeline::Action::Drop)
+        .map(|(i, _)| coalesce(vec![ident(rule_column(i)), lit(false)]))
+        .reduce(Expr::and);
+    let needed = |name: &str| {
+        settings.unique_key.iter().any(|c| c == name)
+            || settings.sequence_by.iter().any(|c| c == name)
+            || settings.partition_by.iter().any(|c| c == name)
+    };
+    let mut changed = false;
+    let exprs: Vec<Expr> = checked
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| {
+            let name = f.name();
+            let column = ident(name.as_str());
+            if !name.starts_with('_') || name.starts_with("__lakehouse_") || needed(name) {
+                return Ok(column);
+            }
+            changed = true;
+            let null = lit(ScalarValue::try_from(f.data_type())?);
+            Ok(match &passes {
+                Some(p) => when(p.clone(), null).otherwise(column)?,
+                None => null,
+            }
+            .alias(name.as_str()))
+        })
+        .collect::<Result<_>>()?;
+    if !changed {
+        return Ok(checked);
+    }
+    Ok(checked.select(exprs)?)
 }
 
 /// The project's own error when a staging task in this process failed with

@@ -220,6 +220,16 @@ fn assert_same(remote: &Path, local: &Path) {
 /// `lakehouse run` of the example on `lake`, on `cluster` if given.
 fn run_args(lake: &Path, cluster: Option<&str>, extra: &[&str]) -> Vec<String> {
     let pipeline = repo().join("sql");
+    run_args_with(&pipeline, lake, cluster, extra)
+}
+
+/// `lakehouse run` of `pipeline` on `lake`, on `cluster` if given.
+fn run_args_with(
+    pipeline: &Path,
+    lake: &Path,
+    cluster: Option<&str>,
+    extra: &[&str],
+) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "run".into(),
         "--lake".into(),
@@ -340,6 +350,85 @@ fn the_pipeline_on_a_ballista_cluster_writes_the_same_tables_as_a_local_run() {
     // A re-run changes nothing on the cluster either.
     let again = run(&remote, Some(&address), &[]);
     assert!(again.contains("unchanged"), "{again}");
+
+    // Backfills (--from/--to) run on the cluster too. A changed definition
+    // applied to three days: those days change, the others keep their rows,
+    // the same on both lakes. Then silver's backfill (deduplication, then
+    // the range) rewrites its days with the same rows.
+    let pipeline = dir.path().join("sql");
+    crate::serve::copy_dir(&repo().join("sql"), &pipeline);
+    let gold_sql = pipeline.join("gold/daily_region_sales.sql");
+    let text_before = std::fs::read_to_string(&gold_sql).unwrap();
+    let changed = text_before.replace("count(*) AS orders", "count(*) + 1000 AS orders");
+    assert_ne!(
+        changed, text_before,
+        "the example's gold SQL changed: update this test"
+    );
+    std::fs::write(&gold_sql, changed).unwrap();
+    let days = query(
+        &local,
+        None,
+        "SELECT DISTINCT CAST(order_date AS VARCHAR) AS d FROM gold.daily_region_sales ORDER BY 1",
+    );
+    let days: Vec<&str> = days.lines().skip(1).collect();
+    assert!(days.len() >= 6, "{days:?}");
+    let (from, to) = (days[2], days[4]);
+    let in_range = format!(
+        "SELECT count(*) AS n FROM gold.daily_region_sales WHERE orders > 1000 AND order_date BETWEEN DATE '{from}' AND DATE '{to}'"
+    );
+    let outside = "SELECT count(*) AS n FROM gold.daily_region_sales WHERE orders > 1000";
+    let before = query(&remote, None, &in_range);
+    assert_eq!(before, query(&remote, None, outside));
+    for (lake, cluster) in [(&local, None), (&remote, Some(address.as_str()))] {
+        let args = run_args_with(
+            &pipeline,
+            lake,
+            cluster,
+            &[
+                "--select",
+                "gold.daily_region_sales",
+                "--from",
+                from,
+                "--to",
+                to,
+            ],
+        );
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = lakehouse(&args, dir.path());
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(
+            crate::summary_line(&text(&out), "gold.daily_region_sales")
+                .contains(&format!("backfill ({from}..{to}): ")),
+            "{}",
+            text(&out)
+        );
+    }
+    assert_same(&remote, &local);
+    // Every region of the three days changed, and only those.
+    let changed = query(&remote, None, &in_range);
+    assert_ne!(changed, before, "the backfill changed nothing");
+    assert_eq!(changed, query(&remote, None, outside));
+    assert_eq!(
+        changed,
+        query(
+            &remote,
+            None,
+            &format!("SELECT count(*) AS n FROM gold.daily_region_sales WHERE order_date BETWEEN DATE '{from}' AND DATE '{to}'")
+        )
+    );
+    let silver = "SELECT order_id, amount, order_date, region FROM silver.orders ORDER BY 1";
+    let silver_before = query(&remote, None, silver);
+    let out = run(
+        &remote,
+        Some(&address),
+        &["--select", "silver.orders", "--from", from, "--to", to],
+    );
+    let line = crate::summary_line(&out, "silver.orders");
+    assert!(
+        line.contains(&format!("backfill ({from}..{to}): ")),
+        "{out}"
+    );
+    assert_eq!(query(&remote, None, silver), silver_before);
 }
 
 /// The run either completes with the local figures (Ballista runs the lost

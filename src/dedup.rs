@@ -116,11 +116,12 @@ pub enum Losers {
     Drop(Collapsed),
     /// Kept, with TRUE in a boolean column added after the input's (the
     /// staging plan: the count travels with the rows, to whichever task
-    /// writes them). Rows that fail one of the `drop_rules` columns (FALSE
-    /// or NULL) take no part: they are marked FALSE and win nothing.
+    /// writes them). Rows with a bit of `drop_rules` set (a `drop` rule
+    /// failed: `(column, mask)` pairs of failed-rule columns) take no part:
+    /// they are marked FALSE and win nothing.
     Mark {
         column: String,
-        drop_rules: Vec<usize>,
+        drop_rules: Vec<(usize, u64)>,
     },
 }
 
@@ -566,19 +567,6 @@ fn keep_winners(pieces: Vec<RecordBatch>, spec: &Spec) -> DfResult<Option<(Recor
     )))
 }
 
-/// Per row of `batch`, whether it fails one of the `drop_rules` columns
-/// (FALSE or NULL): such a row takes no part in deduplication.
-fn outside(batch: &RecordBatch, drop_rules: &[usize]) -> Vec<bool> {
-    let mut out = vec![false; batch.num_rows()];
-    for &c in drop_rules {
-        let v = batch.column(c).as_boolean();
-        for (row, o) in out.iter_mut().enumerate() {
-            *o |= !(v.is_valid(row) && v.value(row));
-        }
-    }
-    out
-}
-
 /// Row numbers of `batch` to keep, ascending: per key, the row whose
 /// sequence sorts first (latest first, NULLs last); on a tie, or without a
 /// sequence, the first row.
@@ -591,7 +579,12 @@ fn keep_latest(batch: &RecordBatch, spec: &Spec) -> DfResult<Vec<u32>> {
         None => None,
     };
     let excluded = match &spec.losers {
-        Losers::Mark { drop_rules, .. } if !drop_rules.is_empty() => outside(batch, drop_rules),
+        Losers::Mark { drop_rules, .. } if !drop_rules.is_empty() => {
+            crate::cluster::stage::any_failed(batch, drop_rules)
+                .values()
+                .iter()
+                .collect()
+        }
         _ => Vec::new(),
     };
     let mut kept: Vec<u32> = Vec::new();
@@ -692,9 +685,9 @@ mod tests {
     /// wins nor loses, even when its sequence is the greatest.
     #[test]
     fn marked_losers_stay_and_quarantined_rows_take_no_part() {
-        use datafusion::arrow::array::BooleanArray;
+        use datafusion::arrow::array::UInt64Array;
         let mut fields: Vec<_> = schema().fields().iter().cloned().collect();
-        fields.push(Arc::new(Field::new("ok", DataType::Boolean, true)));
+        fields.push(Arc::new(Field::new("failed", DataType::UInt64, false)));
         let with_ok = Arc::new(Schema::new(fields));
         let b = batch(&[
             (Some("a"), Some(1), 0),
@@ -705,14 +698,8 @@ mod tests {
             (Some("c"), Some(1), 5),
         ]);
         let mut columns = b.columns().to_vec();
-        columns.push(Arc::new(BooleanArray::from(vec![
-            Some(true),
-            Some(false),
-            Some(true),
-            Some(true),
-            None,
-            Some(true),
-        ])));
+        // Bit 0 is a drop rule, bit 1 a warn rule (it takes no row out).
+        columns.push(Arc::new(UInt64Array::from(vec![0, 1, 2, 0, 1, 0])));
         let b = RecordBatch::try_new(with_ok.clone(), columns).unwrap();
         let spec = Spec::new(
             with_ok,
@@ -720,7 +707,7 @@ mod tests {
             &["seq".into()],
             Losers::Mark {
                 column: "dup".into(),
-                drop_rules: vec![3],
+                drop_rules: vec![(3, 1)],
             },
         )
         .unwrap();
@@ -728,7 +715,8 @@ mod tests {
         assert_eq!(out.num_rows(), 6);
         assert_eq!(out.schema().field(4).name(), "dup");
         let marks: Vec<bool> = out.column(4).as_boolean().iter().flatten().collect();
-        // a: 9 fails its rule, so 3 wins over 1; b: 7 is NULL (fails), 2 wins.
+        // a: 9 fails a drop rule, so 3 (failing only a warn rule) wins over
+        // 1; b: 7 fails, 2 wins.
         assert_eq!(marks, vec![true, false, false, false, false, false]);
         assert_eq!(dropped, 1);
     }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch, StringArray};
+use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch, StringArray};
 use datafusion::arrow::compute::{filter, filter_record_batch, not, SortOptions};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -31,9 +31,69 @@ use deltalake::writer::RecordBatchWriter;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-/// Column holding the value of expectation `i` on each row (TRUE: passes).
-pub fn rule_column(i: usize) -> String {
-    format!("__lakehouse_rule_{i}")
+/// Column `j` of the failed-rule bits: bit `b` of a row's value is set
+/// when expectation `64 * j + b` fails on it (FALSE or NULL). One integer
+/// column, not one boolean per rule, is what travels through the shuffles,
+/// the deduplication and the sort (primitive columns are copied by the
+/// fast kernels; booleans took arrow's generic paths).
+pub fn failed_column(j: usize) -> String {
+    format!("__lakehouse_failed_{j}")
+}
+
+/// Expectations per failed-rule column.
+pub const RULES_PER_COLUMN: usize = 64;
+
+/// Where expectation `i`'s bit is: its column's name and the bit.
+pub fn rule_bit(i: usize) -> (String, u64) {
+    (
+        failed_column(i / RULES_PER_COLUMN),
+        1u64 << (i % RULES_PER_COLUMN),
+    )
+}
+
+/// The failed-rule columns of `schema` with, per column, the bits of the
+/// rules for which `select` is true (by rule index).
+pub fn rule_masks(
+    schema: &Schema,
+    rules: usize,
+    select: impl Fn(usize) -> bool,
+) -> DfResult<Vec<(usize, u64)>> {
+    let mut masks: Vec<(usize, u64)> = Vec::new();
+    for j in 0..rules.div_ceil(RULES_PER_COLUMN) {
+        let column = schema.index_of(&failed_column(j))?;
+        let mask = (j * RULES_PER_COLUMN..rules.min((j + 1) * RULES_PER_COLUMN))
+            .filter(|&i| select(i))
+            .fold(0u64, |m, i| m | rule_bit(i).1);
+        masks.push((column, mask));
+    }
+    Ok(masks)
+}
+
+/// Per row of `batch`, whether any bit of `masks` is set (a selected rule
+/// failed).
+pub fn any_failed(batch: &RecordBatch, masks: &[(usize, u64)]) -> BooleanArray {
+    use datafusion::arrow::buffer::BooleanBuffer;
+    use datafusion::arrow::datatypes::UInt64Type;
+    let columns: Vec<(&[u64], u64)> = masks
+        .iter()
+        .filter(|(_, m)| *m != 0)
+        .map(|&(c, m)| {
+            (
+                batch
+                    .column(c)
+                    .as_primitive::<UInt64Type>()
+                    .values()
+                    .as_ref(),
+                m,
+            )
+        })
+        .collect();
+    BooleanArray::new(
+        BooleanBuffer::collect_bool(batch.num_rows(), |row| {
+            columns.iter().any(|(v, m)| v[row] & m != 0)
+        }),
+        None,
+    )
 }
 
 /// Column [`DedupExec`] adds: TRUE for a row an equal key's later row replaces.
@@ -351,14 +411,10 @@ impl DedupExec {
 
     fn dedup_spec(&self) -> DfResult<crate::dedup::Spec> {
         let schema = self.input.schema();
-        let drop_rules: Vec<usize> = self
-            .spec
-            .rules
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.action == crate::pipeline::Action::Drop)
-            .map(|(i, _)| schema.index_of(&rule_column(i)))
-            .collect::<std::result::Result<_, _>>()?;
+        let rules = &self.spec.rules;
+        let drop_rules = rule_masks(&schema, rules.len(), |i| {
+            rules[i].action == crate::pipeline::Action::Drop
+        })?;
         crate::dedup::Spec::new(
             schema,
             &self.spec.unique_key,
@@ -612,10 +668,15 @@ async fn stage_partition(
         .collect();
     let model_schema = Arc::new(in_schema.project(&model_columns)?);
     let q_schema = crate::quality::quarantine_schema(&model_schema);
-    let rule_columns: Vec<usize> = (0..spec.rules.len())
-        .map(|i| in_schema.index_of(&rule_column(i)))
-        .collect::<std::result::Result<_, _>>()
-        .map_err(DataFusionError::from)?;
+    let rule_bits: Vec<(usize, u64)> = (0..spec.rules.len())
+        .map(|i| {
+            let (column, bit) = rule_bit(i);
+            Ok((in_schema.index_of(&column)?, bit))
+        })
+        .collect::<DfResult<_>>()?;
+    let drop_masks = rule_masks(&in_schema, spec.rules.len(), |i| {
+        spec.rules[i].action == crate::pipeline::Action::Drop
+    })?;
     let duplicate_column = in_schema.index_of(DUPLICATE).ok();
     let rules: Vec<&crate::pipeline::Expectation> = spec.rules.iter().collect();
     let q = crate::quality::Quarantine {
@@ -636,9 +697,9 @@ async fn stage_partition(
         if batch.num_rows() == 0 {
             continue;
         }
-        let values: Vec<BooleanArray> = rule_columns
+        let values: Vec<BooleanArray> = rule_bits
             .iter()
-            .map(|&c| batch.column(c).as_boolean().clone())
+            .map(|&(c, bit)| passes_rule(&batch, c, bit))
             .collect();
         let model_batch = batch.project(&model_columns)?;
         let (kept, bad) = crate::quality::split_by_rules(&q, &values, &model_batch, &mut counts)?;
@@ -649,7 +710,7 @@ async fn stage_partition(
         // the duplicate marks follow the same filter.
         let kept = match duplicate_column {
             Some(d) => {
-                let passes = pass_mask(batch.num_rows(), &values, &spec.rules);
+                let passes = not(&any_failed(&batch, &drop_masks))?;
                 let marks = filter(batch.column(d), &passes)?;
                 let marks = marks.as_boolean();
                 duplicates += marks.true_count() as u64;
@@ -688,19 +749,16 @@ async fn stage_partition(
     )?)
 }
 
-/// TRUE for rows every `drop` rule passes.
-fn pass_mask(
-    n: usize,
-    values: &[BooleanArray],
-    rules: &[crate::pipeline::Expectation],
-) -> BooleanArray {
-    (0..n)
-        .map(|row| {
-            Some(values.iter().zip(rules).all(|(v, r)| {
-                r.action != crate::pipeline::Action::Drop || (v.is_valid(row) && v.value(row))
-            }))
-        })
-        .collect()
+/// TRUE for the rows of `batch` that pass the rule whose bit is `bit` of
+/// column `column`.
+fn passes_rule(batch: &RecordBatch, column: usize, bit: u64) -> BooleanArray {
+    use datafusion::arrow::buffer::BooleanBuffer;
+    use datafusion::arrow::datatypes::UInt64Type;
+    let values = batch.column(column).as_primitive::<UInt64Type>().values();
+    BooleanArray::new(
+        BooleanBuffer::collect_bool(batch.num_rows(), |row| values[row] & bit == 0),
+        None,
+    )
 }
 
 fn unknown(kind: &str) -> DataFusionError {
@@ -738,38 +796,48 @@ impl datafusion::execution::context::QueryPlanner for Planner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::{Action, Expectation};
 
-    fn rule(name: &str, action: Action) -> Expectation {
-        Expectation {
-            name: name.into(),
-            check: "true".into(),
-            action,
-            line: 1,
-        }
-    }
-
-    #[test]
-    fn without_rules_every_row_passes() {
-        // A model with no expectations: the mask must cover the batch (an
-        // empty mask once dropped every row, and reconciliation caught it).
-        let mask = pass_mask(3, &[], &[]);
-        assert_eq!(mask.len(), 3);
-        assert_eq!(mask.true_count(), 3);
-    }
-
+    /// Rules 0, 2 and 64 drop, rule 1 warns: bits in two columns.
     #[test]
     fn only_drop_rules_decide_what_passes() {
-        let values = [
-            BooleanArray::from(vec![Some(true), Some(false), None, Some(true)]),
-            BooleanArray::from(vec![false, false, true, true]),
-        ];
-        let rules = [rule("d", Action::Drop), rule("w", Action::Warn)];
-        let mask = pass_mask(4, &values, &rules);
-        // NULL fails a rule, as in the in-process checker; warn never drops.
+        use datafusion::arrow::array::UInt64Array;
+        let schema = Schema::new(vec![
+            Field::new(failed_column(0), DataType::UInt64, false),
+            Field::new(failed_column(1), DataType::UInt64, false),
+        ]);
+        let rules = 65;
+        let drop = |i: usize| i != 1 && (i <= 2 || i == 64);
+        let masks = rule_masks(&schema, rules, drop).unwrap();
+        assert_eq!(masks, vec![(0, 0b101), (1, 1)]);
+        let batch = RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                // none, the warn rule, rule 2, none
+                Arc::new(UInt64Array::from(vec![0, 0b10, 0b100, 0])),
+                // none, none, none, rule 64
+                Arc::new(UInt64Array::from(vec![0, 0, 0, 1])),
+            ],
+        )
+        .unwrap();
+        let failed = any_failed(&batch, &masks);
         assert_eq!(
-            mask.iter().collect::<Vec<_>>(),
-            vec![Some(true), Some(false), Some(false), Some(true)]
+            failed.iter().flatten().collect::<Vec<_>>(),
+            vec![false, false, true, true]
+        );
+        // Without rules every row passes (an empty mask once dropped every
+        // row, and reconciliation caught it).
+        let none = any_failed(
+            &batch,
+            &rule_masks(batch.schema().as_ref(), 0, drop).unwrap(),
+        );
+        assert_eq!(none.len(), 4);
+        assert_eq!(none.true_count(), 0);
+        assert_eq!(
+            passes_rule(&batch, 0, 0b10)
+                .iter()
+                .flatten()
+                .collect::<Vec<_>>(),
+            vec![true, false, true, true]
         );
     }
 }

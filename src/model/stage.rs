@@ -11,13 +11,15 @@ use datafusion::arrow::array::AsArray;
 use datafusion::common::DFSchema;
 use datafusion::common::ScalarValue;
 use datafusion::functions::core::expr_fn::coalesce;
+use datafusion::logical_expr::{binary_expr, Operator};
 use datafusion::logical_expr::{Expr, Extension, LogicalPlan};
 use datafusion::prelude::{ident, lit, when, DataFrame, SessionContext};
 use deltalake::DeltaTable;
 use serde_json::json;
 
 use crate::cluster::stage::{
-    encode_schema, rule_column, Message, StageNode, StageRange, StageSpec,
+    encode_schema, failed_column, rule_bit, Message, StageNode, StageRange, StageSpec,
+    RULES_PER_COLUMN,
 };
 use crate::delta::{self, Staged, WriteSpec};
 use crate::error::{Error, Result};
@@ -67,9 +69,7 @@ impl Stage<'_> {
             .collect();
         let unqualified = DFSchema::try_from(df.schema().as_arrow().clone())?;
         let rules = quality::plan_rules(ctx, &unqualified, &settings.expectations, settings_file)?;
-        for (i, check) in rules.into_iter().enumerate() {
-            exprs.push(check.alias(rule_column(i)));
-        }
+        exprs.extend(failed_rule_columns(rules)?);
         let checked = without_lineage_of_kept_rows(df.select(exprs)?, settings)?;
         let stage = StageSpec {
             model: model.to_string(),
@@ -167,19 +167,44 @@ impl Stage<'_> {
     }
 }
 
-/// `checked` (the model's columns and one per expectation) with its lineage
+/// The failed-rule columns ([`failed_column`]) of the planned `rules`:
+/// per row, the sum of the bits of the rules that are FALSE or NULL on it.
+fn failed_rule_columns(rules: Vec<Expr>) -> Result<Vec<Expr>> {
+    let mut columns: Vec<Expr> = Vec::new();
+    for (j, chunk) in rules.chunks(RULES_PER_COLUMN).enumerate() {
+        let mut sum: Option<Expr> = None;
+        for (b, check) in chunk.iter().enumerate() {
+            let bit = when(coalesce(vec![check.clone(), lit(false)]), lit(0u64))
+                .otherwise(lit(1u64 << b))?;
+            sum = Some(match sum {
+                Some(s) => s + bit,
+                None => bit,
+            });
+        }
+        if let Some(sum) = sum {
+            columns.push(sum.alias(failed_column(j)));
+        }
+    }
+    Ok(columns)
+}
+
+/// `checked` (the model's columns and the failed-rule bits) with its lineage
 /// columns (`_source_file`, `_line`, ...) set to NULL on the rows that pass
 /// every `drop` rule. Only the quarantine keeps lineage, and only failing
 /// rows go there; the rows kept for the table would otherwise carry it
 /// through the key shuffle, the deduplication and the partition sort.
 /// Columns the key, the sequence or the partitioning use are left alone.
 fn without_lineage_of_kept_rows(checked: DataFrame, settings: &ModelSettings) -> Result<DataFrame> {
-    let passes = settings
-        .expectations
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| e.action == crate::pipeline::Action::Drop)
-        .map(|(i, _)| coalesce(vec![ident(rule_column(i)), lit(false)]))
+    let rules = &settings.expectations;
+    let passes = (0..rules.len().div_ceil(RULES_PER_COLUMN))
+        .filter_map(|j| {
+            let mask = (j * RULES_PER_COLUMN..rules.len().min((j + 1) * RULES_PER_COLUMN))
+                .filter(|&i| rules[i].action == crate::pipeline::Action::Drop)
+                .fold(0u64, |m, i| m | rule_bit(i).1);
+            (mask != 0).then(|| {
+                binary_expr(ident(failed_column(j)), Operator::BitwiseAnd, lit(mask)).eq(lit(0u64))
+            })
+        })
         .reduce(Expr::and);
     let needed = |name: &str| {
         settings.unique_key.iter().any(|c| c == name)

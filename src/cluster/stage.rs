@@ -58,15 +58,22 @@ pub fn rule_masks(
     rules: usize,
     select: impl Fn(usize) -> bool,
 ) -> DfResult<Vec<(usize, u64)>> {
-    let mut masks: Vec<(usize, u64)> = Vec::new();
-    for j in 0..rules.div_ceil(RULES_PER_COLUMN) {
-        let column = schema.index_of(&failed_column(j))?;
-        let mask = (j * RULES_PER_COLUMN..rules.min((j + 1) * RULES_PER_COLUMN))
-            .filter(|&i| select(i))
-            .fold(0u64, |m, i| m | rule_bit(i).1);
-        masks.push((column, mask));
-    }
-    Ok(masks)
+    (0..rules.div_ceil(RULES_PER_COLUMN))
+        .map(|j| {
+            Ok((
+                schema.index_of(&failed_column(j))?,
+                column_mask(rules, j, &select),
+            ))
+        })
+        .collect()
+}
+
+/// The bits, in failed-rule column `j`, of the rules (of `rules`) for which
+/// `select` is true.
+pub fn column_mask(rules: usize, j: usize, select: impl Fn(usize) -> bool) -> u64 {
+    (j * RULES_PER_COLUMN..rules.min((j + 1) * RULES_PER_COLUMN))
+        .filter(|&i| select(i))
+        .fold(0u64, |m, i| m | rule_bit(i).1)
 }
 
 /// Per row of `batch`, whether any bit of `masks` is set (a selected rule

@@ -631,7 +631,8 @@ enum Writer {
 
 /// Which path local runs take: the in-process checker and writers (the
 /// default), or the staging plan (`LAKEHOUSE_WRITER=staged`), which is
-/// still 1.33x slower locally at 1M rows (scripts/bench-cluster) and stays
+/// still about 1.45x slower locally at 10M rows (medians of five,
+/// scripts/bench-cluster and alternated runs; see the README) and stays
 /// opt-in until it is not.
 fn writer_choice() -> Writer {
     match std::env::var("LAKEHOUSE_WRITER").as_deref() {

@@ -18,7 +18,7 @@ use deltalake::DeltaTable;
 use serde_json::json;
 
 use crate::cluster::stage::{
-    encode_schema, failed_column, rule_bit, Message, StageNode, StageRange, StageSpec,
+    column_mask, encode_schema, failed_column, Message, StageNode, StageRange, StageSpec,
     RULES_PER_COLUMN,
 };
 use crate::delta::{self, Staged, WriteSpec};
@@ -198,9 +198,9 @@ fn without_lineage_of_kept_rows(checked: DataFrame, settings: &ModelSettings) ->
     let rules = &settings.expectations;
     let passes = (0..rules.len().div_ceil(RULES_PER_COLUMN))
         .filter_map(|j| {
-            let mask = (j * RULES_PER_COLUMN..rules.len().min((j + 1) * RULES_PER_COLUMN))
-                .filter(|&i| rules[i].action == crate::pipeline::Action::Drop)
-                .fold(0u64, |m, i| m | rule_bit(i).1);
+            let mask = column_mask(rules.len(), j, |i| {
+                rules[i].action == crate::pipeline::Action::Drop
+            });
             (mask != 0).then(|| {
                 binary_expr(ident(failed_column(j)), Operator::BitwiseAnd, lit(mask)).eq(lit(0u64))
             })

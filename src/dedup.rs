@@ -102,6 +102,7 @@ pub async fn latest_per_key(
 
 /// Which columns are the key and the sequence, and what becomes of the
 /// rows that lose.
+#[derive(Debug)]
 pub struct Spec {
     keys: Vec<usize>,
     sequence: Vec<usize>,
@@ -111,6 +112,7 @@ pub struct Spec {
 }
 
 /// What becomes of a row that an equal key's later row replaces.
+#[derive(Debug)]
 pub enum Losers {
     /// Left out, and counted in the counter (an in-process run).
     Drop(Collapsed),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch, StringArray};
 use datafusion::arrow::compute::{filter, filter_record_batch, not, SortOptions};
-use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DFSchema, DFSchemaRef};
 use datafusion::error::{DataFusionError, Result as DfResult};
@@ -106,7 +106,9 @@ pub fn any_failed(batch: &RecordBatch, masks: &[(usize, u64)]) -> BooleanArray {
 /// Column [`DedupExec`] adds: TRUE for a row an equal key's later row replaces.
 pub const DUPLICATE: &str = "__lakehouse_duplicate";
 
-fn internal(name: &str) -> bool {
+/// A column of the staging plan's own (rule bits, duplicate marks), never
+/// the model's.
+pub fn internal(name: &str) -> bool {
     name.starts_with("__lakehouse_")
 }
 
@@ -398,39 +400,38 @@ fn properties(schema: SchemaRef, input: &Arc<dyn ExecutionPlan>) -> Arc<PlanProp
 pub struct DedupExec {
     input: Arc<dyn ExecutionPlan>,
     spec: StageSpec,
+    dedup: Arc<crate::dedup::Spec>,
     props: Arc<PlanProperties>,
 }
 
 impl DedupExec {
     pub fn try_new(input: Arc<dyn ExecutionPlan>, spec: StageSpec) -> DfResult<Self> {
-        let mut fields: Vec<FieldRef> = input.schema().fields().iter().cloned().collect();
-        fields.push(Arc::new(Field::new(DUPLICATE, DataType::Boolean, false)));
-        let schema = Arc::new(Schema::new(fields));
+        let schema = input.schema();
+        let drop_rules = rule_masks(&schema, spec.rules.len(), |i| {
+            spec.rules[i].action == crate::pipeline::Action::Drop
+        })?;
+        let dedup = crate::dedup::Spec::new(
+            schema,
+            &spec.unique_key,
+            &spec.sequence_by,
+            crate::dedup::Losers::Mark {
+                column: DUPLICATE.to_string(),
+                drop_rules,
+            },
+        )?;
         let props = Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(schema),
+            EquivalenceProperties::new(dedup.output_schema()),
             input.output_partitioning().clone(),
             // Rows come out once the partition's input has ended.
             EmissionType::Final,
             Boundedness::Bounded,
         ));
-        Ok(Self { input, spec, props })
-    }
-
-    fn dedup_spec(&self) -> DfResult<crate::dedup::Spec> {
-        let schema = self.input.schema();
-        let rules = &self.spec.rules;
-        let drop_rules = rule_masks(&schema, rules.len(), |i| {
-            rules[i].action == crate::pipeline::Action::Drop
-        })?;
-        crate::dedup::Spec::new(
-            schema,
-            &self.spec.unique_key,
-            &self.spec.sequence_by,
-            crate::dedup::Losers::Mark {
-                column: DUPLICATE.to_string(),
-                drop_rules,
-            },
-        )
+        Ok(Self {
+            input,
+            spec,
+            dedup: Arc::new(dedup),
+            props,
+        })
     }
 }
 
@@ -490,9 +491,13 @@ impl ExecutionPlan for DedupExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
-        let spec = Arc::new(self.dedup_spec()?);
         let input = self.input.execute(partition, context.clone())?;
-        Ok(crate::dedup::deduplicate(input, spec, context, partition))
+        Ok(crate::dedup::deduplicate(
+            input,
+            self.dedup.clone(),
+            context,
+            partition,
+        ))
     }
 }
 

@@ -452,28 +452,17 @@ pub async fn run_model(
         report.rows_written = done.written;
         report.files = done.files;
         report.rules = done.counts.results(&settings.expectations);
-        if range.is_some() {
-            // As in this process: a backfill reads every input row but
-            // writes only the range; the rest are neither duplicates nor
-            // quarantined here.
-            report.strategy = format!(
-                "{}: {} partitions, {} rows",
-                report.strategy, done.partitions, done.written
-            );
-            report.rows_in = report.rows_written;
-            report.reconciled = done.log_agrees;
-        } else {
-            report.rows_in = done.counts.rows_in;
-            report.quarantined = done.counts.quarantined;
-            report.duplicates = done.duplicates;
-            report.reconciled = done.log_agrees
-                && reconciles(
-                    report.rows_in,
-                    report.rows_written,
-                    report.quarantined,
-                    report.duplicates,
-                );
-        }
+        account(
+            &mut report,
+            range.is_some(),
+            Counted {
+                rows_in: done.counts.rows_in,
+                quarantined: done.counts.quarantined,
+                duplicates: done.duplicates,
+                partitions: done.partitions,
+                log_agrees: done.log_agrees,
+            },
+        );
         return finish(report, started);
     }
     let Some((result, quarantine_stream, collapsed)) = local.take() else {
@@ -560,6 +549,7 @@ pub async fn run_model(
             // By the Delta log: the table gained exactly the new keys.
             q_rows == checker.rows_quarantined()
                 && rows_after == prepared.rows_before + prepared.inserted,
+            written.partitions,
         )
     } else {
         let table = delta::ensure_table(&url, &opts, &result_schema, &spec).await?;
@@ -583,44 +573,71 @@ pub async fn run_model(
             }),
         );
         let (_, written) = delta::commit(table, staged, &spec).await?;
-        if range.is_some() {
-            report.strategy = format!(
-                "{}: {} partitions, {rows} rows",
-                report.strategy, written.partitions
-            );
-        }
         (
             written.version,
             rows,
             written.files_added,
             (range.is_some() || q_rows == checker.rows_quarantined())
                 && written.rows_in_files == rows,
+            written.partitions,
         )
     };
     report.version = outcome.0;
     report.rows_written = outcome.1;
     report.files = outcome.2;
     report.rules = checker.results();
-    if range.is_some() {
-        // A backfill reads every input row but writes only the range: the
-        // rows outside it are neither duplicates nor quarantined here.
-        report.rows_in = report.rows_written;
-        report.reconciled = outcome.3;
-    } else {
-        report.rows_in = checker.rows_in();
-        report.quarantined = checker.rows_quarantined();
-        // Counted where rows are dropped, not as a remainder: the identity
-        // below compares independent counts.
-        report.duplicates = collapsed.load(std::sync::atomic::Ordering::Relaxed);
-        report.reconciled = outcome.3
-            && reconciles(
-                report.rows_in,
-                report.rows_written,
-                report.quarantined,
-                report.duplicates,
-            );
-    }
+    account(
+        &mut report,
+        range.is_some(),
+        Counted {
+            rows_in: checker.rows_in(),
+            quarantined: checker.rows_quarantined(),
+            // Counted where rows are dropped, not as a remainder: the
+            // identity compares independent counts.
+            duplicates: collapsed.load(std::sync::atomic::Ordering::Relaxed),
+            partitions: outcome.4,
+            log_agrees: outcome.3,
+        },
+    );
     finish(report, started)
+}
+
+/// What a model's staging counted, wherever it ran.
+struct Counted {
+    rows_in: u64,
+    quarantined: u64,
+    duplicates: u64,
+    /// Table partitions the new files went to.
+    partitions: usize,
+    /// The Delta log's row counts equal the written and quarantined ones.
+    log_agrees: bool,
+}
+
+/// Fills the report's counts and reconciliation (`rows_written` is set).
+/// A backfill reads every input row but writes only the range: the rows
+/// outside it are neither duplicates nor quarantined here, so only the
+/// Delta log is checked; otherwise rows in = written + quarantined +
+/// duplicates must hold too.
+fn account(report: &mut ModelReport, backfill: bool, counted: Counted) {
+    if backfill {
+        report.strategy = format!(
+            "{}: {} partitions, {} rows",
+            report.strategy, counted.partitions, report.rows_written
+        );
+        report.rows_in = report.rows_written;
+        report.reconciled = counted.log_agrees;
+        return;
+    }
+    report.rows_in = counted.rows_in;
+    report.quarantined = counted.quarantined;
+    report.duplicates = counted.duplicates;
+    report.reconciled = counted.log_agrees
+        && reconciles(
+            report.rows_in,
+            report.rows_written,
+            report.quarantined,
+            report.duplicates,
+        );
 }
 
 #[derive(Debug, PartialEq, Eq)]

@@ -18,7 +18,7 @@ use deltalake::DeltaTable;
 use serde_json::json;
 
 use crate::cluster::stage::{
-    column_mask, encode_schema, failed_column, Message, StageNode, StageRange, StageSpec,
+    column_mask, encode_schema, failed_column, internal, Message, StageNode, StageRange, StageSpec,
     RULES_PER_COLUMN,
 };
 use crate::delta::{self, Staged, WriteSpec};
@@ -219,7 +219,7 @@ fn without_lineage_of_kept_rows(checked: DataFrame, settings: &ModelSettings) ->
         .map(|f| {
             let name = f.name();
             let column = ident(name.as_str());
-            if !name.starts_with('_') || name.starts_with("__lakehouse_") || needed(name) {
+            if !name.starts_with('_') || internal(name) || needed(name) {
                 return Ok(column);
             }
             changed = true;

@@ -20,7 +20,7 @@ use std::io::{BufReader, BufWriter};
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::new_empty_array;
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{
     concat, concat_batches, interleave_record_batch, take_record_batch, SortOptions,
 };
@@ -81,12 +81,7 @@ pub async fn latest_per_key(
         plan,
         Partitioning::Hash(key_exprs, n),
     )?);
-    let spec = Arc::new(Spec::new(
-        schema.clone(),
-        keys,
-        sequence_by,
-        Losers::Drop(collapsed),
-    )?);
+    let spec = Arc::new(Spec::new(schema.clone(), keys, sequence_by, collapsed)?);
     let streams: Vec<Arc<dyn PartitionStream>> = (0..n)
         .map(|index| {
             Arc::new(LatestPerKey {
@@ -100,31 +95,15 @@ pub async fn latest_per_key(
     Ok(ctx.read_table(Arc::new(StreamingTable::try_new(schema, streams)?))?)
 }
 
-/// Which columns are the key and the sequence, and what becomes of the
-/// rows that lose.
+/// Which columns are the key and the sequence, and where the rows that
+/// lose (left out) are counted.
 #[derive(Debug)]
 pub struct Spec {
     keys: Vec<usize>,
     sequence: Vec<usize>,
-    /// The input's schema.
+    /// The input's schema, which is also the output's.
     schema: SchemaRef,
-    losers: Losers,
-}
-
-/// What becomes of a row that an equal key's later row replaces.
-#[derive(Debug)]
-pub enum Losers {
-    /// Left out, and counted in the counter (an in-process run).
-    Drop(Collapsed),
-    /// Kept, with TRUE in a boolean column added after the input's (the
-    /// staging plan: the count travels with the rows, to whichever task
-    /// writes them). Rows with a bit of `drop_rules` set (a `drop` rule
-    /// failed: `(column, mask)` pairs of failed-rule columns) take no part:
-    /// they are marked FALSE and win nothing.
-    Mark {
-        column: String,
-        drop_rules: Vec<(usize, u64)>,
-    },
+    collapsed: Collapsed,
 }
 
 impl Spec {
@@ -134,7 +113,7 @@ impl Spec {
         schema: SchemaRef,
         keys: &[String],
         sequence_by: &[String],
-        losers: Losers,
+        collapsed: Collapsed,
     ) -> DfResult<Self> {
         let index_of = |names: &[String]| -> DfResult<Vec<usize>> {
             Ok(names
@@ -146,23 +125,18 @@ impl Spec {
             keys: index_of(keys)?,
             sequence: index_of(sequence_by)?,
             schema,
-            losers,
+            collapsed,
         })
     }
 
-    /// The schema of what comes out: the input's, plus the mark column.
-    pub fn output_schema(&self) -> SchemaRef {
-        match &self.losers {
-            Losers::Drop(_) => self.schema.clone(),
-            Losers::Mark { column, .. } => {
-                let mut fields: Vec<_> = self.schema.fields().iter().cloned().collect();
-                fields.push(Arc::new(datafusion::arrow::datatypes::Field::new(
-                    column,
-                    DataType::Boolean,
-                    false,
-                )));
-                Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
-            }
+    /// The same deduplication, counting its losers in `collapsed` (one
+    /// counter per partition of a staging plan, whose tasks report apart).
+    pub fn counting(&self, collapsed: Collapsed) -> Self {
+        Self {
+            keys: self.keys.clone(),
+            sequence: self.sequence.clone(),
+            schema: self.schema.clone(),
+            collapsed,
         }
     }
 
@@ -261,7 +235,7 @@ pub fn deduplicate(
         held_bytes: vec![0; BUCKETS],
         spilled: (0..BUCKETS).map(|_| None).collect(),
     };
-    let schema = spec.output_schema();
+    let schema = spec.schema.clone();
     let filed = futures::stream::once(file_all(input, buckets));
     let out = filed
         .map_ok(move |buckets| {
@@ -461,9 +435,8 @@ impl Buckets {
                     buckets
                         .winners_of(bucket, &spec, batch_size)
                         .map(|(batches, dropped)| {
-                            if let Losers::Drop(collapsed) = &spec.losers {
-                                collapsed.fetch_add(dropped, std::sync::atomic::Ordering::Relaxed);
-                            }
+                            spec.collapsed
+                                .fetch_add(dropped, std::sync::atomic::Ordering::Relaxed);
                             batches
                         });
                 Some((out, (buckets, order)))
@@ -547,19 +520,6 @@ fn keep_winners(pieces: Vec<RecordBatch>, spec: &Spec) -> DfResult<Option<(Recor
     drop(pieces);
     let kept = keep_latest(&batch, spec)?;
     let dropped = (batch.num_rows() - kept.len()) as u64;
-    if let Losers::Mark { .. } = spec.losers {
-        // Every row stays; the losers are marked.
-        let mut marks = vec![true; batch.num_rows()];
-        for &i in &kept {
-            marks[i as usize] = false;
-        }
-        let mut columns = batch.columns().to_vec();
-        columns.push(Arc::new(BooleanArray::from(marks)));
-        return Ok(Some((
-            RecordBatch::try_new(spec.output_schema(), columns)?,
-            dropped,
-        )));
-    }
     if kept.len() == batch.num_rows() {
         return Ok(Some((batch, dropped)));
     }
@@ -580,23 +540,10 @@ fn keep_latest(batch: &RecordBatch, spec: &Spec) -> DfResult<Vec<u32>> {
         Some(c) => Some(c.convert_columns(&spec.columns(batch, &spec.sequence))?),
         None => None,
     };
-    let excluded = match &spec.losers {
-        Losers::Mark { drop_rules, .. } if !drop_rules.is_empty() => {
-            crate::cluster::stage::any_failed(batch, drop_rules)
-                .values()
-                .iter()
-                .collect()
-        }
-        _ => Vec::new(),
-    };
     let mut kept: Vec<u32> = Vec::new();
     let mut best: HashMap<datafusion::arrow::row::Row<'_>, u32, RandomState> =
         HashMap::with_capacity_and_hasher(batch.num_rows(), RandomState::with_seed(1));
     for i in 0..batch.num_rows() {
-        if excluded.get(i).copied().unwrap_or(false) {
-            kept.push(i as u32);
-            continue;
-        }
         match best.entry(keys.row(i)) {
             Entry::Vacant(e) => {
                 e.insert(i as u32);
@@ -626,7 +573,7 @@ mod tests {
     use datafusion::execution::runtime_env::RuntimeEnvBuilder;
     use datafusion::prelude::{SessionConfig, SessionContext};
 
-    use super::{keep_latest, latest_per_key, Losers, Spec};
+    use super::{keep_latest, latest_per_key, Spec};
 
     fn schema() -> Arc<Schema> {
         Arc::new(Schema::new(vec![
@@ -662,7 +609,7 @@ mod tests {
             keys: vec![0],
             sequence: vec![1],
             schema: schema(),
-            losers: Losers::Drop(Default::default()),
+            collapsed: Default::default(),
         };
         let b = batch(&[
             (Some("a"), Some(1), 0),
@@ -680,47 +627,6 @@ mod tests {
             ..spec
         };
         assert_eq!(keep_latest(&b, &first).unwrap(), vec![0, 1, 5, 7]);
-    }
-
-    /// Marking, as the staging plan does: every row stays, the losers are
-    /// marked, and a row that fails a drop rule (FALSE or NULL) neither
-    /// wins nor loses, even when its sequence is the greatest.
-    #[test]
-    fn marked_losers_stay_and_quarantined_rows_take_no_part() {
-        use datafusion::arrow::array::UInt64Array;
-        let mut fields: Vec<_> = schema().fields().iter().cloned().collect();
-        fields.push(Arc::new(Field::new("failed", DataType::UInt64, false)));
-        let with_ok = Arc::new(Schema::new(fields));
-        let b = batch(&[
-            (Some("a"), Some(1), 0),
-            (Some("a"), Some(9), 1),
-            (Some("a"), Some(3), 2),
-            (Some("b"), Some(2), 3),
-            (Some("b"), Some(7), 4),
-            (Some("c"), Some(1), 5),
-        ]);
-        let mut columns = b.columns().to_vec();
-        // Bit 0 is a drop rule, bit 1 a warn rule (it takes no row out).
-        columns.push(Arc::new(UInt64Array::from(vec![0, 1, 2, 0, 1, 0])));
-        let b = RecordBatch::try_new(with_ok.clone(), columns).unwrap();
-        let spec = Spec::new(
-            with_ok,
-            &["k".into()],
-            &["seq".into()],
-            Losers::Mark {
-                column: "dup".into(),
-                drop_rules: vec![(3, 1)],
-            },
-        )
-        .unwrap();
-        let (out, dropped) = super::keep_winners(vec![b], &spec).unwrap().unwrap();
-        assert_eq!(out.num_rows(), 6);
-        assert_eq!(out.schema().field(4).name(), "dup");
-        let marks: Vec<bool> = out.column(4).as_boolean().iter().flatten().collect();
-        // a: 9 fails a drop rule, so 3 (failing only a warn rule) wins over
-        // 1; b: 7 fails, 2 wins.
-        assert_eq!(marks, vec![true, false, false, false, false, false]);
-        assert_eq!(dropped, 1);
     }
 
     /// Through the operator, with a pool so small that buckets spill: the

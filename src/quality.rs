@@ -300,6 +300,24 @@ pub fn split_by_rules(
     batch: &RecordBatch,
     counts: &mut Counts,
 ) -> Result<(RecordBatch, Option<RecordBatch>)> {
+    match classify(q, values, batch, counts)? {
+        (None, bad) => Ok((batch.clone(), bad)),
+        (Some(kept), bad) => Ok((
+            filter_record_batch(batch, &kept).map_err(DataFusionError::from)?,
+            bad,
+        )),
+    }
+}
+
+/// [`split_by_rules`] without copying the rows that stay: which rows stay
+/// (`None`: all of them) and the quarantined rows. The staging plan keeps
+/// fewer columns than it quarantines, and filters only those.
+pub fn classify(
+    q: &Quarantine<'_>,
+    values: &[BooleanArray],
+    batch: &RecordBatch,
+    counts: &mut Counts,
+) -> Result<(Option<BooleanArray>, Option<RecordBatch>)> {
     let n = batch.num_rows();
     counts.rows_in += n as u64;
     let mut reasons: Vec<Option<&str>> = vec![None; n];
@@ -350,10 +368,9 @@ pub fn split_by_rules(
     }
     let dropped = n - kept_mask.true_count();
     if dropped == 0 {
-        return Ok((batch.clone(), None));
+        return Ok((None, None));
     }
     counts.quarantined += dropped as u64;
-    let kept = filter_record_batch(batch, &kept_mask).map_err(DataFusionError::from)?;
     let drop_mask = not(&kept_mask).map_err(DataFusionError::from)?;
     let bad = filter_record_batch(batch, &drop_mask).map_err(DataFusionError::from)?;
     let reason_col: StringArray = reasons.iter().filter(|r| r.is_some()).copied().collect();
@@ -367,7 +384,7 @@ pub fn split_by_rules(
     ));
     let quarantined =
         RecordBatch::try_new(q.schema.clone(), columns).map_err(DataFusionError::from)?;
-    Ok((kept, Some(quarantined)))
+    Ok((Some(kept_mask), Some(quarantined)))
 }
 
 /// TRUE where the value is TRUE; NULL counts as not TRUE.

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch, StringArray};
-use datafusion::arrow::compute::{filter, filter_record_batch, not, SortOptions};
+use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray};
+use datafusion::arrow::compute::{filter_record_batch, SortOptions};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DFSchema, DFSchemaRef};
@@ -51,63 +51,8 @@ pub fn rule_bit(i: usize) -> (String, u64) {
     )
 }
 
-/// The failed-rule columns of `schema` with, per column, the bits of the
-/// rules for which `select` is true (by rule index).
-pub fn rule_masks(
-    schema: &Schema,
-    rules: usize,
-    select: impl Fn(usize) -> bool,
-) -> DfResult<Vec<(usize, u64)>> {
-    (0..rules.div_ceil(RULES_PER_COLUMN))
-        .map(|j| {
-            Ok((
-                schema.index_of(&failed_column(j))?,
-                column_mask(rules, j, &select),
-            ))
-        })
-        .collect()
-}
-
-/// The bits, in failed-rule column `j`, of the rules (of `rules`) for which
-/// `select` is true.
-pub fn column_mask(rules: usize, j: usize, select: impl Fn(usize) -> bool) -> u64 {
-    (j * RULES_PER_COLUMN..rules.min((j + 1) * RULES_PER_COLUMN))
-        .filter(|&i| select(i))
-        .fold(0u64, |m, i| m | rule_bit(i).1)
-}
-
-/// Per row of `batch`, whether any bit of `masks` is set (a selected rule
-/// failed).
-pub fn any_failed(batch: &RecordBatch, masks: &[(usize, u64)]) -> BooleanArray {
-    use datafusion::arrow::buffer::BooleanBuffer;
-    use datafusion::arrow::datatypes::UInt64Type;
-    let columns: Vec<(&[u64], u64)> = masks
-        .iter()
-        .filter(|(_, m)| *m != 0)
-        .map(|&(c, m)| {
-            (
-                batch
-                    .column(c)
-                    .as_primitive::<UInt64Type>()
-                    .values()
-                    .as_ref(),
-                m,
-            )
-        })
-        .collect();
-    BooleanArray::new(
-        BooleanBuffer::collect_bool(batch.num_rows(), |row| {
-            columns.iter().any(|(v, m)| v[row] & m != 0)
-        }),
-        None,
-    )
-}
-
-/// Column [`DedupExec`] adds: TRUE for a row an equal key's later row replaces.
-pub const DUPLICATE: &str = "__lakehouse_duplicate";
-
-/// A column of the staging plan's own (rule bits, duplicate marks), never
-/// the model's.
+/// A column of the staging plan's own (rule bits, messages), never the
+/// model's.
 pub fn internal(name: &str) -> bool {
     name.starts_with("__lakehouse_")
 }
@@ -146,7 +91,7 @@ pub struct StageRange {
 
 impl StageRange {
     /// `column IS NOT NULL AND column >= from AND column <= to`, over
-    /// `schema`.
+    /// `schema`, or a message row ([`MESSAGE`] not NULL).
     fn predicate(&self, schema: &SchemaRef) -> DfResult<Arc<dyn PhysicalExpr>> {
         use datafusion::logical_expr::Operator;
         use datafusion::physical_expr::expressions::{BinaryExpr, IsNotNullExpr, Literal};
@@ -166,7 +111,12 @@ impl StageRange {
                 predicate = Arc::new(BinaryExpr::new(predicate, Operator::And, compare));
             }
         }
-        Ok(predicate)
+        let message: Arc<dyn PhysicalExpr> = Arc::new(Column::new_with_schema(MESSAGE, schema)?);
+        Ok(Arc::new(BinaryExpr::new(
+            predicate,
+            Operator::Or,
+            Arc::new(IsNotNullExpr::new(message)),
+        )))
     }
 }
 
@@ -189,9 +139,9 @@ fn decode_schema(text: &str) -> DfResult<SchemaRef> {
 }
 
 /// The logical form of a model's staging: its input is the model's result
-/// with one boolean column per expectation; it stands for the whole
-/// deduplicate → split by partition → write chain, and returns what it
-/// wrote as messages for the driver's commit.
+/// with its failed-rule columns ([`failed_column`]); it stands for the
+/// whole check → deduplicate → split by partition → write chain, and
+/// returns what it wrote as messages for the driver's commit.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct StageNode {
     input: LogicalPlan,
@@ -315,6 +265,9 @@ pub fn encode_physical(
     if let Some(dedup) = node.downcast_ref::<DedupExec>() {
         return Ok(Some(("dedup-exec", json(&dedup.spec)?)));
     }
+    if let Some(check) = node.downcast_ref::<CheckExec>() {
+        return Ok(Some(("check-exec", json(&check.spec)?)));
+    }
     Ok(None)
 }
 
@@ -332,14 +285,20 @@ pub fn decode_physical(
             input.clone(),
             parse_spec(body)?,
         )?)),
+        ("check-exec", [input]) => Ok(Arc::new(CheckExec::try_new(
+            input.clone(),
+            parse_spec(body)?,
+        )?)),
         _ => Err(unknown(kind)),
     }
 }
 
 /// Plans [`StageNode`]: `StageExec` over `DedupExec` (when the model has a
-/// unique key) over the model's plan. Both declare the distribution and
-/// order they need, so DataFusion's optimizer adds the hash repartitions
-/// (Ballista's shuffles) and sorts below them.
+/// unique key) over `CheckExec` over the model's plan. The check runs where
+/// the model's rows come out, so only the table's columns cross the
+/// shuffles; the two others declare the distribution and order they need,
+/// so DataFusion's optimizer adds the hash repartitions (Ballista's
+/// shuffles) and sorts below them.
 #[derive(Debug)]
 struct StagePlanner;
 
@@ -363,7 +322,8 @@ impl ExtensionPlanner for StagePlanner {
                 "LakehouseStage has one input".into(),
             ));
         };
-        let mut plan = input.clone();
+        let mut plan: Arc<dyn ExecutionPlan> =
+            Arc::new(CheckExec::try_new(input.clone(), spec.clone())?);
         if !spec.unique_key.is_empty() {
             plan = Arc::new(DedupExec::try_new(plan, spec.clone())?);
         }
@@ -382,54 +342,337 @@ fn columns(schema: &SchemaRef, names: &[String]) -> DfResult<Vec<Arc<dyn Physica
         .collect()
 }
 
-fn properties(schema: SchemaRef, input: &Arc<dyn ExecutionPlan>) -> Arc<PlanProperties> {
+/// A node's properties: as many partitions as its input, of no known
+/// split (its columns are not its input's, so the input's hash columns
+/// would point at the wrong ones).
+fn properties(
+    schema: SchemaRef,
+    input: &Arc<dyn ExecutionPlan>,
+    emission: EmissionType,
+) -> Arc<PlanProperties> {
     Arc::new(PlanProperties::new(
         EquivalenceProperties::new(schema),
-        input.output_partitioning().clone(),
-        EmissionType::Final,
+        datafusion::physical_plan::Partitioning::UnknownPartitioning(
+            input.output_partitioning().partition_count(),
+        ),
+        emission,
         Boundedness::Bounded,
     ))
 }
 
-/// Keeps, per key, the row with the greatest sequence among the rows that
-/// pass every `drop` rule, and marks the others of that key as duplicates
-/// (column [`DUPLICATE`]); rows a `drop` rule quarantines pass unmarked.
-/// Needs its input hash-split by the key; it does not sort
-/// ([`crate::dedup`]: buckets by hash, spilled whole when memory is short).
+/// Column the staging plan's rows carry after [`CheckExec`]: NULL on a row
+/// of the table; on a message row (every other column NULL), one
+/// [`Message`] as JSON: what a task upstream wrote or counted. Messages
+/// travel with the rows, through the shuffles, to the writers' tasks, which
+/// return them to the driver with their own. Ballista moves data only, so
+/// what a task learns travels as data too.
+pub const MESSAGE: &str = "__lakehouse_message";
+
+/// Rows of `schema` (the last column [`MESSAGE`]) carrying `messages`,
+/// every other column NULL.
+fn message_rows(schema: &SchemaRef, messages: &[Message]) -> DfResult<RecordBatch> {
+    use datafusion::arrow::array::new_null_array;
+    let texts = messages
+        .iter()
+        .map(|m| serde_json::to_string(m).map_err(|e| DataFusionError::External(Box::new(e))))
+        .collect::<DfResult<Vec<String>>>()?;
+    let n = texts.len();
+    let mut texts = Some(StringArray::from(texts));
+    let columns = schema
+        .fields()
+        .iter()
+        .map(
+            |f| match (f.name() == MESSAGE, texts.take_if(|_| f.name() == MESSAGE)) {
+                (true, Some(t)) => Arc::new(t) as ArrayRef,
+                _ => new_null_array(f.data_type(), n),
+            },
+        )
+        .collect();
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// `batch` split into its table rows and its message rows (`None` when it
+/// has none, which is every batch but a few).
+fn split_messages(batch: RecordBatch) -> DfResult<(RecordBatch, Option<RecordBatch>)> {
+    use datafusion::arrow::compute::{is_not_null, is_null};
+    let column = batch.column(batch.schema().index_of(MESSAGE)?).clone();
+    if column.null_count() == batch.num_rows() {
+        return Ok((batch, None));
+    }
+    let messages = filter_record_batch(&batch, &is_not_null(&column)?)?;
+    let rows = filter_record_batch(&batch, &is_null(&column)?)?;
+    Ok((rows, Some(messages)))
+}
+
+/// The messages of message rows.
+fn read_messages(rows: &RecordBatch) -> DfResult<Vec<Message>> {
+    let column = rows.column(rows.schema().index_of(MESSAGE)?);
+    column
+        .as_string::<i32>()
+        .iter()
+        .flatten()
+        .map(|text| {
+            serde_json::from_str(text).map_err(|e| {
+                DataFusionError::Internal(format!(
+                    "a staging task sent a message it cannot read ({e}); every node of a cluster must run the same lakehouse version"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// A task's failure as DataFusion carries it: the project's own error
+/// inside (the driver finds it again, see `model::stage`).
+fn task_error(e: crate::error::Error) -> DataFusionError {
+    match e {
+        crate::error::Error::DataFusion(d) => d,
+        other => DataFusionError::External(Box::new(other)),
+    }
+}
+
+/// Checks the expectations where rows come out of the model, before any
+/// shuffle: rows a `drop` rule catches are written to the quarantine's
+/// files by this task; the others go on with only the columns the table,
+/// its key, its sequence and its partitioning need (lineage and rule bits
+/// stay here). At the end of its partition it sends the quarantine's files
+/// and its counts as message rows.
+#[derive(Debug)]
+pub struct CheckExec {
+    input: Arc<dyn ExecutionPlan>,
+    spec: StageSpec,
+    /// Input columns passed on, in order.
+    kept: Vec<usize>,
+    /// Input columns the quarantine keeps (the model's own).
+    model_columns: Vec<usize>,
+    schema: SchemaRef,
+    props: Arc<PlanProperties>,
+}
+
+impl CheckExec {
+    pub fn try_new(input: Arc<dyn ExecutionPlan>, spec: StageSpec) -> DfResult<Self> {
+        let in_schema = input.schema();
+        let needed = |name: &str| {
+            spec.unique_key.iter().any(|c| c == name)
+                || spec.sequence_by.iter().any(|c| c == name)
+                || spec.partition_by.iter().any(|c| c == name)
+        };
+        let model_columns: Vec<usize> = (0..in_schema.fields().len())
+            .filter(|&i| !internal(in_schema.field(i).name()))
+            .collect();
+        let kept: Vec<usize> = model_columns
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let name = in_schema.field(i).name();
+                !name.starts_with('_') || needed(name)
+            })
+            .collect();
+        // Every column is nullable: message rows are NULL but for theirs.
+        let mut fields: Vec<Field> = kept
+            .iter()
+            .map(|&i| in_schema.field(i).clone().with_nullable(true))
+            .collect();
+        fields.push(Field::new(MESSAGE, DataType::Utf8, true));
+        let schema = Arc::new(Schema::new(fields));
+        let props = properties(schema.clone(), &input, EmissionType::Incremental);
+        Ok(Self {
+            input,
+            spec,
+            kept,
+            model_columns,
+            schema,
+            props,
+        })
+    }
+}
+
+impl DisplayAs for CheckExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "LakehouseCheck: {} rules, quarantine={}",
+            self.spec.rules.len(),
+            self.spec.quarantine.as_ref().map_or("none", |(u, _)| u)
+        )
+    }
+}
+
+impl ExecutionPlan for CheckExec {
+    fn name(&self) -> &str {
+        "LakehouseCheck"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let input = children
+            .pop()
+            .ok_or_else(|| DataFusionError::Internal("LakehouseCheck has one input".into()))?;
+        Ok(Arc::new(CheckExec::try_new(input, self.spec.clone())?))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        let in_schema = input.schema();
+        let model_schema = Arc::new(in_schema.project(&self.model_columns)?);
+        let quarantine = match &self.spec.quarantine {
+            Some((url, schema)) => {
+                let schema = decode_schema(schema)?;
+                let name = format!("the quarantine of {}", self.spec.model);
+                Some((writer(url.clone(), schema.clone(), &[], &name), schema))
+            }
+            None => None,
+        };
+        let checking = Checking {
+            rule_bits: (0..self.spec.rules.len())
+                .map(|i| {
+                    let (column, bit) = rule_bit(i);
+                    Ok((in_schema.index_of(&column)?, bit))
+                })
+                .collect::<DfResult<_>>()?,
+            counts: crate::quality::Counts::new(self.spec.rules.len()),
+            q_schema: crate::quality::quarantine_schema(&model_schema),
+            spec: self.spec.clone(),
+            kept: self.kept.clone(),
+            model_columns: self.model_columns.clone(),
+            schema: self.schema.clone(),
+            quarantine,
+        };
+        let stream = futures::stream::unfold(Some((input, checking)), |state| async move {
+            let (mut input, mut checking) = state?;
+            loop {
+                match input.next().await {
+                    Some(Ok(batch)) => match checking.batch(batch).await {
+                        Ok(Some(rows)) => return Some((Ok(rows), Some((input, checking)))),
+                        Ok(None) => continue,
+                        Err(e) => return Some((Err(task_error(e)), None)),
+                    },
+                    Some(Err(e)) => return Some((Err(e), None)),
+                    None => return Some((checking.finish().await.map_err(task_error), None)),
+                }
+            }
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            stream,
+        )))
+    }
+}
+
+/// One [`CheckExec`] task's state.
+struct Checking {
+    spec: StageSpec,
+    rule_bits: Vec<(usize, u64)>,
+    kept: Vec<usize>,
+    model_columns: Vec<usize>,
+    schema: SchemaRef,
+    q_schema: SchemaRef,
+    quarantine: Option<(crate::delta::SortedWriter, SchemaRef)>,
+    counts: crate::quality::Counts,
+}
+
+impl Checking {
+    /// The rows of `batch` that pass, quarantining the others.
+    async fn batch(&mut self, batch: RecordBatch) -> crate::error::Result<Option<RecordBatch>> {
+        use datafusion::arrow::array::new_null_array;
+        if batch.num_rows() == 0 {
+            return Ok(None);
+        }
+        let values: Vec<BooleanArray> = self
+            .rule_bits
+            .iter()
+            .map(|&(c, bit)| passes_rule(&batch, c, bit))
+            .collect();
+        let rules: Vec<&crate::pipeline::Expectation> = self.spec.rules.iter().collect();
+        let q = crate::quality::Quarantine {
+            model: &self.spec.model,
+            rules: &rules,
+            schema: &self.q_schema,
+            run_id: &self.spec.run_id,
+        };
+        let model_batch = batch.project(&self.model_columns)?;
+        let (passing, bad) = crate::quality::classify(&q, &values, &model_batch, &mut self.counts)?;
+        if let (Some(bad), Some((w, schema))) = (bad, self.quarantine.as_mut()) {
+            w.write(crate::delta::conform(&bad, schema)?).await?;
+        }
+        // Only the columns passed on are copied.
+        let mut rows = batch.project(&self.kept)?;
+        if let Some(passing) = passing {
+            rows = filter_record_batch(&rows, &passing)?;
+        }
+        if rows.num_rows() == 0 {
+            return Ok(None);
+        }
+        let n = rows.num_rows();
+        let mut columns = rows.columns().to_vec();
+        columns.push(new_null_array(&DataType::Utf8, n));
+        Ok(Some(RecordBatch::try_new(self.schema.clone(), columns)?))
+    }
+
+    /// The quarantine's files and the counts, as message rows.
+    async fn finish(self) -> crate::error::Result<RecordBatch> {
+        let mut messages = Vec::new();
+        if let Some((w, _)) = self.quarantine {
+            messages.extend(w.finish().await?.into_iter().map(Message::Quarantine));
+        }
+        messages.push(Message::Checked(self.counts));
+        Ok(message_rows(&self.schema, &messages)?)
+    }
+}
+
+/// Keeps, per key, the row with the greatest sequence and leaves the others
+/// out, counting them; message rows pass through, and the count goes after
+/// them as one more. Needs its input hash-split by the key; it does not
+/// sort ([`crate::dedup`]: buckets by hash, spilled whole when memory is
+/// short).
 #[derive(Debug)]
 pub struct DedupExec {
     input: Arc<dyn ExecutionPlan>,
     spec: StageSpec,
-    dedup: Arc<crate::dedup::Spec>,
+    dedup: crate::dedup::Spec,
     props: Arc<PlanProperties>,
 }
 
 impl DedupExec {
     pub fn try_new(input: Arc<dyn ExecutionPlan>, spec: StageSpec) -> DfResult<Self> {
         let schema = input.schema();
-        let drop_rules = rule_masks(&schema, spec.rules.len(), |i| {
-            spec.rules[i].action == crate::pipeline::Action::Drop
-        })?;
+        schema.index_of(MESSAGE)?;
         let dedup = crate::dedup::Spec::new(
-            schema,
+            schema.clone(),
             &spec.unique_key,
             &spec.sequence_by,
-            crate::dedup::Losers::Mark {
-                column: DUPLICATE.to_string(),
-                drop_rules,
-            },
+            Default::default(),
         )?;
-        let props = Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(dedup.output_schema()),
-            input.output_partitioning().clone(),
-            // Rows come out once the partition's input has ended.
-            EmissionType::Final,
-            Boundedness::Bounded,
-        ));
+        // Rows come out once the partition's input has ended.
+        let props = properties(schema, &input, EmissionType::Final);
         Ok(Self {
             input,
             spec,
-            dedup: Arc::new(dedup),
+            dedup,
             props,
         })
     }
@@ -491,20 +734,47 @@ impl ExecutionPlan for DedupExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
+        use futures::TryStreamExt;
         let input = self.input.execute(partition, context.clone())?;
-        Ok(crate::dedup::deduplicate(
-            input,
-            self.dedup.clone(),
+        let schema = input.schema();
+        // Message rows wait here while the table's rows are deduplicated.
+        let held: Arc<std::sync::Mutex<Vec<RecordBatch>>> = Default::default();
+        let hold = held.clone();
+        let rows = input.and_then(move |batch| {
+            let split = split_messages(batch).map(|(rows, messages)| {
+                if let Some(m) = messages {
+                    hold.lock().unwrap_or_else(|p| p.into_inner()).push(m);
+                }
+                rows
+            });
+            futures::future::ready(split)
+        });
+        let collapsed = crate::dedup::Collapsed::default();
+        let winners = crate::dedup::deduplicate(
+            Box::pin(RecordBatchStreamAdapter::new(schema.clone(), rows)),
+            Arc::new(self.dedup.counting(collapsed.clone())),
             context,
             partition,
-        ))
+        );
+        let message_schema = schema.clone();
+        let messages = futures::stream::once(async move {
+            let mut batches = std::mem::take(&mut *held.lock().unwrap_or_else(|p| p.into_inner()));
+            let count = collapsed.load(std::sync::atomic::Ordering::Relaxed);
+            batches.push(message_rows(&message_schema, &[Message::Collapsed(count)])?);
+            Ok::<_, DataFusionError>(futures::stream::iter(batches.into_iter().map(Ok)))
+        })
+        .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            winners.chain(messages),
+        )))
     }
 }
 
-/// Writes its input into Parquet files of the model's table (rows that
-/// pass, duplicates left out) and of its quarantine (rows a `drop` rule
-/// caught), and returns one message per file written plus one with the
-/// counts: the data of a Delta commit, which the driver makes.
+/// Writes its input into Parquet files of the model's table, and returns
+/// one message per file written, one with the rows it wrote, and the
+/// messages that reached it from the tasks before it: the data of the
+/// Delta commits, which the driver makes.
 #[derive(Debug)]
 pub struct StageExec {
     input: Arc<dyn ExecutionPlan>,
@@ -514,7 +784,8 @@ pub struct StageExec {
 
 impl StageExec {
     pub fn try_new(input: Arc<dyn ExecutionPlan>, spec: StageSpec) -> DfResult<Self> {
-        let props = properties(message_schema(), &input);
+        input.schema().index_of(MESSAGE)?;
+        let props = properties(message_schema(), &input, EmissionType::Final);
         Ok(Self { input, spec, props })
     }
 }
@@ -596,12 +867,7 @@ impl ExecutionPlan for StageExec {
     ) -> DfResult<SendableRecordBatchStream> {
         let input = self.input.execute(partition, context)?;
         let spec = self.spec.clone();
-        let task = async move {
-            stage_partition(spec, input).await.map_err(|e| match e {
-                crate::error::Error::DataFusion(d) => d,
-                other => DataFusionError::External(Box::new(other)),
-            })
-        };
+        let task = async move { stage_partition(spec, input).await.map_err(task_error) };
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             message_schema(),
             futures::stream::once(task),
@@ -617,12 +883,12 @@ pub enum Message {
     Table(deltalake::kernel::Add),
     /// A file of the model's quarantine.
     Quarantine(deltalake::kernel::Add),
-    /// What the task saw: rows in, per rule, and duplicates left out.
-    Counts {
-        checks: crate::quality::Counts,
-        duplicates: u64,
-        written: u64,
-    },
+    /// What a check task saw: rows in, and per rule.
+    Checked(crate::quality::Counts),
+    /// Rows a deduplication task left out as replaced by a later row.
+    Collapsed(u64),
+    /// Rows a writer task wrote to the table.
+    Written(u64),
 }
 
 /// A writer for one table, on the store as this node reaches it; the
@@ -652,7 +918,6 @@ async fn stage_partition(
     mut input: SendableRecordBatchStream,
 ) -> crate::error::Result<RecordBatch> {
     use crate::error::Error;
-    let in_schema = input.schema();
     let table_schema = decode_schema(&spec.table_schema)?;
     let mut table = writer(
         spec.table_url.clone(),
@@ -660,104 +925,31 @@ async fn stage_partition(
         &spec.partition_by,
         &spec.model,
     );
-    let mut quarantine = match &spec.quarantine {
-        Some((url, schema)) => {
-            let schema = decode_schema(schema)?;
-            let name = format!("the quarantine of {}", spec.model);
-            Some((writer(url.clone(), schema.clone(), &[], &name), schema))
-        }
-        None => None,
-    };
-    // The model's own columns (lineage included) for the quarantine, and
-    // the visible ones for the table.
-    let model_columns: Vec<usize> = (0..in_schema.fields().len())
-        .filter(|&i| !internal(in_schema.field(i).name()))
-        .collect();
-    let visible: Vec<usize> = model_columns
-        .iter()
-        .copied()
-        .filter(|&i| !in_schema.field(i).name().starts_with('_'))
-        .collect();
-    let model_schema = Arc::new(in_schema.project(&model_columns)?);
-    let q_schema = crate::quality::quarantine_schema(&model_schema);
-    let rule_bits: Vec<(usize, u64)> = (0..spec.rules.len())
-        .map(|i| {
-            let (column, bit) = rule_bit(i);
-            Ok((in_schema.index_of(&column)?, bit))
-        })
-        .collect::<DfResult<_>>()?;
-    let drop_masks = rule_masks(&in_schema, spec.rules.len(), |i| {
-        spec.rules[i].action == crate::pipeline::Action::Drop
-    })?;
-    let duplicate_column = in_schema.index_of(DUPLICATE).ok();
-    let rules: Vec<&crate::pipeline::Expectation> = spec.rules.iter().collect();
-    let q = crate::quality::Quarantine {
-        model: &spec.model,
-        rules: &rules,
-        schema: &q_schema,
-        run_id: &spec.run_id,
-    };
-    let mut counts = crate::quality::Counts::new(rules.len());
-    let (mut duplicates, mut written) = (0u64, 0u64);
-    // Where each visible column sits among the model's columns.
-    let positions: Vec<usize> = visible
-        .iter()
-        .filter_map(|&i| model_columns.iter().position(|&m| m == i))
-        .collect();
+    let mut messages: Vec<Message> = Vec::new();
+    let mut written = 0u64;
     while let Some(batch) = input.next().await {
-        let batch = batch?;
-        if batch.num_rows() == 0 {
+        let (rows, arrived) = split_messages(batch?)?;
+        if let Some(arrived) = arrived {
+            messages.extend(read_messages(&arrived)?);
+        }
+        if rows.num_rows() == 0 {
             continue;
         }
-        let values: Vec<BooleanArray> = rule_bits
-            .iter()
-            .map(|&(c, bit)| passes_rule(&batch, c, bit))
-            .collect();
-        let model_batch = batch.project(&model_columns)?;
-        let (kept, bad) = crate::quality::split_by_rules(&q, &values, &model_batch, &mut counts)?;
-        if let (Some(bad), Some((w, schema))) = (bad, quarantine.as_mut()) {
-            w.write(crate::delta::conform(&bad, schema)?).await?;
-        }
-        // The rows kept, in the same order as `batch` minus the quarantined:
-        // the duplicate marks follow the same filter.
-        let kept = match duplicate_column {
-            Some(d) => {
-                let passes = not(&any_failed(&batch, &drop_masks))?;
-                let marks = filter(batch.column(d), &passes)?;
-                let marks = marks.as_boolean();
-                duplicates += marks.true_count() as u64;
-                filter_record_batch(&kept, &not(marks)?)?
-            }
-            None => kept,
-        };
-        if kept.num_rows() == 0 {
-            continue;
-        }
-        let rows = crate::delta::conform(&kept.project(&positions)?, &table_schema)?;
+        let rows = crate::delta::conform(&rows, &table_schema)?;
         written += rows.num_rows() as u64;
         table.write(rows).await?;
     }
-    let table_adds = table.finish().await?;
-    let mut messages: Vec<String> = Vec::new();
-    let json = |m: &Message| {
-        serde_json::to_string(m).map_err(|e| Error::Internal(format!("stage message: {e}")))
-    };
-    for add in table_adds {
-        messages.push(json(&Message::Table(add))?);
-    }
-    if let Some((w, _)) = quarantine {
-        for add in w.finish().await? {
-            messages.push(json(&Message::Quarantine(add))?);
-        }
-    }
-    messages.push(json(&Message::Counts {
-        checks: counts,
-        duplicates,
-        written,
-    })?);
+    messages.extend(table.finish().await?.into_iter().map(Message::Table));
+    messages.push(Message::Written(written));
+    let texts = messages
+        .iter()
+        .map(|m| {
+            serde_json::to_string(m).map_err(|e| Error::Internal(format!("stage message: {e}")))
+        })
+        .collect::<crate::error::Result<Vec<String>>>()?;
     Ok(RecordBatch::try_new(
         message_schema(),
-        vec![Arc::new(StringArray::from(messages))],
+        vec![Arc::new(StringArray::from(texts))],
     )?)
 }
 
@@ -808,48 +1000,164 @@ impl datafusion::execution::context::QueryPlanner for Planner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use datafusion::arrow::array::{Int64Array, UInt64Array};
+    use datafusion::datasource::memory::MemorySourceConfig;
+    use datafusion::prelude::SessionContext;
+    use futures::TryStreamExt;
 
-    /// Rules 0, 2 and 64 drop, rule 1 warns: bits in two columns.
-    #[test]
-    fn only_drop_rules_decide_what_passes() {
-        use datafusion::arrow::array::UInt64Array;
-        let schema = Schema::new(vec![
+    fn rule(name: &str, action: crate::pipeline::Action) -> crate::pipeline::Expectation {
+        crate::pipeline::Expectation {
+            name: name.into(),
+            check: "unused here".into(),
+            action,
+            line: 1,
+        }
+    }
+
+    fn spec(rules: Vec<crate::pipeline::Expectation>) -> StageSpec {
+        StageSpec {
+            model: "silver.t".into(),
+            table_url: "memory:///t".into(),
+            table_schema: String::new(),
+            partition_by: vec![],
+            quarantine: None,
+            rules,
+            unique_key: vec!["k".into()],
+            sequence_by: vec!["_seq".into()],
+            run_id: "run".into(),
+            range: None,
+        }
+    }
+
+    /// Runs `node` over its one partition and returns the table's rows and
+    /// the messages apart.
+    async fn run(node: Arc<dyn ExecutionPlan>) -> (Vec<RecordBatch>, Vec<Message>) {
+        let out: Vec<RecordBatch> = node
+            .execute(0, SessionContext::new().task_ctx())
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        let (mut rows, mut messages) = (Vec::new(), Vec::new());
+        for batch in out {
+            let (r, m) = split_messages(batch).unwrap();
+            rows.push(r);
+            if let Some(m) = m {
+                messages.extend(read_messages(&m).unwrap());
+            }
+        }
+        (rows, messages)
+    }
+
+    fn ints(batches: &[RecordBatch], column: &str) -> Vec<Option<i64>> {
+        let mut v: Vec<Option<i64>> = batches
+            .iter()
+            .flat_map(|b| {
+                b.column(b.schema().index_of(column).unwrap())
+                    .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                    .iter()
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Rule 0 drops, rule 1 warns, rule 64 (bit 0 of the second column)
+    /// drops. The check passes on the rows no `drop` rule caught, with the
+    /// key, the sequence and the visible columns only (the lineage and
+    /// the bits stay behind), and counts every rule in a message at the
+    /// end.
+    #[tokio::test]
+    async fn the_check_keeps_the_tables_columns_and_counts_every_rule() {
+        use crate::pipeline::Action::{Drop, Warn};
+        let mut rules: Vec<_> = (0..65).map(|i| rule(&format!("r{i}"), Warn)).collect();
+        rules[0].action = Drop;
+        rules[64].action = Drop;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("_seq", DataType::Int64, false),
+            Field::new("_source_file", DataType::Utf8, false),
             Field::new(failed_column(0), DataType::UInt64, false),
             Field::new(failed_column(1), DataType::UInt64, false),
-        ]);
-        let rules = 65;
-        let drop = |i: usize| i != 1 && (i <= 2 || i == 64);
-        let masks = rule_masks(&schema, rules, drop).unwrap();
-        assert_eq!(masks, vec![(0, 0b101), (1, 1)]);
+        ]));
         let batch = RecordBatch::try_new(
-            Arc::new(schema),
+            schema.clone(),
             vec![
-                // none, the warn rule, rule 2, none
-                Arc::new(UInt64Array::from(vec![0, 0b10, 0b100, 0])),
-                // none, none, none, rule 64
-                Arc::new(UInt64Array::from(vec![0, 0, 0, 1])),
+                Arc::new(Int64Array::from(vec![1, 2, 3, 4, 5])),
+                Arc::new(Int64Array::from(vec![10, 20, 30, 40, 50])),
+                Arc::new(StringArray::from(vec!["a.csv"; 5])),
+                // none, rule 0, rule 1 (warn), rules 0 and 1, none
+                Arc::new(UInt64Array::from(vec![0, 1, 2, 3, 0])),
+                // none, none, none, none, rule 64
+                Arc::new(UInt64Array::from(vec![0, 0, 0, 0, 1])),
             ],
         )
         .unwrap();
-        let failed = any_failed(&batch, &masks);
+        let source = MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None).unwrap();
+        let check = Arc::new(CheckExec::try_new(source, spec(rules)).unwrap());
+        let names: Vec<String> = check
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert_eq!(names, vec!["k", "_seq", MESSAGE]);
+        let (rows, messages) = run(check).await;
+        assert_eq!(ints(&rows, "k"), vec![Some(1), Some(3)]);
+        let [Message::Checked(counts)] = messages.as_slice() else {
+            panic!("one Checked message, got {messages:?}");
+        };
+        assert_eq!((counts.rows_in, counts.quarantined), (5, 3));
+        // Rule 0 caught rows 2 and 4; rule 64 caught row 5; rule 1 is
+        // evaluated on the two rows that stay and fails on row 3.
         assert_eq!(
-            failed.iter().flatten().collect::<Vec<_>>(),
-            vec![false, false, true, true]
+            (counts.rules[0].failed, counts.rules[0].quarantined),
+            (2, 2)
         );
-        // Without rules every row passes (an empty mask once dropped every
-        // row, and reconciliation caught it).
-        let none = any_failed(
-            &batch,
-            &rule_masks(batch.schema().as_ref(), 0, drop).unwrap(),
-        );
-        assert_eq!(none.len(), 4);
-        assert_eq!(none.true_count(), 0);
-        assert_eq!(
-            passes_rule(&batch, 0, 0b10)
-                .iter()
-                .flatten()
-                .collect::<Vec<_>>(),
-            vec![true, false, true, true]
-        );
+        assert_eq!(counts.rules[64].quarantined, 1);
+        assert_eq!((counts.rules[1].evaluated, counts.rules[1].failed), (2, 1));
+    }
+
+    /// Deduplication lets message rows through whatever their (NULL) key,
+    /// and sends its own count after them.
+    #[tokio::test]
+    async fn deduplication_passes_messages_and_counts_its_losers() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, true),
+            Field::new("_seq", DataType::Int64, true),
+            Field::new(MESSAGE, DataType::Utf8, true),
+        ]));
+        let rows = |k: Vec<i64>, seq: Vec<i64>| {
+            let n = k.len();
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(Int64Array::from(k)),
+                    Arc::new(Int64Array::from(seq)),
+                    datafusion::arrow::array::new_null_array(&DataType::Utf8, n),
+                ],
+            )
+            .unwrap()
+        };
+        let upstream =
+            message_rows(&schema, &[Message::Written(7), Message::Collapsed(2)]).unwrap();
+        let batches = vec![
+            rows(vec![1, 2, 1], vec![1, 5, 3]),
+            // A batch with table rows and a message row: both kinds survive.
+            datafusion::arrow::compute::concat_batches(
+                &schema,
+                &[rows(vec![2, 3], vec![4, 1]), upstream],
+            )
+            .unwrap(),
+            rows(vec![1], vec![2]),
+        ];
+        let source = MemorySourceConfig::try_new_exec(&[batches], schema, None).unwrap();
+        let dedup = Arc::new(DedupExec::try_new(source, spec(vec![])).unwrap());
+        let (rows, messages) = run(dedup).await;
+        // Key 1: sequence 3 wins; key 2: 5; key 3: 1.
+        assert_eq!(ints(&rows, "_seq"), vec![Some(1), Some(3), Some(5)]);
+        let texts: Vec<String> = messages.iter().map(|m| format!("{m:?}")).collect();
+        assert_eq!(texts, vec!["Written(7)", "Collapsed(2)", "Collapsed(3)"]);
     }
 }

@@ -1,7 +1,7 @@
 //! A model as plan → stage → commit. The plan is the model's SELECT with
-//! one boolean column per expectation; staging is one plan whose tasks
-//! deduplicate, write the table's and the quarantine's Parquet files and
-//! return what they wrote as data ([`crate::cluster::stage`]); the commit is
+//! its expectations as bits of integer columns; staging is one plan whose
+//! tasks check, deduplicate, write the table's and the quarantine's Parquet
+//! files and return what they wrote as data ([`crate::cluster::stage`]); the commit is
 //! made here, from that data alone, so it does not matter where the tasks
 //! ran (a Ballista cluster's executors, or this process).
 
@@ -9,17 +9,14 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::AsArray;
 use datafusion::common::DFSchema;
-use datafusion::common::ScalarValue;
 use datafusion::functions::core::expr_fn::coalesce;
-use datafusion::logical_expr::{binary_expr, Operator};
 use datafusion::logical_expr::{Expr, Extension, LogicalPlan};
-use datafusion::prelude::{ident, lit, when, DataFrame, SessionContext};
+use datafusion::prelude::{lit, when, DataFrame, SessionContext};
 use deltalake::DeltaTable;
 use serde_json::json;
 
 use crate::cluster::stage::{
-    column_mask, encode_schema, failed_column, internal, Message, StageNode, StageRange, StageSpec,
-    RULES_PER_COLUMN,
+    encode_schema, failed_column, Message, StageNode, StageRange, StageSpec, RULES_PER_COLUMN,
 };
 use crate::delta::{self, Staged, WriteSpec};
 use crate::error::{Error, Result};
@@ -70,7 +67,7 @@ impl Stage<'_> {
         let unqualified = DFSchema::try_from(df.schema().as_arrow().clone())?;
         let rules = quality::plan_rules(ctx, &unqualified, &settings.expectations, settings_file)?;
         exprs.extend(failed_rule_columns(rules)?);
-        let checked = without_lineage_of_kept_rows(df.select(exprs)?, settings)?;
+        let checked = df.select(exprs)?;
         let stage = StageSpec {
             model: model.to_string(),
             table_url: self.table.table_url().to_string(),
@@ -113,15 +110,9 @@ impl Stage<'_> {
                 match message {
                     Message::Table(add) => adds.push(add),
                     Message::Quarantine(add) => quarantine_adds.push(add),
-                    Message::Counts {
-                        checks,
-                        duplicates: d,
-                        written: w,
-                    } => {
-                        counts.add(&checks);
-                        duplicates += d;
-                        written += w;
-                    }
+                    Message::Checked(checks) => counts.add(&checks),
+                    Message::Collapsed(n) => duplicates += n,
+                    Message::Written(n) => written += n,
                 }
             }
         }
@@ -186,55 +177,6 @@ fn failed_rule_columns(rules: Vec<Expr>) -> Result<Vec<Expr>> {
         }
     }
     Ok(columns)
-}
-
-/// `checked` (the model's columns and the failed-rule bits) with its lineage
-/// columns (`_source_file`, `_line`, ...) set to NULL on the rows that pass
-/// every `drop` rule. Only the quarantine keeps lineage, and only failing
-/// rows go there; the rows kept for the table would otherwise carry it
-/// through the key shuffle, the deduplication and the partition sort.
-/// Columns the key, the sequence or the partitioning use are left alone.
-fn without_lineage_of_kept_rows(checked: DataFrame, settings: &ModelSettings) -> Result<DataFrame> {
-    let rules = &settings.expectations;
-    let passes = (0..rules.len().div_ceil(RULES_PER_COLUMN))
-        .filter_map(|j| {
-            let mask = column_mask(rules.len(), j, |i| {
-                rules[i].action == crate::pipeline::Action::Drop
-            });
-            (mask != 0).then(|| {
-                binary_expr(ident(failed_column(j)), Operator::BitwiseAnd, lit(mask)).eq(lit(0u64))
-            })
-        })
-        .reduce(Expr::and);
-    let needed = |name: &str| {
-        settings.unique_key.iter().any(|c| c == name)
-            || settings.sequence_by.iter().any(|c| c == name)
-            || settings.partition_by.iter().any(|c| c == name)
-    };
-    let mut changed = false;
-    let exprs: Vec<Expr> = checked
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| {
-            let name = f.name();
-            let column = ident(name.as_str());
-            if !name.starts_with('_') || internal(name) || needed(name) {
-                return Ok(column);
-            }
-            changed = true;
-            let null = lit(ScalarValue::try_from(f.data_type())?);
-            Ok(match &passes {
-                Some(p) => when(p.clone(), null).otherwise(column)?,
-                None => null,
-            }
-            .alias(name.as_str()))
-        })
-        .collect::<Result<_>>()?;
-    if !changed {
-        return Ok(checked);
-    }
-    Ok(checked.select(exprs)?)
 }
 
 /// The project's own error when a staging task in this process failed with

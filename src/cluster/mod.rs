@@ -359,7 +359,16 @@ pub async fn collect_bounded(
         state.config().get_extension::<Jobs>(),
         physical.downcast_ref::<Distributed>(),
     ) else {
-        return Ok(run.await?);
+        let batches = run.await?;
+        // Rows, time and spills of each operator, for `RUST_LOG=lakehouse::cluster=debug`.
+        tracing::debug!(
+            plan = %datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(
+                physical.as_ref()
+            )
+            .indent(false),
+            "staging plan, executed"
+        );
+        return Ok(batches);
     };
     let mut run = std::pin::pin!(run);
     // The clock starts when the scheduler has accepted the job (its id is

@@ -326,6 +326,14 @@ impl ExtensionPlanner for StagePlanner {
             Arc::new(CheckExec::try_new(input.clone(), spec.clone())?);
         if !spec.unique_key.is_empty() {
             plan = Arc::new(DedupExec::try_new(plan, spec.clone())?);
+            // The key and the sequence (lineage, often: a file name per row)
+            // have done their work: the partition sort and the writers see
+            // only the table's columns.
+            plan = project(plan, |name| {
+                !name.starts_with('_')
+                    || name == MESSAGE
+                    || spec.partition_by.iter().any(|c| c == name)
+            })?;
         }
         if let Some(range) = &spec.range {
             let predicate = range.predicate(&plan.schema())?;
@@ -333,6 +341,27 @@ impl ExtensionPlanner for StagePlanner {
         }
         Ok(Some(Arc::new(StageExec::try_new(plan, spec)?)))
     }
+}
+
+/// `plan` with only the columns whose name `keep` accepts (itself when
+/// that is all of them).
+fn project(
+    plan: Arc<dyn ExecutionPlan>,
+    keep: impl Fn(&str) -> bool,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
+    let schema = plan.schema();
+    let kept: Vec<ProjectionExpr> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| keep(f.name()))
+        .map(|(i, f)| ProjectionExpr::new(Arc::new(Column::new(f.name(), i)), f.name().clone()))
+        .collect();
+    if kept.len() == schema.fields().len() {
+        return Ok(plan);
+    }
+    Ok(Arc::new(ProjectionExec::try_new(kept, plan)?))
 }
 
 fn columns(schema: &SchemaRef, names: &[String]) -> DfResult<Vec<Arc<dyn PhysicalExpr>>> {
@@ -988,13 +1017,64 @@ impl datafusion::execution::context::QueryPlanner for Planner {
         state: &dyn datafusion::catalog::Session,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
-        DefaultPhysicalPlanner::with_extension_planners(vec![
+        let plan = DefaultPhysicalPlanner::with_extension_planners(vec![
             deltalake::delta_datafusion::planner::DeltaExtensionPlanner::new(),
             Arc::new(StagePlanner),
         ])
         .create_physical_plan(plan, state)
-        .await
+        .await?;
+        more_writers(
+            plan,
+            state.config().target_partitions().max(1) * WRITERS_PER_CORE,
+        )
     }
+}
+
+/// Staging writers per core: writing a table partition is mostly waiting
+/// on the store (create, write, close one small file), so more writers than
+/// cores hide that wait; each holds one partition's rows at a time.
+const WRITERS_PER_CORE: usize = 4;
+
+/// `plan` with `writers` partitions in the hash split by table partition
+/// under each [`StageExec`] (the optimizer makes one per core).
+fn more_writers(plan: Arc<dyn ExecutionPlan>, writers: usize) -> DfResult<Arc<dyn ExecutionPlan>> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::physical_plan::repartition::RepartitionExec;
+    use datafusion::physical_plan::sorts::sort::SortExec;
+    use datafusion::physical_plan::Partitioning;
+    plan.transform_down(|node| {
+        let Some(stage) = node.downcast_ref::<StageExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        let Some(sort) = stage.input.downcast_ref::<SortExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        let Some(split) = sort.input().downcast_ref::<RepartitionExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        let Partitioning::Hash(keys, n) = split.partitioning() else {
+            return Ok(Transformed::no(node));
+        };
+        if *n >= writers || !sort.preserve_partitioning() || split.preserve_order() {
+            return Ok(Transformed::no(node));
+        }
+        let split: Arc<dyn ExecutionPlan> = Arc::new(RepartitionExec::try_new(
+            split.input().clone(),
+            Partitioning::Hash(keys.clone(), writers),
+        )?);
+        use datafusion::physical_plan::execution_plan::{
+            ChildrenPropertiesMode, ReplaceChildrenOptions,
+        };
+        let recompute = || ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute);
+        let sort = stage
+            .input
+            .clone()
+            .replace_children(vec![split], recompute())?;
+        Ok(Transformed::yes(
+            node.clone().replace_children(vec![sort], recompute())?,
+        ))
+    })
+    .map(|t| t.data)
 }
 
 #[cfg(test)]

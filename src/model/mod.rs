@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::ScalarValue;
@@ -44,9 +44,7 @@ mod stage;
 pub use diagnose::explain;
 mod strategy;
 
-use restrict::{
-    range_predicate, restrict_scans_to_range, restrict_to_files, restrict_to_partitions,
-};
+use restrict::{restrict_scans_to_range, restrict_to_files, restrict_to_partitions};
 use strategy::{decide, memory_budget, Strategy};
 
 /// What running one model did.
@@ -236,11 +234,10 @@ pub async fn run_model(
     tracing::info!(model = %table_name, strategy = %strategy.describe(), "planning");
     // Plan → stage → commit: the model runs as one staging plan whose tasks
     // write the files (on a cluster's executors or in this process) and
-    // this process commits what they wrote. The upsert of a merge model
-    // still runs in-process only.
-    let staged = on_cluster
-        || (writer_choice() == Writer::Staged
-            && !(settings.mode == WriteMode::Merge && matches!(strategy, Strategy::Stream(_))));
+    // this process commits what they wrote. Only the upsert of new rows
+    // into an existing merge model runs in-process (a cluster rebuilds such
+    // a model instead, above).
+    let staged = !(settings.mode == WriteMode::Merge && matches!(strategy, Strategy::Stream(_)));
     report.strategy = strategy.describe();
     report.strategy_kind = strategy.kind();
 
@@ -304,8 +301,8 @@ pub async fn run_model(
         .filter(|c| !c.starts_with('_'))
         .cloned()
         .collect();
-    // In this process: the checker and the deduplication stream the plan.
-    // Staged: the same steps are nodes of one plan that writes the files.
+    // Staged: checks, deduplication and writers are nodes of one plan.
+    // The upsert: the checker and the deduplication stream the plan here.
     let (mut local, model_df) = if staged {
         (None, Some(df))
     } else {
@@ -340,11 +337,6 @@ pub async fn run_model(
         }
         let shown: Vec<&str> = visible.iter().map(|s| s.as_str()).collect();
         result = result.select_columns(&shown)?;
-        if let Some((column, r)) = &range {
-            // After deduplication: a key whose latest row moved out of the range
-            // leaves it.
-            result = result.filter(range_predicate(column, r, None))?;
-        }
         (Some((result, quarantine_stream, collapsed)), None)
     };
     // What the table's commit records as its inputs. A backfill does not
@@ -470,7 +462,6 @@ pub async fn run_model(
             "a model has neither a local nor a staged plan".into(),
         ));
     };
-    let result_schema: SchemaRef = Arc::new(result.schema().as_arrow().clone());
     let quarantine_stage = async {
         match &quarantine_table {
             Some(t) => delta::stage(t, vec![quarantine_stream], &quarantine_spec.table_name)
@@ -552,35 +543,9 @@ pub async fn run_model(
             written.partitions,
         )
     } else {
-        let table = delta::ensure_table(&url, &opts, &result_schema, &spec).await?;
-        let streams = write_streams(ctx, result, &settings.partition_by).await?;
-        let (staged_q, staged) =
-            tokio::try_join!(quarantine_stage, delta::stage(&table, streams, &table_name))
-                .map_err(|e| checker.take_failure().unwrap_or(e))?;
-        if let Some(failure) = checker.take_failure() {
-            return Err(failure); // nothing is committed, the quarantine neither
-        }
-        let rows = staged.rows();
-        let q_rows = commit_quarantine(quarantine_table, staged_q, &quarantine_spec).await?;
-        let quarantined = checker.rows_quarantined();
-        spec.metadata.insert(
-            "lakehouse.metrics".into(),
-            json!({
-                "rowsIn": checker.rows_in(),
-                "rowsQuarantined": quarantined,
-                "duplicatesCollapsed": collapsed.load(std::sync::atomic::Ordering::Relaxed),
-                "rules": checker.results(),
-            }),
-        );
-        let (_, written) = delta::commit(table, staged, &spec).await?;
-        (
-            written.version,
-            rows,
-            written.files_added,
-            (range.is_some() || q_rows == checker.rows_quarantined())
-                && written.rows_in_files == rows,
-            written.partitions,
-        )
+        return Err(Error::Internal(
+            "only the upsert of new rows into a merge model runs outside the staging plan".into(),
+        ));
     };
     report.version = outcome.0;
     report.rows_written = outcome.1;
@@ -638,24 +603,6 @@ fn account(report: &mut ModelReport, backfill: bool, counted: Counted) {
             report.quarantined,
             report.duplicates,
         );
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Writer {
-    Staged,
-    InProcess,
-}
-
-/// Which path local runs take: the in-process checker and writers (the
-/// default), or the staging plan (`LAKEHOUSE_WRITER=staged`), which is
-/// still about 1.45x slower locally at 10M rows (medians of five,
-/// scripts/bench-cluster and alternated runs; see the README) and stays
-/// opt-in until it is not.
-fn writer_choice() -> Writer {
-    match std::env::var("LAKEHOUSE_WRITER").as_deref() {
-        Ok("staged") => Writer::Staged,
-        _ => Writer::InProcess,
-    }
 }
 
 /// Fails a report whose counts do not reconcile; stamps its time.

@@ -1199,6 +1199,47 @@ mod tests {
         assert_eq!((counts.rules[1].evaluated, counts.rules[1].failed), (2, 1));
     }
 
+    /// The hash split under a staging writer gets the writers asked for;
+    /// a plan without that shape is left as it is.
+    #[test]
+    fn each_staging_writer_split_gets_more_writers() {
+        use datafusion::physical_plan::repartition::RepartitionExec;
+        use datafusion::physical_plan::sorts::sort::SortExec;
+        use datafusion::physical_plan::Partitioning;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("day", DataType::Int64, true),
+            Field::new(MESSAGE, DataType::Utf8, true),
+        ]));
+        let source = MemorySourceConfig::try_new_exec(&[vec![], vec![]], schema.clone(), None)
+            .unwrap() as Arc<dyn ExecutionPlan>;
+        let day = columns(&schema, &["day".into()]).unwrap();
+        let split = Arc::new(
+            RepartitionExec::try_new(source.clone(), Partitioning::Hash(day.clone(), 2)).unwrap(),
+        );
+        let order = datafusion::physical_expr::LexOrdering::new(day.iter().map(|e| {
+            datafusion::physical_expr::PhysicalSortExpr::new(e.clone(), SortOptions::default())
+        }))
+        .unwrap();
+        let sort = Arc::new(SortExec::new(order.clone(), split).with_preserve_partitioning(true));
+        let mut spec = spec(vec![]);
+        spec.partition_by = vec!["day".into()];
+        let stage = Arc::new(StageExec::try_new(sort, spec.clone()).unwrap());
+        let planned = more_writers(stage, 8).unwrap();
+        assert_eq!(planned.output_partitioning().partition_count(), 8);
+        let display = datafusion::physical_plan::displayable(planned.as_ref())
+            .indent(false)
+            .to_string();
+        assert!(display.contains("Hash([day@0], 8)"), "{display}");
+        // Without a hash split under the sort, nothing changes.
+        let plain: Arc<dyn ExecutionPlan> =
+            Arc::new(StageExec::try_new(Arc::new(SortExec::new(order, source)), spec).unwrap());
+        let same = more_writers(plain.clone(), 8).unwrap();
+        assert_eq!(
+            same.output_partitioning().partition_count(),
+            plain.output_partitioning().partition_count()
+        );
+    }
+
     /// Deduplication lets message rows through whatever their (NULL) key,
     /// and sends its own count after them.
     #[tokio::test]

@@ -403,19 +403,17 @@ fn message_rows(schema: &SchemaRef, messages: &[Message]) -> DfResult<RecordBatc
     use datafusion::arrow::array::new_null_array;
     let texts = messages
         .iter()
-        .map(|m| serde_json::to_string(m).map_err(|e| DataFusionError::External(Box::new(e))))
+        .map(Message::to_text)
         .collect::<DfResult<Vec<String>>>()?;
     let n = texts.len();
-    let mut texts = Some(StringArray::from(texts));
+    let texts: ArrayRef = Arc::new(StringArray::from(texts));
     let columns = schema
         .fields()
         .iter()
-        .map(
-            |f| match (f.name() == MESSAGE, texts.take_if(|_| f.name() == MESSAGE)) {
-                (true, Some(t)) => Arc::new(t) as ArrayRef,
-                _ => new_null_array(f.data_type(), n),
-            },
-        )
+        .map(|f| match f.name() == MESSAGE {
+            true => texts.clone(),
+            false => new_null_array(f.data_type(), n),
+        })
         .collect();
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
@@ -431,23 +429,6 @@ fn split_messages(batch: RecordBatch) -> DfResult<(RecordBatch, Option<RecordBat
     let messages = filter_record_batch(&batch, &is_not_null(&column)?)?;
     let rows = filter_record_batch(&batch, &is_null(&column)?)?;
     Ok((rows, Some(messages)))
-}
-
-/// The messages of message rows.
-fn read_messages(rows: &RecordBatch) -> DfResult<Vec<Message>> {
-    let column = rows.column(rows.schema().index_of(MESSAGE)?);
-    column
-        .as_string::<i32>()
-        .iter()
-        .flatten()
-        .map(|text| {
-            serde_json::from_str(text).map_err(|e| {
-                DataFusionError::Internal(format!(
-                    "a staging task sent a message it cannot read ({e}); every node of a cluster must run the same lakehouse version"
-                ))
-            })
-        })
-        .collect()
 }
 
 /// A task's failure as DataFusion carries it: the project's own error
@@ -920,6 +901,22 @@ pub enum Message {
     Written(u64),
 }
 
+impl Message {
+    /// The message as it travels: JSON text.
+    fn to_text(&self) -> DfResult<String> {
+        serde_json::to_string(self).map_err(|e| DataFusionError::External(Box::new(e)))
+    }
+
+    /// A message read back from its text.
+    pub fn parse(text: &str) -> DfResult<Message> {
+        serde_json::from_str(text).map_err(|e| {
+            DataFusionError::Internal(format!(
+                "a staging task sent a message it cannot read ({e}); every node of a cluster must run the same lakehouse version"
+            ))
+        })
+    }
+}
+
 /// A writer for one table, on the store as this node reaches it; the
 /// table's first rows decide which columns get a dictionary.
 fn writer(
@@ -946,7 +943,6 @@ async fn stage_partition(
     spec: StageSpec,
     mut input: SendableRecordBatchStream,
 ) -> crate::error::Result<RecordBatch> {
-    use crate::error::Error;
     let table_schema = decode_schema(&spec.table_schema)?;
     let mut table = writer(
         spec.table_url.clone(),
@@ -954,12 +950,20 @@ async fn stage_partition(
         &spec.partition_by,
         &spec.model,
     );
-    let mut messages: Vec<Message> = Vec::new();
+    // Messages from the tasks before this one go on as they came.
+    let mut texts: Vec<String> = Vec::new();
     let mut written = 0u64;
     while let Some(batch) = input.next().await {
         let (rows, arrived) = split_messages(batch?)?;
         if let Some(arrived) = arrived {
-            messages.extend(read_messages(&arrived)?);
+            let column = arrived.column(arrived.schema().index_of(MESSAGE)?);
+            texts.extend(
+                column
+                    .as_string::<i32>()
+                    .iter()
+                    .flatten()
+                    .map(str::to_string),
+            );
         }
         if rows.num_rows() == 0 {
             continue;
@@ -968,14 +972,16 @@ async fn stage_partition(
         written += rows.num_rows() as u64;
         table.write(rows).await?;
     }
-    messages.extend(table.finish().await?.into_iter().map(Message::Table));
-    messages.push(Message::Written(written));
-    let texts = messages
-        .iter()
-        .map(|m| {
-            serde_json::to_string(m).map_err(|e| Error::Internal(format!("stage message: {e}")))
-        })
-        .collect::<crate::error::Result<Vec<String>>>()?;
+    let mut own: Vec<Message> = table
+        .finish()
+        .await?
+        .into_iter()
+        .map(Message::Table)
+        .collect();
+    own.push(Message::Written(written));
+    for message in &own {
+        texts.push(message.to_text()?);
+    }
     Ok(RecordBatch::try_new(
         message_schema(),
         vec![Arc::new(StringArray::from(texts))],
@@ -1123,7 +1129,10 @@ mod tests {
             let (r, m) = split_messages(batch).unwrap();
             rows.push(r);
             if let Some(m) = m {
-                messages.extend(read_messages(&m).unwrap());
+                let column = m.column(m.schema().index_of(MESSAGE).unwrap());
+                for text in column.as_string::<i32>().iter().flatten() {
+                    messages.push(Message::parse(text).unwrap());
+                }
             }
         }
         (rows, messages)

@@ -237,7 +237,11 @@ pub async fn run_model(
     // this process commits what they wrote. Only the upsert of new rows
     // into an existing merge model runs in-process (a cluster rebuilds such
     // a model instead, above).
-    let staged = !(settings.mode == WriteMode::Merge && matches!(strategy, Strategy::Stream(_)));
+    let upsert_into = match (settings.mode, &strategy) {
+        (WriteMode::Merge, Strategy::Stream(_)) => existing,
+        _ => None,
+    };
+    let staged = upsert_into.is_none();
     report.strategy = strategy.describe();
     report.strategy_kind = strategy.kind();
 
@@ -475,10 +479,6 @@ pub async fn run_model(
         }
     };
 
-    let upsert_into = match (settings.mode, existing, &strategy) {
-        (WriteMode::Merge, Some(t), Strategy::Stream(_)) => Some(t),
-        _ => None,
-    };
     let outcome = if let Some(target) = upsert_into {
         let stored: Vec<String> = settings
             .sequence_by

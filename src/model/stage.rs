@@ -103,9 +103,9 @@ impl Stage<'_> {
         let (mut duplicates, mut written) = (0u64, 0u64);
         for batch in &batches {
             for text in batch.column(0).as_string::<i32>().iter().flatten() {
-                let message: Message = serde_json::from_str(text).map_err(|e| Error::Table {
+                let message = Message::parse(text).map_err(|e| Error::Table {
                     table: model.to_string(),
-                    message: format!("a staging task answered something unreadable ({e}); every node must run the same lakehouse version"),
+                    message: e.to_string(),
                 })?;
                 match message {
                     Message::Table(add) => adds.push(add),

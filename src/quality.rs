@@ -1,13 +1,13 @@
-//! Expectations and quarantine. A [`Checker`] evaluates a model's rules on
-//! each batch of its result as it streams by: rows failing a `drop` rule are
-//! sent, with the first failing rule's name as `_reason`, to the quarantine
-//! writer; `warn` rules are counted; a `fail` rule stops the stream (so the
-//! model commits nothing) and keeps one offending row for the error.
-//! Rules see every column of the result, `_`-prefixed lineage columns too.
+//! Expectations and quarantine: rules planned as boolean expressions over a
+//! model's result ([`plan_rules`]), and the classification of each batch by
+//! their values ([`classify`], which the staging plan's check runs): rows
+//! failing a `drop` rule are quarantined with the first failing rule's name
+//! as `_reason`; `warn` rules are counted; a `fail` rule stops the model (so
+//! it commits nothing) and keeps one offending row for the error. Rules see
+//! every column of the result, `_`-prefixed lineage columns too.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use datafusion::arrow::array::{
     Array, ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray,
@@ -15,21 +15,13 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::{filter_record_batch, not};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
-use datafusion::catalog::streaming::StreamingTable;
 use datafusion::common::{DFSchema, SchemaError};
-use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{Expr, ExprSchemable};
-use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::streaming::PartitionStream;
-use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
-use futures::StreamExt;
-use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
-use crate::pipeline::{file_error, nearest, Action, Expectation, ModelSettings};
+use crate::pipeline::{file_error, nearest, Action, Expectation};
 
 pub const REASON: &str = "_reason";
 
@@ -45,27 +37,6 @@ pub struct RuleResult {
     pub failed: u64,
     /// Rows quarantined with this rule as their reason.
     pub quarantined: u64,
-}
-
-struct Rule {
-    spec: Expectation,
-    expr: Arc<dyn PhysicalExpr>,
-    evaluated: AtomicU64,
-    failed: AtomicU64,
-    quarantined: AtomicU64,
-}
-
-pub struct Checker {
-    model: String,
-    rules: Vec<Rule>,
-    rows_in: AtomicU64,
-    rows_quarantined: AtomicU64,
-    failure: Mutex<Option<Error>>,
-    quarantine_schema: SchemaRef,
-    run_id: String,
-    max_quarantine_pct: f64,
-    partitions: std::sync::atomic::AtomicUsize,
-    partitions_done: std::sync::atomic::AtomicUsize,
 }
 
 /// The schema of a model's quarantine table: the result's columns, then the
@@ -84,146 +55,6 @@ pub fn quarantine_schema(result: &Schema) -> SchemaRef {
         true,
     ));
     Arc::new(Schema::new(fields))
-}
-
-impl Checker {
-    pub fn new(
-        ctx: &SessionContext,
-        model: &str,
-        schema: &DFSchema,
-        settings: &ModelSettings,
-        settings_file: &Path,
-        run_id: &str,
-    ) -> Result<Self> {
-        let state = ctx.state();
-        let mut rules = Vec::new();
-        let unqualified = DFSchema::try_from(schema.as_arrow().clone())?;
-        let planned = plan_rules(ctx, &unqualified, &settings.expectations, settings_file)?;
-        for (e, logical) in settings.expectations.iter().zip(planned) {
-            let expr = state.create_physical_expr(logical, &unqualified)?;
-            rules.push(Rule {
-                spec: e.clone(),
-                expr,
-                evaluated: AtomicU64::new(0),
-                failed: AtomicU64::new(0),
-                quarantined: AtomicU64::new(0),
-            });
-        }
-        Ok(Self {
-            model: model.to_string(),
-            rules,
-            rows_in: AtomicU64::new(0),
-            rows_quarantined: AtomicU64::new(0),
-            failure: Mutex::new(None),
-            quarantine_schema: quarantine_schema(schema.as_arrow()),
-            run_id: run_id.to_string(),
-            max_quarantine_pct: settings.max_quarantine_pct,
-            partitions: Default::default(),
-            partitions_done: Default::default(),
-        })
-    }
-
-    pub fn quarantine_schema(&self) -> SchemaRef {
-        self.quarantine_schema.clone()
-    }
-
-    pub fn rows_in(&self) -> u64 {
-        self.rows_in.load(Ordering::Relaxed)
-    }
-
-    pub fn rows_quarantined(&self) -> u64 {
-        self.rows_quarantined.load(Ordering::Relaxed)
-    }
-
-    /// Whether any rule can quarantine rows.
-    pub fn quarantines(&self) -> bool {
-        self.rules.iter().any(|r| r.spec.action == Action::Drop)
-    }
-
-    /// Called when one partition of the result ends; after the last one the
-    /// quarantine share is final and checked, so that a model over its
-    /// limit fails before any writer (the upsert included) can commit.
-    fn partition_done(&self) -> DfResult<()> {
-        let done = self.partitions_done.fetch_add(1, Ordering::SeqCst) + 1;
-        if done < self.partitions.load(Ordering::SeqCst) {
-            return Ok(());
-        }
-        if let Some(err) = over_limit(
-            &self.model,
-            self.rows_in(),
-            &self.results(),
-            self.max_quarantine_pct,
-        ) {
-            *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(err);
-            return Err(DataFusionError::Execution(
-                "too many rows quarantined".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    pub fn take_failure(&self) -> Option<Error> {
-        self.failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-    }
-
-    pub fn results(&self) -> Vec<RuleResult> {
-        self.rules
-            .iter()
-            .map(|r| RuleResult {
-                name: r.spec.name.clone(),
-                action: format!("{:?}", r.spec.action).to_lowercase(),
-                check: r.spec.check.clone(),
-                evaluated: r.evaluated.load(Ordering::Relaxed),
-                failed: r.failed.load(Ordering::Relaxed),
-                quarantined: r.quarantined.load(Ordering::Relaxed),
-            })
-            .collect()
-    }
-
-    /// Splits a batch into (kept rows, quarantined rows with their reason).
-    fn split(&self, batch: &RecordBatch) -> DfResult<(RecordBatch, Option<RecordBatch>)> {
-        let n = batch.num_rows();
-        let mut values = Vec::with_capacity(self.rules.len());
-        for rule in &self.rules {
-            let value = rule.expr.evaluate(batch)?.into_array(n)?;
-            let Some(value) = value.as_any().downcast_ref::<BooleanArray>() else {
-                return Err(DataFusionError::Plan(format!(
-                    "expectation `{}` must be a boolean expression",
-                    rule.spec.name
-                )));
-            };
-            values.push(value.clone());
-        }
-        let specs: Vec<&Expectation> = self.rules.iter().map(|r| &r.spec).collect();
-        let mut counts = Counts::new(specs.len());
-        let split = split_by_rules(
-            &Quarantine {
-                model: &self.model,
-                rules: &specs,
-                schema: &self.quarantine_schema,
-                run_id: &self.run_id,
-            },
-            &values,
-            batch,
-            &mut counts,
-        );
-        self.rows_in.fetch_add(counts.rows_in, Ordering::Relaxed);
-        self.rows_quarantined
-            .fetch_add(counts.quarantined, Ordering::Relaxed);
-        for (rule, c) in self.rules.iter().zip(&counts.rules) {
-            rule.evaluated.fetch_add(c.evaluated, Ordering::Relaxed);
-            rule.failed.fetch_add(c.failed, Ordering::Relaxed);
-            rule.quarantined.fetch_add(c.quarantined, Ordering::Relaxed);
-        }
-        split.map_err(|err| {
-            let message = err.to_string();
-            *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(err);
-            DataFusionError::Execution(message)
-        })
-    }
 }
 
 /// Counts of one rule over some rows.
@@ -289,29 +120,13 @@ pub struct Quarantine<'a> {
     pub run_id: &'a str,
 }
 
-/// Splits `batch` by the rules' values on it (one boolean per row and
-/// rule): rows failing a `drop` rule are quarantined with the first such
-/// rule as reason; `warn` and `fail` rules look at the rows that stay, and
-/// a failing `fail` rule is an error with one offending row. Adds what it
-/// saw to `counts`.
-pub fn split_by_rules(
-    q: &Quarantine<'_>,
-    values: &[BooleanArray],
-    batch: &RecordBatch,
-    counts: &mut Counts,
-) -> Result<(RecordBatch, Option<RecordBatch>)> {
-    match classify(q, values, batch, counts)? {
-        (None, bad) => Ok((batch.clone(), bad)),
-        (Some(kept), bad) => Ok((
-            filter_record_batch(batch, &kept).map_err(DataFusionError::from)?,
-            bad,
-        )),
-    }
-}
-
-/// [`split_by_rules`] without copying the rows that stay: which rows stay
-/// (`None`: all of them) and the quarantined rows. The staging plan keeps
-/// fewer columns than it quarantines, and filters only those.
+/// Classifies the rows of `batch` by the rules' values on it (one boolean
+/// per row and rule): rows failing a `drop` rule are quarantined with the
+/// first such rule as reason; `warn` and `fail` rules look at the rows that
+/// stay, and a failing `fail` rule is an error with one offending row.
+/// Returns which rows stay (`None`: all of them) and the quarantined rows;
+/// the staging plan keeps fewer columns than it quarantines, and filters
+/// only those. Adds what it saw to `counts`.
 pub fn classify(
     q: &Quarantine<'_>,
     values: &[BooleanArray],
@@ -410,121 +225,6 @@ fn describe_row(batch: &RecordBatch, row: usize) -> String {
         })
         .collect();
     format!("{{{}}}", parts.join(", "))
-}
-
-type QuarantineTx = mpsc::Sender<DfResult<RecordBatch>>;
-
-/// One partition of the checked result: runs partition `index` of the
-/// model's plan and passes each batch through the checker.
-struct CheckedPartition {
-    plan: Arc<dyn ExecutionPlan>,
-    index: usize,
-    checker: Arc<Checker>,
-    /// Taken by the first execution. The checked result is single-pass (its
-    /// plan may not re-execute); a second execution is an error, not an
-    /// empty result.
-    quarantine: Mutex<Option<QuarantineTx>>,
-    schema: SchemaRef,
-}
-
-impl std::fmt::Debug for CheckedPartition {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CheckedPartition({})", self.index)
-    }
-}
-
-impl PartitionStream for CheckedPartition {
-    fn schema(&self) -> &SchemaRef {
-        &self.schema
-    }
-
-    fn execute(&self, ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let tx = self
-            .quarantine
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if tx.is_none() {
-            return error_stream(
-                self.schema.clone(),
-                DataFusionError::Internal(
-                    "a checked model result was read twice; it can be read only once".into(),
-                ),
-            );
-        }
-        let checker = self.checker.clone();
-        let inner = match self.plan.execute(self.index, ctx) {
-            Ok(s) => s,
-            Err(e) => return error_stream(self.schema.clone(), e),
-        };
-        let stream = inner.then(move |batch| {
-            let checker = checker.clone();
-            let tx = tx.clone();
-            async move {
-                let batch = batch?;
-                let (kept, bad) = checker.split(&batch)?;
-                if let (Some(bad), Some(tx)) = (bad, tx) {
-                    tx.send(Ok(bad)).await.map_err(|_| {
-                        DataFusionError::Execution("the quarantine writer stopped".into())
-                    })?;
-                }
-                Ok(kept)
-            }
-        });
-        let checker = self.checker.clone();
-        let schema = self.schema.clone();
-        let end = futures::stream::once(async move {
-            checker
-                .partition_done()
-                .map(|_| RecordBatch::new_empty(schema))
-        });
-        Box::pin(RecordBatchStreamAdapter::new(
-            self.schema.clone(),
-            stream.chain(end),
-        ))
-    }
-}
-
-/// A stream that yields one error: how a single-pass partition reports a
-/// failure from `PartitionStream::execute`, which cannot return a `Result`.
-pub(crate) fn error_stream(schema: SchemaRef, err: DataFusionError) -> SendableRecordBatchStream {
-    Box::pin(RecordBatchStreamAdapter::new(
-        schema,
-        futures::stream::once(async move { Err(err) }),
-    ))
-}
-
-/// Wraps a model's physical plan: returns a table of the rows that pass,
-/// and the stream of quarantined rows (ends when the table has been read).
-pub fn checked(
-    plan: Arc<dyn ExecutionPlan>,
-    checker: Arc<Checker>,
-) -> Result<(Arc<StreamingTable>, SendableRecordBatchStream)> {
-    let schema = plan.schema();
-    let partitions = plan.properties().partitioning.partition_count();
-    checker.partitions.store(partitions, Ordering::SeqCst);
-    let (tx, rx) = mpsc::channel::<DfResult<RecordBatch>>(4);
-    let streams: Vec<Arc<dyn PartitionStream>> = (0..partitions)
-        .map(|index| {
-            Arc::new(CheckedPartition {
-                plan: plan.clone(),
-                index,
-                checker: checker.clone(),
-                quarantine: Mutex::new(Some(tx.clone())),
-                schema: schema.clone(),
-            }) as Arc<dyn PartitionStream>
-        })
-        .collect();
-    drop(tx);
-    let table = Arc::new(StreamingTable::try_new(schema, streams)?);
-    let qschema = checker.quarantine_schema();
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    Ok((
-        table,
-        Box::pin(RecordBatchStreamAdapter::new(qschema, stream)),
-    ))
 }
 
 /// Each expectation's check as a boolean expression over the model's

@@ -321,16 +321,7 @@ async fn run_models(
         let span = tracing::info_span!("model", model = %table);
         let outcome = {
             let _g = span.enter();
-            model::run_model(
-                &ctx,
-                lake,
-                m,
-                run_id,
-                started_at,
-                run_options.refresh,
-                options.cluster.is_some(),
-            )
-            .await
+            model::run_model(&ctx, lake, m, run_id, started_at, run_options.refresh).await
         };
         progress.finish();
         match outcome {

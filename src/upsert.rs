@@ -3,10 +3,10 @@
 //! the whole target and held a writer open for every partition it touched
 //! (3.4 GB for a 1% batch spread over 1,825 partitions of a 10M-row table).
 //!
-//! The incoming rows (already checked and deduplicated) are joined with the
-//! target's key, partition and sequence columns only. A row *wins* when its
-//! key is new or its sequence is greater or equal to the stored one (NULL
-//! lowest, ties to the incoming row). Then:
+//! The new rows (already checked, deduplicated and staged as Parquet files)
+//! are *offered*. An offered row *wins* when its key is new or its sequence
+//! is greater or equal to the stored one (NULL lowest, ties to the offered
+//! row). Then:
 //!
 //! - a partition that holds a row some winner replaces is rewritten: its
 //!   files are read, the replaced rows left out, the winners landing there
@@ -16,21 +16,22 @@
 //!   files, in which case it is rewritten too (compaction on write, so
 //!   repeated small runs never leave a partition in hundreds of files).
 //!
-//! Memory is the incoming batch (the join's build side and the winners)
-//! plus one partition per writer; the target is streamed. This module knows
-//! DataFusion and Delta; the pipeline's settings arrive as column names.
+//! Both steps are plans that run wherever the session runs plans (this
+//! process or a cluster's executors): [`decide`] joins the offered rows
+//! with the table's key, partition and sequence columns and returns a few
+//! rows of counts per partition; [`rows`] is what the writers write. No row
+//! passes through the driver. This module knows DataFusion; the pipeline's
+//! settings arrive as column names, the table as scans.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::BTreeSet;
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::compute::{cast, filter_record_batch};
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Int64Type};
 use datafusion::common::JoinType;
+use datafusion::functions_aggregate::expr_fn::count;
 use datafusion::logical_expr::{cast as cast_expr, Expr};
-use datafusion::prelude::{ident, lit, DataFrame, SessionContext};
-use deltalake::DeltaTable;
-use futures::{StreamExt, TryStreamExt};
+use datafusion::prelude::{ident, lit, DataFrame};
 
 use crate::error::{Error, Result};
 
@@ -50,23 +51,35 @@ pub struct Columns<'a> {
     pub sequence: &'a [String],
 }
 
-/// What to write and what it replaces.
-pub struct Prepared {
-    /// The rewritten partitions' surviving rows and every winner, in the
-    /// incoming rows' schema.
-    pub rows: DataFrame,
-    /// Partitions whose files the commit removes (all of them rewritten).
-    pub rewrite: BTreeSet<PartitionKey>,
-    /// Incoming rows after deduplication.
-    pub offered: u64,
+/// What the offered rows do to the table.
+#[derive(Debug, Default, PartialEq)]
+pub struct Decision {
     /// Winners whose key was not in the table.
     pub inserted: u64,
     /// Winners that replace a stored row.
     pub updated: u64,
-    /// Incoming rows older than the stored row for their key: left out.
+    /// Offered rows older than the stored row for their key: left out.
     pub stale: u64,
-    /// The table's rows before the upsert, by the Delta log.
-    pub rows_before: u64,
+    /// Partitions holding a row a winner replaces.
+    pub replaced: BTreeSet<PartitionKey>,
+    /// Partitions holding a row newer than the offered one for its key.
+    pub stale_in: BTreeSet<PartitionKey>,
+}
+
+const PRESENT: &str = "__upsert_present";
+const WINS: &str = "__upsert_wins";
+const ROWS: &str = "__upsert_rows";
+
+fn stored_key(k: &str) -> String {
+    format!("__upsert_key_{k}")
+}
+
+fn stored_sequence(q: &str) -> String {
+    format!("__upsert_sequence_{q}")
+}
+
+fn stored_partition(p: &str) -> String {
+    format!("__upsert_partition_{p}")
 }
 
 /// `s` is newer than or as new as `t` by the columns in order, NULL lowest.
@@ -83,202 +96,180 @@ fn newer(pairs: &[(Expr, Expr)]) -> Expr {
         .or(tie.and(newer(rest)))
 }
 
-fn strings(batch: &RecordBatch, name: &str) -> Result<Arc<dyn Array>> {
-    let column = batch
-        .column_by_name(name)
-        .ok_or_else(|| Error::Internal(format!("upsert: column {name} missing")))?;
-    Ok(cast(column, &DataType::Utf8)?)
-}
-
-fn key_at(partition_by: &[String], columns: &[Arc<dyn Array>], row: usize) -> PartitionKey {
-    let mut key: PartitionKey = partition_by
-        .iter()
-        .zip(columns)
-        .map(|(c, a)| {
-            let v = (!a.is_null(row)).then(|| a.as_string::<i32>().value(row).to_string());
-            (c.clone(), v)
-        })
-        .collect();
-    key.sort();
-    key
-}
-
-/// Joins `incoming` with `target` and plans the rewrite. Executes the
-/// incoming plan once (its quarantine stream is drained alongside by the
-/// caller).
-pub async fn prepare(
-    ctx: &SessionContext,
-    target: &DeltaTable,
-    incoming: DataFrame,
+/// The offered rows, each with the stored row of its key (its sequence and,
+/// with `partitions`, where it lies; NULL when the key is new), and whether
+/// the offered row wins.
+fn offer(
+    offered: DataFrame,
+    stored: DataFrame,
     columns: &Columns<'_>,
-) -> Result<Prepared> {
-    let schema: SchemaRef = Arc::new(incoming.schema().as_arrow().clone());
-    let out_fields: Vec<(String, DataType)> = incoming
+    partitions: bool,
+) -> Result<DataFrame> {
+    let type_of = |name: &str| -> Result<DataType> {
+        offered
+            .schema()
+            .field_with_unqualified_name(name)
+            .map(|f| f.data_type().clone())
+            .map_err(|_| Error::Internal(format!("upsert: the model returns no column `{name}`")))
+    };
+    let mut projection = vec![];
+    for k in columns.keys {
+        projection.push(cast_expr(ident(k), type_of(k)?).alias(stored_key(k)));
+    }
+    for q in columns.sequence {
+        projection.push(cast_expr(ident(q), type_of(q)?).alias(stored_sequence(q)));
+    }
+    if partitions {
+        for p in columns.partition_by {
+            projection.push(ident(p).alias(stored_partition(p)));
+        }
+    }
+    projection.push(lit(true).alias(PRESENT));
+    let stored = stored.select(projection)?;
+    let left: Vec<&str> = columns.keys.iter().map(|k| k.as_str()).collect();
+    let right: Vec<String> = columns.keys.iter().map(|k| stored_key(k)).collect();
+    let right: Vec<&str> = right.iter().map(|k| k.as_str()).collect();
+    let pairs: Vec<(Expr, Expr)> = columns
+        .sequence
+        .iter()
+        .map(|q| (ident(q), ident(stored_sequence(q))))
+        .collect();
+    let wins = ident(PRESENT).is_null().or(newer(&pairs));
+    Ok(offered
+        .join(stored, JoinType::Left, &left, &right, None)?
+        .with_column(
+            WINS,
+            datafusion::functions::expr_fn::coalesce(vec![wins, lit(false)]),
+        )?)
+}
+
+/// Joins the offered rows with the table's keys and counts, per partition
+/// of the stored row, what they do (a plan whose result is a few rows per
+/// partition touched).
+pub async fn decide(
+    offered: DataFrame,
+    stored: DataFrame,
+    columns: &Columns<'_>,
+) -> Result<Decision> {
+    let joined = offer(offered, stored, columns, true)?;
+    let mut group: Vec<Expr> = columns
+        .partition_by
+        .iter()
+        .map(|p| ident(stored_partition(p)))
+        .collect();
+    group.push(ident(PRESENT).is_not_null().alias(PRESENT));
+    group.push(ident(WINS));
+    // A job like any other: on a cluster, bounded by the stage timeout.
+    let (state, plan) = joined
+        .aggregate(group, vec![count(lit(1)).alias(ROWS)])?
+        .into_parts();
+    let ctx = datafusion::prelude::SessionContext::new_with_state(state);
+    let counted = crate::cluster::collect_bounded(&ctx, plan).await?;
+    let mut decision = Decision::default();
+    for batch in &counted {
+        tally(batch, columns.partition_by, &mut decision)?;
+    }
+    Ok(decision)
+}
+
+/// Adds one batch of [`decide`]'s counts to `decision`.
+fn tally(batch: &RecordBatch, partition_by: &[String], decision: &mut Decision) -> Result<()> {
+    let column = |name: &str| {
+        batch
+            .column_by_name(name)
+            .cloned()
+            .ok_or_else(|| Error::Internal(format!("upsert: column {name} missing")))
+    };
+    // Partition values as the Delta log writes them.
+    let values = partition_by
+        .iter()
+        .map(|p| Ok(cast(&column(&stored_partition(p))?, &DataType::Utf8)?))
+        .collect::<Result<Vec<_>>>()?;
+    let present = column(PRESENT)?;
+    let wins = column(WINS)?;
+    let rows = cast(&column(ROWS)?, &DataType::Int64)?;
+    let (present, wins, rows) = (
+        present.as_boolean(),
+        wins.as_boolean(),
+        rows.as_primitive::<Int64Type>(),
+    );
+    for row in 0..batch.num_rows() {
+        let n = rows.value(row).max(0) as u64;
+        if !present.value(row) {
+            decision.inserted += n;
+            continue;
+        }
+        let mut key: PartitionKey = partition_by
+            .iter()
+            .zip(&values)
+            .map(|(c, a)| {
+                let v = (!a.is_null(row)).then(|| a.as_string::<i32>().value(row).to_string());
+                (c.clone(), v)
+            })
+            .collect();
+        key.sort();
+        if wins.value(row) {
+            decision.updated += n;
+            decision.replaced.insert(key);
+        } else {
+            decision.stale += n;
+            decision.stale_in.insert(key);
+        }
+    }
+    Ok(())
+}
+
+/// What the writers write: every winner, found by joining the offered rows
+/// with `holding` (the table's rows in the partitions [`decide`] named as
+/// replaced or stale: every stored row of an offered key lies there; `None`
+/// when there are none, and every offered row is new), and the rows of
+/// `rewritten` (the rewritten partitions) that no winner replaces.
+pub fn rows(
+    offered: DataFrame,
+    holding: Option<DataFrame>,
+    rewritten: Option<DataFrame>,
+    columns: &Columns<'_>,
+) -> Result<DataFrame> {
+    let out: Vec<(String, DataType)> = offered
         .schema()
         .fields()
         .iter()
         .map(|f| (f.name().clone(), f.data_type().clone()))
         .collect();
-    let type_of = |name: &str| -> Result<DataType> {
-        out_fields
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, t)| t.clone())
-            .ok_or_else(|| Error::Internal(format!("upsert: the model returns no column `{name}`")))
+    let winners = match holding {
+        Some(holding) => offer(offered, holding, columns, false)?
+            .filter(ident(WINS))?
+            .select(out.iter().map(|(n, _)| ident(n)).collect::<Vec<_>>())?,
+        None => offered,
     };
-
-    // The stored side: key, partition and sequence columns only.
-    let stored = ctx.read_table(target.table_provider().await?)?;
-    let mut projection = vec![];
-    for k in columns.keys {
-        projection.push(cast_expr(ident(k), type_of(k)?).alias(format!("__tk_{k}")));
-    }
-    for p in columns.partition_by {
-        projection.push(cast_expr(ident(p), DataType::Utf8).alias(format!("__tp_{p}")));
-    }
-    for q in columns.sequence {
-        projection.push(cast_expr(ident(q), type_of(q)?).alias(format!("__tq_{q}")));
-    }
-    projection.push(lit(true).alias("__t_present"));
-    let stored = stored.select(projection)?;
-
-    let left: Vec<&str> = columns.keys.iter().map(|k| k.as_str()).collect();
-    let right: Vec<String> = columns.keys.iter().map(|k| format!("__tk_{k}")).collect();
-    let right: Vec<&str> = right.iter().map(|k| k.as_str()).collect();
-    let pairs: Vec<(Expr, Expr)> = columns
-        .sequence
+    let Some(rewritten) = rewritten else {
+        return Ok(winners);
+    };
+    // The rewritten partitions' rows, less those a winner replaces. The
+    // winners' keys are the anti join's build side; the stored rows
+    // stream through it.
+    let keys: Vec<Expr> = columns
+        .keys
         .iter()
-        .map(|q| (ident(q), ident(format!("__tq_{q}"))))
+        .map(|k| ident(k).alias(format!("__upsert_winner_{k}")))
         .collect();
-    let wins = ident("__t_present").is_null().or(newer(&pairs));
-    let mut select: Vec<Expr> = out_fields.iter().map(|(n, _)| ident(n)).collect();
-    for p in columns.partition_by {
-        select.push(cast_expr(ident(p), DataType::Utf8).alias(format!("__sp_{p}")));
-        select.push(ident(format!("__tp_{p}")));
-    }
-    select.push(ident("__t_present"));
-    select.push(datafusion::functions::expr_fn::coalesce(vec![wins, lit(false)]).alias("__wins"));
-    let joined = incoming
-        .join(stored, JoinType::Left, &left, &right, None)?
-        .select(select)?;
-
-    let mut offered = 0u64;
-    let mut inserted = 0u64;
-    let mut updated = 0u64;
-    let mut winners: Vec<RecordBatch> = vec![];
-    let mut losing_partitions: BTreeSet<PartitionKey> = BTreeSet::new();
-    let mut landing: BTreeSet<PartitionKey> = BTreeSet::new();
-    let mut stream = joined.execute_stream().await?;
-    while let Some(batch) = stream.try_next().await? {
-        offered += batch.num_rows() as u64;
-        let wins = batch
-            .column_by_name("__wins")
-            .map(|c| c.as_boolean().clone())
-            .ok_or_else(|| Error::Internal("upsert: __wins missing".into()))?;
-        let batch = filter_record_batch(&batch, &wins)?;
-        if batch.num_rows() == 0 {
-            continue;
-        }
-        let present = batch
-            .column_by_name("__t_present")
-            .cloned()
-            .ok_or_else(|| Error::Internal("upsert: __t_present missing".into()))?;
-        let stored_parts: Vec<Arc<dyn Array>> = columns
-            .partition_by
-            .iter()
-            .map(|p| strings(&batch, &format!("__tp_{p}")))
-            .collect::<Result<_>>()?;
-        let new_parts: Vec<Arc<dyn Array>> = columns
-            .partition_by
-            .iter()
-            .map(|p| strings(&batch, &format!("__sp_{p}")))
-            .collect::<Result<_>>()?;
-        for row in 0..batch.num_rows() {
-            if present.is_null(row) {
-                inserted += 1;
-            } else {
-                updated += 1;
-                losing_partitions.insert(key_at(columns.partition_by, &stored_parts, row));
-            }
-            landing.insert(key_at(columns.partition_by, &new_parts, row));
-        }
-        let keep: Vec<usize> = (0..out_fields.len()).collect();
-        winners.push(batch.project(&keep)?);
-    }
-    let stale = offered - inserted - updated;
-
-    // Which files belong to which partition, to pick the rewrites and to
-    // read exactly their files back.
-    let snapshot = target.snapshot()?;
-    let log_store = target.log_store();
-    let mut views = snapshot.snapshot().file_views(log_store.as_ref(), None);
-    let mut files: BTreeMap<PartitionKey, Vec<String>> = BTreeMap::new();
-    let mut rows_before = 0u64;
-    while let Some(view) = views.next().await {
-        let view = view?;
-        rows_before += view.num_records().unwrap_or(0) as u64;
-        let mut key: PartitionKey = view.partition_values_map().into_iter().collect();
-        key.sort();
-        files.entry(key).or_default().push(view.path().to_string());
-    }
-    let mut rewrite = losing_partitions;
-    for key in landing {
-        if files
-            .get(&key)
-            .is_some_and(|f| f.len() >= MAX_FILES_PER_PARTITION)
-        {
-            rewrite.insert(key);
-        }
-    }
-    let paths: Vec<String> = rewrite
+    let left: Vec<String> = columns
+        .keys
         .iter()
-        .filter_map(|k| files.get(k))
-        .flatten()
-        .cloned()
+        .map(|k| format!("__upsert_winner_{k}"))
         .collect();
-
-    let winners_df = if winners.is_empty() {
-        ctx.read_batch(RecordBatch::new_empty(schema.clone()))?
-    } else {
-        ctx.read_batches(winners)?
-    };
-    let rows = if paths.is_empty() {
-        winners_df
-    } else {
-        // The rewritten partitions' rows, less those a winner replaces. The
-        // winners' keys are the anti join's build side; the stored rows
-        // stream through it.
-        let kept = ctx.read_table(target.table_provider().with_file_paths(paths).await?)?;
-        let keys: Vec<Expr> = columns
-            .keys
-            .iter()
-            .map(|k| ident(k).alias(format!("__wk_{k}")))
-            .collect();
-        let left: Vec<String> = columns.keys.iter().map(|k| format!("__wk_{k}")).collect();
-        let left: Vec<&str> = left.iter().map(|k| k.as_str()).collect();
-        let right: Vec<&str> = columns.keys.iter().map(|k| k.as_str()).collect();
-        let kept = winners_df.clone().select(keys)?.join(
-            kept,
-            JoinType::RightAnti,
-            &left,
-            &right,
-            None,
-        )?;
-        let typed: Vec<Expr> = out_fields
-            .iter()
-            .map(|(n, t)| cast_expr(ident(n), t.clone()).alias(n))
-            .collect();
-        kept.select(typed)?.union(winners_df)?
-    };
-    Ok(Prepared {
-        rows,
-        rewrite,
-        offered,
-        inserted,
-        updated,
-        stale,
-        rows_before,
-    })
+    let left: Vec<&str> = left.iter().map(|k| k.as_str()).collect();
+    let right: Vec<&str> = columns.keys.iter().map(|k| k.as_str()).collect();
+    let kept =
+        winners
+            .clone()
+            .select(keys)?
+            .join(rewritten, JoinType::RightAnti, &left, &right, None)?;
+    let typed: Vec<Expr> = out
+        .iter()
+        .map(|(n, t)| cast_expr(ident(n), t.clone()).alias(n))
+        .collect();
+    Ok(kept.select(typed)?.union(winners)?)
 }
 
 #[cfg(test)]
@@ -349,5 +340,122 @@ mod tests {
             .collect();
         let want: Vec<bool> = cases.iter().map(|c| c.4).collect();
         assert_eq!(got, want);
+    }
+
+    /// Stored rows (key, day, sequence, value) and offered ones: `a` moves
+    /// from d1 to d2 and wins, `b` is older than stored (stale), `c` ties
+    /// (the offered row wins), `x` is new. Counted per partition of the
+    /// stored row; the writers get every winner and the rewritten
+    /// partitions' rows no winner replaces.
+    #[tokio::test]
+    async fn the_offer_is_counted_per_partition_and_only_winners_replace_rows() {
+        use datafusion::arrow::array::StringArray;
+        use datafusion::prelude::{lit, DataFrame};
+        use std::collections::BTreeSet;
+
+        let ctx = SessionContext::new();
+        let frame = |rows: &[(&str, &str, i64, i64)]| -> DataFrame {
+            let schema = Arc::new(Schema::new(vec![
+                Field::new("k", DataType::Utf8, true),
+                Field::new("day", DataType::Utf8, true),
+                Field::new("seq", DataType::Int64, true),
+                Field::new("v", DataType::Int64, true),
+            ]));
+            let text = |i: usize| -> Arc<dyn Array> {
+                Arc::new(StringArray::from(
+                    rows.iter()
+                        .map(|r| if i == 0 { r.0 } else { r.1 })
+                        .collect::<Vec<_>>(),
+                ))
+            };
+            let int = |f: fn(&(&str, &str, i64, i64)) -> i64| -> Arc<dyn Array> {
+                Arc::new(Int64Array::from(rows.iter().map(f).collect::<Vec<_>>()))
+            };
+            let batch =
+                RecordBatch::try_new(schema, vec![text(0), text(1), int(|r| r.2), int(|r| r.3)])
+                    .unwrap();
+            ctx.read_batch(batch).unwrap()
+        };
+        let stored = frame(&[
+            ("a", "d1", 1, 10),
+            ("b", "d1", 5, 20),
+            ("c", "d2", 1, 30),
+            ("e", "d3", 1, 50),
+        ]);
+        let offered = frame(&[
+            ("a", "d2", 2, 11),
+            ("b", "d1", 4, 21),
+            ("c", "d2", 1, 31),
+            ("x", "d3", 1, 99),
+        ]);
+        let (keys, days, seq) = (["k".to_string()], ["day".to_string()], ["seq".to_string()]);
+        let columns = super::Columns {
+            keys: &keys,
+            partition_by: &days,
+            sequence: &seq,
+        };
+        let d = super::decide(offered.clone(), stored.clone(), &columns)
+            .await
+            .unwrap();
+        let day = |v: &str| vec![("day".to_string(), Some(v.to_string()))];
+        assert_eq!((d.inserted, d.updated, d.stale), (1, 2, 1));
+        assert_eq!(d.replaced, BTreeSet::from([day("d1"), day("d2")]));
+        assert_eq!(d.stale_in, BTreeSet::from([day("d1")]));
+
+        let values = |df: DataFrame| async move {
+            let batches = df.sort_by(vec![col("k")]).unwrap().collect().await.unwrap();
+            batches
+                .iter()
+                .flat_map(|b| {
+                    let k = b.column_by_name("k").unwrap().as_string::<i32>().clone();
+                    let v = b
+                        .column_by_name("v")
+                        .unwrap()
+                        .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                        .clone();
+                    (0..b.num_rows())
+                        .map(|i| (k.value(i).to_string(), v.value(i)))
+                        .collect::<Vec<_>>()
+                })
+                .collect::<Vec<_>>()
+        };
+        let in_days = |df: DataFrame, ds: &[&str]| {
+            df.filter(col("day").in_list(ds.iter().map(|d| lit(*d)).collect(), false))
+                .unwrap()
+        };
+        // d1 and d2 rewritten: b's stored row stays (its offer was stale).
+        let out = super::rows(
+            offered.clone(),
+            Some(in_days(stored.clone(), &["d1", "d2"])),
+            Some(in_days(stored.clone(), &["d1", "d2"])),
+            &columns,
+        )
+        .unwrap();
+        let want = |rows: &[(&str, i64)]| {
+            rows.iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            values(out).await,
+            want(&[("a", 11), ("b", 20), ("c", 31), ("x", 99)])
+        );
+        // Nothing rewritten: the winners alone.
+        let out = super::rows(
+            offered.clone(),
+            Some(in_days(stored.clone(), &["d1", "d2"])),
+            None,
+            &columns,
+        )
+        .unwrap();
+        assert_eq!(values(out).await, want(&[("a", 11), ("c", 31), ("x", 99)]));
+        // Nothing held (every key new, as `decide` would have said): every
+        // offered row; a crowded partition rewritten keeps its rows but
+        // those of offered keys.
+        let out = super::rows(offered, None, Some(in_days(stored, &["d3"])), &columns).unwrap();
+        assert_eq!(
+            values(out).await,
+            want(&[("a", 11), ("b", 21), ("c", 31), ("e", 50), ("x", 99)])
+        );
     }
 }

@@ -92,23 +92,8 @@ impl SnapshotTable {
                 rows: file.num_records().map(|n| n as u64),
             });
         }
-        // Columns in the order the scan yields them (file columns, then
-        // partition columns), so that no projection reorders them: a
-        // reordering projection inside the scan does not survive the trip
-        // to an executor unchanged.
-        let ordered: Vec<FieldRef> = schema
-            .fields()
-            .iter()
-            .filter(|f| !partition_columns.contains(f.name()))
-            .chain(
-                partition_columns
-                    .iter()
-                    .filter_map(|c| schema.fields().iter().find(|f| f.name() == c)),
-            )
-            .cloned()
-            .collect();
-        let schema = Arc::new(Schema::new(ordered));
         Ok(Self {
+            schema: scan_order(&schema, &partition_columns),
             recipe: Recipe {
                 store,
                 location: root.to_string(),
@@ -116,8 +101,63 @@ impl SnapshotTable {
                 partition_columns,
                 files,
             },
-            schema,
         })
+    }
+
+    /// Parquet files written under `root` but not (yet) part of any table,
+    /// as `adds` describe them (paths relative to `root`, partition values
+    /// by column), read with the columns of `schema` partitioned by
+    /// `partition_columns`: what a staging job wrote, for the next job to
+    /// read wherever it runs.
+    pub fn of_files(
+        root: &url::Url,
+        adds: &[deltalake::kernel::Add],
+        schema: &SchemaRef,
+        partition_columns: &[String],
+    ) -> crate::error::Result<Self> {
+        let lake_error = |message: String| crate::error::Error::Lake {
+            uri: root.to_string(),
+            message,
+        };
+        let base = object_store::path::Path::from_url_path(root.path())
+            .map_err(|e| lake_error(e.to_string()))?;
+        let mut files = Vec::with_capacity(adds.len());
+        for add in adds {
+            let relative = object_store::path::Path::from_url_path(&add.path)
+                .map_err(|e| lake_error(format!("{}: {e}", add.path)))?;
+            files.push(SnapshotFile {
+                path: relative
+                    .parts()
+                    .fold(base.clone(), |p, part| p.join(part))
+                    .to_string(),
+                size: add.size.max(0) as u64,
+                partition_values: partition_columns
+                    .iter()
+                    .map(|c| add.partition_values.get(c).cloned().flatten())
+                    .collect(),
+                rows: None,
+            });
+        }
+        Ok(Self {
+            schema: scan_order(schema, partition_columns),
+            recipe: Recipe {
+                store: crate::storage::store_of(root),
+                location: root.to_string(),
+                version: -1,
+                partition_columns: partition_columns.to_vec(),
+                files,
+            },
+        })
+    }
+
+    /// The same table with only the files `keep` accepts.
+    pub fn only(&self, keep: impl Fn(&SnapshotFile) -> bool) -> Self {
+        let mut recipe = self.recipe.clone();
+        recipe.files.retain(|f| keep(f));
+        Self {
+            recipe,
+            schema: self.schema.clone(),
+        }
     }
 
     pub fn from_recipe(recipe: Recipe, schema: SchemaRef) -> DfResult<Self> {
@@ -205,6 +245,25 @@ impl SnapshotTable {
             .map(|i| mask.is_null(i) || mask.value(i))
             .collect())
     }
+}
+
+/// `schema`'s columns in the order the scan yields them (file columns, then
+/// partition columns), so that no projection reorders them: a reordering
+/// projection inside the scan does not survive the trip to an executor
+/// unchanged.
+fn scan_order(schema: &SchemaRef, partition_columns: &[String]) -> SchemaRef {
+    let ordered: Vec<FieldRef> = schema
+        .fields()
+        .iter()
+        .filter(|f| !partition_columns.contains(f.name()))
+        .chain(
+            partition_columns
+                .iter()
+                .filter_map(|c| schema.fields().iter().find(|f| f.name() == c)),
+        )
+        .cloned()
+        .collect();
+    Arc::new(Schema::new(ordered))
 }
 
 fn partition_value(text: Option<&str>, data_type: &DataType) -> DfResult<ScalarValue> {

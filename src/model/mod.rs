@@ -13,19 +13,12 @@ use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::ScalarValue;
 use datafusion::datasource::provider_as_source;
-use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::{
     EmptyRelation, Expr, Filter, LogicalPlan, TableScan, TableScanBuilder,
 };
-use datafusion::physical_expr::expressions::Column;
-use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
-use datafusion::physical_plan::repartition::RepartitionExec;
-use datafusion::physical_plan::sorts::sort::SortExec;
-use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use datafusion::prelude::lit;
 use datafusion::prelude::{DataFrame, SessionContext};
 use deltalake::DeltaTable;
-use futures::TryStreamExt;
 use serde_json::{json, Value};
 
 use crate::catalog::table_folder;
@@ -33,10 +26,11 @@ use crate::cluster::stage::StageRange;
 use crate::delta::{self, Replace, WriteSpec};
 use crate::error::{Error, Result};
 use crate::pipeline::{Model, WriteMode};
-use crate::quality::{self, Checker, RuleResult};
+use crate::quality::{self, RuleResult};
 use crate::storage::Lake;
 
 mod diagnose;
+mod merge;
 pub mod preflight;
 mod restrict;
 mod stage;
@@ -159,8 +153,6 @@ pub async fn run_model(
     run_id: &str,
     at: chrono::DateTime<chrono::Utc>,
     refresh: Refresh,
-    // The session runs plans on a cluster.
-    on_cluster: bool,
 ) -> Result<ModelReport> {
     let started = Instant::now();
     let table_name = model.table();
@@ -222,26 +214,15 @@ pub async fn run_model(
             .await?
         }
     };
-    // The upsert of new rows into a merge model runs in this process only;
-    // on a cluster the model is rebuilt from its inputs, which gives the
-    // same rows (latest per key over every input row).
-    let strategy = match strategy {
-        Strategy::Stream(_) if on_cluster && settings.mode == WriteMode::Merge => {
-            Strategy::Full("merge upserts run in-process only: rebuilt on the cluster".into())
-        }
-        s => s,
-    };
     tracing::info!(model = %table_name, strategy = %strategy.describe(), "planning");
-    // Plan → stage → commit: the model runs as one staging plan whose tasks
+    // Plan → stage → commit: the model runs as staging plans whose tasks
     // write the files (on a cluster's executors or in this process) and
-    // this process commits what they wrote. Only the upsert of new rows
-    // into an existing merge model runs in-process (a cluster rebuilds such
-    // a model instead, above).
+    // this process commits what they wrote. The upsert of new rows into an
+    // existing merge model is three such plans (`merge`).
     let upsert_into = match (settings.mode, &strategy) {
         (WriteMode::Merge, Strategy::Stream(_)) => existing,
         _ => None,
     };
-    let staged = upsert_into.is_none();
     report.strategy = strategy.describe();
     report.strategy_kind = strategy.kind();
 
@@ -291,58 +272,23 @@ pub async fn run_model(
         .collect();
     preflight::check_columns(model, df.schema().as_arrow())?;
 
-    // Expectations run on the model's plan as it streams.
-    let checker = Arc::new(Checker::new(
+    // A rule that does not plan over the result fails here, before any
+    // table is created (errors point at the rule's line).
+    quality::plan_rules(
         ctx,
-        &table_name,
-        df.schema(),
-        settings,
+        &datafusion::common::DFSchema::try_from(df.schema().as_arrow().clone())?,
+        &settings.expectations,
         &settings_file,
-        run_id,
-    )?);
+    )?;
+    let quarantines = settings
+        .expectations
+        .iter()
+        .any(|e| e.action == crate::pipeline::Action::Drop);
     let visible: Vec<String> = columns
         .iter()
         .filter(|c| !c.starts_with('_'))
         .cloned()
         .collect();
-    // Staged: checks, deduplication and writers are nodes of one plan.
-    // The upsert: the checker and the deduplication stream the plan here.
-    let (mut local, model_df) = if staged {
-        (None, Some(df))
-    } else {
-        let plan = df.create_physical_plan().await?;
-        let (checked, quarantine_stream) = quality::checked(plan, checker.clone())?;
-        let mut result = ctx.read_table(checked)?;
-        let collapsed: crate::dedup::Collapsed = Default::default();
-        if !settings.unique_key.is_empty() {
-            // The rows that pass leave their lineage columns behind here,
-            // before deduplication holds them, except those the key and
-            // the sequence use: the quarantine has taken what it needs.
-            // (At 10M rows of the example this cut silver from 39.8 s to
-            // 32.1 s, medians of three, scripts/bench.)
-            let needed: Vec<&str> = columns
-                .iter()
-                .filter(|c| {
-                    !c.starts_with('_')
-                        || settings.unique_key.contains(c)
-                        || settings.sequence_by.contains(c)
-                })
-                .map(|s| s.as_str())
-                .collect();
-            result = result.select_columns(&needed)?;
-            result = crate::dedup::latest_per_key(
-                ctx,
-                result,
-                &settings.unique_key,
-                &settings.sequence_by,
-                collapsed.clone(),
-            )
-            .await?;
-        }
-        let shown: Vec<&str> = visible.iter().map(|s| s.as_str()).collect();
-        result = result.select_columns(&shown)?;
-        (Some((result, quarantine_stream, collapsed)), None)
-    };
     // What the table's commit records as its inputs. A backfill does not
     // move the model's incremental position: it records the inputs of the
     // commit before it (none: the next run is full), so the next run still
@@ -380,12 +326,12 @@ pub async fn run_model(
     // A model without `drop` rules never quarantines: it gets no table. A
     // backfill leaves the quarantine as it is: it is not partitioned by
     // date, and the rows of the range were quarantined when they arrived.
-    let quarantine_table = if checker.quarantines() && range.is_none() {
+    let quarantine_table = if quarantines && range.is_none() {
         Some(
             delta::ensure_table(
                 &lake.url(&quarantine_folder(model)),
                 &opts,
-                &checker.quarantine_schema(),
+                &quality::quarantine_schema(df.schema().as_arrow()),
                 &quarantine_spec,
             )
             .await?,
@@ -419,149 +365,98 @@ pub async fn run_model(
         symlink_manifest: settings.symlink_manifest,
         upsert: None,
     };
-    if let Some(df) = model_df {
-        let table_schema = Arc::new(
-            df.schema().as_arrow().project(
-                &visible
-                    .iter()
-                    .map(|c| df.schema().as_arrow().index_of(c))
-                    .collect::<std::result::Result<Vec<_>, _>>()?,
-            )?,
+    let table_schema = Arc::new(
+        df.schema().as_arrow().project(
+            &visible
+                .iter()
+                .map(|c| df.schema().as_arrow().index_of(c))
+                .collect::<std::result::Result<Vec<_>, _>>()?,
+        )?,
+    );
+    let upserting = upsert_into.is_some();
+    let table = match upsert_into {
+        Some(target) => target,
+        None => delta::ensure_table(&url, &opts, &table_schema, &spec).await?,
+    };
+    let stage = stage::Stage {
+        model: &table_name,
+        table,
+        write_to: None,
+        quarantine: quarantine_table.map(|t| (t, &quarantine_spec)),
+        run_id,
+        range: range.as_ref().map(|(column, r)| StageRange {
+            column: column.clone(),
+            from: r.from.map(restrict::days),
+            to: r.to.map(restrict::days),
+        }),
+    };
+    if upserting {
+        let folder = crate::catalog::layer_folder(&model.layer, &model.name);
+        let merged = merge::upsert(
+            ctx,
+            lake,
+            &folder,
+            stage,
+            df,
+            settings,
+            &settings_file,
+            &mut spec,
+        )
+        .await?;
+        let d = &merged.decision;
+        report.strategy = format!(
+            "{}: {} inserted, {} updated, {} stale; {} rewritten, {} appended to",
+            report.strategy,
+            d.inserted,
+            d.updated,
+            d.stale,
+            crate::text::plural(merged.rewritten as u64, "partition"),
+            merged.partitions.saturating_sub(merged.rewritten),
         );
-        let table = delta::ensure_table(&url, &opts, &table_schema, &spec).await?;
-        let stage = stage::Stage {
-            model: &table_name,
-            table,
-            quarantine: quarantine_table.map(|t| (t, &quarantine_spec)),
-            run_id,
-            range: range.as_ref().map(|(column, r)| StageRange {
-                column: column.clone(),
-                from: r.from.map(restrict::days),
-                to: r.to.map(restrict::days),
-            }),
-        };
-        let done = stage
-            .run(ctx, df, settings, &settings_file, &mut spec)
-            .await?;
-        let mut report = report;
-        report.version = done.version;
-        report.rows_written = done.written;
-        report.files = done.files;
-        report.rules = done.counts.results(&settings.expectations);
+        report.version = merged.version;
+        report.rows_written = merged.offered.written;
+        report.files = merged.files;
+        report.rules = merged.offered.counts.results(&settings.expectations);
         account(
             &mut report,
-            range.is_some(),
+            false,
             Counted {
-                rows_in: done.counts.rows_in,
-                quarantined: done.counts.quarantined,
-                duplicates: done.duplicates,
-                partitions: done.partitions,
-                log_agrees: done.log_agrees,
+                rows_in: merged.offered.counts.rows_in,
+                quarantined: merged.offered.counts.quarantined,
+                duplicates: merged.offered.duplicates,
+                partitions: merged.partitions,
+                log_agrees: merged.log_agrees,
             },
         );
         return finish(report, started);
     }
-    let Some((result, quarantine_stream, collapsed)) = local.take() else {
-        return Err(Error::Internal(
-            "a model has neither a local nor a staged plan".into(),
-        ));
-    };
-    let quarantine_stage = async {
-        match &quarantine_table {
-            Some(t) => delta::stage(t, vec![quarantine_stream], &quarantine_spec.table_name)
-                .await
-                .map(Some),
-            None => {
-                // Nothing is kept, but the checker counts as the rows pass.
-                quarantine_stream.try_for_each(|_| async { Ok(()) }).await?;
-                Ok(None)
-            }
-        }
-    };
-
-    let outcome = if let Some(target) = upsert_into {
-        let stored: Vec<String> = settings
-            .sequence_by
-            .iter()
-            .take_while(|c| !c.starts_with('_'))
-            .cloned()
-            .collect();
-        let cols = crate::upsert::Columns {
-            keys: &settings.unique_key,
-            partition_by: &settings.partition_by,
-            sequence: &stored,
-        };
-        let (staged_q, prepared) = tokio::try_join!(
-            quarantine_stage,
-            crate::upsert::prepare(ctx, &target, result, &cols)
+    // No partition to recompute: the commit records the inputs, and no
+    // plan runs over nothing (on a cluster, Ballista's adaptive planning
+    // replaces an empty stage with a node our operators cannot be planned
+    // on).
+    let nothing = matches!(&strategy, Strategy::Partitions(p) if p.is_empty());
+    let done = stage
+        .run(
+            ctx,
+            (!nothing).then_some(df),
+            settings,
+            &settings_file,
+            &mut spec,
         )
-        .map_err(|e| checker.take_failure().unwrap_or(e))?;
-        if let Some(failure) = checker.take_failure() {
-            return Err(failure);
-        }
-        // The quarantine commits first: a crash before the table's commit
-        // leaves their recorded inputs apart, and the next run is full.
-        let q_rows = commit_quarantine(quarantine_table, staged_q, &quarantine_spec).await?;
-        let streams = write_streams(ctx, prepared.rows, &settings.partition_by).await?;
-        let staged = delta::stage(&target, streams, &table_name).await?;
-        spec.replace = Replace::PartitionsOnly(prepared.rewrite.clone());
-        spec.upsert = Some(delta::UpsertKeys {
-            keys: settings.unique_key.clone(),
-            sequence: stored.clone(),
-        });
-        spec.metadata.insert(
-            "lakehouse.metrics".into(),
-            json!({
-                "rowsIn": checker.rows_in(),
-                "rowsQuarantined": checker.rows_quarantined(),
-                "rowsOffered": prepared.offered,
-                "rowsInserted": prepared.inserted,
-                "rowsUpdated": prepared.updated,
-                "rowsStale": prepared.stale,
-                "partitionsRewritten": prepared.rewrite.len(),
-                "rules": checker.results(),
-            }),
-        );
-        let (table, written) = delta::commit(target, staged, &spec).await?;
-        let (rows_after, _, _) = delta::row_count(&table).await?;
-        report.strategy = format!(
-            "{}: {} inserted, {} updated, {} stale; {} rewritten, {} appended to",
-            report.strategy,
-            prepared.inserted,
-            prepared.updated,
-            prepared.stale,
-            crate::text::plural(prepared.rewrite.len() as u64, "partition"),
-            written.partitions.saturating_sub(prepared.rewrite.len()),
-        );
-        (
-            written.version,
-            prepared.offered,
-            written.files_added,
-            // By the Delta log: the table gained exactly the new keys.
-            q_rows == checker.rows_quarantined()
-                && rows_after == prepared.rows_before + prepared.inserted,
-            written.partitions,
-        )
-    } else {
-        return Err(Error::Internal(
-            "only the upsert of new rows into a merge model runs outside the staging plan".into(),
-        ));
-    };
-    report.version = outcome.0;
-    report.rows_written = outcome.1;
-    report.files = outcome.2;
-    report.rules = checker.results();
+        .await?;
+    report.version = done.version;
+    report.rows_written = done.written;
+    report.files = done.files;
+    report.rules = done.counts.results(&settings.expectations);
     account(
         &mut report,
         range.is_some(),
         Counted {
-            rows_in: checker.rows_in(),
-            quarantined: checker.rows_quarantined(),
-            // Counted where rows are dropped, not as a remainder: the
-            // identity compares independent counts.
-            duplicates: collapsed.load(std::sync::atomic::Ordering::Relaxed),
-            partitions: outcome.4,
-            log_agrees: outcome.3,
+            rows_in: done.counts.rows_in,
+            quarantined: done.counts.quarantined,
+            duplicates: done.duplicates,
+            partitions: done.partitions,
+            log_agrees: done.log_agrees,
         },
     );
     finish(report, started)
@@ -627,59 +522,6 @@ fn reconciles(rows_in: u64, written: u64, quarantined: u64, duplicates: u64) -> 
         .checked_add(quarantined)
         .and_then(|n| n.checked_add(duplicates))
         == Some(rows_in)
-}
-
-async fn commit_quarantine(
-    table: Option<DeltaTable>,
-    staged: Option<delta::Staged>,
-    spec: &WriteSpec,
-) -> Result<u64> {
-    // Returns the rows the committed files hold, by the Delta log.
-    if let (Some(table), Some(staged)) = (table, staged) {
-        return Ok(delta::commit(table, staged, spec).await?.1.rows_in_files);
-    }
-    Ok(0)
-}
-
-/// Executes the result as streams for the Delta writer. Partitioned results
-/// are hash-split by the partition columns (so writers never share a
-/// partition) and sorted by them (so each writer holds one partition at a
-/// time and writes one file per partition).
-async fn write_streams(
-    ctx: &SessionContext,
-    df: DataFrame,
-    partition_by: &[String],
-) -> Result<Vec<SendableRecordBatchStream>> {
-    let task = ctx.task_ctx();
-    let mut plan: Arc<dyn ExecutionPlan> = df.create_physical_plan().await?;
-    if !partition_by.is_empty() {
-        let schema = plan.schema();
-        let exprs: Vec<Arc<dyn datafusion::physical_expr::PhysicalExpr>> = partition_by
-            .iter()
-            .map(|c| {
-                Ok(Arc::new(Column::new_with_schema(c, &schema)?)
-                    as Arc<dyn datafusion::physical_expr::PhysicalExpr>)
-            })
-            .collect::<Result<_>>()?;
-        // Writing a partition is mostly waiting on the store (create, write,
-        // close one small file), so more writers than cores hide that wait;
-        // each holds one partition's buffer at a time.
-        let n = ctx.state().config().target_partitions().max(1) * 4;
-        plan = Arc::new(RepartitionExec::try_new(
-            plan,
-            Partitioning::Hash(exprs.clone(), n),
-        )?);
-        let ordering = LexOrdering::new(exprs.into_iter().map(|e| PhysicalSortExpr {
-            expr: e,
-            options: Default::default(),
-        }))
-        .ok_or_else(|| Error::Internal("empty partition_by".into()))?;
-        plan = Arc::new(SortExec::new(ordering, plan).with_preserve_partitioning(true));
-    }
-    let count = plan.properties().partitioning.partition_count();
-    (0..count)
-        .map(|i| plan.execute(i, task.clone()).map_err(Error::from))
-        .collect()
 }
 
 /// The app transaction every model commit carries: it makes a commit with

@@ -10,22 +10,28 @@ pub(super) fn scan_is(scan: &TableScan, input: &str) -> bool {
     scan.table_name.table() == table && scan.table_name.schema() == Some(schema)
 }
 
-/// Replaces the scans of each stream input by a scan of only its new files.
+/// Replaces the scans of each stream input by a scan of only its new files:
+/// delta-rs's scan of those files in this process, or, where the session
+/// reads tables as snapshots (a cluster's), a snapshot of those files that
+/// executors can scan.
 pub(super) async fn restrict_to_files(
     tables: &Inputs,
     df: DataFrame,
     files: &BTreeMap<String, Vec<deltalake::kernel::Add>>,
 ) -> Result<DataFrame> {
     let mut providers: BTreeMap<&String, Option<Arc<dyn TableProvider>>> = BTreeMap::new();
+    let mut snapshots: BTreeMap<&String, (url::Url, &[deltalake::kernel::Add])> = BTreeMap::new();
     for (input, adds) in files {
+        let table = tables.get(input).and_then(|t| t.as_ref());
+        if let Some(table) = table {
+            snapshots.insert(input, (table.table_url().clone(), adds.as_slice()));
+        }
         if adds.is_empty() {
             providers.insert(input, None);
             continue;
         }
-        let table = tables
-            .get(input)
-            .and_then(|t| t.as_ref())
-            .ok_or_else(|| Error::Internal(format!("input {input} was not opened")))?;
+        let table =
+            table.ok_or_else(|| Error::Internal(format!("input {input} was not opened")))?;
         let provider = table
             .table_provider()
             .with_adds(adds.iter().cloned())
@@ -38,10 +44,33 @@ pub(super) async fn restrict_to_files(
             let LogicalPlan::TableScan(scan) = &node else {
                 return Ok(Transformed::no(node));
             };
-            let Some((_, provider)) = providers.iter().find(|(i, _)| scan_is(scan, i)) else {
+            let Some((input, provider)) = providers.iter().find(|(i, _)| scan_is(scan, i)) else {
                 return Ok(Transformed::no(node));
             };
-            let new = match provider {
+            let snapshot = datafusion::datasource::source_as_provider(&scan.source)
+                .ok()
+                .and_then(|p| {
+                    p.downcast_ref::<crate::cluster::scan::SnapshotTable>()
+                        .map(|t| (t.schema(), t.recipe().partition_columns.clone()))
+                });
+            let provider = match (snapshot, snapshots.get(input)) {
+                // The same columns in the same order: the scan's
+                // projection stays valid. No new file is an empty Parquet
+                // scan, not an empty relation (which does not come back
+                // the same from a cluster's scheduler).
+                (Some((schema, partitions)), Some((root, adds))) => {
+                    let files = crate::cluster::scan::SnapshotTable::of_files(
+                        root,
+                        adds,
+                        &schema,
+                        &partitions,
+                    )
+                    .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+                    Some(Arc::new(files) as Arc<dyn TableProvider>)
+                }
+                _ => provider.clone(),
+            };
+            let new = match &provider {
                 None => LogicalPlan::EmptyRelation(EmptyRelation {
                     produce_one_row: false,
                     schema: scan.projected_schema.clone(),

@@ -27,10 +27,25 @@ use crate::quality::{self, Counts};
 pub(super) struct Stage<'a> {
     pub model: &'a str,
     pub table: DeltaTable,
+    /// Where the table's files are written when not into the table's own
+    /// folder: an upsert stages the rows it offers in a scratch folder.
+    pub write_to: Option<url::Url>,
     pub quarantine: Option<(DeltaTable, &'a WriteSpec)>,
     pub run_id: &'a str,
     /// A backfill's dates (`--from/--to`): only rows of the range are written.
     pub range: Option<StageRange>,
+}
+
+/// What one staging job wrote and counted, from its messages.
+#[derive(Default)]
+pub(super) struct Staging {
+    /// Files of the table (or of the scratch folder it was written to).
+    pub adds: Vec<deltalake::kernel::Add>,
+    pub quarantine_adds: Vec<deltalake::kernel::Add>,
+    pub counts: Counts,
+    pub duplicates: u64,
+    /// Rows written to the table's files.
+    pub written: u64,
 }
 
 /// What staging and the commits did.
@@ -48,14 +63,73 @@ pub(super) struct Done {
 }
 
 impl Stage<'_> {
+    /// Stages the model (`None`: nothing to recompute, no plan runs),
+    /// then commits its quarantine and its table.
     pub async fn run(
         self,
         ctx: &SessionContext,
-        df: DataFrame,
+        df: Option<DataFrame>,
         settings: &ModelSettings,
         settings_file: &std::path::Path,
         spec: &mut WriteSpec,
     ) -> Result<Done> {
+        let staging = match df {
+            Some(df) => self.stage(ctx, df, settings, settings_file).await?,
+            None => Staging {
+                counts: Counts::new(settings.expectations.len()),
+                ..Default::default()
+            },
+        };
+        let Staging {
+            adds,
+            quarantine_adds,
+            counts,
+            duplicates,
+            written,
+        } = staging;
+        // The quarantine commits first: a crash before the table's commit
+        // leaves their recorded inputs apart, and the next run is full.
+        // The quarantine's commit holds every row a `drop` rule caught. A
+        // backfill has none (those rows were quarantined when they came),
+        // and a model without `drop` rules catches none.
+        let quarantine_agrees = match self.quarantine {
+            Some((table, q_spec)) => {
+                let staged = Staged::from_adds(quarantine_adds, counts.quarantined);
+                delta::commit(table, staged, q_spec).await?.1.rows_in_files == counts.quarantined
+            }
+            None => self.range.is_some() || counts.quarantined == 0,
+        };
+        spec.metadata.insert(
+            "lakehouse.metrics".into(),
+            json!({
+                "rowsIn": counts.rows_in,
+                "rowsQuarantined": counts.quarantined,
+                "duplicatesCollapsed": duplicates,
+                "rules": counts.results(&settings.expectations),
+            }),
+        );
+        let (_, done) = delta::commit(self.table, Staged::from_adds(adds, written), spec).await?;
+        Ok(Done {
+            version: done.version,
+            written,
+            files: done.files_added,
+            partitions: done.partitions,
+            log_agrees: done.rows_in_files == written && quarantine_agrees,
+            counts,
+            duplicates,
+        })
+    }
+
+    /// Runs the model's staging plan (check, deduplicate, write) wherever
+    /// the session runs plans, and reads what its tasks wrote and counted.
+    /// Commits nothing.
+    pub async fn stage(
+        &self,
+        ctx: &SessionContext,
+        df: DataFrame,
+        settings: &ModelSettings,
+        settings_file: &std::path::Path,
+    ) -> Result<Staging> {
         let model = self.model;
         // Expectations become columns of the plan.
         let mut exprs: Vec<Expr> = df
@@ -70,7 +144,10 @@ impl Stage<'_> {
         let checked = df.select(exprs)?;
         let stage = StageSpec {
             model: model.to_string(),
-            table_url: self.table.table_url().to_string(),
+            table_url: match &self.write_to {
+                Some(url) => url.to_string(),
+                None => self.table.table_url().to_string(),
+            },
             table_schema: encode_schema(delta::table_arrow_schema(&self.table)?.as_ref())?,
             partition_by: settings.partition_by.clone(),
             quarantine: match &self.quarantine {
@@ -124,36 +201,12 @@ impl Stage<'_> {
         ) {
             return Err(err);
         }
-        // The quarantine commits first: a crash before the table's commit
-        // leaves their recorded inputs apart, and the next run is full.
-        // The quarantine's commit holds every row a `drop` rule caught. A
-        // backfill has none (those rows were quarantined when they came),
-        // and a model without `drop` rules catches none.
-        let quarantine_agrees = match self.quarantine {
-            Some((table, q_spec)) => {
-                let staged = Staged::from_adds(quarantine_adds, counts.quarantined);
-                delta::commit(table, staged, q_spec).await?.1.rows_in_files == counts.quarantined
-            }
-            None => self.range.is_some() || counts.quarantined == 0,
-        };
-        spec.metadata.insert(
-            "lakehouse.metrics".into(),
-            json!({
-                "rowsIn": counts.rows_in,
-                "rowsQuarantined": counts.quarantined,
-                "duplicatesCollapsed": duplicates,
-                "rules": counts.results(&settings.expectations),
-            }),
-        );
-        let (_, done) = delta::commit(self.table, Staged::from_adds(adds, written), spec).await?;
-        Ok(Done {
-            version: done.version,
-            written,
-            files: done.files_added,
-            partitions: done.partitions,
-            log_agrees: done.rows_in_files == written && quarantine_agrees,
+        Ok(Staging {
+            adds,
+            quarantine_adds,
             counts,
             duplicates,
+            written,
         })
     }
 }

@@ -1,0 +1,293 @@
+//! The upsert of new rows into an existing `merge` model, as plans like
+//! every other model run (plan → stage → commit), so it runs wherever the
+//! session runs plans, a cluster's executors included:
+//!
+//! 1. **stage the offer**: the model's plan over the new input files is
+//!    checked, deduplicated and written by the staging plan, into a scratch
+//!    folder instead of the table (quarantined rows into the quarantine's
+//!    folder, as always);
+//! 2. **decide**: the offered rows joined with the table's keys give a few
+//!    rows of counts per partition ([`crate::upsert::decide`]);
+//! 3. **stage the rewrite**: the winners and the surviving rows of the
+//!    partitions to rewrite are written into the table's folder;
+//! 4. **commit**: the quarantine, then the table (its rewritten partitions'
+//!    files removed, the new ones added), in one commit each.
+//!
+//! Nothing is committed until every plan has run; the scratch folder is
+//! removed at the end either way (and, after a crash, by the model's next
+//! upsert).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use datafusion::prelude::{DataFrame, SessionContext};
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStore;
+use serde_json::json;
+
+use super::stage::{Stage, Staging};
+use crate::cluster::scan::SnapshotTable;
+use crate::delta::{self, Replace, Staged, WriteSpec};
+use crate::error::{Error, Result};
+use crate::pipeline::ModelSettings;
+use crate::storage::Lake;
+use crate::upsert::{Columns, PartitionKey, MAX_FILES_PER_PARTITION};
+
+/// What the upsert did.
+pub(super) struct Merged {
+    pub version: Option<i64>,
+    /// Rows the model offered (after checks and deduplication).
+    pub offered: Staging,
+    pub decision: crate::upsert::Decision,
+    pub rewritten: usize,
+    pub files: usize,
+    /// Partitions that got new files.
+    pub partitions: usize,
+    /// The Delta log's counts agree with the staged ones (see [`upsert`]).
+    pub log_agrees: bool,
+}
+
+/// The folder under the lake root where a model's upserts stage the rows
+/// they offer: outside every schema's folder, so no listing sees it.
+fn scratch_folder(table_folder: &str) -> String {
+    format!("_lakehouse_scratch/{table_folder}")
+}
+
+/// Upserts the rows of `df` (the model over its new input files) into
+/// `stage.table`, committing the quarantine and then the table.
+pub(super) async fn upsert(
+    ctx: &SessionContext,
+    lake: &Lake,
+    table_folder: &str,
+    stage: Stage<'_>,
+    df: DataFrame,
+    settings: &ModelSettings,
+    settings_file: &std::path::Path,
+    spec: &mut WriteSpec,
+) -> Result<Merged> {
+    let scratch = scratch_folder(table_folder);
+    // What a run that crashed mid-upsert left.
+    remove_folder(lake, &scratch).await?;
+    let here = format!("{scratch}/{}", stage.run_id);
+    let merged = stage_and_commit(ctx, lake, &here, stage, df, settings, settings_file, spec).await;
+    // The scratch files are never referenced: removing them is tidiness,
+    // and a failure to do so must not hide the upsert's own outcome.
+    if let Err(e) = remove_folder(lake, &scratch).await {
+        tracing::warn!(folder = %here, error = %e, "could not remove an upsert's scratch files; the next upsert of this model removes them");
+    }
+    merged
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn stage_and_commit(
+    ctx: &SessionContext,
+    lake: &Lake,
+    scratch: &str,
+    mut stage: Stage<'_>,
+    df: DataFrame,
+    settings: &ModelSettings,
+    settings_file: &std::path::Path,
+    spec: &mut WriteSpec,
+) -> Result<Merged> {
+    let scratch_url = lake.url(scratch);
+    // 1. The offer: checked, deduplicated, staged in the scratch folder.
+    stage.write_to = Some(scratch_url.clone());
+    let offered = stage.stage(ctx, df, settings, settings_file).await?;
+    stage.write_to = None;
+
+    let stored: Vec<String> = settings
+        .sequence_by
+        .iter()
+        .take_while(|c| !c.starts_with('_'))
+        .cloned()
+        .collect();
+    let columns = Columns {
+        keys: &settings.unique_key,
+        partition_by: &settings.partition_by,
+        sequence: &stored,
+    };
+    let schema = delta::table_arrow_schema(&stage.table)?;
+    let table = SnapshotTable::resolve(&stage.table).await?;
+    let scan = |t: SnapshotTable| -> Result<DataFrame> { Ok(ctx.read_table(Arc::new(t))?) };
+    let offer = || -> Result<DataFrame> {
+        scan(SnapshotTable::of_files(
+            &scratch_url,
+            &offered.adds,
+            &schema,
+            &settings.partition_by,
+        )?)
+    };
+
+    // 2. What the offer does, per partition. An empty offer does nothing
+    // (and runs no plan over nothing: Ballista's adaptive planning turns an
+    // empty stage into an empty node that a writer's plan cannot be made
+    // from).
+    let decision = match offered.written {
+        0 => Default::default(),
+        _ => crate::upsert::decide(offer()?, scan(table.only(|_| true))?, &columns).await?,
+    };
+
+    // Which files lie in which partition, to pick the rewrites.
+    let partition_of = |values: &[Option<String>]| -> PartitionKey {
+        let mut key: PartitionKey = settings
+            .partition_by
+            .iter()
+            .cloned()
+            .zip(values.iter().cloned())
+            .collect();
+        key.sort();
+        key
+    };
+    let mut files_in: BTreeMap<PartitionKey, usize> = BTreeMap::new();
+    let mut rows_before = 0u64;
+    let mut rows_counted = true;
+    for f in &table.recipe().files {
+        *files_in
+            .entry(partition_of(&f.partition_values))
+            .or_default() += 1;
+        match f.rows {
+            Some(n) => rows_before += n,
+            None => rows_counted = false,
+        }
+    }
+    let mut rewrite = decision.replaced.clone();
+    for add in &offered.adds {
+        let mut key: PartitionKey = add
+            .partition_values
+            .iter()
+            .map(|(c, v)| (c.clone(), v.clone()))
+            .collect();
+        key.sort();
+        if files_in
+            .get(&key)
+            .is_some_and(|n| *n >= MAX_FILES_PER_PARTITION)
+        {
+            rewrite.insert(key);
+        }
+    }
+    let holding: BTreeSet<&PartitionKey> =
+        decision.replaced.iter().chain(&decision.stale_in).collect();
+    let rewritten_rows: u64 = table
+        .recipe()
+        .files
+        .iter()
+        .filter(|f| rewrite.contains(&partition_of(&f.partition_values)))
+        .map(|f| f.rows.unwrap_or(0))
+        .sum();
+
+    // 3. The winners and the rewritten partitions' surviving rows.
+    let quarantine = stage.quarantine.take();
+    let written = if offered.written == 0 {
+        Staging::default()
+    } else {
+        let in_partitions = |set: &dyn Fn(&PartitionKey) -> bool| -> Result<Option<DataFrame>> {
+            let only = table.only(|f| set(&partition_of(&f.partition_values)));
+            match only.recipe().files.is_empty() {
+                true => Ok(None),
+                false => Ok(Some(scan(only)?)),
+            }
+        };
+        let rows = crate::upsert::rows(
+            offer()?,
+            in_partitions(&|p| holding.contains(p))?,
+            in_partitions(&|p| rewrite.contains(p))?,
+            &columns,
+        )?;
+        // Checked and deduplicated already: the writers only write.
+        let plain = ModelSettings {
+            expectations: vec![],
+            unique_key: vec![],
+            sequence_by: vec![],
+            ..settings.clone()
+        };
+        stage.stage(ctx, rows, &plain, settings_file).await?
+    };
+
+    // 4. The commits: the quarantine first (a crash before the table's
+    // commit leaves their recorded inputs apart, and the next run is full).
+    let counts = &offered.counts;
+    let quarantine_agrees = match quarantine {
+        Some((q, q_spec)) => {
+            let staged = Staged::from_adds(offered.quarantine_adds.clone(), counts.quarantined);
+            delta::commit(q, staged, q_spec).await?.1.rows_in_files == counts.quarantined
+        }
+        None => counts.quarantined == 0,
+    };
+    spec.replace = Replace::PartitionsOnly(rewrite.clone());
+    spec.upsert = Some(delta::UpsertKeys {
+        keys: settings.unique_key.clone(),
+        sequence: stored.clone(),
+    });
+    spec.metadata.insert(
+        "lakehouse.metrics".into(),
+        json!({
+            "rowsIn": counts.rows_in,
+            "rowsQuarantined": counts.quarantined,
+            "duplicatesCollapsed": offered.duplicates,
+            "rowsOffered": offered.written,
+            "rowsInserted": decision.inserted,
+            "rowsUpdated": decision.updated,
+            "rowsStale": decision.stale,
+            "partitionsRewritten": rewrite.len(),
+            "rules": counts.results(&settings.expectations),
+        }),
+    );
+    let (table_after, done) = delta::commit(
+        stage.table,
+        Staged::from_adds(written.adds, written.written),
+        spec,
+    )
+    .await?;
+    let (rows_after, _, _) = delta::row_count(&table_after).await?;
+    // Three identities, each side counted apart: the offer splits into
+    // inserted, updated and stale rows; the writers wrote every winner and
+    // every row of the rewritten partitions but the replaced ones (all of
+    // which lie there); and the table gained exactly the new keys.
+    let offer_splits = decision.inserted + decision.updated + decision.stale == offered.written;
+    // (winners, inserted + updated, plus the rewritten rows less the
+    // updated ones: inserted + rewritten rows.)
+    let rewrite_agrees = !rows_counted || written.written == decision.inserted + rewritten_rows;
+    let log_agrees = quarantine_agrees
+        && offer_splits
+        && rewrite_agrees
+        && done.rows_in_files == written.written
+        && (!rows_counted || rows_after == rows_before + decision.inserted);
+    if !log_agrees {
+        tracing::error!(
+            offered = offered.written,
+            inserted = decision.inserted,
+            updated = decision.updated,
+            stale = decision.stale,
+            written = written.written,
+            rewritten_rows,
+            rows_before,
+            rows_after,
+            "the upsert's counts do not agree"
+        );
+    }
+    Ok(Merged {
+        version: done.version,
+        offered,
+        decision,
+        rewritten: rewrite.len(),
+        files: done.files_added,
+        partitions: done.partitions,
+        log_agrees,
+    })
+}
+
+/// Removes every file under `relative` (a folder of the lake).
+async fn remove_folder(lake: &Lake, relative: &str) -> Result<()> {
+    let store = lake.store();
+    let prefix = lake.path(relative);
+    let found = store.list(Some(&prefix)).map_ok(|m| m.location).boxed();
+    store
+        .delete_stream(found)
+        .try_collect::<Vec<_>>()
+        .await
+        .map_err(|e| Error::Lake {
+            uri: lake.url(relative).to_string(),
+            message: format!("could not remove the upsert's scratch files: {e}"),
+        })?;
+    Ok(())
+}

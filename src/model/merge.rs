@@ -48,9 +48,10 @@ pub(super) struct Merged {
 }
 
 /// The folder under the lake root where a model's upserts stage the rows
-/// they offer: outside every schema's folder, so no listing sees it.
-fn scratch_folder(table_folder: &str) -> String {
-    format!("_lakehouse_scratch/{table_folder}")
+/// they offer (`silver.orders`: `_lakehouse_scratch/silver/orders`):
+/// outside every schema's folder, so no listing sees it.
+fn scratch_folder(model: &str) -> String {
+    format!("_lakehouse_scratch/{}", model.replace('.', "/"))
 }
 
 /// Upserts the rows of `df` (the model over its new input files) into
@@ -58,14 +59,13 @@ fn scratch_folder(table_folder: &str) -> String {
 pub(super) async fn upsert(
     ctx: &SessionContext,
     lake: &Lake,
-    table_folder: &str,
     stage: Stage<'_>,
     df: DataFrame,
     settings: &ModelSettings,
     settings_file: &std::path::Path,
     spec: &mut WriteSpec,
 ) -> Result<Merged> {
-    let scratch = scratch_folder(table_folder);
+    let scratch = scratch_folder(stage.model);
     // What a run that crashed mid-upsert left.
     remove_folder(lake, &scratch).await?;
     let here = format!("{scratch}/{}", stage.run_id);

@@ -391,18 +391,8 @@ pub async fn run_model(
         }),
     };
     if upserting {
-        let folder = crate::catalog::layer_folder(&model.layer, &model.name);
-        let merged = merge::upsert(
-            ctx,
-            lake,
-            &folder,
-            stage,
-            df,
-            settings,
-            &settings_file,
-            &mut spec,
-        )
-        .await?;
+        let merged =
+            merge::upsert(ctx, lake, stage, df, settings, &settings_file, &mut spec).await?;
         let d = &merged.decision;
         report.strategy = format!(
             "{}: {} inserted, {} updated, {} stale; {} rewritten, {} appended to",

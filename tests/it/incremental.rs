@@ -198,6 +198,13 @@ async fn batches_of_files_end_with_the_figures_of_one_full_run() {
             .contains("1 inserted, 1 updated, 1 stale; 1 partition rewritten, 1 appended to"),
         "{s}"
     );
+    // The offered rows were staged in a scratch folder, which the upsert
+    // removed after its commit.
+    assert!(
+        crate::files(&lake.join("_lakehouse_scratch")).is_empty(),
+        "{:?}",
+        crate::files(&lake.join("_lakehouse_scratch"))
+    );
     let gold = crate::summary_line(&s, "gold.daily_region_sales");
     let parts: usize = gold
         .split("incremental (")

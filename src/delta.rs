@@ -616,15 +616,7 @@ pub async fn commit(
     let Staged { adds, rows } = staged;
     let written_partitions: BTreeSet<Vec<(String, Option<String>)>> = adds
         .iter()
-        .map(|a| {
-            let mut v: Vec<(String, Option<String>)> = a
-                .partition_values
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            v.sort();
-            v
-        })
+        .map(|a| crate::upsert::partition_key(a.partition_values.clone()))
         .collect();
 
     let mut removes = Vec::new();
@@ -638,10 +630,7 @@ pub async fn commit(
         let mut files = snapshot.snapshot().file_views(log_store.as_ref(), None);
         while let Some(file) = files.next().await {
             let file = file?;
-            let values = file.partition_values_map();
-            let mut key: Vec<(String, Option<String>)> =
-                values.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            key.sort();
+            let key = crate::upsert::partition_key(file.partition_values_map());
             let hit = spec
                 .replace
                 .removes(&key, file.path().as_ref(), &written_partitions);
@@ -971,12 +960,7 @@ pub async fn data_version(table: &DeltaTable) -> Result<i64> {
 pub async fn changes(table: &DeltaTable, since: i64, until: i64) -> Result<Option<Changes>> {
     let mut out = Changes::default();
     let log = table.log_store();
-    let key = |m: &HashMap<String, Option<String>>| {
-        let mut v: Vec<(String, Option<String>)> =
-            m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        v.sort();
-        v
-    };
+    let key = |m: &HashMap<String, Option<String>>| crate::upsert::partition_key(m.clone());
     for version in (since + 1)..=until {
         let Some(bytes) = log.read_commit_entry(version as _).await? else {
             return Ok(None);

@@ -106,8 +106,7 @@ async fn live_files(table: &DeltaTable) -> Result<BTreeMap<PartitionKey, Vec<Str
     let mut out: BTreeMap<PartitionKey, Vec<String>> = BTreeMap::new();
     while let Some(file) = files.next().await {
         let file = file?;
-        let mut key: PartitionKey = file.partition_values_map().into_iter().collect();
-        key.sort();
+        let key: PartitionKey = crate::upsert::partition_key(file.partition_values_map());
         let path = file.path();
         let uri = if path.contains("://") {
             path.to_string()

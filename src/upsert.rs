@@ -43,6 +43,14 @@ pub const MAX_FILES_PER_PARTITION: usize = 8;
 /// records partition values.
 pub type PartitionKey = Vec<(String, Option<String>)>;
 
+/// The partition named by `pairs` (a Delta action's partition values, or
+/// columns zipped with values), in any order.
+pub fn partition_key(pairs: impl IntoIterator<Item = (String, Option<String>)>) -> PartitionKey {
+    let mut key: PartitionKey = pairs.into_iter().collect();
+    key.sort();
+    key
+}
+
 /// The columns that drive the upsert.
 pub struct Columns<'a> {
     pub keys: &'a [String],
@@ -199,15 +207,10 @@ fn tally(batch: &RecordBatch, partition_by: &[String], decision: &mut Decision) 
             decision.inserted += n;
             continue;
         }
-        let mut key: PartitionKey = partition_by
-            .iter()
-            .zip(&values)
-            .map(|(c, a)| {
-                let v = (!a.is_null(row)).then(|| a.as_string::<i32>().value(row).to_string());
-                (c.clone(), v)
-            })
-            .collect();
-        key.sort();
+        let key = partition_key(partition_by.iter().zip(&values).map(|(c, a)| {
+            let v = (!a.is_null(row)).then(|| a.as_string::<i32>().value(row).to_string());
+            (c.clone(), v)
+        }));
         if wins.value(row) {
             decision.updated += n;
             decision.replaced.insert(key);

@@ -150,6 +150,17 @@ impl SnapshotTable {
         })
     }
 
+    /// The partition `file` (one of this table's) lies in.
+    pub fn partition_key(&self, file: &SnapshotFile) -> crate::upsert::PartitionKey {
+        crate::upsert::partition_key(
+            self.recipe
+                .partition_columns
+                .iter()
+                .cloned()
+                .zip(file.partition_values.iter().cloned()),
+        )
+    }
+
     /// The same table with only the files `keep` accepts.
     pub fn only(&self, keep: impl Fn(&SnapshotFile) -> bool) -> Self {
         let mut recipe = self.recipe.clone();

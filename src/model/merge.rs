@@ -31,7 +31,7 @@ use crate::delta::{self, Replace, Staged, WriteSpec};
 use crate::error::{Error, Result};
 use crate::pipeline::ModelSettings;
 use crate::storage::Lake;
-use crate::upsert::{Columns, PartitionKey, MAX_FILES_PER_PARTITION};
+use crate::upsert::{partition_key, Columns, PartitionKey, MAX_FILES_PER_PARTITION};
 
 /// What the upsert did.
 pub(super) struct Merged {
@@ -128,51 +128,33 @@ async fn stage_and_commit(
     };
 
     // Which files lie in which partition, to pick the rewrites.
-    let partition_of = |values: &[Option<String>]| -> PartitionKey {
-        let mut key: PartitionKey = settings
-            .partition_by
-            .iter()
-            .cloned()
-            .zip(values.iter().cloned())
-            .collect();
-        key.sort();
-        key
-    };
-    let mut files_in: BTreeMap<PartitionKey, usize> = BTreeMap::new();
-    let mut rows_before = 0u64;
+    let mut files_in: BTreeMap<PartitionKey, (usize, u64)> = BTreeMap::new();
     let mut rows_counted = true;
     for f in &table.recipe().files {
-        *files_in
-            .entry(partition_of(&f.partition_values))
-            .or_default() += 1;
+        let (files, rows) = files_in.entry(table.partition_key(f)).or_default();
+        *files += 1;
         match f.rows {
-            Some(n) => rows_before += n,
+            Some(n) => *rows += n,
             None => rows_counted = false,
         }
     }
+    let rows_before: u64 = files_in.values().map(|(_, rows)| rows).sum();
     let mut rewrite = decision.replaced.clone();
     for add in &offered.adds {
-        let mut key: PartitionKey = add
-            .partition_values
-            .iter()
-            .map(|(c, v)| (c.clone(), v.clone()))
-            .collect();
-        key.sort();
+        let key = partition_key(add.partition_values.clone());
         if files_in
             .get(&key)
-            .is_some_and(|n| *n >= MAX_FILES_PER_PARTITION)
+            .is_some_and(|(n, _)| *n >= MAX_FILES_PER_PARTITION)
         {
             rewrite.insert(key);
         }
     }
     let holding: BTreeSet<&PartitionKey> =
         decision.replaced.iter().chain(&decision.stale_in).collect();
-    let rewritten_rows: u64 = table
-        .recipe()
-        .files
+    let rewritten_rows: u64 = rewrite
         .iter()
-        .filter(|f| rewrite.contains(&partition_of(&f.partition_values)))
-        .map(|f| f.rows.unwrap_or(0))
+        .filter_map(|p| files_in.get(p))
+        .map(|(_, rows)| rows)
         .sum();
 
     // 3. The winners and the rewritten partitions' surviving rows.
@@ -181,7 +163,7 @@ async fn stage_and_commit(
         Staging::default()
     } else {
         let in_partitions = |set: &dyn Fn(&PartitionKey) -> bool| -> Result<Option<DataFrame>> {
-            let only = table.only(|f| set(&partition_of(&f.partition_values)));
+            let only = table.only(|f| set(&table.partition_key(f)));
             match only.recipe().files.is_empty() {
                 true => Ok(None),
                 false => Ok(Some(scan(only)?)),

@@ -539,7 +539,7 @@ pub enum Dictionaries {
 
 impl Dictionaries {
     /// The writer settings for a table whose first batch is `sample`.
-    fn writer_properties(
+    pub fn writer_properties(
         self,
         sample: &RecordBatch,
     ) -> deltalake::parquet::file::properties::WriterProperties {

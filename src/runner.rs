@@ -95,12 +95,18 @@ pub async fn run(
     };
 
     let planned = preflight(&run).await?;
-    let ingested = ingest_sources(&run).await;
+    // The session every plan of the run runs in: the preflight's, or one
+    // on the cluster.
+    let session = match planned {
+        Some(session) => Ok(session),
+        None => session::build(lake, options).await,
+    };
+    let ingested = ingest_sources(&run, &session).await;
     let unread = unread_landing_files(lake, pipeline).await;
     for file in &unread {
         tracing::warn!(file = %file, "landed file matches no source's `files` glob: it is not read");
     }
-    let modelled = run_models(&run, &chosen, planned).await;
+    let modelled = run_models(&run, &chosen, session).await;
 
     let mut report = RunReport {
         run_id: run_id.to_string(),
@@ -149,8 +155,8 @@ type Session = (
 
 /// Every model planned against its inputs' schemas before anything is
 /// taken: a misnamed column in the settings stops the run here (exit 2).
-/// Returns the local session it planned in, for the models to run in when
-/// the run is not on a cluster.
+/// Returns the local session it planned in, for the run's plans to run in
+/// when the run is not on a cluster.
 async fn preflight(run: &RunContext<'_>) -> Result<Option<Session>> {
     let local = SessionOptions {
         cluster: None,
@@ -164,7 +170,7 @@ async fn preflight(run: &RunContext<'_>) -> Result<Option<Session>> {
 /// Ingests every source; a source that fails is a failed step, and the
 /// others still run. Names given to `--reingest` that no source found are
 /// errors too.
-async fn ingest_sources(run: &RunContext<'_>) -> Phase<SourceStep> {
+async fn ingest_sources(run: &RunContext<'_>, session: &Result<Session>) -> Phase<SourceStep> {
     let (lake, pipeline, run_id, started_at, run_options, observer) = (
         run.lake,
         run.pipeline,
@@ -178,16 +184,25 @@ async fn ingest_sources(run: &RunContext<'_>) -> Phase<SourceStep> {
     for source in &pipeline.sources {
         let t = Instant::now();
         let progress = observer.source_started(&source.name, &source.csv.files);
-        let outcome = ingest::ingest_source(
-            lake,
-            source,
-            run_id,
-            started_at,
-            progress.clone(),
-            &run_options.reingest,
-            run.options.target_partitions,
-        )
-        .await;
+        let outcome = match session {
+            Ok((ctx, _)) => {
+                ingest::ingest_source(
+                    ctx,
+                    lake,
+                    source,
+                    run_id,
+                    started_at,
+                    progress.clone(),
+                    &run_options.reingest,
+                    run.options.target_partitions,
+                )
+                .await
+            }
+            Err(e) => Err(crate::error::Error::Ingest {
+                source_name: source.name.clone(),
+                message: format!("could not start: {e}"),
+            }),
+        };
         progress.finish();
         let seconds = t.elapsed().as_secs_f64();
         match outcome {
@@ -257,12 +272,11 @@ async fn ingest_sources(run: &RunContext<'_>) -> Phase<SourceStep> {
 async fn run_models(
     run: &RunContext<'_>,
     chosen: &HashSet<String>,
-    session: Option<Session>,
+    session: Result<Session>,
 ) -> Phase<ModelStep> {
-    let (lake, pipeline, options, run_id, started_at, run_options, observer) = (
+    let (lake, pipeline, run_id, started_at, run_options, observer) = (
         run.lake,
         run.pipeline,
-        run.options,
         run.run_id,
         run.started_at,
         run.run_options,
@@ -270,12 +284,11 @@ async fn run_models(
     );
     let mut steps: Vec<ModelStep> = Vec::new();
     let mut errors: Vec<String> = Vec::new();
-    // The preflight's session sees the tables ingestion just created once
-    // its catalog lists the lake again.
+    // The session sees the tables ingestion just created once its catalog
+    // lists the lake again.
     let session = match (crate::failpoint::check("session-build"), session) {
-        (Err(e), _) => Err(e),
-        (Ok(()), Some((ctx, catalog))) => catalog.refresh().await.map(|()| (ctx, catalog)),
-        (Ok(()), None) => session::build(lake, options).await,
+        (Err(e), _) | (_, Err(e)) => Err(e),
+        (Ok(()), Ok((ctx, catalog))) => catalog.refresh().await.map(|()| (ctx, catalog)),
     };
     if let Err(e) = &session {
         tracing::error!(error = %e, "could not start the models");

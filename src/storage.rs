@@ -44,6 +44,8 @@ pub struct LandedFile {
     /// inside the lake, otherwise its full URI.
     pub name: String,
     pub store: Arc<dyn ObjectStore>,
+    /// The store's URL (`s3://bucket`, `file://`): how another node finds it.
+    pub store_url: String,
     pub location: Path,
     pub size: u64,
     pub last_modified: chrono::DateTime<chrono::Utc>,
@@ -123,12 +125,13 @@ impl Lake {
     /// Every file matching a source glob, sorted by name. The glob is relative
     /// to the lake root unless it is an absolute path or URI.
     pub async fn glob(&self, pattern: &str) -> Result<Vec<LandedFile>> {
-        let (store, base_url, base_path, rel_pattern, inside) = if is_absolute(pattern) {
+        let (store, store_url, base_url, base_path, rel_pattern, inside) = if is_absolute(pattern) {
             let literal = literal_prefix(pattern);
             let base = parse_location(&literal, false)?;
             let (store, base_path) = store_for(&base, &self.storage_options)?;
             (
                 store,
+                store_of(&base),
                 base.to_string(),
                 base_path,
                 pattern[literal.len()..].to_string(),
@@ -139,6 +142,7 @@ impl Lake {
             let base_path = self.path(&literal);
             (
                 self.store.clone(),
+                store_of(&self.root),
                 String::new(),
                 base_path,
                 pattern.to_string(),
@@ -191,6 +195,7 @@ impl Lake {
                 local_path,
                 name,
                 store: store.clone(),
+                store_url: store_url.clone(),
                 location: meta.location,
                 size: meta.size,
                 last_modified: meta.last_modified,

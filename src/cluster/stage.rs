@@ -127,7 +127,7 @@ pub fn encode_schema(schema: &Schema) -> DfResult<String> {
     Ok(base64::engine::general_purpose::STANDARD.encode(proto.encode_to_vec()))
 }
 
-fn decode_schema(text: &str) -> DfResult<SchemaRef> {
+pub fn decode_schema(text: &str) -> DfResult<SchemaRef> {
     use base64::Engine;
     use prost::Message;
     let bytes = base64::engine::general_purpose::STANDARD
@@ -234,6 +234,9 @@ impl UserDefinedLogicalNodeCore for StageNode {
 
 /// The recipe of a logical node of ours, `None` for a node that is not.
 pub fn encode_logical(node: &Extension) -> DfResult<Option<(&'static str, serde_json::Value)>> {
+    if let Some(recipe) = crate::ingest::task::encode_logical(node)? {
+        return Ok(Some(recipe));
+    }
     match node.node.as_any().downcast_ref::<StageNode>() {
         Some(stage) => Ok(Some((
             "stage",
@@ -246,6 +249,7 @@ pub fn encode_logical(node: &Extension) -> DfResult<Option<(&'static str, serde_
 
 pub fn decode_logical(kind: &str, body: &[u8], inputs: &[LogicalPlan]) -> DfResult<Extension> {
     match (kind, inputs) {
+        ("ingest", []) => crate::ingest::task::decode_logical(body),
         ("stage", [input]) => Ok(Extension {
             node: Arc::new(StageNode::new(input.clone(), &parse_spec(body)?)?),
         }),
@@ -259,6 +263,9 @@ pub fn encode_physical(
 ) -> DfResult<Option<(&'static str, serde_json::Value)>> {
     let json =
         |v: &StageSpec| serde_json::to_value(v).map_err(|e| DataFusionError::External(Box::new(e)));
+    if let Some(recipe) = crate::ingest::task::encode_physical(node)? {
+        return Ok(Some(recipe));
+    }
     if let Some(stage) = node.downcast_ref::<StageExec>() {
         return Ok(Some(("stage-exec", json(&stage.spec)?)));
     }
@@ -277,6 +284,7 @@ pub fn decode_physical(
     inputs: &[Arc<dyn ExecutionPlan>],
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
     match (kind, inputs) {
+        ("ingest-exec", []) => crate::ingest::task::decode_physical(body),
         ("stage-exec", [input]) => Ok(Arc::new(StageExec::try_new(
             input.clone(),
             parse_spec(body)?,
@@ -433,7 +441,7 @@ fn split_messages(batch: RecordBatch) -> DfResult<(RecordBatch, Option<RecordBat
 
 /// A task's failure as DataFusion carries it: the project's own error
 /// inside (the driver finds it again, see `model::stage`).
-fn task_error(e: crate::error::Error) -> DataFusionError {
+pub fn task_error(e: crate::error::Error) -> DataFusionError {
     match e {
         crate::error::Error::DataFusion(d) => d,
         other => DataFusionError::External(Box::new(other)),
@@ -553,7 +561,16 @@ impl ExecutionPlan for CheckExec {
             Some((url, schema)) => {
                 let schema = decode_schema(schema)?;
                 let name = format!("the quarantine of {}", self.spec.model);
-                Some((writer(url.clone(), schema.clone(), &[], &name), schema))
+                Some((
+                    writer(
+                        url.clone(),
+                        schema.clone(),
+                        &[],
+                        &name,
+                        crate::delta::Dictionaries::Sampled,
+                    ),
+                    schema,
+                ))
             }
             None => None,
         };
@@ -899,11 +916,14 @@ pub enum Message {
     Collapsed(u64),
     /// Rows a writer task wrote to the table.
     Written(u64),
+    /// What an ingest task found in a landed file (its place in the
+    /// driver's list, its report).
+    Ingested(usize, crate::ingest::FileReport),
 }
 
 impl Message {
     /// The message as it travels: JSON text.
-    fn to_text(&self) -> DfResult<String> {
+    pub fn to_text(&self) -> DfResult<String> {
         serde_json::to_string(self).map_err(|e| DataFusionError::External(Box::new(e)))
     }
 
@@ -917,13 +937,14 @@ impl Message {
     }
 }
 
-/// A writer for one table, on the store as this node reaches it; the
-/// table's first rows decide which columns get a dictionary.
-fn writer(
+/// A writer for one table, on the store as this node reaches it; with
+/// sampled dictionaries, the table's first rows decide which columns get one.
+pub fn writer(
     url: String,
     schema: SchemaRef,
     partition_by: &[String],
     table: &str,
+    dictionaries: crate::delta::Dictionaries,
 ) -> crate::delta::SortedWriter {
     let partitions = partition_by.to_vec();
     crate::delta::SortedWriter::new(partition_by.to_vec(), table, move |first| {
@@ -934,7 +955,7 @@ fn writer(
             Some(partitions),
             Some(crate::storage::node_options()),
         )?
-        .with_writer_properties(crate::delta::writer_properties_for(first))
+        .with_writer_properties(dictionaries.writer_properties(first))
         .with_target_file_size(crate::delta::TARGET_FILE_SIZE))
     })
 }
@@ -949,6 +970,7 @@ async fn stage_partition(
         table_schema.clone(),
         &spec.partition_by,
         &spec.model,
+        crate::delta::Dictionaries::Sampled,
     );
     // Messages from the tasks before this one go on as they came.
     let mut texts: Vec<String> = Vec::new();
@@ -1026,6 +1048,7 @@ impl datafusion::execution::context::QueryPlanner for Planner {
         let plan = DefaultPhysicalPlanner::with_extension_planners(vec![
             deltalake::delta_datafusion::planner::DeltaExtensionPlanner::new(),
             Arc::new(StagePlanner),
+            Arc::new(crate::ingest::task::IngestPlanner),
         ])
         .create_physical_plan(plan, state)
         .await?;

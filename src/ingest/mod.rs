@@ -1,8 +1,8 @@
 //! Landing CSV -> bronze. Lists a source's files, skips the ones already
-//! ingested, parses the rest on blocking threads (CSV parsing is CPU work;
-//! one parser per file at a time, as many as the run's parallelism) and
-//! streams rows into the bronze Delta table and malformed rows into the
-//! source's reject table. Which files were ingested is recorded as Delta app
+//! ingested, and parses the rest as a plan ([`task`]): tasks, in this
+//! process or on a cluster's executors, each parse a group of files on a
+//! blocking thread and write bronze's rows and the malformed lines (the
+//! source's reject table) as Parquet files; the driver commits them. Which files were ingested is recorded as Delta app
 //! transactions (`lakehouse-ingest:<file>`) in the same commit as their rows,
 //! so a crash can never ingest a file twice or half.
 //! Owns bronze and its rejects; must not know about models.
@@ -10,22 +10,21 @@
 pub mod csv;
 mod reader;
 pub mod sniff;
+pub mod task;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayBuilder, ArrayRef, BinaryBuilder, Int64Builder, RecordBatch, StringBuilder,
+    ArrayBuilder, ArrayRef, AsArray, BinaryBuilder, Int64Builder, RecordBatch, StringBuilder,
     TimestampMicrosecondArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::execution::SendableRecordBatchStream;
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use deltalake::kernel::Transaction;
 use deltalake::DeltaTable;
 use tokio::sync::mpsc;
 
+use crate::cluster::stage::{encode_schema, Message};
 use crate::delta::{self, Replace, WriteSpec};
 use crate::error::{Error, Result};
 use crate::pipeline::{SchemaChange, Source};
@@ -41,7 +40,7 @@ pub const RUN_ID: &str = "_run_id";
 const BATCH_ROWS: usize = 32 * 1024;
 
 /// What ingesting one file did.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct FileReport {
     pub file: String,
     pub rows: u64,
@@ -188,16 +187,19 @@ pub fn reject_schema() -> SchemaRef {
 /// (every new file looked at before any row is taken), [`parse`] them into
 /// staged Parquet files (nothing visible), and [`commit`] rejects then
 /// bronze with the files' ingestion markers, checking that every line read
-/// became exactly one bronze or reject row. `parsers` bounds how many files
-/// are parsed at once.
+/// became exactly one bronze or reject row. Parsing runs as a plan in
+/// `ctx` (in this process, or on a cluster's executors), in at most
+/// `tasks` tasks, each parsing its files one at a time.
+#[allow(clippy::too_many_arguments)]
 pub async fn ingest_source(
+    ctx: &datafusion::prelude::SessionContext,
     lake: &Lake,
     source: &Source,
     run_id: &str,
     ingested_at: chrono::DateTime<chrono::Utc>,
     progress: Arc<dyn Progress>,
     reingest: &[String],
-    parsers: usize,
+    tasks: usize,
 ) -> Result<SourceReport> {
     let selection = select(lake, source, reingest).await?;
     if selection.todo.is_empty() {
@@ -217,6 +219,7 @@ pub async fn ingest_source(
     let targets =
         Targets::prepare(lake, source, run_id, selection.bronze.as_ref(), &layout).await?;
     let parsed = parse(
+        ctx,
         source,
         &selection.todo,
         layout,
@@ -224,7 +227,7 @@ pub async fn ingest_source(
         run_id,
         ingested_at,
         progress,
-        parsers,
+        tasks,
     )
     .await?;
     commit(selection, parsed, targets, reingest).await
@@ -367,7 +370,6 @@ struct Targets {
     bronze_spec: WriteSpec,
     rejects: DeltaTable,
     reject_spec: WriteSpec,
-    schema: SchemaRef,
 }
 
 impl Targets {
@@ -412,7 +414,6 @@ impl Targets {
             rejects: delta::ensure_table(&reject_url, opts, &reject_schema(), &reject_spec).await?,
             bronze_spec,
             reject_spec,
-            schema,
         })
     }
 }
@@ -425,8 +426,12 @@ struct Parsed {
     files: Vec<FileReport>,
 }
 
+/// Runs the ingest's plan ([`task::IngestNode`]) wherever the session runs
+/// plans: the files not refused, split into `tasks` groups of about equal
+/// size, each parsed by one task into its own bronze and reject files.
 #[allow(clippy::too_many_arguments)]
 async fn parse(
+    ctx: &datafusion::prelude::SessionContext,
     source: &Source,
     todo: &[(LandedFile, bool)],
     layout: Layout,
@@ -434,59 +439,104 @@ async fn parse(
     run_id: &str,
     ingested_at: chrono::DateTime<chrono::Utc>,
     progress: Arc<dyn Progress>,
-    parsers: usize,
+    tasks: usize,
 ) -> Result<Parsed> {
-    progress.start(todo.iter().map(|(f, _)| f.size).sum());
-    // Parsers take the files one at a time from a shared list, each
-    // feeding its own bronze writer (so bronze gets one set of files per
-    // parser); the rejects of all go to one writer.
-    let parsers = parsers.min(todo.len()).max(1);
-    let job = Arc::new(ParseJob {
-        files: todo.to_vec(),
-        sniffed: layout.sniffed,
-        next: AtomicUsize::new(0),
-        done_bytes: AtomicU64::new(0),
-        columns: layout.columns,
-        schema: targets.schema.clone(),
-        source: source.clone(),
-        run_id: run_id.to_string(),
-        ingested_at: ingested_at.timestamp_micros(),
-        handle: tokio::runtime::Handle::current(),
-        progress,
-    });
-    let (rej_tx, rej_rx) = mpsc::channel::<datafusion::error::Result<RecordBatch>>(4);
-    let mut row_streams = Vec::with_capacity(parsers);
-    let mut parsing = Vec::with_capacity(parsers);
-    for _ in 0..parsers {
-        let (row_tx, row_rx) = mpsc::channel::<datafusion::error::Result<RecordBatch>>(4);
-        row_streams.push(channel_stream(targets.schema.clone(), row_rx));
-        let (job, rej_tx) = (job.clone(), rej_tx.clone());
-        parsing.push(tokio::task::spawn_blocking(move || job.run(row_tx, rej_tx)));
+    let ingest_error = |message: String| Error::Ingest {
+        source_name: source.name.clone(),
+        message,
+    };
+    let mut files: Vec<Option<FileReport>> = vec![None; todo.len()];
+    let mut taken = Vec::new();
+    for (i, ((file, rejects_done), sniffed)) in todo.iter().zip(&layout.sniffed).enumerate() {
+        match &sniffed.refused {
+            Some(why) => {
+                tracing::warn!(file = %file.name, "refused: {why}");
+                files[i] = Some(FileReport {
+                    file: file.name.clone(),
+                    refused: Some(why.clone()),
+                    ..Default::default()
+                });
+            }
+            None => {
+                // The driver's session reaches each file's store the way
+                // the glob found it; a cluster's nodes use their own.
+                if file.local_path.is_none() {
+                    if let Ok(url) = url::Url::parse(&file.store_url) {
+                        if ctx
+                            .runtime_env()
+                            .object_store_registry
+                            .get_store(&url)
+                            .is_err()
+                        {
+                            ctx.register_object_store(&url, file.store.clone());
+                        }
+                    }
+                }
+                taken.push(task::TaskFile::new(file, *rejects_done, i));
+            }
+        }
     }
-    drop(rej_tx);
-    let rej_stream = channel_stream(reject_schema(), rej_rx);
-    // Bronze is written once and read back whole: no dictionaries.
-    let (rows, rejects) = tokio::try_join!(
-        delta::stage_with(
-            &targets.bronze,
-            row_streams,
-            &targets.bronze_spec.table_name,
-            delta::Dictionaries::Off,
-        ),
-        delta::stage(
-            &targets.rejects,
-            vec![rej_stream],
-            &targets.reject_spec.table_name
-        ),
-    )?;
-    let mut files: Vec<(usize, FileReport)> = Vec::with_capacity(todo.len());
-    for parser in parsing {
-        files.extend(parser.await.map_err(|e| Error::Ingest {
-            source_name: source.name.clone(),
-            message: format!("parser thread failed: {e}"),
-        })??);
+    progress.start(taken.iter().map(|f| f.size).sum());
+    let (mut adds, mut reject_adds) = (Vec::new(), Vec::new());
+    if !taken.is_empty() {
+        let spec = task::IngestSpec {
+            source: source.name.clone(),
+            bronze_url: targets.bronze.table_url().to_string(),
+            bronze_schema: encode_schema(delta::table_arrow_schema(&targets.bronze)?.as_ref())?,
+            reject_url: targets.rejects.table_url().to_string(),
+            reject_schema: encode_schema(delta::table_arrow_schema(&targets.rejects)?.as_ref())?,
+            parser: Parser {
+                columns: layout.columns,
+                header: source.csv.header,
+                delimiter: source.csv.delimiter,
+                quote: source.csv.quote,
+                max_field_bytes: source.csv.max_field_bytes,
+                rename: source.csv.rename.clone(),
+                run_id: run_id.to_string(),
+                ingested_at: ingested_at.timestamp_micros(),
+            },
+            tasks: task::group(taken, tasks),
+        };
+        let node = task::IngestNode::new(&spec, task::Watch::new(progress))?;
+        let plan =
+            datafusion::logical_expr::LogicalPlan::Extension(datafusion::logical_expr::Extension {
+                node: Arc::new(node),
+            });
+        let batches = crate::cluster::collect_bounded(ctx, plan)
+            .await
+            .map_err(|e| match e {
+                Error::DataFusion(d) => match d.find_root() {
+                    datafusion::error::DataFusionError::External(inner) => {
+                        match inner.downcast_ref::<Error>() {
+                            Some(Error::Ingest { message, .. }) => ingest_error(message.clone()),
+                            _ => ingest_error(d.to_string()),
+                        }
+                    }
+                    _ => ingest_error(d.to_string()),
+                },
+                other => other,
+            })?;
+        for batch in &batches {
+            for text in batch.column(0).as_string::<i32>().iter().flatten() {
+                match Message::parse(text)? {
+                    Message::Table(add) => adds.push(add),
+                    Message::Quarantine(add) => reject_adds.push(add),
+                    Message::Ingested(i, report) => {
+                        if let Some(slot) = files.get_mut(i) {
+                            *slot = Some(report);
+                        }
+                    }
+                    other => {
+                        return Err(Error::Internal(format!(
+                            "an ingest task of {} sent {other:?}",
+                            source.name
+                        )))
+                    }
+                }
+            }
+        }
     }
-    files.sort_by_key(|(i, _)| *i);
+    let files: Vec<FileReport> = files.into_iter().flatten().collect();
     if files.len() != todo.len() {
         return Err(Error::Internal(format!(
             "{} of {} files of source {} were parsed",
@@ -495,10 +545,19 @@ async fn parse(
             source.name
         )));
     }
+    // Rows the tasks wrote: the rows of every file taken, and the rejects
+    // of those whose rejects were not committed before.
+    let rows = files.iter().map(|f| f.rows).sum();
+    let rejected = files
+        .iter()
+        .zip(todo)
+        .filter(|(_, (_, done))| !done)
+        .map(|(f, _)| f.rejected)
+        .sum();
     Ok(Parsed {
-        rows,
-        rejects,
-        files: files.into_iter().map(|(_, r)| r).collect(),
+        rows: delta::Staged::from_adds(adds, rows),
+        rejects: delta::Staged::from_adds(reject_adds, rejected),
+        files,
     })
 }
 
@@ -647,103 +706,57 @@ async fn ingested_size(table: &Option<DeltaTable>, app_id: &str) -> Result<Optio
     }
 }
 
-fn channel_stream(
-    schema: SchemaRef,
-    rx: mpsc::Receiver<datafusion::error::Result<RecordBatch>>,
-) -> SendableRecordBatchStream {
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    Box::pin(RecordBatchStreamAdapter::new(schema, stream))
+/// How a task parses a source's files into bronze's columns: decided on
+/// the driver, carried in the ingest's plan.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Parser {
+    /// Bronze's columns, settled before any row is taken.
+    columns: Vec<String>,
+    header: bool,
+    delimiter: u8,
+    quote: u8,
+    max_field_bytes: usize,
+    /// Header name (case-insensitive) -> bronze column name.
+    rename: Vec<(String, String)>,
+    run_id: String,
+    /// Microseconds since 1970, UTC.
+    ingested_at: i64,
 }
 
-fn options(source: &Source) -> CsvOptions {
-    CsvOptions {
-        delimiter: source.csv.delimiter,
-        quote: source.csv.quote,
-        max_field_bytes: source.csv.max_field_bytes,
+type Tx = mpsc::Sender<RecordBatch>;
+
+/// Logs what a file's report says is worth a look.
+fn log_file(report: &FileReport) {
+    if !report.missing_columns.is_empty() {
+        tracing::warn!(file = %report.file, columns = ?report.missing_columns, rows = report.rows, "the file's header lacks declared column(s): NULL for every one of its rows");
+    }
+    if !report.empty_columns.is_empty() {
+        tracing::warn!(file = %report.file, columns = ?report.empty_columns, rows = report.rows, "column(s) empty in every row of the file");
     }
 }
 
-struct ParseJob {
-    files: Vec<(LandedFile, bool)>,
-    sniffed: Vec<Sniffed>,
-    /// The next file a parser takes.
-    next: AtomicUsize,
-    /// Bytes of the files parsed so far, for the progress bar.
-    done_bytes: AtomicU64,
-    columns: Vec<String>,
-    schema: SchemaRef,
-    source: Source,
-    run_id: String,
-    ingested_at: i64,
-    handle: tokio::runtime::Handle,
-    progress: Arc<dyn Progress>,
-}
-
-type Tx = mpsc::Sender<datafusion::error::Result<RecordBatch>>;
-
-impl ParseJob {
-    /// Parses files taken from the shared list until none is left; each
-    /// file's report with its index in the list.
-    fn run(&self, rows: Tx, rejects: Tx) -> Result<Vec<(usize, FileReport)>> {
-        let mut reports = Vec::new();
-        loop {
-            let i = self.next.fetch_add(1, Ordering::Relaxed);
-            let (Some((file, rejects_done)), Some(sniffed)) =
-                (self.files.get(i), self.sniffed.get(i))
-            else {
-                return Ok(reports);
-            };
-            if let Some(why) = &sniffed.refused {
-                tracing::warn!(file = %file.name, "refused: {why}");
-                reports.push((
-                    i,
-                    FileReport {
-                        file: file.name.clone(),
-                        refused: Some(why.clone()),
-                        ..Default::default()
-                    },
-                ));
-            } else {
-                match self.parse_file(file, *rejects_done, &rows, &rejects) {
-                    Ok(r) => {
-                        if !r.missing_columns.is_empty() {
-                            tracing::warn!(file = %file.name, columns = ?r.missing_columns, rows = r.rows, "the file's header lacks declared column(s): NULL for every one of its rows");
-                        }
-                        if !r.empty_columns.is_empty() {
-                            tracing::warn!(file = %file.name, columns = ?r.empty_columns, rows = r.rows, "column(s) empty in every row of the file");
-                        }
-                        reports.push((i, r))
-                    }
-                    Err(e) => {
-                        // Rows already sent cannot be taken back from this
-                        // write: abort the whole source so nothing is committed.
-                        let msg = format!("{}: {e}", file.name);
-                        let _ = rows.blocking_send(Err(
-                            datafusion::error::DataFusionError::Execution(msg.clone()),
-                        ));
-                        return Err(Error::Ingest {
-                            source_name: self.source.name.clone(),
-                            message: msg,
-                        });
-                    }
-                }
-            }
-            let done = self.done_bytes.fetch_add(file.size, Ordering::Relaxed) + file.size;
-            self.progress.at(done);
+impl Parser {
+    fn options(&self) -> CsvOptions {
+        CsvOptions {
+            delimiter: self.delimiter,
+            quote: self.quote,
+            max_field_bytes: self.max_field_bytes,
         }
     }
 
+    /// Parses one file, sending bronze's rows to `rows_tx` and the
+    /// rejected lines to `rej_tx` (unless `rejects_done`).
     fn parse_file(
         &self,
         file: &LandedFile,
         rejects_done: bool,
         rows_tx: &Tx,
         rej_tx: &Tx,
+        handle: &tokio::runtime::Handle,
     ) -> std::io::Result<FileReport> {
-        let input = reader::open(file, self.handle.clone())?;
-        let mut csv = CsvReader::new(input, options(&self.source));
+        let schema = bronze_schema(&self.columns);
+        let input = reader::open(file, handle.clone())?;
+        let mut csv = CsvReader::new(input, self.options());
         let mut rec = Record::default();
         let mut report = FileReport {
             file: file.name.clone(),
@@ -754,7 +767,7 @@ impl ParseJob {
         let mut mapping: Vec<Option<usize>> = (0..ncols).map(Some).collect();
         let mut header: Option<Vec<Vec<u8>>> = None;
         let mut expected_fields = ncols;
-        if self.source.csv.header {
+        if self.header {
             if !csv.next(&mut rec)? {
                 report.blank_lines = csv.blank_lines;
                 return Ok(report);
@@ -765,7 +778,7 @@ impl ParseJob {
                 ));
                 return Ok(report);
             }
-            let names = sniff::normalise_header(&rec, &self.source.csv);
+            let names = sniff::normalise_header(&rec, &self.rename);
             if let Some(unknown) = names.iter().find(|n| !self.columns.contains(n)) {
                 // The file check settled the columns; a header that differs now
                 // means the file changed while it was being read.
@@ -844,7 +857,7 @@ impl ParseJob {
                     if b.lines.len() >= BATCH_ROWS {
                         send(
                             rows_tx,
-                            b.finish(&self.schema, name, &self.run_id, self.ingested_at)?,
+                            b.finish(&schema, name, &self.run_id, self.ingested_at)?,
                         )?;
                     }
                 }
@@ -853,7 +866,7 @@ impl ParseJob {
         if b.lines.len() > 0 {
             send(
                 rows_tx,
-                b.finish(&self.schema, name, &self.run_id, self.ingested_at)?,
+                b.finish(&schema, name, &self.run_id, self.ingested_at)?,
             )?;
         }
         if r.len() > 0 {
@@ -911,7 +924,7 @@ fn unmatched_rename(
 }
 
 fn send(tx: &Tx, batch: RecordBatch) -> std::io::Result<()> {
-    tx.blocking_send(Ok(batch))
+    tx.blocking_send(batch)
         .map_err(|_| std::io::Error::other("the bronze writer stopped"))
 }
 

@@ -23,12 +23,11 @@ pub struct Sniffed {
 }
 
 /// Lower-cased, trimmed header names with the source's `rename` applied.
-pub fn normalise_header(rec: &Record, csv: &CsvSource) -> Vec<String> {
+pub fn normalise_header(rec: &Record, rename: &[(String, String)]) -> Vec<String> {
     (0..rec.len())
         .map(|i| {
             let raw = String::from_utf8_lossy(rec.field(i)).trim().to_string();
-            match csv
-                .rename
+            match rename
                 .iter()
                 .find(|(from, _)| from.eq_ignore_ascii_case(&raw))
             {
@@ -108,7 +107,7 @@ pub fn sniff(
     if let Some(err) = &rec.error {
         return refuse(format!("its header line is malformed ({err})"));
     }
-    let names = normalise_header(&rec, csv);
+    let names = normalise_header(&rec, &csv.rename);
     if names.len() == 1 {
         let only = &names[0];
         for (d, label) in [(',', ","), (';', ";"), ('\t', "\\t"), ('|', "|")] {

@@ -190,6 +190,11 @@ impl Stage<'_> {
                     Message::Checked(checks) => counts.add(&checks),
                     Message::Collapsed(n) => duplicates += n,
                     Message::Written(n) => written += n,
+                    Message::Ingested(..) => {
+                        return Err(Error::Internal(format!(
+                            "a staging task of {model} sent an ingest report"
+                        )))
+                    }
                 }
             }
         }

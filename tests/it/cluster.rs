@@ -66,18 +66,34 @@ pub(crate) fn scheduler(cwd: &Path) -> (Node, String) {
 
 fn executor(scheduler: &str, work_dir: &Path, cwd: &Path) -> Node {
     std::fs::create_dir_all(work_dir).unwrap();
-    Node(node(
-        &[
-            "executor",
-            "--scheduler",
-            scheduler,
-            "--slots",
-            "2",
-            "--work-dir",
-            work_dir.to_str().unwrap(),
-        ],
-        cwd,
-    ))
+    Node(node(&executor_args(scheduler, work_dir), cwd))
+}
+
+fn executor_args<'a>(scheduler: &'a str, work_dir: &'a Path) -> [&'a str; 7] {
+    [
+        "executor",
+        "--scheduler",
+        scheduler,
+        "--slots",
+        "2",
+        "--work-dir",
+        work_dir.to_str().unwrap(),
+    ]
+}
+
+/// An executor whose log (the project's lines at info) goes to `log`.
+fn logged_executor(scheduler: &str, work_dir: &Path, cwd: &Path, log: &Path) -> Node {
+    std::fs::create_dir_all(work_dir).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_lakehouse"))
+        .args(executor_args(scheduler, work_dir))
+        .current_dir(cwd)
+        .env("RUST_LOG", "warn,lakehouse=info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("the lakehouse binary starts");
+    Node(child)
 }
 
 fn query(lake: &Path, cluster: Option<&str>, sql: &str) -> String {
@@ -294,15 +310,39 @@ fn the_pipeline_on_a_ballista_cluster_writes_the_same_tables_as_a_local_run() {
 
     let (_scheduler, address) = scheduler(dir.path());
     let work = [dir.path().join("exec-a"), dir.path().join("exec-b")];
+    let logs = [dir.path().join("exec-a.log"), dir.path().join("exec-b.log")];
     let _executors: Vec<Node> = work
         .iter()
-        .map(|w| executor(&address, w, dir.path()))
+        .zip(&logs)
+        .map(|(w, log)| logged_executor(&address, w, dir.path(), log))
         .collect();
 
     run(&local, None, &[]);
     let summary = run(&remote, Some(&address), &[]);
     assert!(summary.contains("silver.orders"), "{summary}");
     assert_same(&remote, &local);
+    // Bronze was parsed by the executors' tasks: each landed file with rows
+    // is named, with its rows, in their logs (and in no driver's).
+    let parsed: String = logs
+        .iter()
+        .map(|l| std::fs::read_to_string(l).unwrap())
+        .collect();
+    let bronze_files = query(
+        &remote,
+        None,
+        "SELECT _source_file AS f, count(*) AS n FROM bronze.orders GROUP BY _source_file ORDER BY f",
+    );
+    let bronze_files: Vec<&str> = bronze_files.lines().skip(1).collect();
+    assert_eq!(bronze_files.len(), 3, "{bronze_files:?}");
+    for line in bronze_files {
+        let (file, rows) = line.split_once(',').unwrap();
+        assert!(
+            parsed.contains(&format!(
+                "file parsed source=orders file={file} rows={rows} "
+            )),
+            "no executor parsed {file} ({rows} rows):\n{parsed}"
+        );
+    }
     // The runs' own counts agree too (rows in, written, quarantined,
     // duplicates), and reconcile.
     let steps = "SELECT step, status, rows_in, rows_written, rows_rejected, duplicates, reconciled FROM system.steps WHERE kind = 'model' ORDER BY step";

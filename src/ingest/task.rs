@@ -1,0 +1,489 @@
+//! Ingestion's staging step as a plan node, so it runs wherever the session
+//! runs plans: in this process, or as tasks on a cluster's executors. The
+//! driver decides everything first (which files, bronze's columns, how the
+//! files are grouped into tasks) and writes it into an [`IngestSpec`]; each
+//! task parses its group of files and writes bronze's and the rejects'
+//! Parquet files straight to the lake, then returns what it wrote and a
+//! report per file as messages. Nothing is committed here: the driver
+//! commits rejects, then bronze, with the files' ingestion markers.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{RecordBatch, StringArray};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DFSchema, DFSchemaRef};
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::{
+    Expr, Extension, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
+};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::{FileReport, Parser};
+use crate::cluster::stage::{decode_schema, message_schema, task_error, writer, Message};
+use crate::delta::Dictionaries;
+use crate::progress::Progress;
+use crate::storage::LandedFile;
+
+/// Everything an ingestion task needs, decided on the driver.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct IngestSpec {
+    /// The source's name, for messages.
+    pub source: String,
+    pub bronze_url: String,
+    /// Bronze's Arrow schema as the table has it (protobuf, base64).
+    pub bronze_schema: String,
+    pub reject_url: String,
+    pub reject_schema: String,
+    pub parser: Parser,
+    /// The files of each task, in the order it parses them.
+    pub tasks: Vec<Vec<TaskFile>>,
+}
+
+/// One landed file, as a task finds it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TaskFile {
+    /// The name bronze records.
+    pub name: String,
+    /// Its object store (`s3://bucket`, `file://`) and its path there.
+    pub store: String,
+    pub location: String,
+    /// Set for a file on local disk (read without the object store).
+    pub local_path: Option<std::path::PathBuf>,
+    pub size: u64,
+    /// Its rejects are committed already (a run died between the commits):
+    /// its bronze rows are taken, its rejects are not written again.
+    pub rejects_done: bool,
+    /// Its place in the driver's list of files, to put the reports back in
+    /// order.
+    pub index: usize,
+}
+
+impl TaskFile {
+    pub fn new(file: &LandedFile, rejects_done: bool, index: usize) -> Self {
+        Self {
+            name: file.name.clone(),
+            store: file.store_url.clone(),
+            location: file.location.to_string(),
+            local_path: file.local_path.clone(),
+            size: file.size,
+            rejects_done,
+            index,
+        }
+    }
+
+    /// The file as the parser opens it, through the store this node has for
+    /// its URL (its own settings and credentials on an executor).
+    fn landed(&self, env: &RuntimeEnv) -> DfResult<LandedFile> {
+        let store = match &self.local_path {
+            Some(_) => Arc::new(object_store::local::LocalFileSystem::new()) as _,
+            None => {
+                let url = url::Url::parse(&self.store)
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                env.object_store_registry.get_store(&url)?
+            }
+        };
+        Ok(LandedFile {
+            name: self.name.clone(),
+            store,
+            store_url: self.store.clone(),
+            location: object_store::path::Path::from(self.location.as_str()),
+            size: self.size,
+            last_modified: chrono::DateTime::<chrono::Utc>::MIN_UTC,
+            e_tag: None,
+            local_path: self.local_path.clone(),
+        })
+    }
+}
+
+/// The files split into `tasks` groups of about equal bytes: the largest
+/// file first, each to the group with the fewest bytes so far; within a
+/// group, files keep the driver's order.
+pub fn group(files: Vec<TaskFile>, tasks: usize) -> Vec<Vec<TaskFile>> {
+    let tasks = tasks.clamp(1, files.len().max(1));
+    let mut order: Vec<usize> = (0..files.len()).collect();
+    order.sort_by(|&a, &b| files[b].size.cmp(&files[a].size).then(a.cmp(&b)));
+    let mut bytes = vec![0u64; tasks];
+    let mut owner = vec![0usize; files.len()];
+    for i in order {
+        let g = (0..tasks).min_by_key(|&g| (bytes[g], g)).unwrap_or(0);
+        bytes[g] += files[i].size;
+        owner[i] = g;
+    }
+    let mut groups: Vec<Vec<TaskFile>> = vec![Vec::new(); tasks];
+    for (file, g) in files.into_iter().zip(owner) {
+        groups[g].push(file);
+    }
+    groups.retain(|g| !g.is_empty());
+    groups
+}
+
+/// The progress bar of an ingest run in this process, and the bytes its
+/// tasks have parsed so far. Never travels: a task on another node has
+/// none. Any two are equal, so plans compare by their recipe alone.
+#[derive(Clone, Default)]
+pub struct Watch(Option<(Arc<dyn Progress>, Arc<AtomicU64>)>);
+
+impl Watch {
+    pub fn new(progress: Arc<dyn Progress>) -> Self {
+        Self(Some((progress, Arc::new(AtomicU64::new(0)))))
+    }
+
+    fn parsed(&self, bytes: u64) {
+        if let Some((progress, done)) = &self.0 {
+            progress.at(done.fetch_add(bytes, Ordering::Relaxed) + bytes);
+        }
+    }
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("Watch")
+    }
+}
+
+impl PartialEq for Watch {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Watch {}
+
+impl std::hash::Hash for Watch {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
+}
+
+/// The logical form of an ingest: no input; one message per row out.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IngestNode {
+    /// The [`IngestSpec`] as JSON (comparable and hashable as text).
+    spec: String,
+    schema: DFSchemaRef,
+    watch: Watch,
+}
+
+impl IngestNode {
+    pub fn new(spec: &IngestSpec, watch: Watch) -> DfResult<Self> {
+        Ok(Self {
+            spec: serde_json::to_string(spec)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?,
+            schema: Arc::new(DFSchema::try_from(message_schema().as_ref().clone())?),
+            watch,
+        })
+    }
+
+    fn spec(&self) -> DfResult<IngestSpec> {
+        parse_spec(self.spec.as_bytes())
+    }
+}
+
+impl PartialOrd for IngestNode {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        self.spec.partial_cmp(&other.spec)
+    }
+}
+
+fn parse_spec(body: &[u8]) -> DfResult<IngestSpec> {
+    serde_json::from_slice(body).map_err(|e| {
+        DataFusionError::Internal(format!(
+            "cannot read an ingest recipe from another lakehouse node: {e}. Every node of a cluster must run the same lakehouse version"
+        ))
+    })
+}
+
+impl UserDefinedLogicalNodeCore for IngestNode {
+    fn name(&self) -> &str {
+        "LakehouseIngest"
+    }
+
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![]
+    }
+
+    fn schema(&self) -> &DFSchemaRef {
+        &self.schema
+    }
+
+    fn expressions(&self) -> Vec<Expr> {
+        vec![]
+    }
+
+    fn fmt_for_explain(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self.spec() {
+            Ok(s) => write!(f, "LakehouseIngest: {} -> {}", s.source, s.bronze_url),
+            Err(_) => write!(f, "LakehouseIngest"),
+        }
+    }
+
+    fn with_exprs_and_inputs(
+        &self,
+        _exprs: Vec<Expr>,
+        _inputs: Vec<LogicalPlan>,
+    ) -> DfResult<Self> {
+        Ok(self.clone())
+    }
+}
+
+/// The recipe of an ingest node, `None` for any other node.
+pub fn encode_logical(node: &Extension) -> DfResult<Option<(&'static str, serde_json::Value)>> {
+    match node.node.as_any().downcast_ref::<IngestNode>() {
+        Some(ingest) => Ok(Some(("ingest", json(&ingest.spec()?)?))),
+        None => Ok(None),
+    }
+}
+
+pub fn decode_logical(body: &[u8]) -> DfResult<Extension> {
+    Ok(Extension {
+        node: Arc::new(IngestNode::new(&parse_spec(body)?, Watch::default())?),
+    })
+}
+
+pub fn encode_physical(
+    node: &Arc<dyn ExecutionPlan>,
+) -> DfResult<Option<(&'static str, serde_json::Value)>> {
+    match node.downcast_ref::<IngestExec>() {
+        Some(ingest) => Ok(Some(("ingest-exec", json(&ingest.spec)?))),
+        None => Ok(None),
+    }
+}
+
+pub fn decode_physical(body: &[u8]) -> DfResult<Arc<dyn ExecutionPlan>> {
+    Ok(Arc::new(IngestExec::new(
+        parse_spec(body)?,
+        Watch::default(),
+    )))
+}
+
+fn json(spec: &IngestSpec) -> DfResult<serde_json::Value> {
+    serde_json::to_value(spec).map_err(|e| DataFusionError::External(Box::new(e)))
+}
+
+/// Plans [`IngestNode`] as [`IngestExec`].
+#[derive(Debug)]
+pub struct IngestPlanner;
+
+#[async_trait::async_trait]
+impl ExtensionPlanner for IngestPlanner {
+    async fn plan_extension(
+        &self,
+        _planner: &dyn PhysicalPlanner,
+        node: &dyn UserDefinedLogicalNode,
+        _logical_inputs: &[&LogicalPlan],
+        _physical_inputs: &[Arc<dyn ExecutionPlan>],
+        _session: &dyn datafusion::catalog::Session,
+        _planning_ctx: &PhysicalPlanningContext,
+    ) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
+        let Some(ingest) = node.as_any().downcast_ref::<IngestNode>() else {
+            return Ok(None);
+        };
+        Ok(Some(Arc::new(IngestExec::new(
+            ingest.spec()?,
+            ingest.watch.clone(),
+        ))))
+    }
+}
+
+/// Parses landed files into bronze's and the rejects' Parquet files: one
+/// partition (one task) per group of files.
+#[derive(Debug)]
+pub struct IngestExec {
+    spec: Arc<IngestSpec>,
+    watch: Watch,
+    props: Arc<PlanProperties>,
+}
+
+impl IngestExec {
+    pub fn new(spec: IngestSpec, watch: Watch) -> Self {
+        let props = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(message_schema()),
+            datafusion::physical_plan::Partitioning::UnknownPartitioning(spec.tasks.len().max(1)),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        ));
+        Self {
+            spec: Arc::new(spec),
+            watch,
+            props,
+        }
+    }
+}
+
+impl DisplayAs for IngestExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "LakehouseIngest: {} files of {} in {} tasks -> {}",
+            self.spec.tasks.iter().map(Vec::len).sum::<usize>(),
+            self.spec.source,
+            self.spec.tasks.len(),
+            self.spec.bronze_url
+        )
+    }
+}
+
+impl ExecutionPlan for IngestExec {
+    fn name(&self) -> &str {
+        "LakehouseIngest"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if !children.is_empty() {
+            return Err(DataFusionError::Internal(
+                "LakehouseIngest has no input".into(),
+            ));
+        }
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let spec = self.spec.clone();
+        let files = spec.tasks.get(partition).cloned().unwrap_or_default();
+        let watch = self.watch.clone();
+        let env = context.runtime_env();
+        let task = async move {
+            ingest_task(spec, files, env, watch)
+                .await
+                .map_err(task_error)
+        };
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            message_schema(),
+            futures::stream::once(task),
+        )))
+    }
+}
+
+/// One task: its files parsed on a blocking thread, one after the other,
+/// into two writers (bronze, rejects) running beside it. A file that cannot
+/// be read fails the task, and with it the whole ingest of the source.
+async fn ingest_task(
+    spec: Arc<IngestSpec>,
+    files: Vec<TaskFile>,
+    env: Arc<RuntimeEnv>,
+    watch: Watch,
+) -> crate::error::Result<RecordBatch> {
+    let landed = files
+        .iter()
+        .map(|f| f.landed(&env))
+        .collect::<DfResult<Vec<LandedFile>>>()?;
+    let bronze_schema = decode_schema(&spec.bronze_schema)?;
+    let reject_schema = decode_schema(&spec.reject_schema)?;
+    let (row_tx, row_rx) = mpsc::channel::<RecordBatch>(4);
+    let (rej_tx, rej_rx) = mpsc::channel::<RecordBatch>(4);
+    let bronze = tokio::spawn(drain(
+        writer(
+            spec.bronze_url.clone(),
+            bronze_schema.clone(),
+            &[],
+            &format!("bronze.{}", spec.source),
+            // Bronze is written once and read back whole.
+            Dictionaries::Off,
+        ),
+        row_rx,
+        bronze_schema,
+    ));
+    let rejects = tokio::spawn(drain(
+        writer(
+            spec.reject_url.clone(),
+            reject_schema.clone(),
+            &[],
+            &format!("quarantine.bronze_{}", spec.source),
+            Dictionaries::Sampled,
+        ),
+        rej_rx,
+        reject_schema,
+    ));
+    let files_order: Vec<usize> = files.iter().map(|f| f.index).collect();
+    let parsing = {
+        let spec = spec.clone();
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || -> crate::error::Result<Vec<FileReport>> {
+            let mut reports = Vec::with_capacity(files.len());
+            for (file, task_file) in landed.iter().zip(&files) {
+                let report = spec
+                    .parser
+                    .parse_file(file, task_file.rejects_done, &row_tx, &rej_tx, &handle)
+                    .map_err(|e| crate::error::Error::Ingest {
+                        source_name: spec.source.clone(),
+                        message: format!("{}: {e}", file.name),
+                    })?;
+                super::log_file(&report);
+                tracing::info!(source = %spec.source, file = %report.file, rows = report.rows, rejected = report.rejected, "file parsed");
+                watch.parsed(file.size);
+                reports.push(report);
+            }
+            Ok(reports)
+        })
+    };
+    let joined = |e: tokio::task::JoinError| crate::error::Error::Ingest {
+        source_name: spec.source.clone(),
+        message: format!("an ingest task failed: {e}"),
+    };
+    // A writer that failed is the cause; the parser then only saw it stop.
+    let (bronze, rejects, parsed) = tokio::join!(bronze, rejects, parsing);
+    let bronze = bronze.map_err(joined)??;
+    let rejects = rejects.map_err(joined)??;
+    let reports = parsed.map_err(joined)??;
+    let mut messages: Vec<Message> = bronze.into_iter().map(Message::Table).collect();
+    messages.extend(rejects.into_iter().map(Message::Quarantine));
+    messages.extend(
+        reports
+            .into_iter()
+            .zip(&files_order)
+            .map(|(r, &i)| Message::Ingested(i, r)),
+    );
+    let texts = messages
+        .iter()
+        .map(Message::to_text)
+        .collect::<DfResult<Vec<String>>>()?;
+    Ok(RecordBatch::try_new(
+        message_schema(),
+        vec![Arc::new(StringArray::from(texts))],
+    )?)
+}
+
+/// Writes what arrives on `rows` until its senders are gone.
+async fn drain(
+    mut writer: crate::delta::SortedWriter,
+    mut rows: mpsc::Receiver<RecordBatch>,
+    schema: SchemaRef,
+) -> crate::error::Result<Vec<deltalake::kernel::Add>> {
+    while let Some(batch) = rows.recv().await {
+        writer
+            .write(crate::delta::conform(&batch, &schema)?)
+            .await?;
+    }
+    writer.finish().await
+}

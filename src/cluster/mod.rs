@@ -335,6 +335,11 @@ struct Jobs {
     stage_timeout: std::time::Duration,
 }
 
+/// Whether `ctx` runs its plans on a cluster.
+pub fn on_cluster(ctx: &SessionContext) -> bool {
+    ctx.state().config().get_extension::<Jobs>().is_some()
+}
+
 /// Runs `plan` and collects its result; on a cluster, the job may run at
 /// most the session's stage timeout from when the scheduler accepted it,
 /// then it is cancelled and this fails. Ballista's client waits on a job

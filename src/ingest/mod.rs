@@ -38,6 +38,9 @@ pub const SOURCE_LINE: &str = "_source_line";
 pub const INGESTED_AT: &str = "_ingested_at";
 pub const RUN_ID: &str = "_run_id";
 const BATCH_ROWS: usize = 32 * 1024;
+/// Most tasks an ingest splits into on a cluster: each writes its own
+/// bronze file(s), so thousands of tiny landed files are grouped.
+pub const CLUSTER_TASKS: usize = 256;
 
 /// What ingesting one file did.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -188,8 +191,10 @@ pub fn reject_schema() -> SchemaRef {
 /// staged Parquet files (nothing visible), and [`commit`] rejects then
 /// bronze with the files' ingestion markers, checking that every line read
 /// became exactly one bronze or reject row. Parsing runs as a plan in
-/// `ctx` (in this process, or on a cluster's executors), in at most
-/// `tasks` tasks, each parsing its files one at a time.
+/// `ctx`, each task parsing its files one at a time: in this process, in at
+/// most `tasks` tasks (the run's cores); on a cluster, one task per file
+/// (at most [`CLUSTER_TASKS`]), which the scheduler spreads over the
+/// executors' slots.
 #[allow(clippy::too_many_arguments)]
 pub async fn ingest_source(
     ctx: &datafusion::prelude::SessionContext,
@@ -479,6 +484,10 @@ async fn parse(
     progress.start(taken.iter().map(|f| f.size).sum());
     let (mut adds, mut reject_adds) = (Vec::new(), Vec::new());
     if !taken.is_empty() {
+        let tasks = match crate::cluster::on_cluster(ctx) {
+            true => CLUSTER_TASKS,
+            false => tasks,
+        };
         let spec = task::IngestSpec {
             source: source.name.clone(),
             bronze_url: targets.bronze.table_url().to_string(),

@@ -487,3 +487,93 @@ async fn drain(
     }
     writer.finish().await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(name: &str, size: u64, index: usize) -> TaskFile {
+        TaskFile {
+            name: name.into(),
+            store: "file://".into(),
+            location: name.into(),
+            local_path: None,
+            size,
+            rejects_done: false,
+            index,
+        }
+    }
+
+    fn names(groups: &[Vec<TaskFile>]) -> Vec<Vec<&str>> {
+        groups
+            .iter()
+            .map(|g| g.iter().map(|f| f.name.as_str()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn files_are_grouped_by_bytes_and_keep_their_order_within_a_task() {
+        let files = vec![
+            file("a", 10, 0),
+            file("b", 70, 1),
+            file("c", 30, 2),
+            file("d", 40, 3),
+            file("e", 20, 4),
+        ];
+        // Largest first, each to the lightest task: b -> 0, d -> 1, c -> 1,
+        // e -> 0, a -> 1; each task lists its files in the driver's order.
+        let groups = group(files.clone(), 2);
+        assert_eq!(names(&groups), vec![vec!["b", "e"], vec!["a", "c", "d"]]);
+        let bytes: Vec<u64> = groups
+            .iter()
+            .map(|g| g.iter().map(|f| f.size).sum())
+            .collect();
+        assert_eq!(bytes, vec![90, 80]);
+        // More tasks than files: one file each, none empty.
+        assert_eq!(group(files.clone(), 9).len(), 5);
+        assert!(group(files.clone(), 9).iter().all(|g| g.len() == 1));
+        // No task count is one task; no files are no task.
+        assert_eq!(group(files, 0).len(), 1);
+        assert!(group(vec![], 4).is_empty());
+    }
+
+    #[test]
+    fn an_ingest_recipe_survives_the_trip_to_an_executor() {
+        let spec = IngestSpec {
+            source: "orders".into(),
+            bronze_url: "s3://lake/bronze/orders/".into(),
+            bronze_schema: "x".into(),
+            reject_url: "s3://lake/quarantine/bronze_orders/".into(),
+            reject_schema: "y".into(),
+            parser: serde_json::from_value(serde_json::json!({
+                "columns": ["id", "amount"], "header": true, "delimiter": 59, "quote": 34,
+                "max_field_bytes": 1024, "rename": [["Order ID", "id"]],
+                "run_id": "r1", "ingested_at": 7
+            }))
+            .unwrap(),
+            tasks: vec![
+                vec![file("landing/o1.csv", 5, 0)],
+                vec![file("landing/o2.csv", 6, 1)],
+            ],
+        };
+        let node = IngestNode::new(&spec, Watch::default()).unwrap();
+        let (kind, body) = encode_logical(&Extension {
+            node: Arc::new(node),
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(kind, "ingest");
+        let back = decode_logical(body.to_string().as_bytes()).unwrap();
+        let back = back.node.as_any().downcast_ref::<IngestNode>().unwrap();
+        assert_eq!(back.spec().unwrap(), spec);
+        let exec: Arc<dyn ExecutionPlan> =
+            Arc::new(IngestExec::new(spec.clone(), Watch::default()));
+        assert_eq!(exec.properties().partitioning.partition_count(), 2);
+        let (kind, body) = encode_physical(&exec).unwrap().unwrap();
+        assert_eq!(kind, "ingest-exec");
+        let back = decode_physical(body.to_string().as_bytes()).unwrap();
+        assert_eq!(*back.downcast_ref::<IngestExec>().unwrap().spec, spec);
+        let err = parse_spec(b"{}").unwrap_err().to_string();
+        assert!(err.contains("same lakehouse version"), "{err}");
+    }
+}

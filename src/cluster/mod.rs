@@ -195,6 +195,10 @@ pub async fn run_scheduler(
         executor_timeout_seconds: timeout,
         expire_dead_executor_interval_seconds: timeout.clamp(1, 5),
         no_executors_grace_period_seconds: timeout,
+        // A stage's tasks go to the executors in turn rather than filling
+        // the first one's slots: landed files and partitions spread over
+        // the cluster even when a stage has fewer tasks than slots.
+        task_distribution: ballista_scheduler::config::TaskDistributionPolicy::RoundRobin,
         ..Default::default()
     };
     let config = Arc::new(config);

@@ -284,7 +284,7 @@ pub fn decode_physical(
     inputs: &[Arc<dyn ExecutionPlan>],
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
     match (kind, inputs) {
-        ("ingest-exec", []) => crate::ingest::task::decode_physical(body),
+        ("ingest-exec", [input]) => crate::ingest::task::decode_physical(body, input.clone()),
         ("stage-exec", [input]) => Ok(Arc::new(StageExec::try_new(
             input.clone(),
             parse_spec(body)?,

@@ -10,8 +10,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{RecordBatch, StringArray};
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::array::{AsArray, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DFSchema, DFSchemaRef};
 use datafusion::error::{DataFusionError, Result as DfResult};
@@ -24,7 +24,9 @@ use datafusion::logical_expr::{
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
+};
 use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -258,11 +260,15 @@ pub fn encode_physical(
     }
 }
 
-pub fn decode_physical(body: &[u8]) -> DfResult<Arc<dyn ExecutionPlan>> {
-    Ok(Arc::new(IngestExec::new(
+pub fn decode_physical(
+    body: &[u8],
+    input: Arc<dyn ExecutionPlan>,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    Ok(Arc::new(IngestExec::try_new(
+        input,
         parse_spec(body)?,
         Watch::default(),
-    )))
+    )?))
 }
 
 fn json(spec: &IngestSpec) -> DfResult<serde_json::Value> {
@@ -287,35 +293,86 @@ impl ExtensionPlanner for IngestPlanner {
         let Some(ingest) = node.as_any().downcast_ref::<IngestNode>() else {
             return Ok(None);
         };
-        Ok(Some(Arc::new(IngestExec::new(
-            ingest.spec()?,
+        let mut spec = ingest.spec()?;
+        let tasks = task_source(std::mem::take(&mut spec.tasks))?;
+        Ok(Some(Arc::new(IngestExec::try_new(
+            tasks,
+            spec,
             ingest.watch.clone(),
-        ))))
+        )?)))
     }
 }
 
+/// The schema of the ingest's input: one landed file per row
+/// ([`TaskFile`] as JSON).
+fn task_schema() -> SchemaRef {
+    Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
+        datafusion::arrow::datatypes::Field::new("file", DataType::Utf8, false),
+    ]))
+}
+
+/// The tasks as a scan of in-memory rows, one partition per task: a leaf
+/// Ballista knows how to hand out (its scheduler gives each task only its
+/// own partitions of a stage's scans; a leaf of ours would reach every
+/// task whole, and each task would parse every file).
+fn task_source(tasks: Vec<Vec<TaskFile>>) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let partitions = tasks
+        .iter()
+        .map(|files| {
+            let rows = files
+                .iter()
+                .map(|f| {
+                    serde_json::to_string(f).map_err(|e| DataFusionError::External(Box::new(e)))
+                })
+                .collect::<DfResult<Vec<String>>>()?;
+            Ok(vec![RecordBatch::try_new(
+                task_schema(),
+                vec![Arc::new(StringArray::from(rows))],
+            )?])
+        })
+        .collect::<DfResult<Vec<_>>>()?;
+    Ok(
+        datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
+            &partitions,
+            task_schema(),
+            None,
+        )?,
+    )
+}
+
 /// Parses landed files into bronze's and the rejects' Parquet files: one
-/// partition (one task) per group of files.
+/// partition (one task) per partition of its input, which lists the
+/// task's files.
 #[derive(Debug)]
 pub struct IngestExec {
+    input: Arc<dyn ExecutionPlan>,
+    /// The recipe, without the files (they come from the input).
     spec: Arc<IngestSpec>,
     watch: Watch,
     props: Arc<PlanProperties>,
 }
 
 impl IngestExec {
-    pub fn new(spec: IngestSpec, watch: Watch) -> Self {
+    pub fn try_new(
+        input: Arc<dyn ExecutionPlan>,
+        spec: IngestSpec,
+        watch: Watch,
+    ) -> DfResult<Self> {
+        input.schema().index_of("file")?;
         let props = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(message_schema()),
-            datafusion::physical_plan::Partitioning::UnknownPartitioning(spec.tasks.len().max(1)),
+            datafusion::physical_plan::Partitioning::UnknownPartitioning(
+                input.output_partitioning().partition_count(),
+            ),
             EmissionType::Final,
             Boundedness::Bounded,
         ));
-        Self {
+        Ok(Self {
+            input,
             spec: Arc::new(spec),
             watch,
             props,
-        }
+        })
     }
 }
 
@@ -323,11 +380,8 @@ impl DisplayAs for IngestExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         write!(
             f,
-            "LakehouseIngest: {} files of {} in {} tasks -> {}",
-            self.spec.tasks.iter().map(Vec::len).sum::<usize>(),
-            self.spec.source,
-            self.spec.tasks.len(),
-            self.spec.bronze_url
+            "LakehouseIngest: {} -> {}",
+            self.spec.source, self.spec.bronze_url
         )
     }
 }
@@ -349,19 +403,29 @@ impl ExecutionPlan for IngestExec {
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![]
+        vec![&self.input]
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![false]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
     }
 
     fn with_new_children(
         self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        if !children.is_empty() {
-            return Err(DataFusionError::Internal(
-                "LakehouseIngest has no input".into(),
-            ));
-        }
-        Ok(self)
+        let input = children
+            .pop()
+            .ok_or_else(|| DataFusionError::Internal("LakehouseIngest has one input".into()))?;
+        Ok(Arc::new(IngestExec::try_new(
+            input,
+            self.spec.as_ref().clone(),
+            self.watch.clone(),
+        )?))
     }
 
     fn execute(
@@ -369,11 +433,23 @@ impl ExecutionPlan for IngestExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
+        use futures::TryStreamExt;
         let spec = self.spec.clone();
-        let files = spec.tasks.get(partition).cloned().unwrap_or_default();
+        let listed = self.input.execute(partition, context.clone())?;
         let watch = self.watch.clone();
         let env = context.runtime_env();
         let task = async move {
+            let batches: Vec<RecordBatch> = listed.try_collect().await?;
+            let mut files = Vec::new();
+            for batch in &batches {
+                for text in batch.column(0).as_string::<i32>().iter().flatten() {
+                    files.push(serde_json::from_str::<TaskFile>(text).map_err(|e| {
+                        DataFusionError::Internal(format!(
+                            "an ingest task cannot read its file list ({e}); every node of a cluster must run the same lakehouse version"
+                        ))
+                    })?);
+                }
+            }
             ingest_task(spec, files, env, watch)
                 .await
                 .map_err(task_error)
@@ -566,13 +642,15 @@ mod tests {
         let back = decode_logical(body.to_string().as_bytes()).unwrap();
         let back = back.node.as_any().downcast_ref::<IngestNode>().unwrap();
         assert_eq!(back.spec().unwrap(), spec);
+        let mut bare = spec.clone();
+        let input = task_source(std::mem::take(&mut bare.tasks)).unwrap();
         let exec: Arc<dyn ExecutionPlan> =
-            Arc::new(IngestExec::new(spec.clone(), Watch::default()));
-        assert_eq!(exec.properties().partitioning.partition_count(), 2);
+            Arc::new(IngestExec::try_new(input.clone(), bare.clone(), Watch::default()).unwrap());
+        assert_eq!(exec.output_partitioning().partition_count(), 2);
         let (kind, body) = encode_physical(&exec).unwrap().unwrap();
         assert_eq!(kind, "ingest-exec");
-        let back = decode_physical(body.to_string().as_bytes()).unwrap();
-        assert_eq!(*back.downcast_ref::<IngestExec>().unwrap().spec, spec);
+        let back = decode_physical(body.to_string().as_bytes(), input).unwrap();
+        assert_eq!(*back.downcast_ref::<IngestExec>().unwrap().spec, bare);
         let err = parse_spec(b"{}").unwrap_err().to_string();
         assert!(err.contains("same lakehouse version"), "{err}");
     }

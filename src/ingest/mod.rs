@@ -868,6 +868,8 @@ impl Parser {
                             rows_tx,
                             b.finish(&schema, name, &self.run_id, self.ingested_at)?,
                         )?;
+                        // A read that breaks after rows reached the writer.
+                        crate::failpoint::check("ingest-read").map_err(std::io::Error::other)?;
                     }
                 }
             }

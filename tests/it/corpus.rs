@@ -247,3 +247,79 @@ async fn every_corpus_file_is_read_rejected_or_refused_as_expected() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_breaks_mid_read_fails_its_source_and_commits_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let landing = root.join("lake/landing");
+    std::fs::create_dir_all(&landing).unwrap();
+    std::fs::create_dir_all(root.join("sql/bronze")).unwrap();
+    std::fs::write(
+        landing.join("a_good.csv"),
+        "id,name,amount\n1,a,10\n2,b,20\n",
+    )
+    .unwrap();
+    std::fs::write(landing.join("other.csv"), "id,name,amount\n7,g,70\n").unwrap();
+    // Past one batch of rows (32,768), so rows reach the writer before the
+    // read breaks (the failpoint `ingest-read`, after each full batch).
+    let rows = 50_000;
+    let mut big = String::from("id,name,amount\n");
+    for i in 0..rows {
+        big.push_str(&format!("{i},n{},{}\n", i % 97, i % 1000));
+    }
+    std::fs::write(landing.join("b_big.csv"), big).unwrap();
+    std::fs::write(
+        root.join("sql/bronze/s.toml"),
+        "files = \"landing/[ab]_*\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("sql/bronze/other.toml"),
+        "files = \"landing/other.csv\"\n",
+    )
+    .unwrap();
+    let args = ["run", "--lake", "lake", "--pipeline", "sql"];
+    let lake = root.join("lake");
+
+    let out = crate::lakehouse_with_env(&args, root, &[("LAKEHOUSE_FAILPOINTS", "ingest-read")]);
+    let summary = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{summary}");
+    assert!(
+        summary.contains("source s: landing/b_big.csv: internal error: failpoint `ingest-read`"),
+        "the error names the source and the file: {summary}"
+    );
+    // Nothing of the source is committed, not even its good file, which
+    // another task parsed; no file is marked ingested. The other source is.
+    assert_eq!(one(&lake, "SELECT count(*) FROM bronze.s").await, 0);
+    assert_eq!(
+        one(&lake, "SELECT count(*) FROM quarantine.bronze_s").await,
+        0
+    );
+    assert_eq!(one(&lake, "SELECT count(*) FROM bronze.other").await, 1);
+    assert_eq!(
+        one(
+            &lake,
+            "SELECT count(*) FROM system.steps WHERE step = 'bronze.s' AND status = 'failed'"
+        )
+        .await,
+        1
+    );
+
+    // The next run reads both files, each once.
+    let out = lakehouse(&args, root);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        one(&lake, "SELECT count(*) FROM bronze.s").await,
+        rows as i64 + 2
+    );
+    assert_eq!(
+        one(
+            &lake,
+            "SELECT count(DISTINCT _source_line) FROM bronze.s WHERE _source_file = 'landing/b_big.csv'"
+        )
+        .await,
+        rows as i64
+    );
+    assert_eq!(one(&lake, "SELECT count(*) FROM bronze.other").await, 1);
+}

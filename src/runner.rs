@@ -334,7 +334,7 @@ async fn run_models(
         let span = tracing::info_span!("model", model = %table);
         let outcome = {
             let _g = span.enter();
-            model::run_model(&ctx, lake, m, run_id, started_at, run_options.refresh).await
+            model::run_model(ctx, lake, m, run_id, started_at, run_options.refresh).await
         };
         progress.finish();
         match outcome {
@@ -351,7 +351,7 @@ async fn run_models(
                 });
             }
             Err(e) => {
-                let e = model::explain(&ctx, m, e).await.in_model(&table);
+                let e = model::explain(ctx, m, e).await.in_model(&table);
                 tracing::error!(model = %table, error = %e, "model failed");
                 errors.push(e.to_string());
                 failed.insert(table.clone());

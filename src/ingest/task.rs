@@ -474,33 +474,19 @@ async fn ingest_task(
         .iter()
         .map(|f| f.landed(&env))
         .collect::<DfResult<Vec<LandedFile>>>()?;
-    let bronze_schema = decode_schema(&spec.bronze_schema)?;
-    let reject_schema = decode_schema(&spec.reject_schema)?;
-    let (row_tx, row_rx) = mpsc::channel::<RecordBatch>(4);
-    let (rej_tx, rej_rx) = mpsc::channel::<RecordBatch>(4);
-    let bronze = tokio::spawn(drain(
-        writer(
-            spec.bronze_url.clone(),
-            bronze_schema.clone(),
-            &[],
-            &format!("bronze.{}", spec.source),
-            // Bronze is written once and read back whole.
-            Dictionaries::Off,
-        ),
-        row_rx,
-        bronze_schema,
-    ));
-    let rejects = tokio::spawn(drain(
-        writer(
-            spec.reject_url.clone(),
-            reject_schema.clone(),
-            &[],
-            &format!("quarantine.bronze_{}", spec.source),
-            Dictionaries::Sampled,
-        ),
-        rej_rx,
-        reject_schema,
-    ));
+    // Bronze is written once and read back whole: no dictionaries.
+    let (row_tx, bronze) = spawn_writer(
+        &spec.bronze_url,
+        &spec.bronze_schema,
+        format!("bronze.{}", spec.source),
+        Dictionaries::Off,
+    )?;
+    let (rej_tx, rejects) = spawn_writer(
+        &spec.reject_url,
+        &spec.reject_schema,
+        format!("quarantine.bronze_{}", spec.source),
+        Dictionaries::Sampled,
+    )?;
     let files_order: Vec<usize> = files.iter().map(|f| f.index).collect();
     let parsing = {
         let spec = spec.clone();
@@ -548,6 +534,25 @@ async fn ingest_task(
         message_schema(),
         vec![Arc::new(StringArray::from(texts))],
     )?)
+}
+
+/// A writer of one table running beside the parser: the sender to feed it,
+/// and its task, which ends with the files written once the sender is
+/// dropped.
+#[allow(clippy::type_complexity)]
+fn spawn_writer(
+    url: &str,
+    schema: &str,
+    table: String,
+    dictionaries: Dictionaries,
+) -> DfResult<(
+    mpsc::Sender<RecordBatch>,
+    tokio::task::JoinHandle<crate::error::Result<Vec<deltalake::kernel::Add>>>,
+)> {
+    let schema = decode_schema(schema)?;
+    let (tx, rx) = mpsc::channel::<RecordBatch>(4);
+    let writer = writer(url.to_string(), schema.clone(), &[], &table, dictionaries);
+    Ok((tx, tokio::spawn(drain(writer, rx, schema))))
 }
 
 /// Writes what arrives on `rows` until its senders are gone.

@@ -916,9 +916,9 @@ pub enum Message {
     Collapsed(u64),
     /// Rows a writer task wrote to the table.
     Written(u64),
-    /// What an ingest task found in a landed file (its place in the
-    /// driver's list, its report).
-    Ingested(usize, crate::ingest::FileReport),
+    /// What an ingest task found in a landed file or a piece of one (its
+    /// place in the driver's list, its report, the bytes it took).
+    Ingested(usize, crate::ingest::FileReport, (u64, u64)),
 }
 
 impl Message {

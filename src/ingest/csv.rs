@@ -108,8 +108,8 @@ impl<R: Read> CsvReader<R> {
         Ok(())
     }
 
-    /// Reads the next record into `rec`; `false` at the end of the input.
-    pub fn next(&mut self, rec: &mut Record) -> std::io::Result<bool> {
+    /// Drops a UTF-8 BOM at the very start of the input.
+    fn start(&mut self) -> std::io::Result<()> {
         if !self.started {
             while self.buf.len() < 3 && !self.eof {
                 self.fill()?;
@@ -119,6 +119,77 @@ impl<R: Read> CsvReader<R> {
             }
             self.started = true;
         }
+        Ok(())
+    }
+
+    /// Byte offset in the input of the next byte to read.
+    pub fn position(&self) -> u64 {
+        self.base + self.pos as u64
+    }
+
+    /// Moves, without reading records, to the first line start at or after
+    /// byte `at` (the end of the input when there is none), counting the
+    /// lines passed, so the records read from there carry their true line
+    /// numbers. A line start follows an LF, or a CR not followed by an LF.
+    /// Whether it is a record start (not inside a quoted value) only the
+    /// reader that came from the input's start can tell: see
+    /// `ingest::task` for how the pieces of a file are checked.
+    pub fn skip_to_line_start(&mut self, at: u64) -> std::io::Result<()> {
+        self.start()?;
+        // In bulk up to the byte before `at`, keeping one byte to look at
+        // after a CR.
+        while self.position() + 1 < at {
+            if self.buf.len() < self.pos + 2 {
+                if self.eof {
+                    self.pos = self.buf.len();
+                    return Ok(());
+                }
+                self.fill()?;
+                continue;
+            }
+            let take = ((at - 1 - self.position()) as usize).min(self.buf.len() - 1 - self.pos);
+            let end = self.pos + take;
+            let chunk = &self.buf[self.pos..end];
+            let mut lines = chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+            if chunk.contains(&b'\r') {
+                lines += (self.pos..end)
+                    .filter(|&k| self.buf[k] == b'\r' && self.buf[k + 1] != b'\n')
+                    .count() as u64;
+            }
+            self.line += lines;
+            self.pos = end;
+        }
+        if self.position() >= at {
+            // Only when `at` lies in what was read before (a header).
+            return Ok(());
+        }
+        // One byte at a time until a line ends.
+        loop {
+            if self.pos + 1 >= self.buf.len() && !self.eof {
+                self.fill()?;
+                continue;
+            }
+            let Some(&c) = self.buf.get(self.pos) else {
+                return Ok(());
+            };
+            self.pos += 1;
+            match c {
+                b'\n' => {
+                    self.line += 1;
+                    return Ok(());
+                }
+                b'\r' if self.buf.get(self.pos) != Some(&b'\n') => {
+                    self.line += 1;
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Reads the next record into `rec`; `false` at the end of the input.
+    pub fn next(&mut self, rec: &mut Record) -> std::io::Result<bool> {
+        self.start()?;
         loop {
             // Skip blank and whitespace-only lines.
             loop {

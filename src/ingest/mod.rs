@@ -59,6 +59,32 @@ pub struct FileReport {
     pub empty_columns: Vec<String>,
 }
 
+impl FileReport {
+    /// The report of a file read in pieces: counts add up; a column is
+    /// empty when it is empty in every piece that had rows.
+    fn merge(self, other: FileReport) -> FileReport {
+        let empty_columns = match (self.rows, other.rows) {
+            (0, _) => other.empty_columns,
+            (_, 0) => self.empty_columns,
+            _ => self
+                .empty_columns
+                .into_iter()
+                .filter(|c| other.empty_columns.contains(c))
+                .collect(),
+        };
+        FileReport {
+            file: self.file,
+            rows: self.rows + other.rows,
+            rejected: self.rejected + other.rejected,
+            blank_lines: self.blank_lines + other.blank_lines,
+            refused: self.refused.or(other.refused),
+            lines: self.lines + other.lines,
+            missing_columns: self.missing_columns,
+            empty_columns,
+        }
+    }
+}
+
 /// What ingesting one source did.
 #[derive(Debug, Clone, Default)]
 pub struct SourceReport {
@@ -504,44 +530,34 @@ async fn parse(
                 run_id: run_id.to_string(),
                 ingested_at: ingested_at.timestamp_micros(),
             },
-            tasks: task::group(taken, tasks),
+            tasks: vec![],
         };
-        let node = task::IngestNode::new(&spec, task::Watch::new(progress))?;
-        let plan =
-            datafusion::logical_expr::LogicalPlan::Extension(datafusion::logical_expr::Extension {
-                node: Arc::new(node),
-            });
-        let batches = crate::cluster::collect_bounded(ctx, plan)
-            .await
-            .map_err(|e| match e {
-                Error::DataFusion(d) => match d.find_root() {
-                    datafusion::error::DataFusionError::External(inner) => {
-                        match inner.downcast_ref::<Error>() {
-                            Some(Error::Ingest { message, .. }) => ingest_error(message.clone()),
-                            _ => ingest_error(d.to_string()),
-                        }
-                    }
-                    _ => ingest_error(d.to_string()),
-                },
-                other => other,
-            })?;
-        for batch in &batches {
-            for text in batch.column(0).as_string::<i32>().iter().flatten() {
-                match Message::parse(text)? {
-                    Message::Table(add) => adds.push(add),
-                    Message::Quarantine(add) => reject_adds.push(add),
-                    Message::Ingested(i, report) => {
-                        if let Some(slot) = files.get_mut(i) {
-                            *slot = Some(report);
-                        }
-                    }
-                    other => {
-                        return Err(Error::Internal(format!(
-                            "an ingest task of {} sent {other:?}",
-                            source.name
-                        )))
-                    }
-                }
+        let watch = task::Watch::new(progress);
+        let pieces = task::split(taken.clone(), tasks, split_bytes());
+        let split = pieces.len() > taken.len();
+        let mut done = run_ingest(
+            ctx,
+            &spec,
+            task::group(pieces, tasks),
+            &watch,
+            &ingest_error,
+        )
+        .await?;
+        if split {
+            if let Some(why) = done.seams_broken() {
+                // A piece began inside a quoted value (a line break in it):
+                // what the pieces wrote is dropped (never committed), and
+                // the files are parsed whole.
+                tracing::warn!(source = %source.name, "{why}: the files are parsed whole instead");
+                done = run_ingest(ctx, &spec, task::group(taken, tasks), &watch, &ingest_error)
+                    .await?;
+            }
+        }
+        adds = done.adds;
+        reject_adds = done.reject_adds;
+        for (i, slot) in files.iter_mut().enumerate() {
+            if let Some(report) = done.reports.remove(&i) {
+                *slot = Some(report);
             }
         }
     }
@@ -568,6 +584,118 @@ async fn parse(
         rejects: delta::Staged::from_adds(reject_adds, rejected),
         files,
     })
+}
+
+/// The bytes below which a landed file is never split into pieces:
+/// `LAKEHOUSE_INGEST_SPLIT_BYTES`, default 64 MiB.
+fn split_bytes() -> u64 {
+    std::env::var("LAKEHOUSE_INGEST_SPLIT_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &u64| n > 0)
+        .unwrap_or(64 << 20)
+}
+
+/// What an ingest job's tasks wrote and found.
+struct Ingested {
+    adds: Vec<deltalake::kernel::Add>,
+    reject_adds: Vec<deltalake::kernel::Add>,
+    /// Per file (by its place in the list), its pieces' reports merged.
+    reports: HashMap<usize, FileReport>,
+    /// Per file, the bytes each of its pieces took.
+    took: HashMap<usize, Vec<(u64, u64)>>,
+}
+
+impl Ingested {
+    /// Why the pieces of some file do not add up to one reading of it:
+    /// each must begin where the one before it ended (where a reader of
+    /// the whole file found a record to start). `None` when they all do.
+    fn seams_broken(&self) -> Option<String> {
+        for (i, took) in &self.took {
+            if self.reports.get(i).is_some_and(|r| r.refused.is_some()) {
+                continue;
+            }
+            let mut took = took.clone();
+            took.sort();
+            if took.first().is_some_and(|t| t.0 != 0) {
+                return Some(format!(
+                    "the first piece of file #{i} began at byte {}",
+                    took[0].0
+                ));
+            }
+            for pair in took.windows(2) {
+                if pair[0].1 != pair[1].0 {
+                    let name = self.reports.get(i).map(|r| r.file.as_str()).unwrap_or("?");
+                    return Some(format!(
+                        "{name} could not be split at byte {}: the piece before it ended its last record at byte {}",
+                        pair[1].0, pair[0].1
+                    ));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Runs one ingest job over `tasks` and reads its messages back.
+async fn run_ingest(
+    ctx: &datafusion::prelude::SessionContext,
+    spec: &task::IngestSpec,
+    tasks: Vec<Vec<task::TaskFile>>,
+    watch: &task::Watch,
+    ingest_error: &dyn Fn(String) -> Error,
+) -> Result<Ingested> {
+    let spec = task::IngestSpec {
+        tasks,
+        ..spec.clone()
+    };
+    let node = task::IngestNode::new(&spec, watch.clone())?;
+    let plan =
+        datafusion::logical_expr::LogicalPlan::Extension(datafusion::logical_expr::Extension {
+            node: Arc::new(node),
+        });
+    let batches = crate::cluster::collect_bounded(ctx, plan)
+        .await
+        .map_err(|e| match e {
+            Error::DataFusion(d) => match d.find_root() {
+                datafusion::error::DataFusionError::External(inner) => {
+                    match inner.downcast_ref::<Error>() {
+                        Some(Error::Ingest { message, .. }) => ingest_error(message.clone()),
+                        _ => ingest_error(d.to_string()),
+                    }
+                }
+                _ => ingest_error(d.to_string()),
+            },
+            other => other,
+        })?;
+    let mut done = Ingested {
+        adds: vec![],
+        reject_adds: vec![],
+        reports: HashMap::new(),
+        took: HashMap::new(),
+    };
+    for batch in &batches {
+        for text in batch.column(0).as_string::<i32>().iter().flatten() {
+            match Message::parse(text)? {
+                Message::Table(add) => done.adds.push(add),
+                Message::Quarantine(add) => done.reject_adds.push(add),
+                Message::Ingested(i, report, took) => {
+                    done.took.entry(i).or_default().push(took);
+                    match done.reports.remove(&i) {
+                        Some(earlier) => done.reports.insert(i, earlier.merge(report)),
+                        None => done.reports.insert(i, report),
+                    };
+                }
+                other => {
+                    return Err(Error::Internal(format!(
+                        "an ingest task of {} sent {other:?}",
+                        spec.source
+                    )))
+                }
+            }
+        }
+    }
+    Ok(done)
 }
 
 /// Phase 4: rejects, then bronze, committed with the ingestion markers of
@@ -753,16 +881,23 @@ impl Parser {
         }
     }
 
-    /// Parses one file, sending bronze's rows to `rows_tx` and the
-    /// rejected lines to `rej_tx` (unless `rejects_done`).
+    /// Parses one file, or the piece of it whose records start in bytes
+    /// `range` (the header is read from the file's start either way),
+    /// sending bronze's rows to `rows_tx` and the rejected lines to `rej_tx`
+    /// (unless `rejects_done`). Returns the report and the bytes the piece
+    /// took: from the first line start at or after the range's start, to
+    /// the end of its last record (the whole file: 0 to its end). Pieces
+    /// that meet end to start read exactly what one reader of the whole
+    /// file would.
     fn parse_file(
         &self,
         file: &LandedFile,
         rejects_done: bool,
+        range: Option<(u64, u64)>,
         rows_tx: &Tx,
         rej_tx: &Tx,
         handle: &tokio::runtime::Handle,
-    ) -> std::io::Result<FileReport> {
+    ) -> std::io::Result<(FileReport, (u64, u64))> {
         let schema = bronze_schema(&self.columns);
         let input = reader::open(file, handle.clone())?;
         let mut csv = CsvReader::new(input, self.options());
@@ -779,20 +914,20 @@ impl Parser {
         if self.header {
             if !csv.next(&mut rec)? {
                 report.blank_lines = csv.blank_lines;
-                return Ok(report);
+                return Ok((report, (0, csv.position())));
             }
             if let Some(err) = &rec.error {
                 report.refused = Some(format!(
                     "the header line is malformed ({err}); fix the file's first line"
                 ));
-                return Ok(report);
+                return Ok((report, (0, csv.position())));
             }
             let names = sniff::normalise_header(&rec, &self.rename);
             if let Some(unknown) = names.iter().find(|n| !self.columns.contains(n)) {
                 // The file check settled the columns; a header that differs now
                 // means the file changed while it was being read.
                 report.refused = Some(format!("its header column `{unknown}` appeared after the file was checked; the file changed while being read"));
-                return Ok(report);
+                return Ok((report, (0, csv.position())));
             }
             report.missing_columns = self
                 .columns
@@ -814,7 +949,22 @@ impl Parser {
         let mut filled = vec![false; mapping.len()];
         let mut r = RejectBuilders::default();
         let name = file.name.as_str();
-        while csv.next(&mut rec)? {
+        let (from, until) = range.unwrap_or((0, u64::MAX));
+        if from > 0 {
+            csv.skip_to_line_start(from)?;
+        }
+        let start = if from > 0 { csv.position() } else { 0 };
+        // Blank lines before the piece (and the header's) are not its own.
+        let blanks_before = if from > 0 { csv.blank_lines } else { 0 };
+        let (end, blanks) = loop {
+            let (before, blanks) = (csv.position(), csv.blank_lines);
+            if !csv.next(&mut rec)? {
+                break (csv.position(), csv.blank_lines);
+            }
+            if rec.offset >= until {
+                // The next piece's first record.
+                break (before, blanks);
+            }
             report.lines += 1;
             let error = rec.error.take();
             let text = error.is_none().then(|| record_text(&rec)).flatten();
@@ -873,7 +1023,7 @@ impl Parser {
                     }
                 }
             }
-        }
+        };
         if b.lines.len() > 0 {
             send(
                 rows_tx,
@@ -883,7 +1033,7 @@ impl Parser {
         if r.len() > 0 {
             send(rej_tx, r.finish(&self.run_id, self.ingested_at))?;
         }
-        report.blank_lines = csv.blank_lines;
+        report.blank_lines = blanks - blanks_before;
         if report.rows > 0 {
             report.empty_columns = mapping
                 .iter()
@@ -893,7 +1043,7 @@ impl Parser {
                 .map(|((_, c), _)| c.clone())
                 .collect();
         }
-        Ok(report)
+        Ok((report, (start, end)))
     }
 }
 
@@ -1020,5 +1170,170 @@ impl RejectBuilders {
         ];
         RecordBatch::try_new(reject_schema(), arrays)
             .expect("reject batch matches its schema by construction")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::compute::concat_batches;
+
+    /// Records of every shape the reader knows: quoted values holding line
+    /// breaks (LF and CRLF), CRLF and LF line ends, blank lines, short
+    /// rows and stray quotes.
+    fn tricky_csv() -> Vec<u8> {
+        let mut out = String::from("id,name,note\n");
+        for i in 0..400 {
+            let end = if i % 3 == 0 { "\r\n" } else { "\n" };
+            match i % 11 {
+                0 => out.push_str(&format!("{i},\"two\nlines {i}\",x{end}")),
+                1 => out.push_str(&format!("{i},\"crlf\r\ninside\",\"q\"\"uote\"{end}")),
+                2 => out.push_str(&format!("{i},short{end}")),
+                3 => out.push_str(&format!("{end}   {end}{i},after blanks,y{end}")),
+                4 => out.push_str(&format!("{i},st\"ray,z{end}")),
+                _ => out.push_str(&format!("{i},name {i},note {}{end}", i * 7)),
+            }
+        }
+        out.into_bytes()
+    }
+
+    fn parser() -> Parser {
+        Parser {
+            columns: vec!["id".into(), "name".into(), "note".into()],
+            header: true,
+            delimiter: b',',
+            quote: b'"',
+            max_field_bytes: 1 << 20,
+            rename: vec![],
+            run_id: "r".into(),
+            ingested_at: 0,
+        }
+    }
+
+    type Read = (FileReport, (u64, u64), Vec<RecordBatch>, Vec<RecordBatch>);
+
+    fn read(file: &LandedFile, range: Option<(u64, u64)>, handle: &tokio::runtime::Handle) -> Read {
+        let (rows_tx, mut rows_rx) = mpsc::channel(10_000);
+        let (rej_tx, mut rej_rx) = mpsc::channel(10_000);
+        let (report, took) = parser()
+            .parse_file(file, false, range, &rows_tx, &rej_tx, handle)
+            .unwrap();
+        drop((rows_tx, rej_tx));
+        let drain = |rx: &mut mpsc::Receiver<RecordBatch>| {
+            std::iter::from_fn(|| rx.blocking_recv()).collect::<Vec<_>>()
+        };
+        (report, took, drain(&mut rows_rx), drain(&mut rej_rx))
+    }
+
+    fn one_batch(schema: SchemaRef, batches: &[RecordBatch]) -> RecordBatch {
+        concat_batches(&schema, batches).unwrap()
+    }
+
+    #[test]
+    fn pieces_that_meet_read_exactly_what_one_reader_of_the_file_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tricky.csv");
+        let bytes = tricky_csv();
+        std::fs::write(&path, &bytes).unwrap();
+        let file = LandedFile {
+            name: "landing/tricky.csv".into(),
+            store: Arc::new(object_store::local::LocalFileSystem::new()),
+            store_url: "file://".into(),
+            location: object_store::path::Path::from("tricky.csv"),
+            size: bytes.len() as u64,
+            last_modified: chrono::Utc::now(),
+            e_tag: None,
+            local_path: Some(path),
+        };
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let handle = runtime.handle().clone();
+        let schema = bronze_schema(&parser().columns);
+        let (whole, took, rows, rejects) = read(&file, None, &handle);
+        assert_eq!(took, (0, bytes.len() as u64));
+        assert!(
+            whole.rejected > 50 && whole.rows > 250 && whole.blank_lines > 50,
+            "{whole:?}"
+        );
+        let rows = one_batch(schema.clone(), &rows);
+        let rejects = one_batch(reject_schema(), &rejects);
+
+        let (mut met, mut broken) = (0, 0);
+        for at in (1..bytes.len() as u64).step_by(7) {
+            let (first, took_a, rows_a, rej_a) = read(&file, Some((0, at)), &handle);
+            let (second, took_b, rows_b, rej_b) = read(&file, Some((at, u64::MAX)), &handle);
+            assert_eq!(took_a.0, 0);
+            assert_eq!(
+                took_b.1,
+                bytes.len() as u64,
+                "the last piece reads to the end"
+            );
+            if took_a.1 != took_b.0 {
+                // The second piece began inside a quoted value: the seam
+                // shows it, and the driver reads the file whole instead.
+                broken += 1;
+                continue;
+            }
+            met += 1;
+            let merged = first.merge(second);
+            assert_eq!(
+                (
+                    merged.lines,
+                    merged.rows,
+                    merged.rejected,
+                    merged.blank_lines
+                ),
+                (whole.lines, whole.rows, whole.rejected, whole.blank_lines),
+                "split at byte {at}"
+            );
+            let both: Vec<RecordBatch> = rows_a.into_iter().chain(rows_b).collect();
+            assert_eq!(
+                one_batch(schema.clone(), &both),
+                rows,
+                "rows, split at byte {at}"
+            );
+            let both: Vec<RecordBatch> = rej_a.into_iter().chain(rej_b).collect();
+            assert_eq!(
+                one_batch(reject_schema(), &both),
+                rejects,
+                "rejects, split at byte {at}"
+            );
+        }
+        assert!(met > 500 && broken > 10, "met {met}, broken {broken}");
+    }
+
+    #[test]
+    fn large_uncompressed_files_are_cut_into_shares_of_the_bytes() {
+        let file = |name: &str, size: u64, index: usize| task::TaskFile {
+            name: name.into(),
+            store: "file://".into(),
+            location: name.into(),
+            local_path: None,
+            size,
+            rejects_done: false,
+            index,
+            range: None,
+        };
+        let files = vec![
+            file("big.csv", 1000, 0),
+            file("small.csv", 100, 1),
+            file("big.csv.gz", 1000, 2),
+        ];
+        // 2,100 bytes over 4 tasks: shares of 525 bytes.
+        let pieces = task::split(files.clone(), 4, 10);
+        let ranges: Vec<(usize, Option<(u64, u64)>)> =
+            pieces.iter().map(|p| (p.index, p.range)).collect();
+        assert_eq!(
+            ranges,
+            vec![
+                (0, Some((0, 500))),
+                (0, Some((500, u64::MAX))),
+                (1, None),
+                (2, None)
+            ]
+        );
+        // Pieces are never smaller than the minimum.
+        assert_eq!(task::split(files.clone(), 4, 2000).len(), 3);
+        // One task: nothing to share.
+        assert_eq!(task::split(files, 1, 10).len(), 3);
     }
 }

@@ -38,7 +38,7 @@ pub fn normalise_header(rec: &Record, rename: &[(String, String)]) -> Vec<String
         .collect()
 }
 
-fn is_compressed(name: &str) -> bool {
+pub(crate) fn is_compressed(name: &str) -> bool {
     let n = name.to_lowercase();
     n.ends_with(".gz") || n.ends_with(".zst") || n.ends_with(".zstd") || n.ends_with(".bz2")
 }

@@ -69,6 +69,10 @@ pub struct TaskFile {
     /// Its place in the driver's list of files, to put the reports back in
     /// order.
     pub index: usize,
+    /// The piece of the file this task parses: the records that start in
+    /// these bytes (`None`: the whole file).
+    #[serde(default)]
+    pub range: Option<(u64, u64)>,
 }
 
 impl TaskFile {
@@ -81,6 +85,7 @@ impl TaskFile {
             size: file.size,
             rejects_done,
             index,
+            range: None,
         }
     }
 
@@ -106,6 +111,36 @@ impl TaskFile {
             local_path: self.local_path.clone(),
         })
     }
+}
+
+/// The files, with each large uncompressed one cut into pieces of about
+/// equal bytes, so `tasks` tasks share the work even when a few files hold
+/// most of it: a file gets as many pieces as it holds shares of the bytes
+/// (all files' bytes over `tasks`, at least `min_piece`), at most `tasks`.
+/// A piece holds the records that start in its bytes.
+pub fn split(files: Vec<TaskFile>, tasks: usize, min_piece: u64) -> Vec<TaskFile> {
+    let total: u64 = files.iter().map(|f| f.size).sum();
+    let share = (total / tasks.max(1) as u64).max(min_piece).max(1);
+    let mut out = Vec::with_capacity(files.len());
+    for file in files {
+        let pieces = file.size.div_ceil(share).min(tasks.max(1) as u64);
+        if pieces < 2 || super::sniff::is_compressed(&file.name) {
+            out.push(file);
+            continue;
+        }
+        for k in 0..pieces {
+            let from = file.size * k / pieces;
+            let until = match k + 1 == pieces {
+                true => u64::MAX,
+                false => file.size * (k + 1) / pieces,
+            };
+            out.push(TaskFile {
+                range: Some((from, until)),
+                ..file.clone()
+            });
+        }
+    }
+    out
 }
 
 /// The files split into `tasks` groups of about equal bytes: the largest
@@ -491,23 +526,35 @@ async fn ingest_task(
     let parsing = {
         let spec = spec.clone();
         let handle = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || -> crate::error::Result<Vec<FileReport>> {
-            let mut reports = Vec::with_capacity(files.len());
-            for (file, task_file) in landed.iter().zip(&files) {
-                let report = spec
-                    .parser
-                    .parse_file(file, task_file.rejects_done, &row_tx, &rej_tx, &handle)
-                    .map_err(|e| crate::error::Error::Ingest {
-                        source_name: spec.source.clone(),
-                        message: format!("{}: {e}", file.name),
-                    })?;
-                super::log_file(&report);
-                tracing::info!(source = %spec.source, file = %report.file, rows = report.rows, rejected = report.rejected, "file parsed");
-                watch.parsed(file.size);
-                reports.push(report);
-            }
-            Ok(reports)
-        })
+        tokio::task::spawn_blocking(
+            move || -> crate::error::Result<Vec<(FileReport, (u64, u64))>> {
+                let mut reports = Vec::with_capacity(files.len());
+                for (file, task_file) in landed.iter().zip(&files) {
+                    let (report, took) = spec
+                        .parser
+                        .parse_file(
+                            file,
+                            task_file.rejects_done,
+                            task_file.range,
+                            &row_tx,
+                            &rej_tx,
+                            &handle,
+                        )
+                        .map_err(|e| crate::error::Error::Ingest {
+                            source_name: spec.source.clone(),
+                            message: format!("{}: {e}", file.name),
+                        })?;
+                    super::log_file(&report);
+                    tracing::info!(source = %spec.source, file = %report.file, rows = report.rows, rejected = report.rejected, bytes = %format!("{}..{}", took.0, took.1), "file parsed");
+                    watch.parsed(match task_file.range {
+                        Some((from, until)) => until.min(file.size) - from,
+                        None => file.size,
+                    });
+                    reports.push((report, took));
+                }
+                Ok(reports)
+            },
+        )
     };
     let joined = |e: tokio::task::JoinError| crate::error::Error::Ingest {
         source_name: spec.source.clone(),
@@ -524,7 +571,7 @@ async fn ingest_task(
         reports
             .into_iter()
             .zip(&files_order)
-            .map(|(r, &i)| Message::Ingested(i, r)),
+            .map(|((r, took), &i)| Message::Ingested(i, r, took)),
     );
     let texts = messages
         .iter()
@@ -582,6 +629,7 @@ mod tests {
             size,
             rejects_done: false,
             index,
+            range: None,
         }
     }
 

@@ -323,3 +323,129 @@ async fn a_file_that_breaks_mid_read_fails_its_source_and_commits_nothing() {
     );
     assert_eq!(one(&lake, "SELECT count(*) FROM bronze.other").await, 1);
 }
+
+/// A file of `n` records: plain ones, quoted values holding line breaks,
+/// CRLF ends, blank lines and short (rejected) rows.
+fn mixed_records(n: usize) -> String {
+    let mut out = String::from("id,name,note\n");
+    for i in 0..n {
+        let end = if i % 4 == 0 { "\r\n" } else { "\n" };
+        match i % 9 {
+            0 => out.push_str(&format!("{i},\"two\nlines\",x{end}")),
+            1 => out.push_str(&format!("{i},short{end}")),
+            2 => out.push_str(&format!("{end}{i},after a blank,y{end}")),
+            _ => out.push_str(&format!("{i},name {i},note {}{end}", i * 3)),
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_files_are_parsed_in_pieces_into_the_rows_one_reader_finds() {
+    let dir = tempfile::tempdir().unwrap();
+    // s1: pieces meet. s2: the middle of the file lies in a quoted value
+    // holding line breaks, so its second piece starts inside it; the
+    // pieces do not meet and the file is parsed whole.
+    let mut quoted = String::from("id,name,note\n");
+    for i in 0..10 {
+        quoted.push_str(&format!("{i},n{i},x\n"));
+    }
+    quoted.push_str("10,\"");
+    for k in 0..300 {
+        quoted.push_str(&format!("line {k}\n"));
+    }
+    quoted.push_str("\",y\n");
+    for i in 11..21 {
+        quoted.push_str(&format!("{i},n{i},x\n"));
+    }
+    let lake_of = |name: &str| {
+        let root = dir.path().join(name);
+        std::fs::create_dir_all(root.join("lake/landing")).unwrap();
+        std::fs::create_dir_all(root.join("sql/bronze")).unwrap();
+        std::fs::write(root.join("lake/landing/big1.csv"), mixed_records(3000)).unwrap();
+        std::fs::write(root.join("lake/landing/big2.csv"), &quoted).unwrap();
+        for (s, f) in [("s1", "big1.csv"), ("s2", "big2.csv")] {
+            std::fs::write(
+                root.join(format!("sql/bronze/{s}.toml")),
+                format!("files = \"landing/{f}\"\n"),
+            )
+            .unwrap();
+        }
+        root
+    };
+    let run = |root: &Path, split: &str| {
+        let out = crate::lakehouse_with_env(
+            &["run", "--lake", "lake", "--pipeline", "sql"],
+            root,
+            &[
+                ("LAKEHOUSE_INGEST_SPLIT_BYTES", split),
+                ("RUST_LOG", "warn,lakehouse=info"),
+                ("NO_COLOR", "1"),
+            ],
+        );
+        let log = text(&out);
+        assert!(out.status.success(), "{log}");
+        log
+    };
+    let (pieces, whole) = (lake_of("pieces"), lake_of("whole"));
+    let log = run(&pieces, "1000");
+    run(&whole, "1000000000");
+
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores > 1 {
+        // big1 was read in pieces: one began past the header.
+        let later = log
+            .lines()
+            .filter(|l| {
+                l.contains("file parsed source=s1 file=landing/big1.csv")
+                    && !l.contains("bytes=0..")
+            })
+            .count();
+        assert!(later >= 1, "big1.csv was not read in pieces:\n{log}");
+        assert!(
+            log.contains("landing/big2.csv could not be split at byte"),
+            "the broken seam of big2.csv is reported:\n{log}"
+        );
+    }
+    for s in ["s1", "s2"] {
+        let rows = format!("SELECT _source_file, CAST(_source_line AS VARCHAR) AS line, id, name, note FROM bronze.{s} ORDER BY _source_line");
+        let rejects = format!("SELECT CAST(_source_line AS VARCHAR) AS line, CAST(_byte_offset AS VARCHAR) AS at, _reason, _raw_text FROM quarantine.bronze_{s} ORDER BY _source_line");
+        let got = strings(&pieces.join("lake"), &rows).await;
+        assert_eq!(got, strings(&whole.join("lake"), &rows).await, "{s}");
+        assert_eq!(
+            strings(&pieces.join("lake"), &rejects).await,
+            strings(&whole.join("lake"), &rejects).await,
+            "{s}"
+        );
+        let steps = format!("SELECT CAST(lines_landed AS VARCHAR) AS l, CAST(rows_written AS VARCHAR) AS w, CAST(rows_rejected AS VARCHAR) AS r, CAST(reconciled AS VARCHAR) AS ok FROM system.steps WHERE step = 'bronze.{s}'");
+        assert_eq!(
+            strings(&pieces.join("lake"), &steps).await,
+            strings(&whole.join("lake"), &steps).await
+        );
+    }
+    // The figures themselves: 3,000 records, every ninth short.
+    assert_eq!(
+        one(&pieces.join("lake"), "SELECT count(*) FROM bronze.s1").await,
+        3000 - 334
+    );
+    assert_eq!(
+        one(
+            &pieces.join("lake"),
+            "SELECT count(*) FROM quarantine.bronze_s1"
+        )
+        .await,
+        334
+    );
+    assert_eq!(
+        one(&pieces.join("lake"), "SELECT count(*) FROM bronze.s2").await,
+        21
+    );
+    assert_eq!(
+        one(
+            &pieces.join("lake"),
+            "SELECT max(_source_line) FROM bronze.s2"
+        )
+        .await,
+        2 + 10 + 300 + 10
+    );
+}

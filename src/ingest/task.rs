@@ -114,9 +114,10 @@ impl TaskFile {
 }
 
 /// The files, with each large uncompressed one cut into pieces of about
-/// equal bytes, so `tasks` tasks share the work even when a few files hold
+/// equal bytes, so the tasks share the work even when a few files hold
 /// most of it: a file gets as many pieces as it holds shares of the bytes
-/// (all files' bytes over `tasks`, at least `min_piece`), at most `tasks`.
+/// (all files' bytes over `tasks`, at least `min_piece`), at most `tasks`
+/// (here: the most pieces a file may have).
 /// A piece holds the records that start in its bytes.
 pub fn split(files: Vec<TaskFile>, tasks: usize, min_piece: u64) -> Vec<TaskFile> {
     let total: u64 = files.iter().map(|f| f.size).sum();

@@ -205,6 +205,9 @@ fn fingerprint(lake: &Path) -> String {
     let checks = [
         "SELECT count(*) AS n, count(DISTINCT _source_file) AS files FROM bronze.orders",
         "SELECT count(*) AS n FROM quarantine.bronze_orders",
+        // Line by line: every row's line (pieces of a file count lines).
+        "SELECT _source_file, sum(_source_line) AS lines, count(DISTINCT _source_line) AS d, sum(length(order_id)) AS ids FROM bronze.orders GROUP BY 1 ORDER BY 1",
+        "SELECT _source_file, sum(_source_line) AS lines, sum(_byte_offset) AS offsets, count(DISTINCT _reason) AS reasons FROM quarantine.bronze_orders GROUP BY 1 ORDER BY 1",
         "SELECT order_date, region, count(*) AS n, sum(amount) AS amount, sum(quantity) AS q, count(DISTINCT order_id) AS ids FROM silver.orders GROUP BY 1, 2 ORDER BY 1, 2",
         "SELECT _reason, count(*) AS n, count(DISTINCT _source_line) AS lines FROM quarantine.silver_orders GROUP BY 1 ORDER BY 1",
         "SELECT * FROM gold.daily_region_sales ORDER BY order_date, region",
@@ -318,13 +321,23 @@ fn the_pipeline_on_a_ballista_cluster_writes_the_same_tables_as_a_local_run() {
         .collect();
 
     run(&local, None, &[]);
-    let summary = run(&remote, Some(&address), &[]);
+    // On the cluster, files over 100 KB are parsed in pieces.
+    let args = run_args(&remote, Some(&address), &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = crate::lakehouse_with_env(
+        &args,
+        dir.path(),
+        &[("LAKEHOUSE_INGEST_SPLIT_BYTES", "100000")],
+    );
+    let summary = text(&out);
+    assert!(out.status.success(), "{summary}");
     assert!(summary.contains("silver.orders"), "{summary}");
     assert_same(&remote, &local);
-    // Bronze was parsed by the executors' tasks: each landed file with rows
-    // is named once, with its rows, in their logs. (Ballista hands each
-    // task only its own partitions of the scans it knows; a leaf of ours
-    // went whole to every task, and each file was parsed once per task.)
+    // Bronze was parsed by the executors' tasks, in pieces: the pieces of
+    // each landed file named in their logs add up to its rows, each piece
+    // once. (Ballista hands each task only its own partitions of the scans
+    // it knows; a leaf of ours went whole to every task, and each file was
+    // parsed once per task.)
     let parsed: String = logs
         .iter()
         .map(|l| std::fs::read_to_string(l).unwrap())
@@ -338,14 +351,23 @@ fn the_pipeline_on_a_ballista_cluster_writes_the_same_tables_as_a_local_run() {
     assert_eq!(bronze_files.len(), 3, "{bronze_files:?}");
     for line in bronze_files {
         let (file, rows) = line.split_once(',').unwrap();
+        let pieces: Vec<u64> = parsed
+            .lines()
+            .filter_map(|l| {
+                let rest = l
+                    .split_once(&format!("file parsed source=orders file={file} rows="))?
+                    .1;
+                rest.split(' ').next()?.parse().ok()
+            })
+            .collect();
+        assert!(
+            pieces.len() > 1,
+            "{file} was not parsed in pieces:\n{parsed}"
+        );
         assert_eq!(
-            parsed
-                .matches(&format!(
-                    "file parsed source=orders file={file} rows={rows} "
-                ))
-                .count(),
-            1,
-            "{file} ({rows} rows) was not parsed exactly once:\n{parsed}"
+            pieces.iter().sum::<u64>(),
+            rows.parse::<u64>().unwrap(),
+            "the pieces of {file} do not add up to its {rows} rows:\n{parsed}"
         );
     }
     // The runs' own counts agree too (rows in, written, quarantined,

@@ -1318,16 +1318,7 @@ mod tests {
 
     #[test]
     fn large_uncompressed_files_are_cut_into_shares_of_the_bytes() {
-        let file = |name: &str, size: u64, index: usize| task::TaskFile {
-            name: name.into(),
-            store: "file://".into(),
-            location: name.into(),
-            local_path: None,
-            size,
-            rejects_done: false,
-            index,
-            range: None,
-        };
+        let file = task::tests::file;
         let files = vec![
             file("big.csv", 1000, 0),
             file("small.csv", 100, 1),

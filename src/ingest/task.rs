@@ -618,10 +618,11 @@ async fn drain(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn file(name: &str, size: u64, index: usize) -> TaskFile {
+    /// A landed file of `size` bytes, whole, at `index` in the driver's list.
+    pub(crate) fn file(name: &str, size: u64, index: usize) -> TaskFile {
         TaskFile {
             name: name.into(),
             store: "file://".into(),

@@ -439,8 +439,18 @@ fn split_messages(batch: RecordBatch) -> DfResult<(RecordBatch, Option<RecordBat
     Ok((rows, Some(messages)))
 }
 
+/// The project's own error a task in this process failed with (what
+/// [`task_error`] wrapped), `None` for DataFusion's own errors and for a
+/// remote task's, which arrive as text.
+pub fn task_cause(e: &DataFusionError) -> Option<&crate::error::Error> {
+    match e.find_root() {
+        DataFusionError::External(inner) => inner.downcast_ref::<crate::error::Error>(),
+        _ => None,
+    }
+}
+
 /// A task's failure as DataFusion carries it: the project's own error
-/// inside (the driver finds it again, see `model::stage`).
+/// inside (the driver finds it again with [`task_cause`]).
 pub fn task_error(e: crate::error::Error) -> DataFusionError {
     match e {
         crate::error::Error::DataFusion(d) => d,

@@ -472,10 +472,6 @@ async fn parse(
     progress: Arc<dyn Progress>,
     tasks: usize,
 ) -> Result<Parsed> {
-    let ingest_error = |message: String| Error::Ingest {
-        source_name: source.name.clone(),
-        message,
-    };
     let mut files: Vec<Option<FileReport>> = vec![None; todo.len()];
     let mut taken = Vec::new();
     for (i, ((file, rejects_done), sniffed)) in todo.iter().zip(&layout.sniffed).enumerate() {
@@ -507,10 +503,12 @@ async fn parse(
             }
         }
     }
-    progress.start(taken.iter().map(|f| f.size).sum());
+    let bytes: u64 = taken.iter().map(|f| f.size).sum();
+    progress.start(bytes);
     let (mut adds, mut reject_adds) = (Vec::new(), Vec::new());
     if !taken.is_empty() {
-        let tasks = match crate::cluster::on_cluster(ctx) {
+        let on_cluster = crate::cluster::on_cluster(ctx);
+        let tasks = match on_cluster {
             true => CLUSTER_TASKS,
             false => tasks,
         };
@@ -532,7 +530,7 @@ async fn parse(
             },
             tasks: vec![],
         };
-        let watch = task::Watch::new(progress);
+        let watch = task::Watch::new(progress.clone());
         let (min_piece, asked) = split_bytes();
         // In one process a task's parser and its writers keep two cores
         // busy, so a file gets at most half as many pieces as there are
@@ -540,28 +538,22 @@ async fn parse(
         // took 7.0-8.1 s against 6.5-7.2 s whole); a cluster's pieces run
         // on other nodes. An explicit LAKEHOUSE_INGEST_SPLIT_BYTES asks for
         // pieces whenever there is more than one task.
-        let most = match crate::cluster::on_cluster(ctx) || asked {
+        let most = match on_cluster || asked {
             true => tasks,
             false => tasks / 2,
         };
         let pieces = task::split(taken.clone(), most, min_piece);
         let split = pieces.len() > taken.len();
-        let mut done = run_ingest(
-            ctx,
-            &spec,
-            task::group(pieces, tasks),
-            &watch,
-            &ingest_error,
-        )
-        .await?;
+        let mut done = run_ingest(ctx, &spec, task::group(pieces, tasks), &watch).await?;
         if split {
             if let Some(why) = done.seams_broken() {
                 // A piece began inside a quoted value (a line break in it):
                 // what the pieces wrote is dropped (never committed), and
                 // the files are parsed whole.
                 tracing::warn!(source = %source.name, "{why}: the files are parsed whole instead");
-                done = run_ingest(ctx, &spec, task::group(taken, tasks), &watch, &ingest_error)
-                    .await?;
+                progress.start(bytes);
+                let watch = task::Watch::new(progress);
+                done = run_ingest(ctx, &spec, task::group(taken, tasks), &watch).await?;
             }
         }
         adds = done.adds;
@@ -658,7 +650,6 @@ async fn run_ingest(
     spec: &task::IngestSpec,
     tasks: Vec<Vec<task::TaskFile>>,
     watch: &task::Watch,
-    ingest_error: &dyn Fn(String) -> Error,
 ) -> Result<Ingested> {
     let spec = task::IngestSpec {
         tasks,
@@ -671,17 +662,18 @@ async fn run_ingest(
         });
     let batches = crate::cluster::collect_bounded(ctx, plan)
         .await
-        .map_err(|e| match e {
-            Error::DataFusion(d) => match d.find_root() {
-                datafusion::error::DataFusionError::External(inner) => {
-                    match inner.downcast_ref::<Error>() {
-                        Some(Error::Ingest { message, .. }) => ingest_error(message.clone()),
-                        _ => ingest_error(d.to_string()),
-                    }
-                }
-                _ => ingest_error(d.to_string()),
-            },
-            other => other,
+        .map_err(|e| {
+            let message = match &e {
+                Error::DataFusion(d) => match crate::cluster::stage::task_cause(d) {
+                    Some(Error::Ingest { message, .. }) => message.clone(),
+                    _ => d.to_string(),
+                },
+                _ => return e,
+            };
+            Error::Ingest {
+                source_name: spec.source.clone(),
+                message,
+            }
         })?;
     let mut done = Ingested {
         adds: vec![],

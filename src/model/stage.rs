@@ -240,21 +240,19 @@ fn failed_rule_columns(rules: Vec<Expr>) -> Result<Vec<Expr>> {
 /// The project's own error when a staging task in this process failed with
 /// one (a failing `fail` expectation); a remote task's error is its text.
 fn typed(e: datafusion::error::DataFusionError) -> Error {
-    if let datafusion::error::DataFusionError::External(inner) = e.find_root() {
-        if let Some(Error::ExpectationFailed {
-            model,
-            rule,
-            failed,
-            example,
-        }) = inner.downcast_ref::<Error>()
-        {
-            return Error::ExpectationFailed {
-                model: model.clone(),
-                rule: rule.clone(),
-                failed: *failed,
-                example: example.clone(),
-            };
-        }
+    if let Some(Error::ExpectationFailed {
+        model,
+        rule,
+        failed,
+        example,
+    }) = crate::cluster::stage::task_cause(&e)
+    {
+        return Error::ExpectationFailed {
+            model: model.clone(),
+            rule: rule.clone(),
+            failed: *failed,
+            example: example.clone(),
+        };
     }
     e.into()
 }

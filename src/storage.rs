@@ -199,7 +199,13 @@ impl Lake {
                 location: meta.location,
                 size: meta.size,
                 last_modified: meta.last_modified,
-                e_tag: meta.e_tag,
+                // A local file's ETag is its inode, modification time and
+                // size: the inode changes when the lake is copied or
+                // restored from a backup with its times kept, though the
+                // file did not, so a local file is compared by size and
+                // modification time alone (an object store's ETag follows
+                // the content, and is kept).
+                e_tag: if store_is_local { None } else { meta.e_tag },
             });
         }
         files.sort_by(|a, b| a.name.cmp(&b.name));

@@ -357,6 +357,72 @@ fn select_runs_part_of_the_graph_and_full_refresh_rebuilds_it() {
     );
 }
 
+/// Copies `from` into `to`, keeping every file's modification time (as
+/// `cp -a`, `rsync -a` or a backup's restore do); every file gets a new inode.
+fn copy_keeping_times(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_keeping_times(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+            let modified = entry.metadata().unwrap().modified().unwrap();
+            let f = std::fs::File::options().write(true).open(&target).unwrap();
+            f.set_modified(modified).unwrap();
+        }
+    }
+}
+
+/// A lake copied elsewhere with its files' times kept (a move to a new
+/// disk, a restore from backup) is the same lake: no landed file counts as
+/// changed or new, and a file that lands after the copy is taken once.
+#[tokio::test]
+async fn a_lake_copied_with_its_times_kept_ingests_nothing_again() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(
+        dir.path(),
+        "id,day,v,updated\n1,d1,5,1\n",
+        &[("bronze/events.toml", SOURCE)],
+    );
+    std::fs::write(
+        dir.path().join("lake/landing/events_2.csv"),
+        "id,day,v,updated\n2,d2,6,1\n3,d2,7,1\n",
+    )
+    .unwrap();
+    assert!(run(dir.path()).status.success());
+    let copy = tempfile::tempdir().unwrap();
+    copy_keeping_times(dir.path(), copy.path());
+
+    let out = run(copy.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(!t.contains("changed after it was ingested"), "{t}");
+    assert!(t.contains("no new files (2 seen)"), "{t}");
+    let lake = copy.path().join("lake");
+    assert_eq!(one(&lake, "SELECT count(*) FROM bronze.events").await, 3);
+
+    // The copy goes on as the lake: a new file is taken, once.
+    std::fs::write(
+        lake.join("landing/events_3.csv"),
+        "id,day,v,updated\n4,d3,8,1\n",
+    )
+    .unwrap();
+    let t = text(&run(copy.path()));
+    assert!(t.contains("succeeded (1 new file)"), "{t}");
+    assert!(!t.contains("changed after it was ingested"), "{t}");
+    assert_eq!(one(&lake, "SELECT count(*) FROM bronze.events").await, 4);
+    assert_eq!(
+        one(
+            &lake,
+            "SELECT count(DISTINCT _source_file) FROM bronze.events"
+        )
+        .await,
+        3
+    );
+}
+
 #[tokio::test]
 async fn a_file_changed_after_ingest_is_reported_not_ingested_twice() {
     let dir = tempfile::tempdir().unwrap();

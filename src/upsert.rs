@@ -240,22 +240,37 @@ pub fn rows(
         .map(|f| (f.name().clone(), f.data_type().clone()))
         .collect();
     let winners = match holding {
-        Some(holding) => offer(offered, holding, columns, false)?
+        Some(holding) => offer(offered.clone(), holding, columns, false)?
             .filter(ident(WINS))?
             .select(out.iter().map(|(n, _)| ident(n)).collect::<Vec<_>>())?,
-        None => offered,
+        None => offered.clone(),
     };
     let Some(rewritten) = rewritten else {
         return Ok(winners);
     };
-    // The rewritten partitions' rows, less those a winner replaces. The
-    // winners' keys are the anti join's build side; the stored rows
-    // stream through it.
-    let keys: Vec<Expr> = columns
+    // The rewritten partitions' rows, less those a winner replaces. Keys
+    // are unique in the table, so the stored row of an offered key is the
+    // very row the offer was judged against: it leaves exactly when the
+    // offered row is as new or newer. The offer's keys and sequence are the
+    // anti join's build side and that comparison its filter (the winners
+    // are not computed a second time); the stored rows stream through.
+    let type_of = |name: &str| out.iter().find(|(n, _)| n == name).map(|(_, t)| t.clone());
+    let mut build: Vec<Expr> = columns
         .keys
         .iter()
         .map(|k| ident(k).alias(format!("__upsert_winner_{k}")))
         .collect();
+    let mut pairs = Vec::new();
+    for q in columns.sequence {
+        let offered_q = format!("__upsert_offer_{q}");
+        build.push(ident(q).alias(&offered_q));
+        let Some(t) = type_of(q) else {
+            return Err(Error::Internal(format!(
+                "upsert: the model returns no column `{q}`"
+            )));
+        };
+        pairs.push((ident(offered_q), cast_expr(ident(q), t)));
+    }
     let left: Vec<String> = columns
         .keys
         .iter()
@@ -263,11 +278,13 @@ pub fn rows(
         .collect();
     let left: Vec<&str> = left.iter().map(|k| k.as_str()).collect();
     let right: Vec<&str> = columns.keys.iter().map(|k| k.as_str()).collect();
-    let kept =
-        winners
-            .clone()
-            .select(keys)?
-            .join(rewritten, JoinType::RightAnti, &left, &right, None)?;
+    let kept = offered.select(build)?.join(
+        rewritten,
+        JoinType::RightAnti,
+        &left,
+        &right,
+        (!pairs.is_empty()).then(|| newer(&pairs)),
+    )?;
     let typed: Vec<Expr> = out
         .iter()
         .map(|(n, t)| cast_expr(ident(n), t.clone()).alias(n))

@@ -104,6 +104,15 @@ fn newer(pairs: &[(Expr, Expr)]) -> Expr {
         .or(tie.and(newer(rest)))
 }
 
+/// The type of the offered rows' column `name`.
+fn offered_type(offered: &DataFrame, name: &str) -> Result<DataType> {
+    offered
+        .schema()
+        .field_with_unqualified_name(name)
+        .map(|f| f.data_type().clone())
+        .map_err(|_| Error::Internal(format!("upsert: the model returns no column `{name}`")))
+}
+
 /// The offered rows, each with the stored row of its key (its sequence and,
 /// with `partitions`, where it lies; NULL when the key is new), and whether
 /// the offered row wins.
@@ -113,13 +122,7 @@ fn offer(
     columns: &Columns<'_>,
     partitions: bool,
 ) -> Result<DataFrame> {
-    let type_of = |name: &str| -> Result<DataType> {
-        offered
-            .schema()
-            .field_with_unqualified_name(name)
-            .map(|f| f.data_type().clone())
-            .map_err(|_| Error::Internal(format!("upsert: the model returns no column `{name}`")))
-    };
+    let type_of = |name: &str| offered_type(&offered, name);
     let mut projection = vec![];
     for k in columns.keys {
         projection.push(cast_expr(ident(k), type_of(k)?).alias(stored_key(k)));
@@ -254,7 +257,6 @@ pub fn rows(
     // offered row is as new or newer. The offer's keys and sequence are the
     // anti join's build side and that comparison its filter (the winners
     // are not computed a second time); the stored rows stream through.
-    let type_of = |name: &str| out.iter().find(|(n, _)| n == name).map(|(_, t)| t.clone());
     let mut build: Vec<Expr> = columns
         .keys
         .iter()
@@ -264,12 +266,10 @@ pub fn rows(
     for q in columns.sequence {
         let offered_q = format!("__upsert_offer_{q}");
         build.push(ident(q).alias(&offered_q));
-        let Some(t) = type_of(q) else {
-            return Err(Error::Internal(format!(
-                "upsert: the model returns no column `{q}`"
-            )));
-        };
-        pairs.push((ident(offered_q), cast_expr(ident(q), t)));
+        pairs.push((
+            ident(offered_q),
+            cast_expr(ident(q), offered_type(&offered, q)?),
+        ));
     }
     let left: Vec<String> = columns
         .keys

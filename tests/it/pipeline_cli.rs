@@ -357,24 +357,6 @@ fn select_runs_part_of_the_graph_and_full_refresh_rebuilds_it() {
     );
 }
 
-/// Copies `from` into `to`, keeping every file's modification time (as
-/// `cp -a`, `rsync -a` or a backup's restore do); every file gets a new inode.
-fn copy_keeping_times(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_keeping_times(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-            let modified = entry.metadata().unwrap().modified().unwrap();
-            let f = std::fs::File::options().write(true).open(&target).unwrap();
-            f.set_modified(modified).unwrap();
-        }
-    }
-}
-
 /// A lake copied elsewhere with its files' times kept (a move to a new
 /// disk, a restore from backup) is the same lake: no landed file counts as
 /// changed or new, and a file that lands after the copy is taken once.
@@ -393,7 +375,7 @@ async fn a_lake_copied_with_its_times_kept_ingests_nothing_again() {
     .unwrap();
     assert!(run(dir.path()).status.success());
     let copy = tempfile::tempdir().unwrap();
-    copy_keeping_times(dir.path(), copy.path());
+    crate::serve::copy_dir(dir.path(), copy.path());
 
     let out = run(copy.path());
     assert!(out.status.success(), "{}", text(&out));

@@ -33,14 +33,21 @@ fn example_lake(root: &Path) -> PathBuf {
     lake
 }
 
+/// Copies the folder `from` into `to`, keeping every file's modification
+/// time (as `cp -a`, `rsync -a` or a backup's restore do); every file gets
+/// a new inode.
 pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();
+        let target = to.join(e.file_name());
         if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
+            copy_dir(&e.path(), &target);
         } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            std::fs::copy(e.path(), &target).unwrap();
+            let modified = e.metadata().unwrap().modified().unwrap();
+            let f = std::fs::File::options().write(true).open(&target).unwrap();
+            f.set_modified(modified).unwrap();
         }
     }
 }

@@ -33,6 +33,7 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::spill_file::{SpillFile, SpillWriter};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::metrics::Count;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::TryStreamExt;
 
@@ -132,6 +133,13 @@ impl Spec {
     }
 }
 
+/// Where a deduplication counts its spills (its node's metrics).
+#[derive(Default)]
+pub struct SpillMeters {
+    pub count: Count,
+    pub bytes: Count,
+}
+
 /// `input` (one partition of rows split by key: equal keys all in it)
 /// deduplicated as `spec` says. Nothing comes out before the input ends.
 pub fn deduplicate(
@@ -139,6 +147,7 @@ pub fn deduplicate(
     spec: Arc<Spec>,
     ctx: Arc<TaskContext>,
     partition: usize,
+    meters: SpillMeters,
 ) -> SendableRecordBatchStream {
     let reservation = MemoryConsumer::new(format!("LatestPerKey[{partition}]"))
         .with_can_spill(true)
@@ -151,6 +160,7 @@ pub fn deduplicate(
         held: (0..BUCKETS).map(|_| Vec::new()).collect(),
         held_bytes: vec![0; BUCKETS],
         spilled: (0..BUCKETS).map(|_| None).collect(),
+        meters,
     };
     let schema = spec.schema.clone();
     let filed = futures::stream::once(file_all(input, buckets));
@@ -261,6 +271,7 @@ struct Buckets {
     held: Vec<Vec<RecordBatch>>,
     held_bytes: Vec<usize>,
     spilled: Vec<Option<Spilled>>,
+    meters: SpillMeters,
 }
 
 struct Spilled {
@@ -311,6 +322,8 @@ impl Buckets {
                 "deduplication could not write its spill file (is the temporary folder full?): {e}"
             ))
         })?;
+        self.meters.count.add(1);
+        self.meters.bytes.add(batch.get_array_memory_size());
         self.reservation.shrink(bytes);
         Ok(())
     }
@@ -597,11 +610,16 @@ mod tests {
                 .unwrap();
             let collapsed = super::Collapsed::default();
             let spec = Spec::new(schema(), &["k".into()], &["seq".into()], collapsed.clone());
-            let out: Vec<RecordBatch> =
-                deduplicate(input, Arc::new(spec.unwrap()), ctx.task_ctx(), 0)
-                    .try_collect()
-                    .await
-                    .unwrap();
+            let out: Vec<RecordBatch> = deduplicate(
+                input,
+                Arc::new(spec.unwrap()),
+                ctx.task_ctx(),
+                0,
+                super::SpillMeters::default(),
+            )
+            .try_collect()
+            .await
+            .unwrap();
             let kept: usize = out.iter().map(|b| b.num_rows()).sum();
             let sum: i64 = out
                 .iter()

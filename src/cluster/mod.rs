@@ -27,6 +27,7 @@ use url::Url;
 use crate::error::{Error, Result};
 
 pub mod codec;
+pub mod metered;
 pub mod scan;
 pub mod stage;
 

@@ -21,6 +21,9 @@ use datafusion::physical_expr::{
 };
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::metrics::{
+    Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
@@ -474,6 +477,7 @@ pub struct CheckExec {
     model_columns: Vec<usize>,
     schema: SchemaRef,
     props: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
 }
 
 impl CheckExec {
@@ -510,6 +514,7 @@ impl CheckExec {
             model_columns,
             schema,
             props,
+            metrics: ExecutionPlanMetricsSet::new(),
         })
     }
 }
@@ -528,6 +533,10 @@ impl DisplayAs for CheckExec {
 impl ExecutionPlan for CheckExec {
     fn name(&self) -> &str {
         "LakehouseCheck"
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
     }
 
     fn properties(&self) -> &Arc<PlanProperties> {
@@ -564,7 +573,8 @@ impl ExecutionPlan for CheckExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
-        let input = self.input.execute(partition, context)?;
+        let meters = super::metered::Meters::new(&self.metrics, partition);
+        let input = meters.input(self.input.execute(partition, context)?);
         let in_schema = input.schema();
         let model_schema = Arc::new(in_schema.project(&self.model_columns)?);
         let quarantine = match &self.spec.quarantine {
@@ -598,6 +608,7 @@ impl ExecutionPlan for CheckExec {
             model_columns: self.model_columns.clone(),
             schema: self.schema.clone(),
             quarantine,
+            quarantined: super::metered::counter(&self.metrics, "quarantined_rows", partition),
         };
         let stream = futures::stream::unfold(Some((input, checking)), |state| async move {
             let (mut input, mut checking) = state?;
@@ -613,10 +624,10 @@ impl ExecutionPlan for CheckExec {
                 }
             }
         });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
+        Ok(meters.output(Box::pin(RecordBatchStreamAdapter::new(
             self.schema.clone(),
             stream,
-        )))
+        ))))
     }
 }
 
@@ -630,6 +641,7 @@ struct Checking {
     q_schema: SchemaRef,
     quarantine: Option<(crate::delta::SortedWriter, SchemaRef)>,
     counts: crate::quality::Counts,
+    quarantined: datafusion::physical_plan::metrics::Count,
 }
 
 impl Checking {
@@ -653,6 +665,9 @@ impl Checking {
         };
         let model_batch = batch.project(&self.model_columns)?;
         let (passing, bad) = crate::quality::classify(&q, &values, &model_batch, &mut self.counts)?;
+        if let Some(bad) = &bad {
+            self.quarantined.add(bad.num_rows());
+        }
         if let (Some(bad), Some((w, schema))) = (bad, self.quarantine.as_mut()) {
             w.write(crate::delta::conform(&bad, schema)?).await?;
         }
@@ -692,6 +707,7 @@ pub struct DedupExec {
     spec: StageSpec,
     dedup: crate::dedup::Spec,
     props: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
 }
 
 impl DedupExec {
@@ -711,6 +727,7 @@ impl DedupExec {
             spec,
             dedup,
             props,
+            metrics: ExecutionPlanMetricsSet::new(),
         })
     }
 }
@@ -728,6 +745,10 @@ impl DisplayAs for DedupExec {
 impl ExecutionPlan for DedupExec {
     fn name(&self) -> &str {
         "LakehouseDedup"
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
     }
 
     fn properties(&self) -> &Arc<PlanProperties> {
@@ -772,7 +793,8 @@ impl ExecutionPlan for DedupExec {
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
         use futures::TryStreamExt;
-        let input = self.input.execute(partition, context.clone())?;
+        let meters = super::metered::Meters::new(&self.metrics, partition);
+        let input = meters.input(self.input.execute(partition, context.clone())?);
         let schema = input.schema();
         // Message rows wait here while the table's rows are deduplicated.
         let held: Arc<std::sync::Mutex<Vec<RecordBatch>>> = Default::default();
@@ -792,19 +814,25 @@ impl ExecutionPlan for DedupExec {
             Arc::new(self.dedup.counting(collapsed.clone())),
             context,
             partition,
+            crate::dedup::SpillMeters {
+                count: MetricBuilder::new(&self.metrics).spill_count(partition),
+                bytes: MetricBuilder::new(&self.metrics).spilled_bytes(partition),
+            },
         );
+        let collapsed_rows = super::metered::counter(&self.metrics, "collapsed_rows", partition);
         let message_schema = schema.clone();
         let messages = futures::stream::once(async move {
             let mut batches = std::mem::take(&mut *held.lock().unwrap_or_else(|p| p.into_inner()));
             let count = collapsed.load(std::sync::atomic::Ordering::Relaxed);
+            collapsed_rows.add(count as usize);
             batches.push(message_rows(&message_schema, &[Message::Collapsed(count)])?);
             Ok::<_, DataFusionError>(futures::stream::iter(batches.into_iter().map(Ok)))
         })
         .try_flatten();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
+        Ok(meters.output(Box::pin(RecordBatchStreamAdapter::new(
             schema,
             winners.chain(messages),
-        )))
+        ))))
     }
 }
 
@@ -817,13 +845,19 @@ pub struct StageExec {
     input: Arc<dyn ExecutionPlan>,
     spec: StageSpec,
     props: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
 }
 
 impl StageExec {
     pub fn try_new(input: Arc<dyn ExecutionPlan>, spec: StageSpec) -> DfResult<Self> {
         input.schema().index_of(MESSAGE)?;
         let props = properties(message_schema(), &input, EmissionType::Final);
-        Ok(Self { input, spec, props })
+        Ok(Self {
+            input,
+            spec,
+            props,
+            metrics: ExecutionPlanMetricsSet::new(),
+        })
     }
 }
 
@@ -841,6 +875,10 @@ impl DisplayAs for StageExec {
 impl ExecutionPlan for StageExec {
     fn name(&self) -> &str {
         "LakehouseStage"
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
     }
 
     fn properties(&self) -> &Arc<PlanProperties> {
@@ -902,13 +940,20 @@ impl ExecutionPlan for StageExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
-        let input = self.input.execute(partition, context)?;
+        let meters = super::metered::Meters::new(&self.metrics, partition);
+        let input = meters.input(self.input.execute(partition, context)?);
         let spec = self.spec.clone();
-        let task = async move { stage_partition(spec, input).await.map_err(task_error) };
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
+        let written = super::metered::counter(&self.metrics, "written_rows", partition);
+        let files = super::metered::counter(&self.metrics, "files_written", partition);
+        let task = async move {
+            stage_partition(spec, input, written, files)
+                .await
+                .map_err(task_error)
+        };
+        Ok(meters.output(Box::pin(RecordBatchStreamAdapter::new(
             message_schema(),
             futures::stream::once(task),
-        )))
+        ))))
     }
 }
 
@@ -973,6 +1018,8 @@ pub fn writer(
 async fn stage_partition(
     spec: StageSpec,
     mut input: SendableRecordBatchStream,
+    written_rows: Count,
+    files: Count,
 ) -> crate::error::Result<RecordBatch> {
     let table_schema = decode_schema(&spec.table_schema)?;
     let mut table = writer(
@@ -1002,6 +1049,7 @@ async fn stage_partition(
         }
         let rows = crate::delta::conform(&rows, &table_schema)?;
         written += rows.num_rows() as u64;
+        written_rows.add(rows.num_rows());
         table.write(rows).await?;
     }
     let mut own: Vec<Message> = table
@@ -1010,6 +1058,7 @@ async fn stage_partition(
         .into_iter()
         .map(Message::Table)
         .collect();
+    files.add(own.len());
     own.push(Message::Written(written));
     for message in &own {
         texts.push(message.to_text()?);
@@ -1317,10 +1366,20 @@ mod tests {
         ];
         let source = MemorySourceConfig::try_new_exec(&[batches], schema, None).unwrap();
         let dedup = Arc::new(DedupExec::try_new(source, spec(vec![])).unwrap());
-        let (rows, messages) = run(dedup).await;
+        let (rows, messages) = run(dedup.clone()).await;
         // Key 1: sequence 3 wins; key 2: 5; key 3: 1.
         assert_eq!(ints(&rows, "_seq"), vec![Some(1), Some(3), Some(5)]);
         let texts: Vec<String> = messages.iter().map(|m| format!("{m:?}")).collect();
         assert_eq!(texts, vec!["Written(7)", "Collapsed(2)", "Collapsed(3)"]);
+        // Its metrics: the rows out (3 winners, 2 passed messages, 1 count)
+        // and the rows it collapsed; nothing spilled.
+        let metrics = dedup.metrics().unwrap();
+        assert_eq!(metrics.output_rows(), Some(6));
+        assert_eq!(
+            metrics.sum_by_name("collapsed_rows").map(|v| v.as_usize()),
+            Some(3)
+        );
+        assert_eq!(metrics.spill_count(), Some(0));
+        assert!(metrics.elapsed_compute().is_some());
     }
 }

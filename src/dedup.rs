@@ -33,7 +33,7 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::spill_file::{SpillFile, SpillWriter};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_plan::metrics::Count;
+use datafusion::physical_plan::metrics::{Count, Time};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::TryStreamExt;
 
@@ -133,11 +133,20 @@ impl Spec {
     }
 }
 
-/// Where a deduplication counts its spills (its node's metrics).
+/// Where a deduplication counts its spills and times its phases (its
+/// node's metrics).
 #[derive(Default)]
 pub struct SpillMeters {
     pub count: Count,
     pub bytes: Count,
+    /// Hashing and splitting rows into buckets.
+    pub split: Time,
+    /// Writing spill files.
+    pub spill: Time,
+    /// Reading spill files back.
+    pub read_back: Time,
+    /// Choosing and gathering each bucket's winners.
+    pub winners: Time,
 }
 
 /// `input` (one partition of rows split by key: equal keys all in it)
@@ -186,6 +195,8 @@ async fn file_all(mut input: SendableRecordBatchStream, mut buckets: Buckets) ->
     let mut rows: Vec<Vec<(usize, usize)>> = vec![Vec::new(); BUCKETS];
     loop {
         let next = input.try_next().await?;
+        let split = buckets.meters.split.clone();
+        let mut timer = split.timer();
         if let Some(batch) = &next {
             if batch.num_rows() > 0 {
                 hashes.clear();
@@ -209,13 +220,16 @@ async fn file_all(mut input: SendableRecordBatchStream, mut buckets: Buckets) ->
                 if rows.is_empty() {
                     continue;
                 }
-                let piece = interleave_record_batch(&refs, rows)?;
+                let piece = compact(interleave_record_batch(&refs, rows)?)?;
                 rows.clear();
-                buckets.hold(bucket, compact(piece)?)?;
+                timer.stop();
+                buckets.hold(bucket, piece)?;
+                timer = split.timer();
             }
             window.clear();
             window_rows = 0;
         }
+        timer.stop();
         if next.is_none() {
             return Ok(buckets);
         }
@@ -290,6 +304,8 @@ impl Buckets {
     }
 
     fn spill(&mut self, bucket: usize) -> DfResult<()> {
+        let time = self.meters.spill.clone();
+        let _timer = time.timer();
         let pieces = std::mem::take(&mut self.held[bucket]);
         let bytes = std::mem::take(&mut self.held_bytes[bucket]);
         if self.spilled[bucket].is_none() {
@@ -408,11 +424,13 @@ impl Buckets {
             let file = std::fs::File::open(path).map_err(unreadable)?;
             read_back = 2 * file.metadata().map_err(unreadable)?.len() as usize;
             self.make_room(read_back)?;
+            let _timer = self.meters.read_back.timer();
             let reader = StreamReader::try_new(BufReader::new(file), None)?;
             for batch in reader {
                 pieces.push(batch?);
             }
         }
+        let _timer = self.meters.winners.timer();
         // What this bucket holds is released as its winners leave.
         let winners = keep_winners(pieces, spec).and_then(|w| match w {
             // Text views read back from a spill file point into the file's

@@ -817,6 +817,11 @@ impl ExecutionPlan for DedupExec {
             crate::dedup::SpillMeters {
                 count: MetricBuilder::new(&self.metrics).spill_count(partition),
                 bytes: MetricBuilder::new(&self.metrics).spilled_bytes(partition),
+                split: MetricBuilder::new(&self.metrics).subset_time("split_time", partition),
+                spill: MetricBuilder::new(&self.metrics).subset_time("spill_time", partition),
+                read_back: MetricBuilder::new(&self.metrics)
+                    .subset_time("read_back_time", partition),
+                winners: MetricBuilder::new(&self.metrics).subset_time("winners_time", partition),
             },
         );
         let collapsed_rows = super::metered::counter(&self.metrics, "collapsed_rows", partition);

@@ -25,6 +25,9 @@ use datafusion::prelude::SessionContext;
 pub fn register(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::from(TryParse::new(Target::Timestamp)));
     ctx.register_udf(ScalarUDF::from(TryParse::new(Target::Date)));
+    // What casts of text to DECIMAL become (crate::fast_cast).
+    ctx.register_udf(crate::fast_cast::udf());
+    ctx.register_udf(crate::fast_cast::date_udf());
 }
 
 /// What a `try_to_*` function returns.

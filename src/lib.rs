@@ -9,6 +9,7 @@ pub mod dedup;
 pub mod delta;
 pub mod error;
 pub mod failpoint;
+pub mod fast_cast;
 pub mod functions;
 pub mod ingest;
 pub mod limits;

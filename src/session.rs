@@ -111,6 +111,7 @@ pub async fn build(
     let state = SessionStateBuilder::new()
         .with_default_features()
         .with_analyzer_rules(analyzer_rules)
+        .with_optimizer_rule(Arc::new(crate::fast_cast::TextToDecimal))
         .with_config(config)
         .with_runtime_env(runtime.clone())
         .with_query_planner(planner)

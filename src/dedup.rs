@@ -20,9 +20,9 @@ use std::io::{BufReader, BufWriter};
 use std::sync::Arc;
 
 use datafusion::arrow::array::new_empty_array;
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{
-    concat, concat_batches, interleave_record_batch, take_record_batch, SortOptions,
+    concat, concat_batches, filter_record_batch, interleave_record_batch, SortOptions,
 };
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::ipc::reader::StreamReader;
@@ -471,43 +471,83 @@ fn keep_winners(pieces: Vec<RecordBatch>, spec: &Spec) -> DfResult<Option<(Recor
     if kept.len() == batch.num_rows() {
         return Ok(Some((batch, dropped)));
     }
+    // Nearly every row stays: a filter copies the runs between the losers,
+    // where a gather would copy row by row.
+    let mut mask = vec![false; batch.num_rows()];
+    for &i in &kept {
+        mask[i as usize] = true;
+    }
     Ok(Some((
-        take_record_batch(&batch, &UInt32Array::from(kept))?,
+        filter_record_batch(&batch, &BooleanArray::from(mask))?,
         dropped,
     )))
 }
 
 /// Row numbers of `batch` to keep, ascending: per key, the row whose
 /// sequence sorts first (latest first, NULLs last); on a tie, or without a
-/// sequence, the first row.
+/// sequence, the first row. Only the rows of keys seen more than once
+/// have their sequence read (a few percent of them, typically).
 fn keep_latest(batch: &RecordBatch, spec: &Spec) -> DfResult<Vec<u32>> {
+    let n = batch.num_rows();
     let keys: Rows = spec
         .key_converter()?
         .convert_columns(&spec.columns(batch, &spec.keys))?;
-    let sequence: Option<Rows> = match spec.sequence_converter()? {
-        Some(c) => Some(c.convert_columns(&spec.columns(batch, &spec.sequence))?),
-        None => None,
-    };
-    let mut kept: Vec<u32> = Vec::new();
-    let mut best: HashMap<datafusion::arrow::row::Row<'_>, u32, RandomState> =
-        HashMap::with_capacity_and_hasher(batch.num_rows(), RandomState::with_seed(1));
-    for i in 0..batch.num_rows() {
-        match best.entry(keys.row(i)) {
-            Entry::Vacant(e) => {
-                e.insert(i as u32);
-            }
-            Entry::Occupied(mut e) => {
-                if let Some(seq) = &sequence {
-                    if seq.row(i) < seq.row(*e.get() as usize) {
-                        e.insert(i as u32);
-                    }
+    // Each row whose key came before, with the first row of that key, in
+    // row order.
+    let mut repeats: Vec<(u32, u32)> = Vec::new();
+    {
+        let mut first: HashMap<datafusion::arrow::row::Row<'_>, u32, RandomState> =
+            HashMap::with_capacity_and_hasher(n, RandomState::with_seed(1));
+        for i in 0..n {
+            match first.entry(keys.row(i)) {
+                Entry::Vacant(e) => {
+                    e.insert(i as u32);
                 }
+                Entry::Occupied(e) => repeats.push((i as u32, *e.get())),
             }
         }
     }
-    kept.extend(best.into_values());
-    kept.sort_unstable();
-    Ok(kept)
+    if repeats.is_empty() {
+        return Ok((0..n as u32).collect());
+    }
+    let mut kept = vec![true; n];
+    for &(row, _) in &repeats {
+        kept[row as usize] = false;
+    }
+    if let Some(converter) = spec.sequence_converter()? {
+        // The sequence of the rows involved, in row order.
+        let mut involved: Vec<u32> = repeats.iter().flat_map(|&(r, f)| [r, f]).collect();
+        involved.sort_unstable();
+        involved.dedup();
+        let at = UInt32Array::from(involved.clone());
+        let columns = spec
+            .sequence
+            .iter()
+            .map(|&c| {
+                Ok(datafusion::arrow::compute::take(
+                    batch.column(c),
+                    &at,
+                    None,
+                )?)
+            })
+            .collect::<DfResult<Vec<ArrayRef>>>()?;
+        let sequence = converter.convert_columns(&columns)?;
+        let position = |row: u32| involved.binary_search(&row).unwrap_or_default();
+        // The best row of each repeated key so far, by its first row; a
+        // later row wins only when its sequence sorts strictly first.
+        let mut best: HashMap<u32, u32> = HashMap::with_capacity(repeats.len());
+        for &(row, first) in &repeats {
+            let current = *best.get(&first).unwrap_or(&first);
+            if sequence.row(position(row)) < sequence.row(position(current)) {
+                best.insert(first, row);
+            }
+        }
+        for (first, row) in best {
+            kept[first as usize] = false;
+            kept[row as usize] = true;
+        }
+    }
+    Ok((0..n as u32).filter(|&i| kept[i as usize]).collect())
 }
 
 #[cfg(test)]
@@ -576,6 +616,58 @@ mod tests {
             ..spec
         };
         assert_eq!(keep_latest(&b, &first).unwrap(), vec![0, 1, 5, 7]);
+    }
+
+    /// Against a plain reading of the rule (per key, the first row whose
+    /// sequence no other row of the key beats), on random batches: few or
+    /// many repeats, NULL keys and sequences, ties.
+    #[test]
+    fn the_winners_are_the_rules_on_random_batches() {
+        let mut state = 0x5851_f42d_4c95_7f2du64;
+        let mut next = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let spec = Spec {
+            keys: vec![0],
+            sequence: vec![1],
+            schema: schema(),
+            collapsed: Default::default(),
+        };
+        for round in 0..200 {
+            let rows = 1 + next(300) as usize;
+            let domain = 1 + next(if round % 2 == 0 { 10 } else { 1000 });
+            let data: Vec<(Option<String>, Option<i64>, i64)> = (0..rows)
+                .map(|i| {
+                    let k = (next(20) > 0).then(|| format!("k{}", next(domain)));
+                    let seq = (next(10) > 0).then(|| next(5) as i64);
+                    (k, seq, i as i64)
+                })
+                .collect();
+            let refs: Vec<(Option<&str>, Option<i64>, i64)> = data
+                .iter()
+                .map(|(k, q, n)| (k.as_deref(), *q, *n))
+                .collect();
+            let b = batch(&refs);
+            // Latest first, NULLs last; the first row on a tie.
+            let better = |a: Option<i64>, b: Option<i64>| match (a, b) {
+                (Some(x), Some(y)) => x > y,
+                (Some(_), None) => true,
+                _ => false,
+            };
+            let mut expected = Vec::new();
+            for (i, (k, q, _)) in data.iter().enumerate() {
+                let beaten = data.iter().enumerate().any(|(j, (k2, q2, _))| {
+                    k2 == k && j != i && (better(*q2, *q) || (j < i && !better(*q, *q2)))
+                });
+                if !beaten {
+                    expected.push(i as u32);
+                }
+            }
+            assert_eq!(keep_latest(&b, &spec).unwrap(), expected, "round {round}");
+        }
     }
 
     /// Through the operator, with a pool so small that buckets spill: the

@@ -743,3 +743,85 @@ fn lineage_traces_gold_columns_to_bronze_columns_and_landing_globs() {
         text(&bad)
     );
 }
+
+/// The staging plans' debug log gives the project's own operators' metrics
+/// (README, "Where a model's time goes"): the rows silver's check
+/// quarantined and its deduplication collapsed equal the run summary's
+/// counts, and the files its writers report are the files on disk.
+#[test]
+fn the_staging_plans_log_reports_the_projects_own_operators() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::serve::copy_dir(
+        &repo().join("lake/landing"),
+        &dir.path().join("lake/landing"),
+    );
+    let pipeline = repo().join("sql");
+    let out = lakehouse_with_env(
+        &[
+            "run",
+            "--lake",
+            "lake",
+            "--pipeline",
+            pipeline.to_str().unwrap(),
+        ],
+        dir.path(),
+        &[("RUST_LOG", "warn,lakehouse::cluster=debug")],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let summary = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = crate::summary_line(&summary, "silver.orders");
+    // table, status (three words), rows in, written, rejected, duplicates, time
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (rejected, duplicates) = (fields[fields.len() - 3], fields[fields.len() - 2]);
+    assert!(rejected.parse::<u64>().unwrap() > 0, "{line}");
+    assert!(duplicates.parse::<u64>().unwrap() > 0, "{line}");
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    // The executed silver plan: from its first line to the next plan.
+    let start = log
+        .find("staging plan, executed plan=LakehouseStage: file://")
+        .and_then(|_| {
+            log.match_indices("staging plan, executed plan=LakehouseStage: ")
+                .find(|(at, _)| {
+                    log[*at..]
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .contains("silver/orders")
+                })
+                .map(|(at, _)| at)
+        })
+        .unwrap_or_else(|| panic!("no executed plan of silver.orders in\n{log}"));
+    let plan: Vec<&str> = log[start..]
+        .lines()
+        .enumerate()
+        .take_while(|(i, l)| *i == 0 || l.starts_with(' '))
+        .map(|(_, l)| l)
+        .collect();
+    let metric = |node: &str, name: &str| -> String {
+        let l = plan
+            .iter()
+            .find(|l| l.contains(&format!("{node}:")))
+            .unwrap_or_else(|| panic!("no {node} in {plan:#?}"));
+        let at = l
+            .find(&format!("{name}="))
+            .unwrap_or_else(|| panic!("no {name} in {l}"));
+        l[at + name.len() + 1..]
+            .split([',', ']'])
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(metric("LakehouseCheck", "quarantined_rows"), rejected);
+    assert_eq!(metric("LakehouseDedup", "collapsed_rows"), duplicates);
+    assert_eq!(metric("LakehouseDedup", "spill_count"), "0");
+    let parquet = crate::files(&dir.path().join("lake/silver/orders"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .filter(|p| !p.to_string_lossy().contains("_delta_log"))
+        .count();
+    assert_eq!(
+        metric("LakehouseStage", "files_written"),
+        parquet.to_string()
+    );
+    assert!(metric("LakehouseStage", "elapsed_compute").ends_with('s'));
+}

@@ -136,7 +136,7 @@ impl Spec {
 /// Where a deduplication counts its spills and times its phases (its
 /// node's metrics).
 #[derive(Default)]
-pub struct SpillMeters {
+pub struct Meters {
     pub count: Count,
     pub bytes: Count,
     /// Hashing and splitting rows into buckets.
@@ -156,7 +156,7 @@ pub fn deduplicate(
     spec: Arc<Spec>,
     ctx: Arc<TaskContext>,
     partition: usize,
-    meters: SpillMeters,
+    meters: Meters,
 ) -> SendableRecordBatchStream {
     let reservation = MemoryConsumer::new(format!("LatestPerKey[{partition}]"))
         .with_can_spill(true)
@@ -285,7 +285,7 @@ struct Buckets {
     held: Vec<Vec<RecordBatch>>,
     held_bytes: Vec<usize>,
     spilled: Vec<Option<Spilled>>,
-    meters: SpillMeters,
+    meters: Meters,
 }
 
 struct Spilled {
@@ -725,7 +725,7 @@ mod tests {
                 Arc::new(spec.unwrap()),
                 ctx.task_ctx(),
                 0,
-                super::SpillMeters::default(),
+                super::Meters::default(),
             )
             .try_collect()
             .await

@@ -641,7 +641,7 @@ struct Checking {
     q_schema: SchemaRef,
     quarantine: Option<(crate::delta::SortedWriter, SchemaRef)>,
     counts: crate::quality::Counts,
-    quarantined: datafusion::physical_plan::metrics::Count,
+    quarantined: Count,
 }
 
 impl Checking {
@@ -814,7 +814,7 @@ impl ExecutionPlan for DedupExec {
             Arc::new(self.dedup.counting(collapsed.clone())),
             context,
             partition,
-            crate::dedup::SpillMeters {
+            crate::dedup::Meters {
                 count: MetricBuilder::new(&self.metrics).spill_count(partition),
                 bytes: MetricBuilder::new(&self.metrics).spilled_bytes(partition),
                 split: MetricBuilder::new(&self.metrics).subset_time("split_time", partition),

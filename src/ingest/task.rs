@@ -23,6 +23,9 @@ use datafusion::logical_expr::{
 };
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{
+    Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, Time,
+};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
@@ -32,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::{FileReport, Parser};
+use crate::cluster::metered::counter;
 use crate::cluster::stage::{decode_schema, message_schema, task_error, writer, Message};
 use crate::delta::Dictionaries;
 use crate::progress::Progress;
@@ -386,6 +390,7 @@ pub struct IngestExec {
     spec: Arc<IngestSpec>,
     watch: Watch,
     props: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
 }
 
 impl IngestExec {
@@ -408,6 +413,7 @@ impl IngestExec {
             spec: Arc::new(spec),
             watch,
             props,
+            metrics: ExecutionPlanMetricsSet::new(),
         })
     }
 }
@@ -425,6 +431,10 @@ impl DisplayAs for IngestExec {
 impl ExecutionPlan for IngestExec {
     fn name(&self) -> &str {
         "LakehouseIngest"
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
     }
 
     fn properties(&self) -> &Arc<PlanProperties> {
@@ -474,6 +484,13 @@ impl ExecutionPlan for IngestExec {
         let listed = self.input.execute(partition, context.clone())?;
         let watch = self.watch.clone();
         let env = context.runtime_env();
+        let meters = IngestMeters {
+            parse: MetricBuilder::new(&self.metrics).subset_time("parse_time", partition),
+            rows: counter(&self.metrics, "written_rows", partition),
+            rejected: counter(&self.metrics, "rejected_rows", partition),
+            bytes: counter(&self.metrics, "bytes_parsed", partition),
+            files: counter(&self.metrics, "files_written", partition),
+        };
         let task = async move {
             let batches: Vec<RecordBatch> = listed.try_collect().await?;
             let mut files = Vec::new();
@@ -486,7 +503,7 @@ impl ExecutionPlan for IngestExec {
                     })?);
                 }
             }
-            ingest_task(spec, files, env, watch)
+            ingest_task(spec, files, env, watch, meters)
                 .await
                 .map_err(task_error)
         };
@@ -497,6 +514,17 @@ impl ExecutionPlan for IngestExec {
     }
 }
 
+/// What an ingest task reports in its node's metrics.
+struct IngestMeters {
+    /// The parser's time (tokenizing, checking and building batches).
+    parse: Time,
+    rows: Count,
+    rejected: Count,
+    bytes: Count,
+    /// Bronze and reject files written.
+    files: Count,
+}
+
 /// One task: its files parsed on a blocking thread, one after the other,
 /// into two writers (bronze, rejects) running beside it. A file that cannot
 /// be read fails the task, and with it the whole ingest of the source.
@@ -505,6 +533,7 @@ async fn ingest_task(
     files: Vec<TaskFile>,
     env: Arc<RuntimeEnv>,
     watch: Watch,
+    meters: IngestMeters,
 ) -> crate::error::Result<RecordBatch> {
     let landed = files
         .iter()
@@ -527,8 +556,10 @@ async fn ingest_task(
     let parsing = {
         let spec = spec.clone();
         let handle = tokio::runtime::Handle::current();
+        let parse_time = meters.parse.clone();
         tokio::task::spawn_blocking(
             move || -> crate::error::Result<Vec<(FileReport, (u64, u64))>> {
+                let _timer = parse_time.timer();
                 let mut reports = Vec::with_capacity(files.len());
                 for (file, task_file) in landed.iter().zip(&files) {
                     let (report, took) = spec
@@ -566,6 +597,12 @@ async fn ingest_task(
     let bronze = bronze.map_err(joined)??;
     let rejects = rejects.map_err(joined)??;
     let reports = parsed.map_err(joined)??;
+    meters.files.add(bronze.len() + rejects.len());
+    for (report, (from, until)) in &reports {
+        meters.rows.add(report.rows as usize);
+        meters.rejected.add(report.rejected as usize);
+        meters.bytes.add(until.saturating_sub(*from) as usize);
+    }
     let mut messages: Vec<Message> = bronze.into_iter().map(Message::Table).collect();
     messages.extend(rejects.into_iter().map(Message::Quarantine));
     messages.extend(

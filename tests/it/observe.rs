@@ -824,4 +824,45 @@ fn the_staging_plans_log_reports_the_projects_own_operators() {
         parquet.to_string()
     );
     assert!(metric("LakehouseStage", "elapsed_compute").ends_with('s'));
+
+    // Each source's ingest plan: rows written and rejected as the summary
+    // counts them, and its bronze and reject files as on disk.
+    let parquet_in = |table: &str| {
+        crate::files(&dir.path().join("lake").join(table))
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .filter(|p| !p.to_string_lossy().contains("_delta_log"))
+            .count()
+    };
+    for source in ["branch_orders", "orders"] {
+        let ingest = log
+            .lines()
+            .find(|l| {
+                l.contains("staging plan, executed plan=LakehouseIngest: ")
+                    && l.contains(&format!("LakehouseIngest: {source} -> "))
+            })
+            .unwrap_or_else(|| panic!("no executed ingest plan of {source} in\n{log}"));
+        let value = |name: &str| -> String {
+            let at = ingest
+                .find(&format!("{name}="))
+                .unwrap_or_else(|| panic!("no {name} in {ingest}"));
+            ingest[at + name.len() + 1..]
+                .split([',', ']'])
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        let fields: Vec<&str> = crate::summary_line(&summary, &format!("bronze.{source}"))
+            .split_whitespace()
+            .collect();
+        let (written, rejected) = (fields[fields.len() - 4], fields[fields.len() - 3]);
+        // Counts of a thousand and more are shown rounded (2.46 K).
+        if written.len() < 4 {
+            assert_eq!(value("written_rows"), written, "{ingest}");
+        }
+        assert_eq!(value("rejected_rows"), rejected, "{ingest}");
+        let files = parquet_in(&format!("bronze/{source}"))
+            + parquet_in(&format!("quarantine/bronze_{source}"));
+        assert_eq!(value("files_written"), files.to_string(), "{ingest}");
+    }
 }

@@ -532,7 +532,12 @@ fn keep_latest(batch: &RecordBatch, spec: &Spec) -> DfResult<Vec<u32>> {
             })
             .collect::<DfResult<Vec<ArrayRef>>>()?;
         let sequence = converter.convert_columns(&columns)?;
-        let position = |row: u32| involved.binary_search(&row).unwrap_or_default();
+        // Where each involved row's sequence is.
+        let mut at = vec![0usize; n];
+        for (p, &row) in involved.iter().enumerate() {
+            at[row as usize] = p;
+        }
+        let position = |row: u32| at[row as usize];
         // The best row of each repeated key so far, by its first row; a
         // later row wins only when its sequence sorts strictly first.
         let mut best: HashMap<u32, u32> = HashMap::with_capacity(repeats.len());
@@ -623,13 +628,8 @@ mod tests {
     /// many repeats, NULL keys and sequences, ties.
     #[test]
     fn the_winners_are_the_rules_on_random_batches() {
-        let mut state = 0x5851_f42d_4c95_7f2du64;
-        let mut next = |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        };
+        let mut rng = crate::testing::Rng::new(0x5851_f42d_4c95_7f2d);
+        let mut next = |n: u64| rng.below(n);
         let spec = Spec {
             keys: vec![0],
             sequence: vec![1],

@@ -98,32 +98,13 @@ pub fn text_to_decimal(
     safe: bool,
 ) -> Result<ArrayRef> {
     let to = DataType::Decimal128(precision, scale);
-    let arrow = || -> Result<ArrayRef> {
-        let options = CastOptions {
-            safe,
-            ..Default::default()
-        };
-        Ok(cast_with_options(values, &to, &options)?)
-    };
     if !(0..=38).contains(&scale) || precision == 0 || precision > 38 {
-        return arrow();
+        return arrow_cast(values, &to, safe);
     }
-    let read = |text: Option<&str>| -> Option<Option<i128>> {
-        match text {
-            None => Some(None),
-            Some(t) => {
-                let v = plain_decimal(t.as_bytes(), scale as u32)?;
-                Decimal128Type::is_valid_decimal_precision(v, precision).then_some(Some(v))
-            }
-        }
-    };
-    let read_all = |it: &mut dyn Iterator<Item = Option<&str>>| -> Option<Vec<Option<i128>>> {
-        it.map(read).collect()
-    };
     let direct = match values.data_type() {
-        DataType::Utf8 => read_all(&mut values.as_string::<i32>().iter()),
-        DataType::LargeUtf8 => read_all(&mut values.as_string::<i64>().iter()),
-        DataType::Utf8View => read_all(&mut values.as_string_view().iter()),
+        DataType::Utf8 => read_plain(values.as_string::<i32>().iter(), precision, scale),
+        DataType::LargeUtf8 => read_plain(values.as_string::<i64>().iter(), precision, scale),
+        DataType::Utf8View => read_plain(values.as_string_view().iter(), precision, scale),
         _ => None,
     };
     match direct {
@@ -132,7 +113,49 @@ pub fn text_to_decimal(
         )),
         // A value arrow reads its own way (white space, exponents, too many
         // digits, out of precision): the whole array is arrow's.
-        None => arrow(),
+        None => arrow_cast(values, &to, safe),
+    }
+}
+
+/// Every value of `texts` read directly at `scale`, or `None` as soon as
+/// one is not plain or does not fit `precision`.
+fn read_plain<'a>(
+    texts: impl Iterator<Item = Option<&'a str>>,
+    precision: u8,
+    scale: i8,
+) -> Option<Vec<Option<i128>>> {
+    texts
+        .map(|text| match text {
+            None => Some(None),
+            Some(t) => {
+                let v = plain_decimal(t.as_bytes(), scale as u32)?;
+                Decimal128Type::is_valid_decimal_precision(v, precision).then_some(Some(v))
+            }
+        })
+        .collect()
+}
+
+/// DataFusion's own cast: `safe` gives NULL for a bad value, otherwise an
+/// error.
+fn arrow_cast(values: &ArrayRef, to: &DataType, safe: bool) -> Result<ArrayRef> {
+    let options = CastOptions {
+        safe,
+        ..Default::default()
+    };
+    Ok(cast_with_options(values, to, &options)?)
+}
+
+/// `cast` applied to a function's first argument, array or scalar.
+fn on_first(
+    args: &ScalarFunctionArgs,
+    cast: impl Fn(&ArrayRef) -> Result<ArrayRef>,
+) -> Result<ColumnarValue> {
+    match &args.args[0] {
+        ColumnarValue::Array(values) => Ok(ColumnarValue::Array(cast(values)?)),
+        ColumnarValue::Scalar(v) => {
+            let out = cast(&v.to_array()?)?;
+            Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?))
+        }
     }
 }
 
@@ -220,15 +243,7 @@ impl ScalarUDFImpl for TextToDecimalFn {
             })
             .collect();
         let (p, s, safe) = target(&scalars).or_else(|e| exec_err!("{e}"))?;
-        match &args.args[0] {
-            ColumnarValue::Array(values) => {
-                Ok(ColumnarValue::Array(text_to_decimal(values, p, s, safe)?))
-            }
-            ColumnarValue::Scalar(v) => {
-                let out = text_to_decimal(&v.to_array()?, p, s, safe)?;
-                Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?))
-            }
-        }
+        on_first(&args, |values| text_to_decimal(values, p, s, safe))
     }
 }
 
@@ -256,13 +271,7 @@ fn days(value: i64, unit: TimeUnit) -> Option<i32> {
 /// `values` (a timestamp without a zone or in UTC) as DATE, as arrow's
 /// cast gives it.
 pub fn timestamp_to_date(values: &ArrayRef, safe: bool) -> Result<ArrayRef> {
-    let arrow = || -> Result<ArrayRef> {
-        let options = CastOptions {
-            safe,
-            ..Default::default()
-        };
-        Ok(cast_with_options(values, &DataType::Date32, &options)?)
-    };
+    let arrow = || arrow_cast(values, &DataType::Date32, safe);
     let DataType::Timestamp(unit, tz) = values.data_type() else {
         return arrow();
     };
@@ -339,15 +348,7 @@ impl ScalarUDFImpl for TimestampToDateFn {
             Some(ColumnarValue::Scalar(ScalarValue::Boolean(Some(b)))) => *b,
             _ => return exec_err!("{DATE_NAME}(timestamp, safe) takes a constant safe"),
         };
-        match &args.args[0] {
-            ColumnarValue::Array(values) => {
-                Ok(ColumnarValue::Array(timestamp_to_date(values, safe)?))
-            }
-            ColumnarValue::Scalar(v) => {
-                let out = timestamp_to_date(&v.to_array()?, safe)?;
-                Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?))
-            }
-        }
+        on_first(&args, |values| timestamp_to_date(values, safe))
     }
 }
 
@@ -512,13 +513,8 @@ mod tests {
         .map(|s| s.to_string())
         .collect();
         // Random plain and nearly plain values of varied lengths.
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        };
+        let mut rng = crate::testing::Rng::new(0x9e37_79b9_7f4a_7c15);
+        let mut next = |n: u64| rng.below(n);
         let alphabet = b"0123456789..-+ e";
         for _ in 0..3000 {
             let len = 1 + next(22) as usize;
@@ -592,13 +588,10 @@ mod tests {
             Some(-86_400),
             Some(-86_401),
         ];
-        let mut state = 0x1234_5678_9abc_def1u64;
+        let mut rng = crate::testing::Rng::new(0x1234_5678_9abc_def1);
         for _ in 0..2000 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let shift = state % 64;
-            values.push(Some((state as i64) >> shift));
+            let v = rng.next();
+            values.push(Some((v as i64) >> (v % 64)));
         }
         for tz in [None, Some("UTC")] {
             for safe in [true, false] {

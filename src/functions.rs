@@ -439,13 +439,8 @@ mod tests {
         .collect();
         // Random edits of the valid ones: a byte changed, dropped or doubled.
         let alphabet = b"0123456789 -/:.T+Z";
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = |n: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        };
+        let mut rng = crate::testing::Rng::new(0x2545_f491_4f6c_dd1d);
+        let mut next = |n: usize| rng.below(n as u64) as usize;
         let valid: Vec<String> = seeds.iter().take(8).cloned().collect();
         for _ in 0..4000 {
             let mut v: Vec<u8> = valid[next(valid.len())].clone().into_bytes();

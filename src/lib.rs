@@ -33,6 +33,8 @@ pub mod serve;
 pub mod session;
 pub mod sql_policy;
 pub mod storage;
+#[cfg(test)]
+mod testing;
 pub mod text;
 pub mod units;
 pub mod upsert;

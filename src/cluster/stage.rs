@@ -665,9 +665,6 @@ impl Checking {
         };
         let model_batch = batch.project(&self.model_columns)?;
         let (passing, bad) = crate::quality::classify(&q, &values, &model_batch, &mut self.counts)?;
-        if let Some(bad) = &bad {
-            self.quarantined.add(bad.num_rows());
-        }
         if let (Some(bad), Some((w, schema))) = (bad, self.quarantine.as_mut()) {
             w.write(crate::delta::conform(&bad, schema)?).await?;
         }
@@ -687,6 +684,7 @@ impl Checking {
 
     /// The quarantine's files and the counts, as message rows.
     async fn finish(self) -> crate::error::Result<RecordBatch> {
+        self.quarantined.add(self.counts.quarantined as usize);
         let mut messages = Vec::new();
         if let Some((w, _)) = self.quarantine {
             messages.extend(w.finish().await?.into_iter().map(Message::Quarantine));
@@ -1054,7 +1052,6 @@ async fn stage_partition(
         }
         let rows = crate::delta::conform(&rows, &table_schema)?;
         written += rows.num_rows() as u64;
-        written_rows.add(rows.num_rows());
         table.write(rows).await?;
     }
     let mut own: Vec<Message> = table
@@ -1064,6 +1061,7 @@ async fn stage_partition(
         .map(Message::Table)
         .collect();
     files.add(own.len());
+    written_rows.add(written as usize);
     own.push(Message::Written(written));
     for message in &own {
         texts.push(message.to_text()?);

@@ -802,14 +802,7 @@ fn the_staging_plans_log_reports_the_projects_own_operators() {
             .iter()
             .find(|l| l.contains(&format!("{node}:")))
             .unwrap_or_else(|| panic!("no {node} in {plan:#?}"));
-        let at = l
-            .find(&format!("{name}="))
-            .unwrap_or_else(|| panic!("no {name} in {l}"));
-        l[at + name.len() + 1..]
-            .split([',', ']'])
-            .next()
-            .unwrap()
-            .to_string()
+        metric_value(l, name)
     };
     assert_eq!(metric("LakehouseCheck", "quarantined_rows"), rejected);
     assert_eq!(metric("LakehouseDedup", "collapsed_rows"), duplicates);
@@ -842,16 +835,7 @@ fn the_staging_plans_log_reports_the_projects_own_operators() {
                     && l.contains(&format!("LakehouseIngest: {source} -> "))
             })
             .unwrap_or_else(|| panic!("no executed ingest plan of {source} in\n{log}"));
-        let value = |name: &str| -> String {
-            let at = ingest
-                .find(&format!("{name}="))
-                .unwrap_or_else(|| panic!("no {name} in {ingest}"));
-            ingest[at + name.len() + 1..]
-                .split([',', ']'])
-                .next()
-                .unwrap()
-                .to_string()
-        };
+        let value = |name: &str| metric_value(ingest, name);
         let fields: Vec<&str> = crate::summary_line(&summary, &format!("bronze.{source}"))
             .split_whitespace()
             .collect();
@@ -865,4 +849,17 @@ fn the_staging_plans_log_reports_the_projects_own_operators() {
             + parquet_in(&format!("quarantine/bronze_{source}"));
         assert_eq!(value("files_written"), files.to_string(), "{ingest}");
     }
+}
+
+/// The value of metric `name` in a plan line of the debug log
+/// (`..., metrics=[output_rows=84, files_written=70]`), as shown.
+fn metric_value(line: &str, name: &str) -> String {
+    let at = line
+        .find(&format!("{name}="))
+        .unwrap_or_else(|| panic!("no {name} in {line}"));
+    line[at + name.len() + 1..]
+        .split([',', ']'])
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }

@@ -72,6 +72,8 @@ pub struct Decision {
     pub replaced: BTreeSet<PartitionKey>,
     /// Partitions holding a row newer than the offered one for its key.
     pub stale_in: BTreeSet<PartitionKey>,
+    /// Partitions the winners land in (the offer is staged unpartitioned).
+    pub landing: BTreeSet<PartitionKey>,
 }
 
 const PRESENT: &str = "__upsert_present";
@@ -155,14 +157,36 @@ fn offer(
 }
 
 /// Joins the offered rows with the table's keys and counts, per partition
-/// of the stored row, what they do (a plan whose result is a few rows per
-/// partition touched).
+/// of the stored row and of the offered one, what they do (a plan whose
+/// result is a few rows per partition touched). `stored` is `None` when no
+/// stored file can hold an offered key: every offered row is new.
 pub async fn decide(
     offered: DataFrame,
-    stored: DataFrame,
+    stored: Option<DataFrame>,
     columns: &Columns<'_>,
 ) -> Result<Decision> {
-    let joined = offer(offered, stored, columns, true)?;
+    let joined = match stored {
+        Some(stored) => offer(offered, stored, columns, true)?,
+        None => {
+            let mut all = vec![];
+            for p in columns.partition_by {
+                let t = offered_type(&offered, p)?;
+                all.push(
+                    lit(datafusion::common::ScalarValue::try_from(&t)?).alias(stored_partition(p)),
+                );
+            }
+            let mut kept: Vec<Expr> = offered
+                .schema()
+                .columns()
+                .into_iter()
+                .map(Expr::Column)
+                .collect();
+            kept.extend(all);
+            kept.push(lit(datafusion::common::ScalarValue::Boolean(None)).alias(PRESENT));
+            kept.push(lit(true).alias(WINS));
+            offered.select(kept)?
+        }
+    };
     let mut group: Vec<Expr> = columns
         .partition_by
         .iter()
@@ -170,6 +194,7 @@ pub async fn decide(
         .collect();
     group.push(ident(PRESENT).is_not_null().alias(PRESENT));
     group.push(ident(WINS));
+    group.extend(columns.partition_by.iter().map(|p| ident(p)));
     // A job like any other: on a cluster, bounded by the stage timeout.
     let (state, plan) = joined
         .aggregate(group, vec![count(lit(1)).alias(ROWS)])?
@@ -191,11 +216,16 @@ fn tally(batch: &RecordBatch, partition_by: &[String], decision: &mut Decision) 
             .cloned()
             .ok_or_else(|| Error::Internal(format!("upsert: column {name} missing")))
     };
-    // Partition values as the Delta log writes them.
-    let values = partition_by
-        .iter()
-        .map(|p| Ok(cast(&column(&stored_partition(p))?, &DataType::Utf8)?))
-        .collect::<Result<Vec<_>>>()?;
+    // Partition values as the Delta log writes them, of the stored row and
+    // of the offered one.
+    let values = |name: &dyn Fn(&str) -> String| {
+        partition_by
+            .iter()
+            .map(|p| Ok(cast(&column(&name(p))?, &DataType::Utf8)?))
+            .collect::<Result<Vec<_>>>()
+    };
+    let stored = values(&|p| stored_partition(p))?;
+    let offered = values(&|p| p.to_string())?;
     let present = column(PRESENT)?;
     let wins = column(WINS)?;
     let rows = cast(&column(ROWS)?, &DataType::Int64)?;
@@ -204,16 +234,22 @@ fn tally(batch: &RecordBatch, partition_by: &[String], decision: &mut Decision) 
         wins.as_boolean(),
         rows.as_primitive::<Int64Type>(),
     );
+    let key_at = |values: &[datafusion::arrow::array::ArrayRef], row: usize| {
+        partition_key(partition_by.iter().zip(values).map(|(c, a)| {
+            let v = (!a.is_null(row)).then(|| a.as_string::<i32>().value(row).to_string());
+            (c.clone(), v)
+        }))
+    };
     for row in 0..batch.num_rows() {
         let n = rows.value(row).max(0) as u64;
+        if wins.value(row) {
+            decision.landing.insert(key_at(&offered, row));
+        }
         if !present.value(row) {
             decision.inserted += n;
             continue;
         }
-        let key = partition_key(partition_by.iter().zip(&values).map(|(c, a)| {
-            let v = (!a.is_null(row)).then(|| a.as_string::<i32>().value(row).to_string());
-            (c.clone(), v)
-        }));
+        let key = key_at(&stored, row);
         if wins.value(row) {
             decision.updated += n;
             decision.replaced.insert(key);
@@ -223,6 +259,106 @@ fn tally(batch: &RecordBatch, partition_by: &[String], decision: &mut Decision) 
         }
     }
     Ok(())
+}
+
+/// The distinct values of the offered rows' first key column, sorted: a
+/// stored file whose range of that column (from the Delta log's
+/// statistics) holds none of them holds no offered key, and neither
+/// [`decide`] nor the rewrite need read it. Where keys grow with time
+/// (order numbers, event ids), a day's offer lies in a few files of a
+/// table of thousands; where they do not, every file is kept and nothing
+/// is lost but this small plan.
+#[derive(Debug, PartialEq)]
+pub enum OfferedKeys {
+    Text(Vec<String>),
+    Integer(Vec<i64>),
+}
+
+impl OfferedKeys {
+    /// Collects the offered keys, or `None` when there is no key, its type
+    /// is not one the statistics bound exactly (text and integers are;
+    /// decimals are recorded as floating point), or there are more than
+    /// `limit` distinct values (the driver holds them).
+    pub async fn collect(
+        offered: DataFrame,
+        columns: &Columns<'_>,
+        limit: usize,
+    ) -> Result<Option<Self>> {
+        let Some(key) = columns.keys.first() else {
+            return Ok(None);
+        };
+        let as_type = match offered_type(&offered, key)? {
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => DataType::Utf8,
+            DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32 => DataType::Int64,
+            _ => return Ok(None),
+        };
+        let (state, plan) = offered
+            .filter(ident(key).is_not_null())?
+            .aggregate(
+                vec![cast_expr(ident(key), as_type.clone()).alias(key)],
+                vec![],
+            )?
+            .limit(0, Some(limit.saturating_add(1)))?
+            .into_parts();
+        let ctx = datafusion::prelude::SessionContext::new_with_state(state);
+        let batches = crate::cluster::collect_bounded(&ctx, plan).await?;
+        if batches.iter().map(|b| b.num_rows()).sum::<usize>() > limit {
+            return Ok(None);
+        }
+        let arrays = batches.iter().map(|b| cast(b.column(0), &as_type));
+        Ok(Some(match as_type {
+            DataType::Utf8 => {
+                let mut keys = Vec::new();
+                for a in arrays {
+                    let a = a?;
+                    keys.extend(a.as_string::<i32>().iter().flatten().map(str::to_string));
+                }
+                keys.sort_unstable();
+                keys.dedup();
+                Self::Text(keys)
+            }
+            _ => {
+                let mut keys = Vec::new();
+                for a in arrays {
+                    let a = a?;
+                    keys.extend(a.as_primitive::<Int64Type>().iter().flatten());
+                }
+                keys.sort_unstable();
+                keys.dedup();
+                Self::Integer(keys)
+            }
+        }))
+    }
+
+    /// Whether a file whose key column lies in `min..=max` (JSON values, as
+    /// the Delta log's statistics write them) may hold an offered key. A
+    /// bound of another type than the keys' keeps the file.
+    pub fn may_lie_in(&self, min: &serde_json::Value, max: &serde_json::Value) -> bool {
+        fn any_within<T: Ord + ?Sized, K: std::borrow::Borrow<T>>(
+            keys: &[K],
+            min: &T,
+            max: &T,
+        ) -> bool {
+            let first = keys.partition_point(|k| k.borrow() < min);
+            keys.get(first).is_some_and(|k| k.borrow() <= max)
+        }
+        match (self, min, max) {
+            (Self::Text(keys), serde_json::Value::String(min), serde_json::Value::String(max)) => {
+                any_within::<str, String>(keys, min, max)
+            }
+            (Self::Integer(keys), min, max) => match (min.as_i64(), max.as_i64()) {
+                (Some(min), Some(max)) => any_within::<i64, i64>(keys, &min, &max),
+                _ => true,
+            },
+            _ => true,
+        }
+    }
 }
 
 /// What the writers write: every winner, found by joining the offered rows
@@ -414,13 +550,22 @@ mod tests {
             partition_by: &days,
             sequence: &seq,
         };
-        let d = super::decide(offered.clone(), stored.clone(), &columns)
+        let d = super::decide(offered.clone(), Some(stored.clone()), &columns)
             .await
             .unwrap();
         let day = |v: &str| vec![("day".to_string(), Some(v.to_string()))];
         assert_eq!((d.inserted, d.updated, d.stale), (1, 2, 1));
         assert_eq!(d.replaced, BTreeSet::from([day("d1"), day("d2")]));
         assert_eq!(d.stale_in, BTreeSet::from([day("d1")]));
+        // The winners land in d2 (a, c) and d3 (x); b loses and lands nowhere.
+        assert_eq!(d.landing, BTreeSet::from([day("d2"), day("d3")]));
+        // No stored file could hold an offered key: all new, nothing replaced.
+        let d = super::decide(offered.clone(), None, &columns)
+            .await
+            .unwrap();
+        assert_eq!((d.inserted, d.updated, d.stale), (4, 0, 0));
+        assert!(d.replaced.is_empty() && d.stale_in.is_empty());
+        assert_eq!(d.landing, BTreeSet::from([day("d1"), day("d2"), day("d3")]));
 
         let values = |df: DataFrame| async move {
             let batches = df.sort_by(vec![col("k")]).unwrap().collect().await.unwrap();
@@ -476,6 +621,120 @@ mod tests {
         assert_eq!(
             values(out).await,
             want(&[("a", 11), ("b", 21), ("c", 31), ("e", 50), ("x", 99)])
+        );
+    }
+
+    /// A file may hold an offered key exactly when some key lies within its
+    /// range, bounds included; a bound of another type keeps the file.
+    #[test]
+    fn a_file_is_skipped_only_when_no_offered_key_lies_in_its_range() {
+        use super::OfferedKeys;
+        use serde_json::json;
+        let text = OfferedKeys::Text(vec!["O05".into(), "O10".into(), "O20".into()]);
+        let cases = [
+            ("O06", "O09", false), // between two keys
+            ("O06", "O10", true),  // upper bound is a key
+            ("O10", "O11", true),  // lower bound is a key
+            ("O00", "O04", false), // below all
+            ("O21", "O99", false), // above all
+            ("O00", "O99", true),  // around all
+            ("O1", "O1~", true),   // a shorter prefix sorts first: O10 inside
+            ("O200", "O3", false), // "O20" < "O200"
+        ];
+        for (min, max, want) in cases {
+            assert_eq!(
+                text.may_lie_in(&json!(min), &json!(max)),
+                want,
+                "{min}..={max}"
+            );
+        }
+        assert!(
+            text.may_lie_in(&json!(1), &json!(2)),
+            "numbers for text keys"
+        );
+        let ints = OfferedKeys::Integer(vec![-5, 7, 1_000_000_000_000]);
+        assert!(!ints.may_lie_in(&json!(-4), &json!(6)));
+        assert!(ints.may_lie_in(&json!(-5), &json!(-5)));
+        assert!(ints.may_lie_in(&json!(8), &json!(1_000_000_000_000i64)));
+        assert!(!ints.may_lie_in(&json!(1_000_000_000_001i64), &json!(i64::MAX)));
+        assert!(
+            ints.may_lie_in(&json!("a"), &json!("z")),
+            "text for integer keys"
+        );
+        assert!(ints.may_lie_in(&json!(1.5), &json!(2.5)), "not integers");
+        assert!(!OfferedKeys::Text(vec![]).may_lie_in(&json!("a"), &json!("z")));
+    }
+
+    /// The offered keys come back distinct and sorted, without NULLs, as
+    /// text or integers by the key's type; none for a decimal key or more
+    /// keys than the limit.
+    #[tokio::test]
+    async fn offered_keys_are_collected_distinct_and_sorted() {
+        use super::{Columns, OfferedKeys};
+        use datafusion::arrow::array::{Decimal128Array, Int32Array, StringViewArray};
+        let ctx = SessionContext::new();
+        let one = |name: &str, array: Arc<dyn Array>| {
+            let schema = Arc::new(Schema::new(vec![Field::new(
+                name,
+                array.data_type().clone(),
+                true,
+            )]));
+            ctx.read_batch(RecordBatch::try_new(schema, vec![array]).unwrap())
+                .unwrap()
+        };
+        let keys = ["k".to_string()];
+        let columns = Columns {
+            keys: &keys,
+            partition_by: &[],
+            sequence: &[],
+        };
+        let text = one(
+            "k",
+            Arc::new(StringViewArray::from(vec![
+                Some("b"),
+                None,
+                Some("a"),
+                Some("b"),
+                Some("a long key beyond twelve bytes"),
+            ])),
+        );
+        assert_eq!(
+            OfferedKeys::collect(text.clone(), &columns, 10)
+                .await
+                .unwrap(),
+            Some(OfferedKeys::Text(vec![
+                "a".into(),
+                "a long key beyond twelve bytes".into(),
+                "b".into()
+            ]))
+        );
+        assert_eq!(
+            OfferedKeys::collect(text.clone(), &columns, 3)
+                .await
+                .unwrap()
+                .is_some(),
+            true
+        );
+        assert_eq!(OfferedKeys::collect(text, &columns, 2).await.unwrap(), None);
+        let ints = one(
+            "k",
+            Arc::new(Int32Array::from(vec![Some(3), Some(-1), None, Some(3)])),
+        );
+        assert_eq!(
+            OfferedKeys::collect(ints, &columns, 10).await.unwrap(),
+            Some(OfferedKeys::Integer(vec![-1, 3]))
+        );
+        let decimals = one(
+            "k",
+            Arc::new(
+                Decimal128Array::from(vec![Some(1), Some(2)])
+                    .with_precision_and_scale(10, 2)
+                    .unwrap(),
+            ),
+        );
+        assert_eq!(
+            OfferedKeys::collect(decimals, &columns, 10).await.unwrap(),
+            None
         );
     }
 }

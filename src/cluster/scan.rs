@@ -35,6 +35,29 @@ pub struct SnapshotFile {
     /// Values of the partition columns, in [`SnapshotTable::partition_columns`] order.
     pub partition_values: Vec<Option<String>>,
     pub rows: Option<u64>,
+    /// The Delta log's statistics of the file (its JSON `stats`), for
+    /// skipping files on the driver; never shipped in a recipe.
+    #[serde(skip)]
+    pub stats: Option<Arc<str>>,
+}
+
+impl SnapshotFile {
+    /// The smallest and largest value of `column` in the file, as the Delta
+    /// log's statistics record them (JSON values); `None` when the log has
+    /// no statistics for it. Statistics written by this project come from
+    /// the Parquet writer: a long text's maximum is cut and then raised, so
+    /// both stay bounds.
+    pub fn range(&self, column: &str) -> Option<(serde_json::Value, serde_json::Value)> {
+        let stats: serde_json::Value = serde_json::from_str(self.stats.as_deref()?).ok()?;
+        let bound = |which: &str| {
+            stats
+                .get(which)
+                .and_then(|v| v.get(column))
+                .filter(|v| !v.is_null())
+                .cloned()
+        };
+        Some((bound("minValues")?, bound("maxValues")?))
+    }
 }
 
 /// The recipe a scan is rebuilt from on another node: small, self-contained,
@@ -61,6 +84,16 @@ pub struct SnapshotTable {
 impl SnapshotTable {
     /// Resolves `table`'s current snapshot into its files.
     pub async fn resolve(table: &DeltaTable) -> crate::error::Result<Self> {
+        Self::resolve_files(table, false).await
+    }
+
+    /// As [`resolve`](Self::resolve), keeping each file's statistics for
+    /// [`SnapshotFile::range`].
+    pub async fn resolve_with_stats(table: &DeltaTable) -> crate::error::Result<Self> {
+        Self::resolve_files(table, true).await
+    }
+
+    async fn resolve_files(table: &DeltaTable, stats: bool) -> crate::error::Result<Self> {
         let schema = crate::delta::table_arrow_schema(table)?;
         let snapshot = table.snapshot()?;
         let partition_columns = snapshot.metadata().partition_columns().to_vec();
@@ -90,6 +123,7 @@ impl SnapshotTable {
                     .map(|c| values.get(c).cloned().flatten())
                     .collect(),
                 rows: file.num_records().map(|n| n as u64),
+                stats: stats.then(|| file.stats().map(Arc::from)).flatten(),
             });
         }
         Ok(Self {
@@ -136,6 +170,7 @@ impl SnapshotTable {
                     .map(|c| add.partition_values.get(c).cloned().flatten())
                     .collect(),
                 rows: None,
+                stats: None,
             });
         }
         Ok(Self {

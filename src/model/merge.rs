@@ -4,8 +4,9 @@
 //!
 //! 1. **stage the offer**: the model's plan over the new input files is
 //!    checked, deduplicated and written by the staging plan, into a scratch
-//!    folder instead of the table (quarantined rows into the quarantine's
-//!    folder, as always);
+//!    folder instead of the table, one file per task rather than per
+//!    partition as it is only read back (quarantined rows into the
+//!    quarantine's folder, as always);
 //! 2. **decide**: the offered rows joined with the table's keys give a few
 //!    rows of counts per partition ([`crate::upsert::decide`]);
 //! 3. **stage the rewrite**: the winners and the surviving rows of the
@@ -31,7 +32,11 @@ use crate::delta::{self, Replace, Staged, WriteSpec};
 use crate::error::{Error, Result};
 use crate::pipeline::ModelSettings;
 use crate::storage::Lake;
-use crate::upsert::{partition_key, Columns, PartitionKey, MAX_FILES_PER_PARTITION};
+use crate::upsert::{Columns, OfferedKeys, PartitionKey, MAX_FILES_PER_PARTITION};
+
+/// At most this many distinct offered keys are held on the driver to skip
+/// stored files by their key range; a larger offer reads every file.
+const KEYS_HELD_FOR_SKIPPING: usize = 2_000_000;
 
 /// What the upsert did.
 pub(super) struct Merged {
@@ -107,14 +112,14 @@ async fn stage_and_commit(
         sequence: &stored,
     };
     let schema = delta::table_arrow_schema(&stage.table)?;
-    let table = SnapshotTable::resolve(&stage.table).await?;
+    let table = SnapshotTable::resolve_with_stats(&stage.table).await?;
     let scan = |t: SnapshotTable| -> Result<DataFrame> { Ok(ctx.read_table(Arc::new(t))?) };
     let offer = || -> Result<DataFrame> {
         scan(SnapshotTable::of_files(
             &scratch_url,
             &offered.adds,
             &schema,
-            &settings.partition_by,
+            &[],
         )?)
     };
 
@@ -124,7 +129,27 @@ async fn stage_and_commit(
     // from).
     let decision = match offered.written {
         0 => Default::default(),
-        _ => crate::upsert::decide(offer()?, scan(table.only(|_| true))?, &columns).await?,
+        _ => {
+            // Only the files whose key range holds an offered key (data
+            // skipping on the log's statistics; files without them stay).
+            let keys = OfferedKeys::collect(offer()?, &columns, KEYS_HELD_FOR_SKIPPING).await?;
+            let first_key = settings.unique_key.first();
+            let candidates = table.only(|f| match (&keys, first_key.and_then(|k| f.range(k))) {
+                (Some(keys), Some((min, max))) => keys.may_lie_in(&min, &max),
+                _ => true,
+            });
+            tracing::debug!(
+                files = candidates.recipe().files.len(),
+                of = table.recipe().files.len(),
+                "upsert: stored files whose key range holds an offered key"
+            );
+            // No candidate: no stored row can share a key with the offer.
+            let stored = match candidates.recipe().files.is_empty() {
+                true => None,
+                false => Some(scan(candidates)?),
+            };
+            crate::upsert::decide(offer()?, stored, &columns).await?
+        }
     };
 
     // Which files lie in which partition, to pick the rewrites.
@@ -140,13 +165,12 @@ async fn stage_and_commit(
     }
     let rows_before: u64 = files_in.values().map(|(_, rows)| rows).sum();
     let mut rewrite = decision.replaced.clone();
-    for add in &offered.adds {
-        let key = partition_key(add.partition_values.clone());
+    for key in &decision.landing {
         if files_in
-            .get(&key)
+            .get(key)
             .is_some_and(|(n, _)| *n >= MAX_FILES_PER_PARTITION)
         {
-            rewrite.insert(key);
+            rewrite.insert(key.clone());
         }
     }
     let holding: BTreeSet<&PartitionKey> =

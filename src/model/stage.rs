@@ -149,7 +149,12 @@ impl Stage<'_> {
                 None => self.table.table_url().to_string(),
             },
             table_schema: encode_schema(delta::table_arrow_schema(&self.table)?.as_ref())?,
-            partition_by: settings.partition_by.clone(),
+            // Rows staged elsewhere (an upsert's offer) are only read
+            // back: one file per task, not one per partition.
+            partition_by: match &self.write_to {
+                Some(_) => vec![],
+                None => settings.partition_by.clone(),
+            },
             quarantine: match &self.quarantine {
                 Some((q, _)) => Some((
                     q.table_url().to_string(),

@@ -362,10 +362,11 @@ impl OfferedKeys {
 }
 
 /// What the writers write: every winner, found by joining the offered rows
-/// with `holding` (the table's rows in the partitions [`decide`] named as
-/// replaced or stale: every stored row of an offered key lies there; `None`
-/// when there are none, and every offered row is new), and the rows of
-/// `rewritten` (the rewritten partitions) that no winner replaces.
+/// with `holding` (stored rows among which lies the stored row of every
+/// stale offered row, such as the partitions [`decide`] named as stale;
+/// an offered row whose key is not there wins; `None` when no offered row
+/// is stale), and the rows of `rewritten` (the rewritten partitions) that
+/// no winner replaces.
 pub fn rows(
     offered: DataFrame,
     holding: Option<DataFrame>,

@@ -18,7 +18,7 @@
 //! removed at the end either way (and, after a crash, by the model's next
 //! upsert).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::prelude::{DataFrame, SessionContext};
@@ -127,26 +127,32 @@ async fn stage_and_commit(
     // (and runs no plan over nothing: Ballista's adaptive planning turns an
     // empty stage into an empty node that a writer's plan cannot be made
     // from).
+    // Only the stored files whose key range holds an offered key can hold
+    // a stored row of one (data skipping on the log's statistics; files
+    // without them stay).
+    let candidates = match offered.written {
+        0 => table.only(|_| false),
+        _ => {
+            let keys = OfferedKeys::collect(offer()?, &columns, KEYS_HELD_FOR_SKIPPING).await?;
+            let first_key = settings.unique_key.first();
+            table.only(|f| match (&keys, first_key.and_then(|k| f.range(k))) {
+                (Some(keys), Some((min, max))) => keys.may_lie_in(&min, &max),
+                _ => true,
+            })
+        }
+    };
+    tracing::debug!(
+        files = candidates.recipe().files.len(),
+        of = table.recipe().files.len(),
+        "upsert: stored files whose key range holds an offered key"
+    );
     let decision = match offered.written {
         0 => Default::default(),
         _ => {
-            // Only the files whose key range holds an offered key (data
-            // skipping on the log's statistics; files without them stay).
-            let keys = OfferedKeys::collect(offer()?, &columns, KEYS_HELD_FOR_SKIPPING).await?;
-            let first_key = settings.unique_key.first();
-            let candidates = table.only(|f| match (&keys, first_key.and_then(|k| f.range(k))) {
-                (Some(keys), Some((min, max))) => keys.may_lie_in(&min, &max),
-                _ => true,
-            });
-            tracing::debug!(
-                files = candidates.recipe().files.len(),
-                of = table.recipe().files.len(),
-                "upsert: stored files whose key range holds an offered key"
-            );
             // No candidate: no stored row can share a key with the offer.
             let stored = match candidates.recipe().files.is_empty() {
                 true => None,
-                false => Some(scan(candidates)?),
+                false => Some(scan(candidates.only(|_| true))?),
             };
             crate::upsert::decide(offer()?, stored, &columns).await?
         }
@@ -173,8 +179,10 @@ async fn stage_and_commit(
             rewrite.insert(key.clone());
         }
     }
-    let holding: BTreeSet<&PartitionKey> =
-        decision.replaced.iter().chain(&decision.stale_in).collect();
+    // Only a stale offered row loses; its stored row lies in a candidate
+    // file of a partition named in `stale_in`, and offered rows found
+    // nowhere there win. With no stale row, every offered row wins.
+    let holding = candidates.only(|f| decision.stale_in.contains(&table.partition_key(f)));
     let rewritten_rows: u64 = rewrite
         .iter()
         .filter_map(|p| files_in.get(p))
@@ -193,9 +201,13 @@ async fn stage_and_commit(
                 false => Ok(Some(scan(only)?)),
             }
         };
+        let holding = match holding.recipe().files.is_empty() {
+            true => None,
+            false => Some(scan(holding)?),
+        };
         let rows = crate::upsert::rows(
             offer()?,
-            in_partitions(&|p| holding.contains(p))?,
+            holding,
             in_partitions(&|p| rewrite.contains(p))?,
             &columns,
         )?;

@@ -93,6 +93,56 @@ pub struct LakeCatalog {
     /// Schemas that are not lake folders, such as the `pg_catalog` the
     /// Postgres endpoint registers.
     extra: RwLock<HashMap<String, Arc<dyn SchemaProvider>>>,
+    /// Tables (`layer.name`) a model run has just opened at their latest
+    /// version, used for its SQL instead of opening them again ([`pin`]).
+    pinned: Pinned,
+}
+
+type Pinned = Arc<RwLock<HashMap<String, deltalake::DeltaTable>>>;
+
+/// While the returned guard lives, a lookup of each of `tables` (`layer.name`
+/// with the table opened at its latest version) in `ctx`'s lake catalog
+/// gives that table instead of opening it again: a model's SQL reads the
+/// very versions its run recorded as inputs, and each open (a replay of the
+/// Delta log: 45-65 ms for a table of 1,800 files) happens once.
+pub fn pin<'a>(
+    ctx: &datafusion::prelude::SessionContext,
+    tables: impl IntoIterator<Item = (&'a String, &'a deltalake::DeltaTable)>,
+) -> PinGuard {
+    let Some(catalog) = ctx.catalog(CATALOG) else {
+        return PinGuard::default();
+    };
+    let Some(catalog) = catalog.as_ref().downcast_ref::<LakeCatalog>() else {
+        return PinGuard::default();
+    };
+    let mut names = Vec::new();
+    let mut pinned = catalog.pinned.write().unwrap_or_else(|p| p.into_inner());
+    for (name, table) in tables {
+        pinned.insert(name.clone(), table.clone());
+        names.push(name.clone());
+    }
+    PinGuard {
+        pinned: Some(catalog.pinned.clone()),
+        names,
+    }
+}
+
+/// Unpins its tables when dropped (see [`pin`]).
+#[derive(Default)]
+pub struct PinGuard {
+    pinned: Option<Pinned>,
+    names: Vec<String>,
+}
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        if let Some(pinned) = &self.pinned {
+            let mut pinned = pinned.write().unwrap_or_else(|p| p.into_inner());
+            for name in &self.names {
+                pinned.remove(name);
+            }
+        }
+    }
 }
 
 impl LakeCatalog {
@@ -102,6 +152,7 @@ impl LakeCatalog {
     pub fn new(lake: &Lake, runtime: Arc<RuntimeEnv>, snapshots: bool) -> Self {
         let served: Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>> =
             Default::default();
+        let pinned: Pinned = Default::default();
         let schemas = SCHEMAS
             .iter()
             .map(|(name, folder)| {
@@ -110,6 +161,7 @@ impl LakeCatalog {
                     Arc::new(FolderSchema {
                         schema: name.to_string(),
                         served: served.clone(),
+                        pinned: pinned.clone(),
                         lake: lake.clone(),
                         folder: folder.to_string(),
                         names: RwLock::new(Vec::new()),
@@ -123,6 +175,7 @@ impl LakeCatalog {
             schemas,
             served,
             extra: RwLock::new(HashMap::new()),
+            pinned,
         }
     }
 
@@ -190,6 +243,7 @@ impl CatalogProvider for LakeCatalog {
 struct FolderSchema {
     schema: String,
     served: Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>,
+    pinned: Pinned,
     lake: Lake,
     folder: String,
     names: RwLock<Vec<String>>,
@@ -208,15 +262,26 @@ impl SchemaProvider for FolderSchema {
             return Ok(None);
         };
         let url = self.lake.url(&format!("{}/{}", self.folder, base));
-        let table = crate::delta::open_at(&url, self.lake.storage_options(), &at)
-            .await
-            .map_err(|e| match at {
-                At::Latest => DataFusionError::External(Box::new(e)),
-                _ => DataFusionError::Plan(format!(
-                    "table `{base}` has no version for `{name}`: {e}. \
+        let pinned = match at {
+            At::Latest => self
+                .pinned
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&format!("{}.{base}", self.schema))
+                .cloned(),
+            _ => None,
+        };
+        let table = match pinned {
+            Some(table) => Ok(Some(table)),
+            None => crate::delta::open_at(&url, self.lake.storage_options(), &at).await,
+        }
+        .map_err(|e| match at {
+            At::Latest => DataFusionError::External(Box::new(e)),
+            _ => DataFusionError::Plan(format!(
+                "table `{base}` has no version for `{name}`: {e}. \
                      `lakehouse tables` shows the current version; versions start at 0."
-                )),
-            })?;
+            )),
+        })?;
         let Some(table) = table else { return Ok(None) };
         if at != At::Latest {
             // Time travel past a vacuum's retention: say so, instead of a
@@ -461,5 +526,74 @@ mod tests {
         for bad in ["../../etc", "a/b", "", "x.y", "..", "%2e%2e"] {
             assert_eq!(parse_table_name(bad).unwrap(), None, "{bad}");
         }
+    }
+
+    /// While pinned, a table is read at the pinned version even after a
+    /// newer commit; unpinned, at its latest again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pinned_table_is_read_at_its_pinned_version() {
+        use datafusion::arrow::array::{Array, AsArray, Int64Array, RecordBatch};
+        use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
+        use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path().to_str().unwrap(), HashMap::new()).unwrap();
+        let url = lake.url("silver/t");
+        let spec = crate::delta::WriteSpec {
+            table_name: "silver.t".into(),
+            partition_by: vec![],
+            replace: crate::delta::Replace::Nothing,
+            transactions: vec![],
+            metadata: HashMap::new(),
+            description: None,
+            symlink_manifest: false,
+            upsert: None,
+        };
+        let append = |rows: i64| {
+            let (url, spec) = (url.clone(), spec.clone());
+            async move {
+                let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)]));
+                let b = RecordBatch::try_new(
+                    schema.clone(),
+                    vec![Arc::new(Int64Array::from_iter_values(0..rows)) as Arc<dyn Array>],
+                )
+                .unwrap();
+                let table = crate::delta::ensure_table(&url, &HashMap::new(), &schema, &spec)
+                    .await
+                    .unwrap();
+                let stream = Box::pin(RecordBatchStreamAdapter::new(
+                    schema,
+                    futures::stream::iter(vec![Ok(b)]),
+                ));
+                crate::delta::write(table, vec![stream], &spec)
+                    .await
+                    .unwrap();
+            }
+        };
+        append(1).await;
+        let first = crate::delta::open(&url, &HashMap::new())
+            .await
+            .unwrap()
+            .unwrap();
+        append(2).await;
+        let (ctx, _) = crate::session::build(&lake, &crate::session::SessionOptions::default())
+            .await
+            .unwrap();
+        let count = || async {
+            let b = ctx
+                .sql("SELECT count(*) FROM silver.t")
+                .await
+                .unwrap()
+                .collect()
+                .await
+                .unwrap();
+            b[0].column(0).as_primitive::<Int64Type>().value(0)
+        };
+        assert_eq!(count().await, 3);
+        let name = "silver.t".to_string();
+        let pins = pin(&ctx, [(&name, &first)]);
+        assert_eq!(count().await, 1, "the pinned version");
+        drop(pins);
+        assert_eq!(count().await, 3, "unpinned: the latest");
     }
 }

@@ -226,7 +226,15 @@ pub async fn run_model(
     report.strategy = strategy.describe();
     report.strategy_kind = strategy.kind();
 
+    // The SQL reads the inputs just opened, at the versions recorded above.
+    let pins = crate::catalog::pin(
+        ctx,
+        tables
+            .iter()
+            .filter_map(|(n, t)| t.as_ref().map(|t| (n, t))),
+    );
     let mut df = ctx.sql(&model.sql).await?;
+    drop(pins);
     // A backfill's date column: the first date-typed partition column.
     let range = match &strategy {
         Strategy::Range(r) => {

@@ -194,7 +194,7 @@ pub async fn decide(
         .collect();
     group.push(ident(PRESENT).is_not_null().alias(PRESENT));
     group.push(ident(WINS));
-    group.extend(columns.partition_by.iter().map(|p| ident(p)));
+    group.extend(columns.partition_by.iter().map(ident));
     // A job like any other: on a cluster, bounded by the stage timeout.
     let (state, plan) = joined
         .aggregate(group, vec![count(lit(1)).alias(ROWS)])?
@@ -709,13 +709,10 @@ mod tests {
                 "b".into()
             ]))
         );
-        assert_eq!(
-            OfferedKeys::collect(text.clone(), &columns, 3)
-                .await
-                .unwrap()
-                .is_some(),
-            true
-        );
+        assert!(OfferedKeys::collect(text.clone(), &columns, 3)
+            .await
+            .unwrap()
+            .is_some());
         assert_eq!(OfferedKeys::collect(text, &columns, 2).await.unwrap(), None);
         let ints = one(
             "k",

@@ -164,21 +164,28 @@ async fn replacing_partitions_leaves_other_partitions_untouched() {
     }
 }
 
-/// An incremental merge appends a file to a partition that only gains rows,
-/// rewrites a partition that loses a row to an update, and compacts a
-/// partition into one file once it has 8; every step keeps the latest row.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn incremental_merge_appends_rewrites_and_compacts_partitions() {
-    let dir = tempfile::tempdir().unwrap();
+/// A lake under `root` whose first landed file is `landing`, and a pipeline
+/// with one incremental merge model, `silver.e`, keyed by `id`, sequenced
+/// by `updated`, partitioned by `day`.
+fn merge_pipeline(root: &std::path::Path, landing: &str) {
     setup(
-        dir.path(),
-        "id,day,v,updated\n1,d1,10,1\n",
+        root,
+        landing,
         &[
             ("bronze/events.toml", SOURCE),
             ("silver/e.sql", "SELECT id, day, CAST(v AS INT) AS v, CAST(updated AS INT) AS updated, _ingested_at, _source_file, _source_line FROM bronze.events"),
             ("silver/e.toml", "mode = \"merge\"\nunique_key = [\"id\"]\nsequence_by = [\"updated\", \"_ingested_at\", \"_source_file\", \"_source_line\"]\nincremental_inputs = [\"bronze.events\"]\npartition_by = [\"day\"]\n"),
         ],
     );
+}
+
+/// An incremental merge appends a file to a partition that only gains rows,
+/// rewrites a partition that loses a row to an update, and compacts a
+/// partition into one file once it has 8; every step keeps the latest row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_merge_appends_rewrites_and_compacts_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    merge_pipeline(dir.path(), "id,day,v,updated\n1,d1,10,1\n");
     let lake = dir.path().join("lake");
     let run = |file: &str, body: &str| {
         std::fs::write(lake.join("landing").join(file), body).unwrap();
@@ -308,15 +315,7 @@ async fn an_incremental_merge_reads_only_files_whose_key_range_holds_an_offered_
             first.push_str(&format!("{k},{day},1,5\n"));
         }
     }
-    setup(
-        dir.path(),
-        &first,
-        &[
-            ("bronze/events.toml", SOURCE),
-            ("silver/e.sql", "SELECT id, day, CAST(v AS INT) AS v, CAST(updated AS INT) AS updated, _ingested_at, _source_file, _source_line FROM bronze.events"),
-            ("silver/e.toml", "mode = \"merge\"\nunique_key = [\"id\"]\nsequence_by = [\"updated\", \"_ingested_at\", \"_source_file\", \"_source_line\"]\nincremental_inputs = [\"bronze.events\"]\npartition_by = [\"day\"]\n"),
-        ],
-    );
+    merge_pipeline(dir.path(), &first);
     let lake = dir.path().join("lake");
     let run = |file: &str, body: &str| {
         std::fs::write(lake.join("landing").join(file), body).unwrap();

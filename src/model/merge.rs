@@ -126,10 +126,9 @@ async fn stage_and_commit(
     // 2. What the offer does, per partition. An empty offer does nothing
     // (and runs no plan over nothing: Ballista's adaptive planning turns an
     // empty stage into an empty node that a writer's plan cannot be made
-    // from).
-    // Only the stored files whose key range holds an offered key can hold
-    // a stored row of one (data skipping on the log's statistics; files
-    // without them stay).
+    // from). Only the stored files whose key range holds an offered key
+    // can hold a stored row of one (data skipping on the log's statistics;
+    // files without them stay).
     let candidates = match offered.written {
         0 => table.only(|_| false),
         _ => {

@@ -196,11 +196,9 @@ pub async fn decide(
     group.push(ident(WINS));
     group.extend(columns.partition_by.iter().map(ident));
     // A job like any other: on a cluster, bounded by the stage timeout.
-    let (state, plan) = joined
-        .aggregate(group, vec![count(lit(1)).alias(ROWS)])?
-        .into_parts();
-    let ctx = datafusion::prelude::SessionContext::new_with_state(state);
-    let counted = crate::cluster::collect_bounded(&ctx, plan).await?;
+    let counted =
+        crate::cluster::collect_frame(joined.aggregate(group, vec![count(lit(1)).alias(ROWS)])?)
+            .await?;
     let mut decision = Decision::default();
     for batch in &counted {
         tally(batch, columns.partition_by, &mut decision)?;
@@ -298,16 +296,14 @@ impl OfferedKeys {
             | DataType::UInt32 => DataType::Int64,
             _ => return Ok(None),
         };
-        let (state, plan) = offered
+        let distinct = offered
             .filter(ident(key).is_not_null())?
             .aggregate(
                 vec![cast_expr(ident(key), as_type.clone()).alias(key)],
                 vec![],
             )?
-            .limit(0, Some(limit.saturating_add(1)))?
-            .into_parts();
-        let ctx = datafusion::prelude::SessionContext::new_with_state(state);
-        let batches = crate::cluster::collect_bounded(&ctx, plan).await?;
+            .limit(0, Some(limit.saturating_add(1)))?;
+        let batches = crate::cluster::collect_frame(distinct).await?;
         if batches.iter().map(|b| b.num_rows()).sum::<usize>() > limit {
             return Ok(None);
         }

@@ -345,6 +345,14 @@ pub fn on_cluster(ctx: &SessionContext) -> bool {
     ctx.state().config().get_extension::<Jobs>().is_some()
 }
 
+/// [`collect_bounded`] for a DataFrame: its plan run in its own session.
+pub async fn collect_frame(
+    df: datafusion::prelude::DataFrame,
+) -> Result<Vec<datafusion::arrow::array::RecordBatch>> {
+    let (state, plan) = df.into_parts();
+    collect_bounded(&SessionContext::new_with_state(state), plan).await
+}
+
 /// Runs `plan` and collects its result; on a cluster, the job may run at
 /// most the session's stage timeout from when the scheduler accepted it,
 /// then it is cancelled and this fails. Ballista's client waits on a job

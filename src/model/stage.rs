@@ -29,6 +29,8 @@ pub(super) struct Stage<'a> {
     pub table: DeltaTable,
     /// Where the table's files are written when not into the table's own
     /// folder: an upsert stages the rows it offers in a scratch folder.
+    /// Such rows are only read back, so they are written unpartitioned, one
+    /// file per task.
     pub write_to: Option<url::Url>,
     pub quarantine: Option<(DeltaTable, &'a WriteSpec)>,
     pub run_id: &'a str,

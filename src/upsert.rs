@@ -363,11 +363,17 @@ impl OfferedKeys {
 /// an offered row whose key is not there wins; `None` when no offered row
 /// is stale), and the rows of `rewritten` (the rewritten partitions) that
 /// no winner replaces.
+///
+/// With `in_order`, the winners come sorted by the partition columns, so
+/// that, with `rewritten` read in partition order (a clustered scan) and
+/// the anti join streaming it through in order, the rows need no sort
+/// before the writers.
 pub fn rows(
     offered: DataFrame,
     holding: Option<DataFrame>,
     rewritten: Option<DataFrame>,
     columns: &Columns<'_>,
+    in_order: bool,
 ) -> Result<DataFrame> {
     let out: Vec<(String, DataType)> = offered
         .schema()
@@ -380,6 +386,16 @@ pub fn rows(
             .filter(ident(WINS))?
             .select(out.iter().map(|(n, _)| ident(n)).collect::<Vec<_>>())?,
         None => offered.clone(),
+    };
+    let winners = match in_order && !columns.partition_by.is_empty() {
+        true => winners.sort(
+            columns
+                .partition_by
+                .iter()
+                .map(|c| ident(c).sort(true, true))
+                .collect(),
+        )?,
+        false => winners,
     };
     let Some(rewritten) = rewritten else {
         return Ok(winners);
@@ -591,6 +607,7 @@ mod tests {
             Some(in_days(stored.clone(), &["d1", "d2"])),
             Some(in_days(stored.clone(), &["d1", "d2"])),
             &columns,
+            false,
         )
         .unwrap();
         let want = |rows: &[(&str, i64)]| {
@@ -608,13 +625,21 @@ mod tests {
             Some(in_days(stored.clone(), &["d1", "d2"])),
             None,
             &columns,
+            true,
         )
         .unwrap();
         assert_eq!(values(out).await, want(&[("a", 11), ("c", 31), ("x", 99)]));
         // Nothing held (every key new, as `decide` would have said): every
         // offered row; a crowded partition rewritten keeps its rows but
         // those of offered keys.
-        let out = super::rows(offered, None, Some(in_days(stored, &["d3"])), &columns).unwrap();
+        let out = super::rows(
+            offered,
+            None,
+            Some(in_days(stored, &["d3"])),
+            &columns,
+            false,
+        )
+        .unwrap();
         assert_eq!(
             values(out).await,
             want(&[("a", 11), ("b", 21), ("c", 31), ("e", 50), ("x", 99)])

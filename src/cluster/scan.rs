@@ -71,6 +71,10 @@ pub struct Recipe {
     pub version: i64,
     pub partition_columns: Vec<String>,
     pub files: Vec<SnapshotFile>,
+    /// Each task reads whole partitions, in partition order, and the scan
+    /// says so (see [`SnapshotTable::clustered`]).
+    #[serde(default)]
+    pub clustered: bool,
 }
 
 /// A table version as a list of Parquet files (see the module docs).
@@ -134,6 +138,7 @@ impl SnapshotTable {
                 version: table.version().map_or(-1, |v| v as i64),
                 partition_columns,
                 files,
+                clustered: false,
             },
         })
     }
@@ -181,6 +186,7 @@ impl SnapshotTable {
                 version: -1,
                 partition_columns: partition_columns.to_vec(),
                 files,
+                clustered: false,
             },
         })
     }
@@ -204,6 +210,15 @@ impl SnapshotTable {
             recipe,
             schema: self.schema.clone(),
         }
+    }
+
+    /// The same table read so that each task gets whole partitions, its
+    /// files in the order of their partition values, and the scan declares
+    /// that order: a writer downstream then needs no sort (see
+    /// [`crate::model::merge`]'s rewrite). A partitioned table only.
+    pub fn clustered(mut self) -> Self {
+        self.recipe.clustered = !self.recipe.partition_columns.is_empty();
+        self
     }
 
     pub fn from_recipe(recipe: Recipe, schema: SchemaRef) -> DfResult<Self> {
@@ -312,6 +327,91 @@ fn scan_order(schema: &SchemaRef, partition_columns: &[String]) -> SchemaRef {
     Arc::new(Schema::new(ordered))
 }
 
+/// The files spread over `n` groups (the session's partitions), largest
+/// first, so each task gets about the same number of bytes. An empty table
+/// is one empty group: a plain Parquet scan still (an `EmptyExec` does not
+/// come back the same from an executor).
+fn spread_groups(mut files: Vec<PartitionedFile>, n: usize) -> Vec<Vec<PartitionedFile>> {
+    let n = n.min(files.len().max(1));
+    files.sort_by_key(|f| std::cmp::Reverse(f.object_meta.size));
+    let mut groups: Vec<(u64, Vec<PartitionedFile>)> = vec![(0, Vec::new()); n];
+    for f in files {
+        if let Some(smallest) = groups.iter_mut().min_by_key(|(bytes, _)| *bytes) {
+            smallest.0 += f.object_meta.size;
+            smallest.1.push(f);
+        }
+    }
+    groups.into_iter().map(|(_, g)| g).collect()
+}
+
+/// The files in at most `n` groups that never share a partition (whole
+/// partitions, largest first, to the group with the fewest bytes), each
+/// group's files in the order of their partition values, NULL first. Each
+/// file says its partition values are its statistics (unknown for the
+/// file's own columns), which is how DataFusion checks that a group's files
+/// follow the declared order.
+fn clustered_groups(
+    files: Vec<PartitionedFile>,
+    n: usize,
+    file_schema: &SchemaRef,
+) -> Vec<Vec<PartitionedFile>> {
+    use datafusion::common::Statistics;
+    let unknown = Arc::new(Statistics::new_unknown(file_schema));
+    let mut partitions: Vec<(u64, Vec<PartitionedFile>)> = Vec::new();
+    let mut by_values: std::collections::HashMap<Vec<ScalarValue>, usize> = Default::default();
+    for f in files {
+        let f = f.with_statistics(unknown.clone());
+        let i = *by_values
+            .entry(f.partition_values.clone())
+            .or_insert_with(|| {
+                partitions.push((0, Vec::new()));
+                partitions.len() - 1
+            });
+        partitions[i].0 += f.object_meta.size;
+        partitions[i].1.push(f);
+    }
+    let n = n.min(partitions.len().max(1));
+    partitions.sort_by_key(|p| std::cmp::Reverse(p.0));
+    let mut groups: Vec<(u64, Vec<PartitionedFile>)> = vec![(0, Vec::new()); n];
+    for (bytes, files) in partitions {
+        if let Some(smallest) = groups.iter_mut().min_by_key(|(b, _)| *b) {
+            smallest.0 += bytes;
+            smallest.1.extend(files);
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(_, mut g)| {
+            // Values of one column share a type, so they compare; NULL
+            // (None) sorts first, as the declared order says.
+            g.sort_by(|a, b| {
+                a.partition_values
+                    .partial_cmp(&b.partition_values)
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            });
+            g
+        })
+        .collect()
+}
+
+/// Ascending by the partition columns (which follow the file's
+/// `file_columns` columns in the scan), NULL first.
+fn partition_ordering(
+    file_columns: usize,
+    partition_fields: &[FieldRef],
+) -> Option<datafusion::physical_expr::LexOrdering> {
+    use datafusion::physical_expr::expressions::Column;
+    use datafusion::physical_expr::PhysicalSortExpr;
+    datafusion::physical_expr::LexOrdering::new(partition_fields.iter().enumerate().map(
+        |(i, f)| {
+            PhysicalSortExpr::new(
+                Arc::new(Column::new(f.name(), file_columns + i)),
+                datafusion::arrow::compute::SortOptions::default(),
+            )
+        },
+    ))
+}
+
 fn partition_value(text: Option<&str>, data_type: &DataType) -> DfResult<ScalarValue> {
     match text {
         None => ScalarValue::try_from(data_type),
@@ -377,23 +477,15 @@ impl TableProvider for SnapshotTable {
                 PartitionedFile::new(file.path.clone(), file.size).with_partition_values(values),
             );
         }
-        // Spread the files over the session's partitions, largest first, so
-        // each task gets about the same number of bytes.
-        // An empty table is one empty group: a plain Parquet scan still
-        // (an `EmptyExec` does not come back the same from an executor).
-        let n = state
-            .config()
-            .target_partitions()
-            .max(1)
-            .min(files.len().max(1));
-        files.sort_by(|a, b| b.object_meta.size.cmp(&a.object_meta.size));
-        let mut groups: Vec<(u64, Vec<PartitionedFile>)> = vec![(0, Vec::new()); n];
-        for f in files {
-            if let Some(smallest) = groups.iter_mut().min_by_key(|(bytes, _)| *bytes) {
-                smallest.0 += f.object_meta.size;
-                smallest.1.push(f);
-            }
-        }
+        let n = state.config().target_partitions().max(1);
+        let groups = match self.recipe.clustered {
+            true => clustered_groups(files, n, &file_schema),
+            false => spread_groups(files, n),
+        };
+        let ordering = match self.recipe.clustered {
+            true => partition_ordering(file_schema.fields().len(), &partition_fields),
+            false => None,
+        };
         let scan_fields: Vec<FieldRef> = file_schema
             .fields()
             .iter()
@@ -423,10 +515,122 @@ impl TableProvider for SnapshotTable {
             ObjectStoreUrl::parse(&self.recipe.store)?,
             Arc::new(source),
         )
-        .with_file_groups(groups.into_iter().map(|(_, g)| FileGroup::new(g)).collect())
+        .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
+        .with_output_ordering(ordering.into_iter().collect())
         .with_limit(limit)
         .with_projection_indices(Some(indices))?
         .build();
         Ok(DataSourceExec::from_data_source(config))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::physical_plan::ExecutionPlanProperties;
+
+    fn file(name: &str, size: u64, day: Option<&str>, region: &str) -> PartitionedFile {
+        PartitionedFile::new(name.to_string(), size).with_partition_values(vec![
+            ScalarValue::Utf8(day.map(str::to_string)),
+            ScalarValue::Utf8(Some(region.to_string())),
+        ])
+    }
+
+    /// Groups never share a partition, hold about equal bytes, and list
+    /// their files in partition order (NULL first); every file says its
+    /// partition values are its statistics.
+    #[test]
+    fn clustered_groups_hold_whole_partitions_in_order() {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, true)]));
+        let files = vec![
+            file("a", 50, Some("2025-01-02"), "west"),
+            file("b", 10, Some("2025-01-01"), "east"),
+            file("c", 40, Some("2025-01-02"), "west"),
+            file("d", 30, None, "east"),
+            file("e", 20, Some("2025-01-01"), "west"),
+            file("f", 60, Some("2025-01-03"), "east"),
+            file("g", 15, Some("2025-01-01"), "east"),
+        ];
+        let groups = clustered_groups(files, 2, &schema);
+        assert_eq!(groups.len(), 2);
+        let names = |g: &Vec<PartitionedFile>| -> Vec<String> {
+            g.iter()
+                .map(|f| f.object_meta.location.to_string())
+                .collect()
+        };
+        let mut seen: std::collections::HashMap<Vec<ScalarValue>, usize> = Default::default();
+        for (i, g) in groups.iter().enumerate() {
+            for pair in g.windows(2) {
+                assert!(
+                    pair[0].partition_values <= pair[1].partition_values,
+                    "{:?}",
+                    names(g)
+                );
+            }
+            for f in g {
+                assert!(f.statistics.is_some());
+                let owner = *seen.entry(f.partition_values.clone()).or_insert(i);
+                assert_eq!(owner, i, "a partition in two groups: {:?}", names(g));
+            }
+        }
+        // (2025-01-02, west) 90 and (2025-01-03, east) 60 first, largest
+        // first to the lighter group; then 30, 25, 20.
+        let bytes: Vec<u64> = groups
+            .iter()
+            .map(|g| g.iter().map(|f| f.object_meta.size).sum())
+            .collect();
+        assert_eq!(bytes.iter().sum::<u64>(), 225);
+        assert!(bytes.iter().all(|b| (105..=120).contains(b)), "{bytes:?}");
+        let all: Vec<String> = groups.iter().flat_map(names).collect();
+        assert_eq!(all.len(), 7);
+        // The NULL day leads its group.
+        let with_null = groups
+            .iter()
+            .find(|g| g.iter().any(|f| f.partition_values[0].is_null()))
+            .unwrap();
+        assert!(with_null[0].partition_values[0].is_null());
+    }
+
+    /// A clustered scan declares the partition order; a plain one does not.
+    #[tokio::test]
+    async fn a_clustered_scan_declares_partition_order() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("v", DataType::Int64, true),
+            Field::new("day", DataType::Utf8, true),
+        ]));
+        let recipe = Recipe {
+            store: "file://".into(),
+            location: "file:///nowhere/".into(),
+            version: 0,
+            partition_columns: vec!["day".into()],
+            files: ["d2", "d1", "d2", "d3"]
+                .iter()
+                .enumerate()
+                .map(|(i, d)| SnapshotFile {
+                    path: format!("nowhere/day={d}/{i}.parquet"),
+                    size: 100 + i as u64,
+                    partition_values: vec![Some(d.to_string())],
+                    rows: None,
+                    stats: None,
+                })
+                .collect(),
+            clustered: false,
+        };
+        let ctx = datafusion::prelude::SessionContext::new_with_config(
+            datafusion::prelude::SessionConfig::new().with_target_partitions(2),
+        );
+        let plain = SnapshotTable::from_recipe(recipe, schema).unwrap();
+        let state = ctx.state();
+        let scan = plain.scan(&state, None, &[], None).await.unwrap();
+        assert!(scan.output_ordering().is_none());
+        let clustered = plain.clustered();
+        assert!(clustered.recipe().clustered);
+        let scan = clustered.scan(&state, None, &[], None).await.unwrap();
+        let order = scan
+            .output_ordering()
+            .expect("a declared order")
+            .to_string();
+        assert_eq!(order, "day@1 ASC");
+        assert_eq!(scan.output_partitioning().partition_count(), 2);
     }
 }

@@ -506,7 +506,22 @@ impl CheckExec {
             .collect();
         fields.push(Field::new(MESSAGE, DataType::Utf8, true));
         let schema = Arc::new(Schema::new(fields));
-        let props = properties(schema.clone(), &input, EmissionType::Incremental);
+        // Rows leave in the order they came, so the input's order holds for
+        // the kept columns. (The message rows, every column NULL, come last;
+        // writers take them out before they look at the order.)
+        let mapping = datafusion::physical_expr::projection::ProjectionMapping::from_indices(
+            &kept, &in_schema,
+        )?;
+        let props = Arc::new(PlanProperties::new(
+            input
+                .equivalence_properties()
+                .project(&mapping, schema.clone()),
+            datafusion::physical_plan::Partitioning::UnknownPartitioning(
+                input.output_partitioning().partition_count(),
+            ),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
         Ok(Self {
             input,
             spec,
@@ -1137,6 +1152,29 @@ fn more_writers(plan: Arc<dyn ExecutionPlan>, writers: usize) -> DfResult<Arc<dy
         let Some(stage) = node.downcast_ref::<StageExec>() else {
             return Ok(Transformed::no(node));
         };
+        // Rows already in partition order come through an order-keeping
+        // split, with no sort: it gets the writers too.
+        if let Some(split) = stage.input.downcast_ref::<RepartitionExec>() {
+            let Partitioning::Hash(keys, n) = split.partitioning() else {
+                return Ok(Transformed::no(node));
+            };
+            if *n >= writers || !split.preserve_order() {
+                return Ok(Transformed::no(node));
+            }
+            let split: Arc<dyn ExecutionPlan> = Arc::new(
+                RepartitionExec::try_new(
+                    split.input().clone(),
+                    Partitioning::Hash(keys.clone(), writers),
+                )?
+                .with_preserve_order(),
+            );
+            return Ok(Transformed::yes(node.clone().replace_children(
+                vec![split],
+                datafusion::physical_plan::execution_plan::ReplaceChildrenOptions::new(
+                    datafusion::physical_plan::execution_plan::ChildrenPropertiesMode::Recompute,
+                ),
+            )?));
+        }
         let Some(sort) = stage.input.downcast_ref::<SortExec>() else {
             return Ok(Transformed::no(node));
         };
@@ -1173,6 +1211,7 @@ mod tests {
     use super::*;
     use datafusion::arrow::array::{Int64Array, UInt64Array};
     use datafusion::datasource::memory::MemorySourceConfig;
+    use datafusion::datasource::source::DataSourceExec;
     use datafusion::prelude::SessionContext;
     use futures::TryStreamExt;
 
@@ -1325,13 +1364,71 @@ mod tests {
             .to_string();
         assert!(display.contains("Hash([day@0], 8)"), "{display}");
         // Without a hash split under the sort, nothing changes.
-        let plain: Arc<dyn ExecutionPlan> =
-            Arc::new(StageExec::try_new(Arc::new(SortExec::new(order, source)), spec).unwrap());
+        let plain: Arc<dyn ExecutionPlan> = Arc::new(
+            StageExec::try_new(
+                Arc::new(SortExec::new(order.clone(), source.clone())),
+                spec.clone(),
+            )
+            .unwrap(),
+        );
         let same = more_writers(plain.clone(), 8).unwrap();
         assert_eq!(
             same.output_partitioning().partition_count(),
             plain.output_partitioning().partition_count()
         );
+        // Rows already in partition order: an order-keeping split, no
+        // sort; it gets the writers and keeps the order.
+        let sorted = MemorySourceConfig::try_new(&[vec![], vec![]], schema.clone(), None)
+            .unwrap()
+            .try_with_sort_information(vec![order.clone()])
+            .unwrap();
+        let sorted = DataSourceExec::from_data_source(sorted);
+        let split = RepartitionExec::try_new(sorted, Partitioning::Hash(day.clone(), 2))
+            .unwrap()
+            .with_preserve_order();
+        assert!(split.preserve_order());
+        let stage = Arc::new(StageExec::try_new(Arc::new(split), spec.clone()).unwrap());
+        let planned = more_writers(stage, 8).unwrap();
+        assert_eq!(planned.output_partitioning().partition_count(), 8);
+        let display = datafusion::physical_plan::displayable(planned.as_ref())
+            .indent(false)
+            .to_string();
+        assert!(
+            display.contains("Hash([day@0], 8)") && display.contains("preserve_order=true"),
+            "{display}"
+        );
+        assert!(!display.contains("SortExec"), "{display}");
+        // A split that does not keep order, with no sort above it, stays.
+        let unsorted = Arc::new(
+            RepartitionExec::try_new(source.clone(), Partitioning::Hash(day.clone(), 2)).unwrap(),
+        );
+        let stage: Arc<dyn ExecutionPlan> = Arc::new(StageExec::try_new(unsorted, spec).unwrap());
+        let same = more_writers(stage, 8).unwrap();
+        assert_eq!(same.output_partitioning().partition_count(), 2);
+    }
+
+    /// The check keeps its input's order on the columns it keeps.
+    #[test]
+    fn the_check_keeps_its_inputs_order() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("_lineage", DataType::Utf8, true),
+            Field::new("day", DataType::Int64, true),
+        ]));
+        let day = columns(&schema, &["day".into()]).unwrap();
+        let order = datafusion::physical_expr::LexOrdering::new(day.iter().map(|e| {
+            datafusion::physical_expr::PhysicalSortExpr::new(e.clone(), SortOptions::default())
+        }))
+        .unwrap();
+        let sorted = MemorySourceConfig::try_new(&[vec![]], schema.clone(), None)
+            .unwrap()
+            .try_with_sort_information(vec![order])
+            .unwrap();
+        let check =
+            CheckExec::try_new(DataSourceExec::from_data_source(sorted), spec(vec![])).unwrap();
+        // `_lineage` is dropped, so `day` is the check's first column.
+        let check: Arc<dyn ExecutionPlan> = Arc::new(check);
+        let kept = check.output_ordering().expect("an order").to_string();
+        assert_eq!(kept, "day@0 ASC");
     }
 
     /// Deduplication lets message rows through whatever their (NULL) key,

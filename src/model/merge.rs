@@ -38,6 +38,27 @@ use crate::upsert::{Columns, OfferedKeys, PartitionKey, MAX_FILES_PER_PARTITION}
 /// stored files by their key range; a larger offer reads every file.
 const KEYS_HELD_FOR_SKIPPING: usize = 2_000_000;
 
+/// An offer of at most this many rows is held whole as the rewrite's anti
+/// join's build side, so the stored rows keep their partition order (see
+/// step 3 of [`stage_and_commit`]); a larger one is split by key and the
+/// rows are sorted before the writers.
+const OFFER_HELD_FOR_ORDER: u64 = 2_000_000;
+
+/// `ctx` with joins that collect their build side whole (never split both
+/// sides by key) and hash splits that keep an existing order rather than
+/// sort again: how the rewrite of a small offer is planned.
+fn in_order_session(ctx: &SessionContext) -> SessionContext {
+    let state = ctx.state();
+    let mut config = state.config().clone();
+    config.options_mut().optimizer.prefer_existing_sort = true;
+    config.options_mut().optimizer.repartition_joins = false;
+    SessionContext::new_with_state(
+        datafusion::execution::SessionStateBuilder::new_from_existing(state)
+            .with_config(config)
+            .build(),
+    )
+}
+
 /// What the upsert did.
 pub(super) struct Merged {
     pub version: Option<i64>,
@@ -193,8 +214,22 @@ async fn stage_and_commit(
     let written = if offered.written == 0 {
         Staging::default()
     } else {
+        // With no stale row and an offer small enough to hold whole, the
+        // rewrite keeps partition order from the stored files to the
+        // writers: the stored rows are read whole partitions per task, in
+        // partition order, and stream through an anti join whose build side
+        // is the offer (collected, not split by key); the winners are
+        // sorted alone. The split to the writers then merges instead of a
+        // sort of every rewritten row (which spills at scale).
+        let in_order = holding.recipe().files.is_empty()
+            && !settings.partition_by.is_empty()
+            && offered.written <= OFFER_HELD_FOR_ORDER;
         let in_partitions = |set: &dyn Fn(&PartitionKey) -> bool| -> Result<Option<DataFrame>> {
             let only = table.only(|f| set(&table.partition_key(f)));
+            let only = match in_order {
+                true => only.clustered(),
+                false => only,
+            };
             match only.recipe().files.is_empty() {
                 true => Ok(None),
                 false => Ok(Some(scan(only)?)),
@@ -209,7 +244,17 @@ async fn stage_and_commit(
             holding,
             in_partitions(&|p| rewrite.contains(p))?,
             &columns,
+            in_order,
         )?;
+        tracing::debug!(
+            in_order,
+            partitions = rewrite.len(),
+            "upsert: the rewrite keeps partition order"
+        );
+        let ctx = match in_order {
+            true => in_order_session(ctx),
+            false => ctx.clone(),
+        };
         // Checked and deduplicated already: the writers only write.
         let plain = ModelSettings {
             expectations: vec![],
@@ -217,7 +262,7 @@ async fn stage_and_commit(
             sequence_by: vec![],
             ..settings.clone()
         };
-        stage.stage(ctx, rows, &plain, settings_file).await?
+        stage.stage(&ctx, rows, &plain, settings_file).await?
     };
 
     // 4. The commits: the quarantine first (a crash before the table's

@@ -382,6 +382,127 @@ async fn an_incremental_merge_reads_only_files_whose_key_range_holds_an_offered_
     assert_eq!(got, want);
 }
 
+/// A small offer rewrites its partitions without sorting the stored rows:
+/// each task reads whole partitions in partition order, and the writers
+/// still write one file per rewritten partition, however many files it
+/// had, with exactly the latest row per key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incremental_merge_rewrites_partitions_in_order_one_file_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let days = ["d1", "d2", "d3", "d4", "d5", "d6"];
+    let mut first = String::from("id,day,v,updated\n");
+    for (i, day) in days.iter().enumerate() {
+        for j in 0..(3 + i * 7) {
+            first.push_str(&format!("k{i}_{j},{day},1,5\n"));
+        }
+    }
+    merge_pipeline(dir.path(), &first);
+    let lake = dir.path().join("lake");
+    let run = |file: &str, body: &str| {
+        std::fs::write(lake.join("landing").join(file), body).unwrap();
+        let out = crate::lakehouse_with_env(
+            &["run", "--lake", "lake", "--pipeline", "sql"],
+            dir.path(),
+            &[("RUST_LOG", "warn,lakehouse::model=debug")],
+        );
+        let all = text(&out);
+        assert!(out.status.success(), "{all}");
+        let line = all
+            .lines()
+            .find(|l| l.starts_with("silver.e "))
+            .unwrap_or_default()
+            .to_string();
+        let order = all
+            .lines()
+            .find(|l| l.contains("the rewrite keeps partition order"))
+            .map(|l| l[l.find("in_order=").unwrap()..].to_string());
+        (line, order)
+    };
+    run("events_1.csv", &first);
+    // Two appends give every partition three files.
+    for n in 2..=3 {
+        let body: String = std::iter::once("id,day,v,updated\n".to_string())
+            .chain(days.iter().map(|d| format!("new{n}_{d},{d},{n},5\n")))
+            .collect();
+        let (line, _) = run(&format!("events_{n}.csv"), &body);
+        assert!(
+            line.contains("6 inserted, 0 updated, 0 stale; 0 partitions rewritten, 6 appended to"),
+            "{line}"
+        );
+    }
+    // An update in each of d1..d5 (d5's key moves to d1), inserts into d6
+    // and a new d7.
+    let (line, order) = run(
+        "events_4.csv",
+        "id,day,v,updated\nk0_1,d1,9,6\nk1_0,d2,9,6\nnew2_d3,d3,9,6\nk3_9,d4,9,6\nk4_2,d1,9,6\nx6,d6,9,5\nx7,d7,9,5\n",
+    );
+    assert!(
+        line.contains("2 inserted, 5 updated, 0 stale; 5 partitions rewritten, 2 appended to"),
+        "{line}"
+    );
+    assert_eq!(
+        order.as_deref(),
+        Some("in_order=true partitions=5"),
+        "{line}"
+    );
+    let t = delta::open(
+        &url::Url::from_directory_path(lake.join("silver/e")).unwrap(),
+        &HashMap::new(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let files: HashMap<String, (u64, usize)> = delta::partition_stats(&t)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(values, rows, files, _)| (values[0].clone().unwrap(), (rows, files)))
+        .collect();
+    // Stored rows: 3, 10, 17, 24, 31 and 38, plus two appended each.
+    let want: HashMap<String, (u64, usize)> = [
+        ("d1", (5 + 1, 1)),
+        ("d2", (12, 1)),
+        ("d3", (19, 1)),
+        ("d4", (26, 1)),
+        ("d5", (33 - 1, 1)),
+        ("d6", (40 + 1, 4)),
+        ("d7", (1, 1)),
+    ]
+    .into_iter()
+    .map(|(d, v)| (d.to_string(), v))
+    .collect();
+    assert_eq!(files, want);
+    let q = "SELECT id, day, CAST(v AS VARCHAR) AS v FROM silver.e ORDER BY id";
+    let got = strings(&lake, q).await;
+    let mut rows: Vec<Vec<String>> = first
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            vec![f[0].to_string(), f[1].to_string(), f[2].to_string()]
+        })
+        .collect();
+    for n in 2..=3 {
+        for d in days {
+            rows.push(vec![format!("new{n}_{d}"), d.to_string(), n.to_string()]);
+        }
+    }
+    for (k, day) in [
+        ("k0_1", "d1"),
+        ("k1_0", "d2"),
+        ("new2_d3", "d3"),
+        ("k3_9", "d4"),
+        ("k4_2", "d1"),
+        ("x6", "d6"),
+        ("x7", "d7"),
+    ] {
+        rows.retain(|r| r[0] != k);
+        rows.push(vec![k.into(), day.into(), "9".into()]);
+    }
+    rows.sort();
+    assert_eq!(got, rows);
+}
+
 /// A merge batch too large to hold in memory under `--memory-limit` is not
 /// upserted incrementally (its join would build on it) but rebuilt in full,
 /// which streams; the rows are the same either way.

@@ -447,9 +447,19 @@ async fn compact_written(lake: &Lake, pipeline: &Pipeline, report: &RunReport) -
             DEFAULT_COMPACT_SMALL_FILES,
         ));
     }
+    // Each check opens its table (a log replay): a few at a time.
+    use futures::StreamExt;
+    let checked: Vec<_> = futures::stream::iter(targets)
+        .map(|(t, threshold)| async move {
+            let outcome = compact_if_fragmented(lake, &t, threshold, &report.run_id).await;
+            (t, outcome)
+        })
+        .buffered(4)
+        .collect()
+        .await;
     let mut notes = Vec::new();
-    for (t, threshold) in targets {
-        match compact_if_fragmented(lake, &t, threshold, &report.run_id).await {
+    for (t, outcome) in checked {
+        match outcome {
             Ok(Some(r)) if r.version.is_some() => {
                 tracing::info!(table = %t.name, removed = r.files_removed, added = r.files_added, "compacted");
                 notes.push(format!(

@@ -98,7 +98,9 @@ pub struct LakeCatalog {
     pinned: Pinned,
 }
 
-type Pinned = Arc<RwLock<HashMap<String, deltalake::DeltaTable>>>;
+/// Each pinned table, and how many runs of models pin it now (models
+/// that run at the same time may pin the same input).
+type Pinned = Arc<RwLock<HashMap<String, (deltalake::DeltaTable, usize)>>>;
 
 /// While the returned guard lives, a lookup of each of `tables` (`layer.name`
 /// with the table opened at its latest version) in `ctx`'s lake catalog
@@ -118,7 +120,14 @@ pub fn pin<'a>(
     let mut names = Vec::new();
     let mut pinned = catalog.pinned.write().unwrap_or_else(|p| p.into_inner());
     for (name, table) in tables {
-        pinned.insert(name.clone(), table.clone());
+        let entry = pinned
+            .entry(name.clone())
+            .or_insert_with(|| (table.clone(), 0));
+        // Within a run a table's versions only grow: keep the newest.
+        if table.version() > entry.0.version() {
+            entry.0 = table.clone();
+        }
+        entry.1 += 1;
         names.push(name.clone());
     }
     PinGuard {
@@ -139,7 +148,12 @@ impl Drop for PinGuard {
         if let Some(pinned) = &self.pinned {
             let mut pinned = pinned.write().unwrap_or_else(|p| p.into_inner());
             for name in &self.names {
-                pinned.remove(name);
+                if let Some((_, count)) = pinned.get_mut(name) {
+                    *count -= 1;
+                    if *count == 0 {
+                        pinned.remove(name);
+                    }
+                }
             }
         }
     }
@@ -268,7 +282,7 @@ impl SchemaProvider for FolderSchema {
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .get(&format!("{}.{base}", self.schema))
-                .cloned(),
+                .map(|(table, _)| table.clone()),
             _ => None,
         };
         let table = match pinned {
@@ -528,8 +542,8 @@ mod tests {
         }
     }
 
-    /// While pinned, a table is read at the pinned version even after a
-    /// newer commit; unpinned, at its latest again.
+    /// While pinned (by any model), a table is read at the pinned version
+    /// even after a newer commit; unpinned, at its latest again.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_pinned_table_is_read_at_its_pinned_version() {
         use datafusion::arrow::array::{Array, AsArray, Int64Array, RecordBatch};
@@ -593,7 +607,12 @@ mod tests {
         let name = "silver.t".to_string();
         let pins = pin(&ctx, [(&name, &first)]);
         assert_eq!(count().await, 1, "the pinned version");
+        // Two models running at once pin the same input: it stays pinned
+        // until both are done.
+        let again = pin(&ctx, [(&name, &first)]);
         drop(pins);
+        assert_eq!(count().await, 1, "still pinned by the other");
+        drop(again);
         assert_eq!(count().await, 3, "unpinned: the latest");
     }
 }

@@ -734,7 +734,7 @@ async fn run_command(
                 &options,
                 &run_id,
                 &run_options,
-                &crate::console::Console,
+                &crate::console::Console::default(),
             ),
         )
         .await;

@@ -11,8 +11,12 @@ use crate::progress::{Observer, Progress};
 use crate::runlog::RunReport;
 use crate::text::plural;
 
-/// Draws a run on standard error.
-pub struct Console;
+/// Draws a run on standard error; models that run at the same time get a
+/// line each.
+#[derive(Default)]
+pub struct Console {
+    bars: indicatif::MultiProgress,
+}
 
 fn is_terminal() -> bool {
     use std::io::IsTerminal;
@@ -21,12 +25,12 @@ fn is_terminal() -> bool {
 
 /// A spinner with `label` on a terminal; a log line and nothing drawn
 /// otherwise.
-fn spinner(label: &str, template: &str) -> ProgressBar {
+fn spinner(bars: &indicatif::MultiProgress, label: &str, template: &str) -> ProgressBar {
     if !is_terminal() {
         tracing::info!("{label}");
         return ProgressBar::hidden();
     }
-    let bar = ProgressBar::new_spinner();
+    let bar = bars.add(ProgressBar::new_spinner());
     bar.set_style(
         ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
@@ -53,6 +57,7 @@ impl Progress for Bar {
 impl Observer for Console {
     fn source_started(&self, source: &str, files: &str) -> Arc<dyn Progress> {
         Arc::new(Bar(spinner(
+            &self.bars,
             &format!("bronze.{source}: ingesting {files}"),
             "{spinner} {elapsed:>4} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
         )))
@@ -60,6 +65,7 @@ impl Observer for Console {
 
     fn model_started(&self, table: &str, sql_file: &std::path::Path) -> Arc<dyn Progress> {
         Arc::new(Bar(spinner(
+            &self.bars,
             &format!("{table}: running {}", sql_file.display()),
             "{spinner} {elapsed:>4} {msg}",
         )))

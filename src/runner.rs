@@ -6,6 +6,8 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
+use tracing::Instrument;
+
 use crate::error::Result;
 use crate::ingest::{self, SourceReport};
 use crate::model::{self, ModelReport};
@@ -296,91 +298,139 @@ async fn run_models(
     }
     let mut stopped: Option<String> = None;
     let mut failed: HashSet<String> = HashSet::new();
-    for m in pipeline
+    let models: Vec<&crate::pipeline::Model> = pipeline
         .models
         .iter()
         .filter(|m| chosen.contains(&m.table()))
-    {
-        let table = m.table();
-        let (ctx, catalog) = match (&session, &stopped) {
-            (Ok(s), None) => s,
-            (_, why) => {
-                steps.push(ModelStep {
-                    status: "not run".into(),
-                    message: Some(why.clone().unwrap_or_else(|| {
-                        "the models could not start (see the run's errors)".into()
-                    })),
-                    report: ModelReport {
+        .collect();
+    let mut outcomes: Vec<Option<ModelStep>> = models.iter().map(|_| None).collect();
+    let not_run = |table: String, why: String| ModelStep {
+        status: "not run".into(),
+        message: Some(why),
+        report: ModelReport {
+            table,
+            ..Default::default()
+        },
+    };
+    // Models run in waves: every model whose inputs are all done runs at
+    // the same time as the others ready with it (at most
+    // `MODELS_AT_ONCE`), so independent models (two gold tables over one
+    // silver table) overlap their opening, planning, file creation and
+    // commits. A wave's models see the tables of every wave before it.
+    loop {
+        let pending = |table: &str, outcomes: &[Option<ModelStep>]| {
+            models
+                .iter()
+                .zip(outcomes)
+                .any(|(m, o)| o.is_none() && m.table() == table)
+        };
+        let ready: Vec<usize> = (0..models.len())
+            .filter(|&i| {
+                outcomes[i].is_none()
+                    && models[i]
+                        .inputs
+                        .iter()
+                        .all(|input| !pending(input, &outcomes))
+            })
+            .take(MODELS_AT_ONCE)
+            .collect();
+        if ready.is_empty() {
+            break;
+        }
+        let mut running = Vec::new();
+        for &i in &ready {
+            let m = models[i];
+            let table = m.table();
+            let (ctx, _) = match (&session, &stopped) {
+                (Ok(s), None) => s,
+                (_, why) => {
+                    outcomes[i] = Some(not_run(
                         table,
-                        ..Default::default()
-                    },
-                });
+                        why.clone().unwrap_or_else(|| {
+                            "the models could not start (see the run's errors)".into()
+                        }),
+                    ));
+                    continue;
+                }
+            };
+            if let Some(up) = m.inputs.iter().find(|i| failed.contains(*i)) {
+                failed.insert(table.clone());
+                outcomes[i] = Some(not_run(table, format!("{up} failed")));
                 continue;
             }
-        };
-        if let Some(up) = m.inputs.iter().find(|i| failed.contains(*i)) {
-            failed.insert(table.clone());
-            steps.push(ModelStep {
-                status: "not run".into(),
-                message: Some(format!("{up} failed")),
-                report: ModelReport {
-                    table,
-                    ..Default::default()
-                },
+            running.push(async move {
+                let progress = observer.model_started(&table, &m.sql_file);
+                let span = tracing::info_span!("model", model = %table);
+                let outcome =
+                    model::run_model(ctx, lake, m, run_id, started_at, run_options.refresh)
+                        .instrument(span)
+                        .await;
+                progress.finish();
+                let outcome = match outcome {
+                    Ok(r) => Ok(r),
+                    Err(e) => Err(model::explain(ctx, m, e).await.in_model(&table)),
+                };
+                (i, table, outcome)
             });
+        }
+        if running.is_empty() {
             continue;
         }
-        let progress = observer.model_started(&table, &m.sql_file);
-        let span = tracing::info_span!("model", model = %table);
-        let outcome = {
-            let _g = span.enter();
-            model::run_model(ctx, lake, m, run_id, started_at, run_options.refresh).await
-        };
-        progress.finish();
-        match outcome {
-            Ok(r) => {
-                tracing::info!(model = %table, rows = r.rows_written, quarantined = r.quarantined, duplicates = r.duplicates, skipped = r.skipped, "model done");
-                steps.push(ModelStep {
-                    status: if r.skipped {
-                        "unchanged".into()
-                    } else {
-                        "succeeded".into()
-                    },
-                    message: None,
-                    report: r,
-                });
-            }
-            Err(e) => {
-                let e = model::explain(ctx, m, e).await.in_model(&table);
-                tracing::error!(model = %table, error = %e, "model failed");
-                errors.push(e.to_string());
-                failed.insert(table.clone());
-                steps.push(ModelStep {
-                    status: "failed".into(),
-                    message: Some(e.to_string()),
-                    report: ModelReport {
-                        table: table.clone(),
-                        ..Default::default()
-                    },
-                });
-            }
+        for (i, table, outcome) in futures::future::join_all(running).await {
+            outcomes[i] = Some(match outcome {
+                Ok(r) => {
+                    tracing::info!(model = %table, rows = r.rows_written, quarantined = r.quarantined, duplicates = r.duplicates, skipped = r.skipped, "model done");
+                    ModelStep {
+                        status: if r.skipped {
+                            "unchanged".into()
+                        } else {
+                            "succeeded".into()
+                        },
+                        message: None,
+                        report: r,
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(model = %table, error = %e, "model failed");
+                    errors.push(e.to_string());
+                    failed.insert(table.clone());
+                    ModelStep {
+                        status: "failed".into(),
+                        message: Some(e.to_string()),
+                        report: ModelReport {
+                            table: table.clone(),
+                            ..Default::default()
+                        },
+                    }
+                }
+            });
         }
+        let Ok((_, catalog)) = &session else { continue };
         let refreshed = match crate::failpoint::check("catalog-refresh") {
             Ok(()) => catalog.refresh().await,
             Err(e) => Err(e),
         };
         if let Err(e) = refreshed {
-            tracing::error!(error = %e, "could not list the lake's tables after {table}");
+            let after = ready
+                .iter()
+                .map(|&i| models[i].table())
+                .collect::<Vec<_>>()
+                .join(", ");
+            tracing::error!(error = %e, "could not list the lake's tables after {after}");
             errors.push(format!(
-                "could not list the lake's tables after {table}; the models after it did not run: {e}"
+                "could not list the lake's tables after {after}; the models after it did not run: {e}"
             ));
             stopped = Some(format!(
-                "the lake's tables could not be listed after {table}"
+                "the lake's tables could not be listed after {after}"
             ));
         }
     }
+    steps.extend(outcomes.into_iter().flatten());
     Phase { steps, errors }
 }
+
+/// At most this many models run at the same time (see [`run_models`]).
+const MODELS_AT_ONCE: usize = 4;
 
 /// Compacts the tables this run committed to (and the system tables) where
 /// partitions gathered more small files than the model's

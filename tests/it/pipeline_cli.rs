@@ -693,3 +693,85 @@ async fn landed_files_no_source_reads_are_steps_of_the_run() {
         ]
     );
 }
+
+/// Models whose inputs are done run at the same time: three gold models
+/// over one silver table all start before any of them ends. One failing
+/// does not stop its siblings; only what reads it does not run; the
+/// summary keeps the pipeline's order.
+#[tokio::test]
+async fn independent_models_run_at_the_same_time_and_fail_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(
+        dir.path(),
+        "id,day,v,updated\n1,d1,5,1\n2,d1,7,1\n3,d2,11,1\n",
+        &[
+            ("bronze/events.toml", SOURCE),
+            (
+                "silver/e.sql",
+                "SELECT id, day, CAST(v AS INT) AS v FROM bronze.events",
+            ),
+            (
+                "gold/a.sql",
+                "SELECT day, sum(v) AS total FROM silver.e GROUP BY day",
+            ),
+            ("gold/b.sql", "SELECT count(*) AS n FROM silver.e"),
+            // Fails while it runs (the cast of each row), not while planned.
+            (
+                "gold/c.sql",
+                "SELECT CAST(concat(id, 'x') AS INT) AS bad FROM silver.e",
+            ),
+            ("gold/d.sql", "SELECT count(*) AS n FROM gold.c"),
+        ],
+    );
+    let out = crate::lakehouse_with_env(
+        &["run", "--lake", "lake", "--pipeline", "sql"],
+        dir.path(),
+        &[("RUST_LOG", "info")],
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    let at = |needle: &str| {
+        t.find(needle)
+            .unwrap_or_else(|| panic!("no `{needle}` in:\n{t}"))
+    };
+    let first_gold_done = at("model done model=gold.");
+    for m in ["gold.a", "gold.b", "gold.c"] {
+        assert!(
+            at(&format!("{m}: running")) < first_gold_done,
+            "{m} started after another gold model ended:\n{t}"
+        );
+    }
+    assert!(
+        at("model done model=silver.e") < at("gold.a: running"),
+        "{t}"
+    );
+    assert!(!t.contains("gold.d: running"), "{t}");
+    let summary: Vec<&str> = t
+        .lines()
+        .filter(|l| l.starts_with("gold.") || l.starts_with("silver."))
+        .collect();
+    let order: Vec<&str> = summary
+        .iter()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(
+        order,
+        ["silver.e", "gold.a", "gold.b", "gold.c", "gold.d"],
+        "{t}"
+    );
+    assert!(summary[1].contains("succeeded"), "{t}");
+    assert!(summary[2].contains("succeeded"), "{t}");
+    assert!(summary[3].contains("failed"), "{t}");
+    assert!(summary[4].contains("not run"), "{t}");
+    let lake = dir.path().join("lake");
+    assert_eq!(one(&lake, "SELECT sum(total) FROM gold.a").await, 23);
+    assert_eq!(one(&lake, "SELECT n FROM gold.b").await, 3);
+    assert_eq!(
+        one(
+            &lake,
+            "SELECT count(*) FROM system.steps WHERE status = 'not run' AND step = 'gold.d'"
+        )
+        .await,
+        1
+    );
+}

@@ -396,7 +396,18 @@ async fn an_incremental_merge_rewrites_partitions_in_order_one_file_each() {
             first.push_str(&format!("k{i}_{j},{day},1,5\n"));
         }
     }
-    merge_pipeline(dir.path(), &first);
+    // Rows with no day: the NULL partition, which sorts first.
+    first.push_str("kn_0,,1,5\nkn_1,,1,5\n");
+    // As `merge_pipeline`, with an empty day read as NULL.
+    setup(
+        dir.path(),
+        &first,
+        &[
+            ("bronze/events.toml", SOURCE),
+            ("silver/e.sql", "SELECT id, NULLIF(day, '') AS day, CAST(v AS INT) AS v, CAST(updated AS INT) AS updated, _ingested_at, _source_file, _source_line FROM bronze.events"),
+            ("silver/e.toml", "mode = \"merge\"\nunique_key = [\"id\"]\nsequence_by = [\"updated\", \"_ingested_at\", \"_source_file\", \"_source_line\"]\nincremental_inputs = [\"bronze.events\"]\npartition_by = [\"day\"]\n"),
+        ],
+    );
     let lake = dir.path().join("lake");
     let run = |file: &str, body: &str| {
         std::fs::write(lake.join("landing").join(file), body).unwrap();
@@ -430,19 +441,19 @@ async fn an_incremental_merge_rewrites_partitions_in_order_one_file_each() {
             "{line}"
         );
     }
-    // An update in each of d1..d5 (d5's key moves to d1), inserts into d6
-    // and a new d7.
+    // An update in each of d1..d5 (d5's key moves to d1) and in the NULL
+    // partition, inserts into d6 and a new d7.
     let (line, order) = run(
         "events_4.csv",
-        "id,day,v,updated\nk0_1,d1,9,6\nk1_0,d2,9,6\nnew2_d3,d3,9,6\nk3_9,d4,9,6\nk4_2,d1,9,6\nx6,d6,9,5\nx7,d7,9,5\n",
+        "id,day,v,updated\nk0_1,d1,9,6\nk1_0,d2,9,6\nnew2_d3,d3,9,6\nk3_9,d4,9,6\nk4_2,d1,9,6\nx6,d6,9,5\nx7,d7,9,5\nkn_0,,9,6\n",
     );
     assert!(
-        line.contains("2 inserted, 5 updated, 0 stale; 5 partitions rewritten, 2 appended to"),
+        line.contains("2 inserted, 6 updated, 0 stale; 6 partitions rewritten, 2 appended to"),
         "{line}"
     );
     assert_eq!(
         order.as_deref(),
-        Some("in_order=true partitions=5"),
+        Some("in_order=true partitions=6"),
         "{line}"
     );
     let t = delta::open(
@@ -456,7 +467,10 @@ async fn an_incremental_merge_rewrites_partitions_in_order_one_file_each() {
         .await
         .unwrap()
         .into_iter()
-        .map(|(values, rows, files, _)| (values[0].clone().unwrap(), (rows, files)))
+        .map(|(values, rows, files, _)| {
+            let day = values[0].clone().unwrap_or_else(|| "NULL".into());
+            (day, (rows, files))
+        })
         .collect();
     // Stored rows: 3, 10, 17, 24, 31 and 38, plus two appended each.
     let want: HashMap<String, (u64, usize)> = [
@@ -467,6 +481,7 @@ async fn an_incremental_merge_rewrites_partitions_in_order_one_file_each() {
         ("d5", (33 - 1, 1)),
         ("d6", (40 + 1, 4)),
         ("d7", (1, 1)),
+        ("NULL", (2, 1)),
     ]
     .into_iter()
     .map(|(d, v)| (d.to_string(), v))
@@ -479,7 +494,8 @@ async fn an_incremental_merge_rewrites_partitions_in_order_one_file_each() {
         .skip(1)
         .map(|l| {
             let f: Vec<&str> = l.split(',').collect();
-            vec![f[0].to_string(), f[1].to_string(), f[2].to_string()]
+            let day = if f[1].is_empty() { "NULL" } else { f[1] };
+            vec![f[0].to_string(), day.to_string(), f[2].to_string()]
         })
         .collect();
     for n in 2..=3 {
@@ -495,6 +511,7 @@ async fn an_incremental_merge_rewrites_partitions_in_order_one_file_each() {
         ("k4_2", "d1"),
         ("x6", "d6"),
         ("x7", "d7"),
+        ("kn_0", "NULL"),
     ] {
         rows.retain(|r| r[0] != k);
         rows.push(vec![k.into(), day.into(), "9".into()]);

@@ -168,15 +168,51 @@ async fn replacing_partitions_leaves_other_partitions_untouched() {
 /// with one incremental merge model, `silver.e`, keyed by `id`, sequenced
 /// by `updated`, partitioned by `day`.
 fn merge_pipeline(root: &std::path::Path, landing: &str) {
+    merge_pipeline_with_day(root, landing, "day");
+}
+
+/// [`merge_pipeline`] with `day` computed by `day` (an SQL expression).
+fn merge_pipeline_with_day(root: &std::path::Path, landing: &str, day: &str) {
+    let sql = format!("SELECT id, {day} AS day, CAST(v AS INT) AS v, CAST(updated AS INT) AS updated, _ingested_at, _source_file, _source_line FROM bronze.events");
     setup(
         root,
         landing,
         &[
             ("bronze/events.toml", SOURCE),
-            ("silver/e.sql", "SELECT id, day, CAST(v AS INT) AS v, CAST(updated AS INT) AS updated, _ingested_at, _source_file, _source_line FROM bronze.events"),
+            ("silver/e.sql", &sql),
             ("silver/e.toml", "mode = \"merge\"\nunique_key = [\"id\"]\nsequence_by = [\"updated\", \"_ingested_at\", \"_source_file\", \"_source_line\"]\nincremental_inputs = [\"bronze.events\"]\npartition_by = [\"day\"]\n"),
         ],
     );
+}
+
+/// Lands `file` and runs the pipeline with the model's debug log: the
+/// summary line of `silver.e`, and what follows `field` in the first log
+/// line that holds `marker`.
+fn run_logged(
+    root: &std::path::Path,
+    file: &str,
+    body: &str,
+    marker: &str,
+    field: &str,
+) -> (String, Option<String>) {
+    std::fs::write(root.join("lake/landing").join(file), body).unwrap();
+    let out = crate::lakehouse_with_env(
+        &["run", "--lake", "lake", "--pipeline", "sql"],
+        root,
+        &[("RUST_LOG", "warn,lakehouse::model=debug")],
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    let line = all
+        .lines()
+        .find(|l| l.starts_with("silver.e "))
+        .unwrap_or_default()
+        .to_string();
+    let logged = all
+        .lines()
+        .find(|l| l.contains(marker))
+        .map(|l| l[l.find(field).unwrap()..].to_string());
+    (line, logged)
 }
 
 /// An incremental merge appends a file to a partition that only gains rows,
@@ -318,24 +354,13 @@ async fn an_incremental_merge_reads_only_files_whose_key_range_holds_an_offered_
     merge_pipeline(dir.path(), &first);
     let lake = dir.path().join("lake");
     let run = |file: &str, body: &str| {
-        std::fs::write(lake.join("landing").join(file), body).unwrap();
-        let out = crate::lakehouse_with_env(
-            &["run", "--lake", "lake", "--pipeline", "sql"],
+        run_logged(
             dir.path(),
-            &[("RUST_LOG", "warn,lakehouse::model=debug")],
-        );
-        let all = text(&out);
-        assert!(out.status.success(), "{all}");
-        let line = all
-            .lines()
-            .find(|l| l.starts_with("silver.e "))
-            .unwrap_or_default()
-            .to_string();
-        let skipping = all
-            .lines()
-            .find(|l| l.contains("stored files whose key range holds an offered key"))
-            .map(|l| l[l.find("files=").unwrap()..].to_string());
-        (line, skipping)
+            file,
+            body,
+            "stored files whose key range holds an offered key",
+            "files=",
+        )
     };
     let (line, skipping) = run("events_1.csv", &first);
     assert!(line.contains("full"), "{line}");
@@ -398,36 +423,17 @@ async fn an_incremental_merge_rewrites_partitions_in_order_one_file_each() {
     }
     // Rows with no day: the NULL partition, which sorts first.
     first.push_str("kn_0,,1,5\nkn_1,,1,5\n");
-    // As `merge_pipeline`, with an empty day read as NULL.
-    setup(
-        dir.path(),
-        &first,
-        &[
-            ("bronze/events.toml", SOURCE),
-            ("silver/e.sql", "SELECT id, NULLIF(day, '') AS day, CAST(v AS INT) AS v, CAST(updated AS INT) AS updated, _ingested_at, _source_file, _source_line FROM bronze.events"),
-            ("silver/e.toml", "mode = \"merge\"\nunique_key = [\"id\"]\nsequence_by = [\"updated\", \"_ingested_at\", \"_source_file\", \"_source_line\"]\nincremental_inputs = [\"bronze.events\"]\npartition_by = [\"day\"]\n"),
-        ],
-    );
+    // An empty day is read as NULL.
+    merge_pipeline_with_day(dir.path(), &first, "NULLIF(day, '')");
     let lake = dir.path().join("lake");
     let run = |file: &str, body: &str| {
-        std::fs::write(lake.join("landing").join(file), body).unwrap();
-        let out = crate::lakehouse_with_env(
-            &["run", "--lake", "lake", "--pipeline", "sql"],
+        run_logged(
             dir.path(),
-            &[("RUST_LOG", "warn,lakehouse::model=debug")],
-        );
-        let all = text(&out);
-        assert!(out.status.success(), "{all}");
-        let line = all
-            .lines()
-            .find(|l| l.starts_with("silver.e "))
-            .unwrap_or_default()
-            .to_string();
-        let order = all
-            .lines()
-            .find(|l| l.contains("the rewrite keeps partition order"))
-            .map(|l| l[l.find("in_order=").unwrap()..].to_string());
-        (line, order)
+            file,
+            body,
+            "the rewrite keeps partition order",
+            "in_order=",
+        )
     };
     run("events_1.csv", &first);
     // Two appends give every partition three files.

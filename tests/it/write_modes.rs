@@ -185,6 +185,17 @@ fn merge_pipeline_with_day(root: &std::path::Path, landing: &str, day: &str) {
     );
 }
 
+/// The merge pipelines' table `silver.e`, opened at its latest version.
+async fn silver_e(lake: &std::path::Path) -> deltalake::DeltaTable {
+    delta::open(
+        &url::Url::from_directory_path(lake.join("silver/e")).unwrap(),
+        &HashMap::new(),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+}
+
 /// Lands `file` and runs the pipeline with the model's debug log: the
 /// summary line of `silver.e`, and what follows `field` in the first log
 /// line that holds `marker`.
@@ -238,16 +249,7 @@ async fn incremental_merge_appends_rewrites_and_compacts_partitions() {
             .map(|d| d.count())
             .unwrap_or(0)
     };
-    let live_files = || async {
-        let t = delta::open(
-            &url::Url::from_directory_path(lake.join("silver/e")).unwrap(),
-            &HashMap::new(),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-        delta::row_count(&t).await.unwrap()
-    };
+    let live_files = || async { delta::row_count(&silver_e(&lake).await).await.unwrap() };
     run("events_1.csv", "id,day,v,updated\n1,d1,10,1\n");
     for n in 2..=8 {
         let line = run(
@@ -462,14 +464,7 @@ async fn an_incremental_merge_rewrites_partitions_in_order_one_file_each() {
         Some("in_order=true partitions=6"),
         "{line}"
     );
-    let t = delta::open(
-        &url::Url::from_directory_path(lake.join("silver/e")).unwrap(),
-        &HashMap::new(),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    let files: HashMap<String, (u64, usize)> = delta::partition_stats(&t)
+    let files: HashMap<String, (u64, usize)> = delta::partition_stats(&silver_e(&lake).await)
         .await
         .unwrap()
         .into_iter()

@@ -185,6 +185,18 @@ fn merge_pipeline_with_day(root: &std::path::Path, landing: &str, day: &str) {
     );
 }
 
+/// `id`, `day` (NULL when empty) and `v` of each row of a landed CSV.
+fn landed_rows(csv: &str) -> Vec<Vec<String>> {
+    csv.lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            let day = if f[1].is_empty() { "NULL" } else { f[1] };
+            vec![f[0].to_string(), day.to_string(), f[2].to_string()]
+        })
+        .collect()
+}
+
 /// The merge pipelines' table `silver.e`, opened at its latest version.
 async fn silver_e(lake: &std::path::Path) -> deltalake::DeltaTable {
     delta::open(
@@ -388,14 +400,7 @@ async fn an_incremental_merge_reads_only_files_whose_key_range_holds_an_offered_
     );
     let q = "SELECT id, day, CAST(v AS VARCHAR) AS v FROM silver.e ORDER BY id";
     let got = strings(&lake, q).await;
-    let mut want: Vec<Vec<String>> = first
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            vec![f[0].to_string(), f[1].to_string(), f[2].to_string()]
-        })
-        .collect();
+    let mut want = landed_rows(&first);
     for (k, day, v) in [
         ("k205", "d2", "2"),
         ("k15", "d1", "2"),
@@ -490,15 +495,7 @@ async fn an_incremental_merge_rewrites_partitions_in_order_one_file_each() {
     assert_eq!(files, want);
     let q = "SELECT id, day, CAST(v AS VARCHAR) AS v FROM silver.e ORDER BY id";
     let got = strings(&lake, q).await;
-    let mut rows: Vec<Vec<String>> = first
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            let day = if f[1].is_empty() { "NULL" } else { f[1] };
-            vec![f[0].to_string(), day.to_string(), f[2].to_string()]
-        })
-        .collect();
+    let mut rows = landed_rows(&first);
     for n in 2..=3 {
         for d in days {
             rows.push(vec![format!("new{n}_{d}"), d.to_string(), n.to_string()]);

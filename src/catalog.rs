@@ -120,14 +120,12 @@ pub fn pin<'a>(
     let mut names = Vec::new();
     let mut pinned = catalog.pinned.write().unwrap_or_else(|p| p.into_inner());
     for (name, table) in tables {
-        let entry = pinned
+        // Models pinning a table at once opened it at the same version
+        // (its writer's wave ended before theirs began).
+        pinned
             .entry(name.clone())
-            .or_insert_with(|| (table.clone(), 0));
-        // Within a run a table's versions only grow: keep the newest.
-        if table.version() > entry.0.version() {
-            entry.0 = table.clone();
-        }
-        entry.1 += 1;
+            .or_insert_with(|| (table.clone(), 0))
+            .1 += 1;
         names.push(name.clone());
     }
     PinGuard {

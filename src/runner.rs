@@ -366,44 +366,45 @@ async fn run_models(
                         .instrument(span)
                         .await;
                 progress.finish();
-                let outcome = match outcome {
-                    Ok(r) => Ok(r),
-                    Err(e) => Err(model::explain(ctx, m, e).await.in_model(&table)),
+                // Logged as each model ends, not when its wave does.
+                let step = match outcome {
+                    Ok(r) => {
+                        tracing::info!(model = %table, rows = r.rows_written, quarantined = r.quarantined, duplicates = r.duplicates, skipped = r.skipped, "model done");
+                        ModelStep {
+                            status: if r.skipped {
+                                "unchanged".into()
+                            } else {
+                                "succeeded".into()
+                            },
+                            message: None,
+                            report: r,
+                        }
+                    }
+                    Err(e) => {
+                        let e = model::explain(ctx, m, e).await.in_model(&table);
+                        tracing::error!(model = %table, error = %e, "model failed");
+                        ModelStep {
+                            status: "failed".into(),
+                            message: Some(e.to_string()),
+                            report: ModelReport {
+                                table,
+                                ..Default::default()
+                            },
+                        }
+                    }
                 };
-                (i, table, outcome)
+                (i, step)
             });
         }
         if running.is_empty() {
             continue;
         }
-        for (i, table, outcome) in futures::future::join_all(running).await {
-            outcomes[i] = Some(match outcome {
-                Ok(r) => {
-                    tracing::info!(model = %table, rows = r.rows_written, quarantined = r.quarantined, duplicates = r.duplicates, skipped = r.skipped, "model done");
-                    ModelStep {
-                        status: if r.skipped {
-                            "unchanged".into()
-                        } else {
-                            "succeeded".into()
-                        },
-                        message: None,
-                        report: r,
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(model = %table, error = %e, "model failed");
-                    errors.push(e.to_string());
-                    failed.insert(table.clone());
-                    ModelStep {
-                        status: "failed".into(),
-                        message: Some(e.to_string()),
-                        report: ModelReport {
-                            table: table.clone(),
-                            ..Default::default()
-                        },
-                    }
-                }
-            });
+        for (i, step) in futures::future::join_all(running).await {
+            if step.status == "failed" {
+                errors.extend(step.message.clone());
+                failed.insert(step.report.table.clone());
+            }
+            outcomes[i] = Some(step);
         }
         let Ok((_, catalog)) = &session else { continue };
         let refreshed = match crate::failpoint::check("catalog-refresh") {

@@ -327,29 +327,38 @@ fn scan_order(schema: &SchemaRef, partition_columns: &[String]) -> SchemaRef {
     Arc::new(Schema::new(ordered))
 }
 
-/// The files spread over `n` groups (the session's partitions), largest
-/// first, so each task gets about the same number of bytes. An empty table
-/// is one empty group: a plain Parquet scan still (an `EmptyExec` does not
-/// come back the same from an executor).
-fn spread_groups(mut files: Vec<PartitionedFile>, n: usize) -> Vec<Vec<PartitionedFile>> {
-    let n = n.min(files.len().max(1));
-    files.sort_by_key(|f| std::cmp::Reverse(f.object_meta.size));
-    let mut groups: Vec<(u64, Vec<PartitionedFile>)> = vec![(0, Vec::new()); n];
-    for f in files {
-        if let Some(smallest) = groups.iter_mut().min_by_key(|(bytes, _)| *bytes) {
-            smallest.0 += f.object_meta.size;
-            smallest.1.push(f);
+/// `items` (each with its bytes) in at most `n` groups of about equal
+/// bytes: largest first, each to the group with the fewest bytes so far.
+/// Never fewer than one group, so that an empty table is one empty group:
+/// a plain Parquet scan still (an `EmptyExec` does not come back the same
+/// from an executor).
+fn balanced<T>(mut items: Vec<(u64, T)>, n: usize) -> Vec<Vec<T>> {
+    let n = n.min(items.len()).max(1);
+    items.sort_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
+    let mut groups: Vec<(u64, Vec<T>)> = (0..n).map(|_| (0, Vec::new())).collect();
+    for (bytes, item) in items {
+        if let Some(lightest) = groups.iter_mut().min_by_key(|(b, _)| *b) {
+            lightest.0 += bytes;
+            lightest.1.push(item);
         }
     }
     groups.into_iter().map(|(_, g)| g).collect()
 }
 
-/// The files in at most `n` groups that never share a partition (whole
-/// partitions, largest first, to the group with the fewest bytes), each
-/// group's files in the order of their partition values, NULL first. Each
-/// file says its partition values are its statistics (unknown for the
-/// file's own columns), which is how DataFusion checks that a group's files
-/// follow the declared order.
+/// The files spread over `n` groups (the session's partitions) of about
+/// equal bytes.
+fn spread_groups(files: Vec<PartitionedFile>, n: usize) -> Vec<Vec<PartitionedFile>> {
+    balanced(
+        files.into_iter().map(|f| (f.object_meta.size, f)).collect(),
+        n,
+    )
+}
+
+/// The files in at most `n` groups of about equal bytes that never share a
+/// partition, each group's files in the order of their partition values,
+/// NULL first. Each file says its partition values are its statistics
+/// (unknown for the file's own columns), which is how DataFusion checks
+/// that a group's files follow the declared order.
 fn clustered_groups(
     files: Vec<PartitionedFile>,
     n: usize,
@@ -370,18 +379,10 @@ fn clustered_groups(
         partitions[i].0 += f.object_meta.size;
         partitions[i].1.push(f);
     }
-    let n = n.min(partitions.len().max(1));
-    partitions.sort_by_key(|p| std::cmp::Reverse(p.0));
-    let mut groups: Vec<(u64, Vec<PartitionedFile>)> = vec![(0, Vec::new()); n];
-    for (bytes, files) in partitions {
-        if let Some(smallest) = groups.iter_mut().min_by_key(|(b, _)| *b) {
-            smallest.0 += bytes;
-            smallest.1.extend(files);
-        }
-    }
-    groups
+    balanced(partitions, n)
         .into_iter()
-        .map(|(_, mut g)| {
+        .map(|g| {
+            let mut g: Vec<PartitionedFile> = g.into_iter().flatten().collect();
             // Values of one column share a type, so they compare; NULL
             // (None) sorts first, as the declared order says.
             g.sort_by(|a, b| {

@@ -219,7 +219,7 @@ fn tally(batch: &RecordBatch, partition_by: &[String], decision: &mut Decision) 
     let values = |name: &dyn Fn(&str) -> String| {
         partition_by
             .iter()
-            .map(|p| Ok(cast(&column(&name(p))?, &DataType::Utf8)?))
+            .map(|p| log_texts(&column(&name(p))?))
             .collect::<Result<Vec<_>>>()
     };
     let stored = values(&|p| stored_partition(p))?;
@@ -232,11 +232,13 @@ fn tally(batch: &RecordBatch, partition_by: &[String], decision: &mut Decision) 
         wins.as_boolean(),
         rows.as_primitive::<Int64Type>(),
     );
-    let key_at = |values: &[datafusion::arrow::array::ArrayRef], row: usize| {
-        partition_key(partition_by.iter().zip(values).map(|(c, a)| {
-            let v = (!a.is_null(row)).then(|| a.as_string::<i32>().value(row).to_string());
-            (c.clone(), v)
-        }))
+    let key_at = |values: &[Vec<Option<String>>], row: usize| {
+        partition_key(
+            partition_by
+                .iter()
+                .zip(values)
+                .map(|(c, texts)| (c.clone(), texts[row].clone())),
+        )
     };
     for row in 0..batch.num_rows() {
         let n = rows.value(row).max(0) as u64;
@@ -257,6 +259,33 @@ fn tally(batch: &RecordBatch, partition_by: &[String], decision: &mut Decision) 
         }
     }
     Ok(())
+}
+
+/// Each value of a partition column as the Delta log records it (NULL as
+/// `None`), so that a partition the upsert names is the partition a file
+/// of the log lies in. Arrow's text differs for some types: a timestamp is
+/// `2025-01-01T10:00:00` there and `2025-01-01 10:00:00.000000` in the log.
+pub fn log_texts(array: &datafusion::arrow::array::ArrayRef) -> Result<Vec<Option<String>>> {
+    use deltalake::kernel::scalars::ScalarExt;
+    let array = match array.data_type() {
+        DataType::Dictionary(_, values) => cast(array, values)?,
+        _ => array.clone(),
+    };
+    (0..array.len())
+        .map(|row| {
+            if array.is_null(row) {
+                return Ok(None);
+            }
+            delta_kernel::expressions::Scalar::from_array(array.as_ref(), row)
+                .map(|s| Some(s.serialize()))
+                .ok_or_else(|| {
+                    Error::Internal(format!(
+                        "upsert: partition values of type {} cannot be written to a Delta log",
+                        array.data_type()
+                    ))
+                })
+        })
+        .collect()
 }
 
 /// The distinct values of the offered rows' first key column, sorted: a
@@ -450,6 +479,53 @@ mod tests {
     use datafusion::prelude::{col, SessionContext};
 
     use super::newer;
+
+    /// Partition values in the log's text, which for timestamps is not
+    /// arrow's; dictionaries by their values; NULL as `None`.
+    #[test]
+    fn partition_values_are_named_as_the_log_names_them() {
+        use datafusion::arrow::array::{
+            ArrayRef, BooleanArray, Date32Array, Decimal128Array, DictionaryArray,
+            TimestampMicrosecondArray,
+        };
+        use datafusion::arrow::datatypes::Int32Type;
+        let texts = |a: ArrayRef| super::log_texts(&a).unwrap();
+        let ts: ArrayRef = Arc::new(TimestampMicrosecondArray::from(vec![
+            Some(1_735_725_600_000_000),
+            None,
+            Some(1_735_725_600_123_456),
+        ]));
+        assert_eq!(
+            texts(ts),
+            vec![
+                Some("2025-01-01 10:00:00.000000".to_string()),
+                None,
+                Some("2025-01-01 10:00:00.123456".to_string())
+            ]
+        );
+        let dec: ArrayRef = Arc::new(
+            Decimal128Array::from(vec![150, -5])
+                .with_precision_and_scale(6, 2)
+                .unwrap(),
+        );
+        assert_eq!(
+            texts(dec),
+            vec![Some("1.50".to_string()), Some("-0.05".to_string())]
+        );
+        let date: ArrayRef = Arc::new(Date32Array::from(vec![20_089]));
+        assert_eq!(texts(date), vec![Some("2025-01-01".to_string())]);
+        let b: ArrayRef = Arc::new(BooleanArray::from(vec![false]));
+        assert_eq!(texts(b), vec![Some("false".to_string())]);
+        let dict: ArrayRef = Arc::new(
+            vec![Some("north"), None, Some("north")]
+                .into_iter()
+                .collect::<DictionaryArray<Int32Type>>(),
+        );
+        assert_eq!(
+            texts(dict),
+            vec![Some("north".to_string()), None, Some("north".to_string())]
+        );
+    }
 
     /// `newer` over (incoming, stored) sequence pairs: compared in order,
     /// NULL lowest, a full tie goes to the incoming row.

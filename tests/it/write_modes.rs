@@ -575,3 +575,80 @@ async fn a_merge_batch_too_large_for_the_memory_limit_runs_in_full() {
         ]]
     );
 }
+
+/// A merge partitioned by a typed column (a timestamp, a decimal, a
+/// boolean, an integer, a date) or by text with characters that paths
+/// encode rewrites the partition that holds an updated row: the partition
+/// values the upsert computes name the same partitions as those the Delta
+/// log records, whatever their text there (a timestamp is
+/// `2025-01-01 10:00:00.000000` in the log), and the stored files are
+/// found under their encoded folder names (`day=North%20America`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merges_partitioned_by_typed_columns_replace_the_updated_rows() {
+    // (the partition expression over the landed text, two partition values
+    // as landed; a third, new partition)
+    let cases = [
+        // Text that the folder names and the log's paths encode: a space,
+        // `%`, `/`, `=`, `:` and a letter outside ASCII.
+        ("day", ["North America", "a%b/c=d:e"], "Zürich"),
+        (
+            "CAST(day AS TIMESTAMP)",
+            ["2025-01-01 10:00:00", "2025-01-01 11:30:00"],
+            "2025-01-02 00:00:00",
+        ),
+        ("CAST(day AS DECIMAL(6, 2))", ["1.50", "20.25"], "300.00"),
+        ("CAST(day AS BOOLEAN)", ["true", "false"], ""),
+        ("CAST(day AS BIGINT)", ["7", "-12"], "123456"),
+        (
+            "CAST(day AS DATE)",
+            ["2025-01-01", "2024-12-31"],
+            "2025-02-28",
+        ),
+    ];
+    for (expr, [a, b], c) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        // Partition a holds keys 1-3, partition b keys 4-5.
+        let first = format!(
+            "id,day,v,updated\n1,{a},10,1\n2,{a},20,1\n3,{a},30,1\n4,{b},40,1\n5,{b},50,1\n"
+        );
+        merge_pipeline_with_day(dir.path(), &first, expr);
+        let run = |file: &str, body: &str| {
+            run_logged(
+                dir.path(),
+                file,
+                body,
+                "the rewrite keeps partition order",
+                "in_order=",
+            )
+        };
+        run("events_1.csv", &first);
+        // Key 2 updated in place, key 4 moves from b to a, key 6 is new in
+        // the third partition (or in a, for booleans).
+        let c = if c.is_empty() { a } else { c };
+        let (line, _) = run(
+            "events_2.csv",
+            &format!("id,day,v,updated\n2,{a},21,2\n4,{a},41,2\n6,{c},60,2\n"),
+        );
+        assert!(
+            line.contains("1 inserted, 2 updated, 0 stale; 2 partitions rewritten"),
+            "{expr}: {line}"
+        );
+        let lake = dir.path().join("lake");
+        let q = "SELECT id, CAST(v AS VARCHAR) AS v, CAST(count(*) OVER (PARTITION BY id) AS VARCHAR) AS n FROM silver.e ORDER BY id";
+        let want: Vec<Vec<String>> = [
+            ("1", "10"),
+            ("2", "21"),
+            ("3", "30"),
+            ("4", "41"),
+            ("5", "50"),
+            ("6", "60"),
+        ]
+        .iter()
+        .map(|(id, v)| vec![id.to_string(), v.to_string(), "1".to_string()])
+        .collect();
+        assert_eq!(strings(&lake, q).await, want, "{expr}");
+        // Each key once in the files themselves, not only in a query.
+        let (rows, _, _) = delta::row_count(&silver_e(&lake).await).await.unwrap();
+        assert_eq!(rows, 6, "{expr}");
+    }
+}

@@ -692,7 +692,9 @@ pub async fn commit(
             .map_err(|e| Error::Table {
                 table: spec.table_name.clone(),
                 message: format!(
-                    "version {version} is committed, but its symlink manifests could not be                      updated: {e}. Readers of the manifests see the previous version until                      `lakehouse manifest {}` rewrites them.",
+                    "version {version} is committed, but its symlink manifests could not be \
+                     updated: {e}. Readers of the manifests see the previous version until \
+                     `lakehouse manifest {}` rewrites them.",
                     spec.table_name
                 ),
             })?;

@@ -99,6 +99,12 @@ pub async fn build(
         .with_default_catalog_and_schema(CATALOG, "gold")
         .with_create_default_catalog_and_schema(false)
         .with_target_partitions(options.target_partitions);
+    // The lake's writers write no bloom filters (see
+    // `delta::writer_properties`): looking for them in every file a scan
+    // opens only costs time (at 1M rows, 155 ms over the 1,825 files a
+    // gold model reads; its query's CPU time fell by about 7%).
+    let mut config = config;
+    config.options_mut().execution.parquet.bloom_filter_on_read = false;
     let planner: Arc<dyn QueryPlanner + Send + Sync> = crate::cluster::stage::planner();
     let planner: Arc<dyn QueryPlanner + Send + Sync> = match &options.limits {
         Some(limits) => Arc::new(LimitedPlanner::new(planner, limits.clone())),

@@ -238,6 +238,18 @@ fn run_logged(
     (line, logged)
 }
 
+/// [`run_logged`] for the upsert's rewrite: the summary line of `silver.e`
+/// and which way the rewrite went (`in_order=… partitions=…`).
+fn run_in_order(root: &std::path::Path, file: &str, body: &str) -> (String, Option<String>) {
+    run_logged(
+        root,
+        file,
+        body,
+        "the rewrite keeps partition order",
+        "in_order=",
+    )
+}
+
 /// An incremental merge appends a file to a partition that only gains rows,
 /// rewrites a partition that loses a row to an update, and compacts a
 /// partition into one file once it has 8; every step keeps the latest row.
@@ -433,15 +445,7 @@ async fn an_incremental_merge_rewrites_partitions_in_order_one_file_each() {
     // An empty day is read as NULL.
     merge_pipeline_with_day(dir.path(), &first, "NULLIF(day, '')");
     let lake = dir.path().join("lake");
-    let run = |file: &str, body: &str| {
-        run_logged(
-            dir.path(),
-            file,
-            body,
-            "the rewrite keeps partition order",
-            "in_order=",
-        )
-    };
+    let run = |file: &str, body: &str| run_in_order(dir.path(), file, body);
     run("events_1.csv", &first);
     // Two appends give every partition three files.
     for n in 2..=3 {
@@ -612,15 +616,7 @@ async fn merges_partitioned_by_typed_columns_replace_the_updated_rows() {
             "id,day,v,updated\n1,{a},10,1\n2,{a},20,1\n3,{a},30,1\n4,{b},40,1\n5,{b},50,1\n"
         );
         merge_pipeline_with_day(dir.path(), &first, expr);
-        let run = |file: &str, body: &str| {
-            run_logged(
-                dir.path(),
-                file,
-                body,
-                "the rewrite keeps partition order",
-                "in_order=",
-            )
-        };
+        let run = |file: &str, body: &str| run_in_order(dir.path(), file, body);
         run("events_1.csv", &first);
         // Key 2 updated in place, key 4 moves from b to a, key 6 is new in
         // the third partition (or in a, for booleans).

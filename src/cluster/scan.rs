@@ -725,7 +725,7 @@ mod tests {
                         &datafusion::physical_plan::StatisticsArgs::new(),
                     )
                     .unwrap();
-                (stats.num_rows.clone(), stats.total_byte_size.clone())
+                (stats.num_rows, stats.total_byte_size)
             }
         };
         let counted = || {

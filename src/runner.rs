@@ -440,10 +440,6 @@ async fn run_models(
 /// At most this many models run at the same time (see [`run_models`]).
 const MODELS_AT_ONCE: usize = 4;
 
-/// Compacts the tables this run committed to (and the system tables) where
-/// partitions gathered more small files than the model's
-/// `compact_small_files`. A failure is reported, never fails the run: its
-/// data is committed already.
 /// Which tables [`compact_written`] checks.
 #[derive(PartialEq)]
 enum Written {
@@ -453,6 +449,10 @@ enum Written {
     System,
 }
 
+/// Compacts the tables this run committed to (`Written::Data`), or the
+/// system tables (`Written::System`), where partitions gathered more small
+/// files than the model's `compact_small_files`. A failure is reported,
+/// never fails the run: its data is committed already.
 async fn compact_written(
     lake: &Lake,
     pipeline: &Pipeline,

@@ -125,17 +125,10 @@ pub async fn run(
         // changes; the run is still recorded, as `unchanged`.
         tracing::info!("nothing new: no table changed");
     }
-    // The run's record and the compaction checks of the tables it wrote
-    // go together; the system tables' checks follow the record's commits.
-    let (recorded, mut notes) = tokio::join!(
-        crate::runlog::record(lake, &report),
-        compact_written(lake, pipeline, &report, Written::Data)
-    );
-    if let Err(e) = recorded {
+    if let Err(e) = crate::runlog::record(lake, &report).await {
         tracing::warn!(error = %e, "could not record the run in the system tables");
     }
-    notes.extend(compact_written(lake, pipeline, &report, Written::System).await);
-    report.maintenance = notes;
+    report.maintenance = compact_written(lake, pipeline, &report).await;
     Ok(report)
 }
 
@@ -440,35 +433,20 @@ async fn run_models(
 /// At most this many models run at the same time (see [`run_models`]).
 const MODELS_AT_ONCE: usize = 4;
 
-/// Which tables [`compact_written`] checks.
-#[derive(PartialEq)]
-enum Written {
-    /// The bronze, model and quarantine tables the run committed to.
-    Data,
-    /// The system tables its record went to.
-    System,
-}
-
-/// Compacts the tables this run committed to (`Written::Data`), or the
-/// system tables (`Written::System`), where partitions gathered more small
-/// files than the model's `compact_small_files`. A failure is reported,
-/// never fails the run: its data is committed already.
-async fn compact_written(
-    lake: &Lake,
-    pipeline: &Pipeline,
-    report: &RunReport,
-    which: Written,
-) -> Vec<String> {
+/// Compacts the tables this run committed to (and the system tables) where
+/// partitions gathered more small files than the model's
+/// `compact_small_files`. A failure is reported, never fails the run: its
+/// data is committed already.
+async fn compact_written(lake: &Lake, pipeline: &Pipeline, report: &RunReport) -> Vec<String> {
     use crate::maintain::{compact_if_fragmented, TableRef, DEFAULT_COMPACT_SMALL_FILES};
     let mut targets: Vec<(TableRef, usize)> = Vec::new();
     let table = |name: String, folder: String| TableRef { name, folder };
     // A run that changed nothing added one row to system.runs, nothing else.
     let changed = !report.changed_nothing();
-    let data = which == Written::Data;
     for s in report
         .sources
         .iter()
-        .filter(|s| data && changed && !s.report.files.is_empty() && s.report.version.is_some())
+        .filter(|s| changed && !s.report.files.is_empty() && s.report.version.is_some())
     {
         targets.push((
             table(format!("bronze.{}", s.name), ingest::bronze_table(&s.name)),
@@ -485,7 +463,7 @@ async fn compact_written(
     for m in report
         .models
         .iter()
-        .filter(|m| data && changed && !m.report.skipped && m.report.version.is_some())
+        .filter(|m| changed && !m.report.skipped && m.report.version.is_some())
     {
         let Some(model) = pipeline.models.iter().find(|p| p.table() == m.report.table) else {
             continue;
@@ -506,10 +484,10 @@ async fn compact_written(
             threshold,
         ));
     }
-    let system: &[&str] = match (data, changed) {
-        (true, _) => &[],
-        (false, true) => &["runs", "steps", "expectations"],
-        (false, false) => &["runs"],
+    let system: &[&str] = if changed {
+        &["runs", "steps", "expectations"]
+    } else {
+        &["runs"]
     };
     for name in system {
         targets.push((

@@ -360,9 +360,28 @@ pub fn store_of(url: &url::Url) -> String {
     )
 }
 
+/// The object-store path whose text is `text`, a path already encoded (a
+/// snapshot's file, a landed file passed to a task): `day=North%2520America/
+/// part-0.parquet` for the folder `day=North%20America`. `Path::from` would
+/// encode its `%` once more and name a file that does not exist.
+pub fn store_path(text: &str) -> object_store::path::Path {
+    object_store::path::Path::parse(text).unwrap_or_else(|_| object_store::path::Path::from(text))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A path's text names the file the path named; text that is not a
+    /// valid path is taken as the file's name.
+    #[test]
+    fn store_paths_are_not_encoded_twice() {
+        let folder = object_store::path::Path::from("t/day=North%20America/part-0.parquet");
+        assert_eq!(folder.as_ref(), "t/day=North%2520America/part-0.parquet");
+        assert_eq!(store_path(folder.as_ref()), folder);
+        assert_eq!(store_path("t/a b/c.parquet").as_ref(), "t/a b/c.parquet");
+        assert_eq!(store_path("t//c.parquet").as_ref(), "t/c.parquet");
+    }
 
     #[test]
     fn literal_prefix_stops_at_the_first_wildcard_folder() {

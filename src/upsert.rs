@@ -265,7 +265,7 @@ fn tally(batch: &RecordBatch, partition_by: &[String], decision: &mut Decision) 
 /// `None`), so that a partition the upsert names is the partition a file
 /// of the log lies in. Arrow's text differs for some types: a timestamp is
 /// `2025-01-01T10:00:00` there and `2025-01-01 10:00:00.000000` in the log.
-pub fn log_texts(array: &datafusion::arrow::array::ArrayRef) -> Result<Vec<Option<String>>> {
+fn log_texts(array: &datafusion::arrow::array::ArrayRef) -> Result<Vec<Option<String>>> {
     use deltalake::kernel::scalars::ScalarExt;
     let array = match array.data_type() {
         DataType::Dictionary(_, values) => cast(array, values)?,

@@ -413,14 +413,6 @@ fn partition_ordering(
     ))
 }
 
-/// The object-store path whose text is `text` (a [`SnapshotFile::path`]:
-/// a path already encoded, such as `day=North%2520America/part-0.parquet`
-/// for the folder `day=North%20America`). `Path::from` would encode its
-/// `%` once more and name a file that does not exist.
-pub fn store_path(text: &str) -> object_store::path::Path {
-    object_store::path::Path::parse(text).unwrap_or_else(|_| object_store::path::Path::from(text))
-}
-
 fn partition_value(text: Option<&str>, data_type: &DataType) -> DfResult<ScalarValue> {
     match text {
         None => ScalarValue::try_from(data_type),
@@ -495,7 +487,7 @@ impl TableProvider for SnapshotTable {
                 .collect::<DfResult<Vec<_>>>()?;
             files.push(
                 PartitionedFile::new_from_meta(object_store::ObjectMeta {
-                    location: store_path(&file.path),
+                    location: crate::storage::store_path(&file.path),
                     // As `PartitionedFile::new` has it: the epoch, which a
                     // plan sent to executors can encode (the minimum cannot).
                     last_modified: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
@@ -565,17 +557,6 @@ impl TableProvider for SnapshotTable {
 mod tests {
     use super::*;
     use datafusion::physical_plan::ExecutionPlanProperties;
-
-    /// A path as a snapshot records it names the file it was made from;
-    /// text that is not a valid path is taken as the file's name.
-    #[test]
-    fn store_paths_are_not_encoded_twice() {
-        let folder = object_store::path::Path::from("t/day=North%20America/part-0.parquet");
-        assert_eq!(folder.as_ref(), "t/day=North%2520America/part-0.parquet");
-        assert_eq!(store_path(folder.as_ref()), folder);
-        assert_eq!(store_path("t/a b/c.parquet").as_ref(), "t/a b/c.parquet");
-        assert_eq!(store_path("t//c.parquet").as_ref(), "t/c.parquet");
-    }
 
     fn file(name: &str, size: u64, day: Option<&str>, region: &str) -> PartitionedFile {
         PartitionedFile::new(name.to_string(), size).with_partition_values(vec![

@@ -108,7 +108,7 @@ impl TaskFile {
             name: self.name.clone(),
             store,
             store_url: self.store.clone(),
-            location: crate::cluster::scan::store_path(&self.location),
+            location: crate::storage::store_path(&self.location),
             size: self.size,
             last_modified: chrono::DateTime::<chrono::Utc>::MIN_UTC,
             e_tag: None,

@@ -2,9 +2,12 @@
 //! sorting: the result is hash-split by the key (equal keys meet in one
 //! partition, one per core), each partition files its rows into buckets by
 //! another part of the key's hash, and each bucket keeps its winners with a
-//! hash table once its input has ended. Buckets that do not fit the memory
-//! pool go to a spill file whole and are read back one at a time, so one
-//! bucket (a 256th of a partition) is what must fit, not the table.
+//! hash table once its input has ended. Rows are filed a window at a time
+//! (64K rows gathered once, in bucket order). When the memory pool has no
+//! room for the next window, every bucket's rows held so far go to its
+//! spill file (one message per bucket) and the windows are freed; buckets
+//! are read back one at a time, so one bucket (a 256th of a partition) is
+//! what must fit, not the table.
 //!
 //! This replaced a sort by (key, sequence descending) that kept the first
 //! row of each run of keys, which sorted and merged every row of the table
@@ -20,9 +23,9 @@ use std::io::{BufReader, BufWriter};
 use std::sync::Arc;
 
 use datafusion::arrow::array::new_empty_array;
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
 use datafusion::arrow::compute::{
-    concat, concat_batches, filter_record_batch, interleave_record_batch, SortOptions,
+    concat, concat_batches, filter_record_batch, interleave, interleave_record_batch, SortOptions,
 };
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::ipc::reader::StreamReader;
@@ -166,8 +169,8 @@ pub fn deduplicate(
         spec: spec.clone(),
         ctx,
         reservation,
-        held: (0..BUCKETS).map(|_| Vec::new()).collect(),
-        held_bytes: vec![0; BUCKETS],
+        held: Vec::new(),
+        held_bytes: 0,
         spilled: (0..BUCKETS).map(|_| None).collect(),
         meters,
     };
@@ -188,8 +191,10 @@ pub fn deduplicate(
 async fn file_all(mut input: SendableRecordBatchStream, mut buckets: Buckets) -> DfResult<Buckets> {
     let mut hashes: Vec<u64> = Vec::new();
     let state = RandomState::with_seed(0);
-    // Batches are filed a window at a time, so that a bucket's piece has
-    // hundreds of rows rather than a few dozen (one copy either way).
+    // Batches are filed a window at a time: the window's rows are gathered
+    // once, in bucket order, so each bucket's rows are one slice of it.
+    // (Gathering each bucket's few hundred rows apart built 256 small
+    // batches per window, and their fixed costs were most of the filing.)
     let mut window: Vec<RecordBatch> = Vec::new();
     let mut window_rows = 0;
     let mut rows: Vec<Vec<(usize, usize)>> = vec![Vec::new(); BUCKETS];
@@ -215,19 +220,23 @@ async fn file_all(mut input: SendableRecordBatchStream, mut buckets: Buckets) ->
             }
         }
         if window_rows >= WINDOW_ROWS || (next.is_none() && window_rows > 0) {
-            let refs: Vec<&RecordBatch> = window.iter().collect();
-            for (bucket, rows) in rows.iter_mut().enumerate() {
-                if rows.is_empty() {
-                    continue;
-                }
-                let piece = compact(interleave_record_batch(&refs, rows)?)?;
-                rows.clear();
-                timer.stop();
-                buckets.hold(bucket, piece)?;
-                timer = split.timer();
+            let mut order = Vec::with_capacity(window_rows);
+            let mut starts = Vec::with_capacity(BUCKETS + 1);
+            for bucket in rows.iter_mut() {
+                starts.push(order.len());
+                order.append(bucket);
             }
+            starts.push(order.len());
+            let refs: Vec<&RecordBatch> = window.iter().collect();
+            let gathered = compact(interleave_record_batch(&refs, &order)?)?;
             window.clear();
             window_rows = 0;
+            timer.stop();
+            buckets.hold(Window {
+                rows: gathered,
+                starts,
+            })?;
+            timer = split.timer();
         }
         timer.stop();
         if next.is_none() {
@@ -236,23 +245,44 @@ async fn file_all(mut input: SendableRecordBatchStream, mut buckets: Buckets) ->
     }
 }
 
-/// Copies the text a view column's rows use out of the buffers they share
-/// with the rest of the batch, so a piece holds (and is counted for) its
-/// own bytes only.
-fn compact(batch: RecordBatch) -> DfResult<RecordBatch> {
-    if !batch
-        .columns()
+/// Text bytes of a view array's rows that live in its data buffers (the
+/// values longer than the 12 bytes a view holds itself).
+fn referenced_bytes(views: &[u128]) -> usize {
+    views
         .iter()
-        .any(|c| matches!(c.data_type(), DataType::Utf8View | DataType::BinaryView))
-    {
+        .map(|&v| v as u32 as usize)
+        .filter(|&len| len > 12)
+        .sum()
+}
+
+/// The text view columns of `batch` whose data buffers hold more than
+/// their rows use (a slice of a shared page, say) copied into buffers of
+/// their own, so a batch holds (and is counted for) about its own bytes.
+/// Columns whose rows share a few small buffers (a dictionary page's
+/// values, a joined table's names) keep them: copying would multiply them.
+fn compact(batch: RecordBatch) -> DfResult<RecordBatch> {
+    let wasteful = |c: &ArrayRef| match c.data_type() {
+        DataType::Utf8View => {
+            let a = c.as_string_view();
+            let buffers: usize = a.data_buffers().iter().map(|b| b.capacity()).sum();
+            buffers > referenced_bytes(a.views())
+        }
+        DataType::BinaryView => {
+            let a = c.as_binary_view();
+            let buffers: usize = a.data_buffers().iter().map(|b| b.capacity()).sum();
+            buffers > referenced_bytes(a.views())
+        }
+        _ => false,
+    };
+    if !batch.columns().iter().any(wasteful) {
         return Ok(batch);
     }
     let columns: Vec<ArrayRef> = batch
         .columns()
         .iter()
         .map(|c| match c.data_type() {
-            DataType::Utf8View => Arc::new(c.as_string_view().gc()) as ArrayRef,
-            DataType::BinaryView => Arc::new(c.as_binary_view().gc()) as ArrayRef,
+            DataType::Utf8View if wasteful(c) => Arc::new(c.as_string_view().gc()) as ArrayRef,
+            DataType::BinaryView if wasteful(c) => Arc::new(c.as_binary_view().gc()) as ArrayRef,
             _ => c.clone(),
         })
         .collect();
@@ -278,12 +308,27 @@ fn owned(batch: RecordBatch) -> DfResult<RecordBatch> {
     Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }
 
+/// A window of rows in bucket order: bucket `b`'s rows are
+/// `starts[b]..starts[b + 1]`.
+struct Window {
+    rows: RecordBatch,
+    starts: Vec<usize>,
+}
+
+impl Window {
+    fn bucket(&self, bucket: usize) -> Option<RecordBatch> {
+        let (start, end) = (self.starts[bucket], self.starts[bucket + 1]);
+        (end > start).then(|| self.rows.slice(start, end - start))
+    }
+}
+
 struct Buckets {
     spec: Arc<Spec>,
     ctx: Arc<TaskContext>,
     reservation: MemoryReservation,
-    held: Vec<Vec<RecordBatch>>,
-    held_bytes: Vec<usize>,
+    /// Windows held in memory, and what the reservation counts for them.
+    held: Vec<Window>,
+    held_bytes: usize,
     spilled: Vec<Option<Spilled>>,
     meters: Meters,
 }
@@ -294,20 +339,44 @@ struct Spilled {
 }
 
 impl Buckets {
-    /// Keeps `piece` in memory, spilling the largest buckets to make room.
-    fn hold(&mut self, bucket: usize, piece: RecordBatch) -> DfResult<()> {
-        let size = piece.get_array_memory_size();
-        self.make_room(size)?;
-        self.held[bucket].push(piece);
-        self.held_bytes[bucket] += size;
+    /// Keeps `window` in memory if the pool has room for it, or else
+    /// spills it with everything held.
+    fn hold(&mut self, window: Window) -> DfResult<()> {
+        let size = window.rows.get_array_memory_size();
+        if self.reservation.try_grow(size).is_ok() {
+            self.held_bytes += size;
+            self.held.push(window);
+            return Ok(());
+        }
+        self.held.push(window);
+        self.spill_held(0)
+    }
+
+    /// Writes the rows held for buckets `first..` to their spill files,
+    /// one message per bucket, and frees every window held (the buckets
+    /// before `first` are done).
+    fn spill_held(&mut self, first: usize) -> DfResult<()> {
+        let time = self.meters.spill.clone();
+        let _timer = time.timer();
+        let windows = std::mem::take(&mut self.held);
+        for bucket in first..BUCKETS {
+            let pieces: Vec<RecordBatch> =
+                windows.iter().filter_map(|w| w.bucket(bucket)).collect();
+            if pieces.is_empty() {
+                continue;
+            }
+            // One message per bucket, holding only its rows' bytes.
+            let batch = compact(concat_batches(&self.spec.schema, &pieces)?)?;
+            drop(pieces);
+            self.write_spill(bucket, &batch)?;
+        }
+        drop(windows);
+        self.reservation
+            .shrink(std::mem::take(&mut self.held_bytes).min(self.reservation.size()));
         Ok(())
     }
 
-    fn spill(&mut self, bucket: usize) -> DfResult<()> {
-        let time = self.meters.spill.clone();
-        let _timer = time.timer();
-        let pieces = std::mem::take(&mut self.held[bucket]);
-        let bytes = std::mem::take(&mut self.held_bytes[bucket]);
+    fn write_spill(&mut self, bucket: usize, batch: &RecordBatch) -> DfResult<()> {
         if self.spilled[bucket].is_none() {
             let file = self
                 .ctx
@@ -330,49 +399,36 @@ impl Buckets {
                 "a deduplication bucket was spilled after it was read back".into(),
             ));
         };
-        // One message per spill, not one per small piece.
-        let batch = concat_batches(&self.spec.schema, &pieces)?;
-        drop(pieces);
-        writer.write(&batch).map_err(|e| {
+        writer.write(batch).map_err(|e| {
             DataFusionError::Execution(format!(
                 "deduplication could not write its spill file (is the temporary folder full?): {e}"
             ))
         })?;
         self.meters.count.add(1);
         self.meters.bytes.add(batch.get_array_memory_size());
-        self.reservation.shrink(bytes);
         Ok(())
     }
 
-    /// Grows the reservation by `bytes`, spilling the buckets still held
-    /// (largest first) until it fits.
-    fn make_room(&mut self, bytes: usize) -> DfResult<()> {
-        loop {
-            match self.reservation.try_grow(bytes) {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    let largest = (0..BUCKETS)
-                        .max_by_key(|&b| self.held_bytes[b])
-                        .filter(|&b| self.held_bytes[b] > 0);
-                    match largest {
-                        Some(b) => self.spill(b)?,
-                        None => return Err(e),
-                    }
-                }
+    /// Grows the reservation by `bytes`, spilling what is held for
+    /// buckets `first..` once if it does not fit.
+    fn make_room(&mut self, bytes: usize, first: usize) -> DfResult<()> {
+        match self.reservation.try_grow(bytes) {
+            Ok(()) => Ok(()),
+            Err(e) if self.held.is_empty() => Err(e),
+            Err(_) => {
+                self.spill_held(first)?;
+                self.reservation.try_grow(bytes)
             }
         }
     }
 
-    /// Every bucket's winners, one bucket at a time: those held in memory
-    /// first (freeing room), then the spilled ones read back.
+    /// Every bucket's winners, one bucket at a time, in bucket order.
     fn into_winners(
         self,
         spec: Arc<Spec>,
         batch_size: usize,
     ) -> impl futures::Stream<Item = DfResult<Vec<RecordBatch>>> + Send {
-        let mut order: Vec<usize> = (0..BUCKETS).collect();
-        order.sort_by_key(|&b| self.spilled[b].is_some());
-        let state = (self, order.into_iter());
+        let state = (self, 0..BUCKETS);
         futures::stream::unfold(state, move |(mut buckets, mut order)| {
             let spec = spec.clone();
             async move {
@@ -385,6 +441,14 @@ impl Buckets {
                                 .fetch_add(dropped, std::sync::atomic::Ordering::Relaxed);
                             batches
                         });
+                if bucket + 1 == BUCKETS {
+                    // Done: the windows held go.
+                    buckets.held.clear();
+                    let held = std::mem::take(&mut buckets.held_bytes);
+                    buckets
+                        .reservation
+                        .shrink(held.min(buckets.reservation.size()));
+                }
                 Some((out, (buckets, order)))
             }
         })
@@ -397,10 +461,36 @@ impl Buckets {
         spec: &Spec,
         batch_size: usize,
     ) -> DfResult<(Vec<RecordBatch>, u64)> {
-        let mut pieces = std::mem::take(&mut self.held[bucket]);
-        let held = std::mem::take(&mut self.held_bytes[bucket]);
         let mut read_back = 0;
+        let mut pieces = Vec::new();
         if let Some(mut spilled) = self.spilled[bucket].take() {
+            let path = spilled
+                .file
+                .path()
+                .ok_or_else(|| {
+                    DataFusionError::NotImplemented(
+                        "deduplication spills to local temporary files only".into(),
+                    )
+                })?
+                .to_path_buf();
+            // The file's bytes, read and then copied into one batch: room
+            // for twice that, made by spilling what is held for this bucket
+            // and the ones after it.
+            let unreadable = |e: std::io::Error| {
+                DataFusionError::Execution(format!(
+                    "deduplication could not read back its spill file {}: {e}",
+                    path.display()
+                ))
+            };
+            let size = std::fs::metadata(&path).map_err(unreadable)?.len() as usize;
+            read_back = 2 * size;
+            // Spilling what is held may add to this bucket's file: the
+            // writer is finished only after it.
+            self.spilled[bucket] = Some(spilled);
+            self.make_room(read_back, bucket)?;
+            spilled = self.spilled[bucket].take().ok_or_else(|| {
+                DataFusionError::Internal("a deduplication spill file went missing".into())
+            })?;
             if let Some(mut writer) = spilled.writer.take() {
                 writer.finish()?;
                 let mut inner = writer.into_inner()?.into_inner().map_err(|e| {
@@ -408,90 +498,158 @@ impl Buckets {
                 })?;
                 inner.finish()?;
             }
-            let path = spilled.file.path().ok_or_else(|| {
-                DataFusionError::NotImplemented(
-                    "deduplication spills to local temporary files only".into(),
-                )
-            })?;
-            // The file's bytes, read and then copied into one batch: room
-            // for twice that, made by spilling what other buckets hold.
-            let unreadable = |e: std::io::Error| {
-                DataFusionError::Execution(format!(
-                    "deduplication could not read back its spill file {}: {e}",
-                    path.display()
-                ))
-            };
-            let file = std::fs::File::open(path).map_err(unreadable)?;
-            read_back = 2 * file.metadata().map_err(unreadable)?.len() as usize;
-            self.make_room(read_back)?;
             let _timer = self.meters.read_back.timer();
+            let file = std::fs::File::open(&path).map_err(unreadable)?;
+            // What spilling the held rows added to the file is counted too.
+            let size = 2 * file.metadata().map_err(unreadable)?.len() as usize;
+            if size > read_back {
+                self.reservation.grow(size - read_back);
+                read_back = size;
+            }
             let reader = StreamReader::try_new(BufReader::new(file), None)?;
             for batch in reader {
                 pieces.push(batch?);
             }
         }
+        pieces.extend(self.held.iter().filter_map(|w| w.bucket(bucket)));
         let _timer = self.meters.winners.timer();
-        // What this bucket holds is released as its winners leave.
-        let winners = keep_winners(pieces, spec).and_then(|w| match w {
-            // Text views read back from a spill file point into the file's
-            // whole messages: copied out, each batch that leaves holds (and
-            // is counted by the operators after this one for) its own bytes
-            // only. Otherwise a sort downstream counted every message once
-            // per column and asked the pool for hundreds of MB per batch.
-            Some((batch, dropped)) if read_back > 0 => Ok(Some((owned(batch)?, dropped))),
-            other => Ok(other),
-        });
+        let winners = keep_winners(pieces, spec, batch_size);
         self.reservation
-            .shrink((held + read_back).min(self.reservation.size()));
-        let (winners, dropped) = match winners? {
-            Some(w) => w,
-            None => return Ok((Vec::new(), 0)),
-        };
-        let mut out = Vec::new();
-        let mut offset = 0;
-        while offset < winners.num_rows() {
-            let len = batch_size.min(winners.num_rows() - offset);
-            out.push(winners.slice(offset, len));
-            offset += len;
-        }
-        Ok((out, dropped))
+            .shrink(read_back.min(self.reservation.size()));
+        winners
     }
 }
 
-/// The winners among a bucket's pieces, and how many rows lost; `None`
-/// for an empty bucket.
-fn keep_winners(pieces: Vec<RecordBatch>, spec: &Spec) -> DfResult<Option<(RecordBatch, u64)>> {
+/// The winners among a bucket's pieces, in batches of about `batch_size`
+/// rows, and how many rows lost.
+///
+/// Each batch is made of whole pieces concatenated (then filtered), so it
+/// holds its own buffers, and is counted for its own bytes only by the
+/// operators after this one. Slices of one large batch would each be
+/// counted for all of it: a sort downstream then believed it held twice
+/// its rows and spilled them all. Pieces read back from a spill file point
+/// into the file's whole messages, and pieces held point into whole
+/// windows: the text columns that still do are copied out ([`compact`]).
+fn keep_winners(
+    pieces: Vec<RecordBatch>,
+    spec: &Spec,
+    batch_size: usize,
+) -> DfResult<(Vec<RecordBatch>, u64)> {
     if pieces.is_empty() {
-        return Ok(None);
+        return Ok((Vec::new(), 0));
     }
-    let batch = concat_batches(&spec.schema, &pieces)?;
-    drop(pieces);
-    let kept = keep_latest(&batch, spec)?;
-    let dropped = (batch.num_rows() - kept.len()) as u64;
-    if kept.len() == batch.num_rows() {
-        return Ok(Some((batch, dropped)));
+    // The key and sequence columns of every row, to choose the winners.
+    let column = |i: usize| -> DfResult<ArrayRef> {
+        let parts: Vec<&dyn Array> = pieces.iter().map(|p| p.column(i).as_ref()).collect();
+        Ok(concat(&parts)?)
+    };
+    let keys = spec
+        .keys
+        .iter()
+        .map(|&i| column(i))
+        .collect::<DfResult<Vec<_>>>()?;
+    // Where each piece's rows start, to find a row by its number.
+    let mut starts = Vec::with_capacity(pieces.len());
+    let mut n = 0;
+    for p in &pieces {
+        starts.push(n);
+        n += p.num_rows();
     }
-    // Nearly every row stays: a filter copies the runs between the losers,
-    // where a gather would copy row by row.
-    let mut mask = vec![false; batch.num_rows()];
-    for &i in &kept {
-        mask[i as usize] = true;
+    let sequence_of = |rows: &[u32]| -> DfResult<Vec<ArrayRef>> {
+        let at: Vec<(usize, usize)> = rows
+            .iter()
+            .map(|&r| {
+                let p = starts.partition_point(|&s| s <= r as usize) - 1;
+                (p, r as usize - starts[p])
+            })
+            .collect();
+        spec.sequence
+            .iter()
+            .map(|&c| {
+                let parts: Vec<&dyn Array> = pieces.iter().map(|p| p.column(c).as_ref()).collect();
+                Ok(interleave(&parts, &at)?)
+            })
+            .collect()
+    };
+    let kept = keep_latest_of(&keys, &sequence_of, n, spec)?;
+    drop(keys);
+    let dropped = (n - kept.len()) as u64;
+    let mut mask = vec![kept.len() == n; n];
+    if kept.len() < n {
+        for &i in &kept {
+            mask[i as usize] = true;
+        }
     }
-    Ok(Some((
-        filter_record_batch(&batch, &BooleanArray::from(mask))?,
-        dropped,
-    )))
+    let mut out = Vec::new();
+    let (mut group, mut rows, mut first) = (Vec::new(), 0, 0);
+    let pieces_len = pieces.len();
+    for (p, piece) in pieces.into_iter().enumerate() {
+        rows += piece.num_rows();
+        group.push(piece);
+        if rows < batch_size && p + 1 < pieces_len {
+            continue;
+        }
+        let whole = group.len() == 1;
+        let chunk = concat_batches(&spec.schema, &std::mem::take(&mut group))?;
+        let keep = &mask[first..first + rows];
+        let chunk = if keep.iter().all(|&k| k) {
+            // One piece alone is not copied by the concatenation.
+            if whole {
+                owned(chunk)?
+            } else {
+                chunk
+            }
+        } else {
+            // Nearly every row stays: a filter copies the runs between the
+            // losers, where a gather would copy row by row.
+            filter_record_batch(&chunk, &BooleanArray::from(keep.to_vec()))?
+        };
+        if chunk.num_rows() > 0 {
+            out.push(compact(chunk)?);
+        }
+        first += rows;
+        rows = 0;
+    }
+    Ok((out, dropped))
 }
 
 /// Row numbers of `batch` to keep, ascending: per key, the row whose
 /// sequence sorts first (latest first, NULLs last); on a tie, or without a
 /// sequence, the first row. Only the rows of keys seen more than once
 /// have their sequence read (a few percent of them, typically).
+#[cfg(test)]
 fn keep_latest(batch: &RecordBatch, spec: &Spec) -> DfResult<Vec<u32>> {
-    let n = batch.num_rows();
-    let keys: Rows = spec
-        .key_converter()?
-        .convert_columns(&spec.columns(batch, &spec.keys))?;
+    let sequence_of = |rows: &[u32]| -> DfResult<Vec<ArrayRef>> {
+        let at = datafusion::arrow::array::UInt32Array::from(rows.to_vec());
+        spec.sequence
+            .iter()
+            .map(|&c| {
+                Ok(datafusion::arrow::compute::take(
+                    batch.column(c),
+                    &at,
+                    None,
+                )?)
+            })
+            .collect()
+    };
+    keep_latest_of(
+        &spec.columns(batch, &spec.keys),
+        &sequence_of,
+        batch.num_rows(),
+        spec,
+    )
+}
+
+/// [`keep_latest`] over the key columns `keys` of `n` rows;
+/// `sequence_of(rows)` gives the sequence columns of the rows numbered
+/// `rows` (read only for keys seen more than once).
+fn keep_latest_of(
+    keys: &[ArrayRef],
+    sequence_of: &dyn Fn(&[u32]) -> DfResult<Vec<ArrayRef>>,
+    n: usize,
+    spec: &Spec,
+) -> DfResult<Vec<u32>> {
+    let keys: Rows = spec.key_converter()?.convert_columns(keys)?;
     // Each row whose key came before, with the first row of that key, in
     // row order.
     let mut repeats: Vec<(u32, u32)> = Vec::new();
@@ -519,19 +677,7 @@ fn keep_latest(batch: &RecordBatch, spec: &Spec) -> DfResult<Vec<u32>> {
         let mut involved: Vec<u32> = repeats.iter().flat_map(|&(r, f)| [r, f]).collect();
         involved.sort_unstable();
         involved.dedup();
-        let at = UInt32Array::from(involved.clone());
-        let columns = spec
-            .sequence
-            .iter()
-            .map(|&c| {
-                Ok(datafusion::arrow::compute::take(
-                    batch.column(c),
-                    &at,
-                    None,
-                )?)
-            })
-            .collect::<DfResult<Vec<ArrayRef>>>()?;
-        let sequence = converter.convert_columns(&columns)?;
+        let sequence = converter.convert_columns(&sequence_of(&involved)?)?;
         // Where each involved row's sequence is.
         let mut at = vec![0usize; n];
         for (p, &row) in involved.iter().enumerate() {
@@ -674,12 +820,14 @@ mod tests {
     /// same winners, and the dropped rows counted, whatever the memory.
     #[tokio::test]
     async fn spilled_buckets_give_the_same_winners() {
-        // 20,000 keys of varying length, each seen 1-3 times; the row with
-        // the greatest n of each key must win.
+        // 100,000 keys of varying length (inline in their views or not),
+        // each seen 1-3 times, about 200,000 rows: more than three windows.
+        // The row with the greatest n of each key must win.
+        let keys = 100_000i64;
         let mut rows = Vec::new();
         let mut expected_sum = 0i64;
         let mut total = 0u64;
-        for k in 0..20_000i64 {
+        for k in 0..keys {
             let copies = 1 + (k % 3);
             for c in 0..copies {
                 rows.push((
@@ -691,7 +839,9 @@ mod tests {
             }
             expected_sum += k * 10 + copies - 1;
         }
-        for limit in [64 << 20, 512 << 10] {
+        // Everything held; some windows held and some spilled when the
+        // input ends; every window spilled.
+        for limit in [64 << 20, 4 << 20, 512 << 10] {
             let runtime = RuntimeEnvBuilder::new()
                 .with_memory_pool(Arc::new(FairSpillPool::new(limit)))
                 .build_arc()
@@ -735,16 +885,27 @@ mod tests {
                 .iter()
                 .flat_map(|b| b.column(2).as_primitive::<Int64Type>().values().to_vec())
                 .sum();
-            assert_eq!(kept, 20_000, "limit {limit}");
+            let distinct: std::collections::HashSet<String> = out
+                .iter()
+                .flat_map(|b| {
+                    b.column(0)
+                        .as_string_view()
+                        .iter()
+                        .map(|k| k.unwrap().to_string())
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            assert_eq!(kept, keys as usize, "limit {limit}");
+            assert_eq!(distinct.len(), keys as usize, "limit {limit}");
             assert_eq!(sum, expected_sum, "limit {limit}");
             assert_eq!(
                 collapsed.load(Ordering::Relaxed),
-                total - 20_000,
+                total - keys as u64,
                 "limit {limit}"
             );
-            // The small pool made buckets spill; the large one did not.
+            // The smaller pools made buckets spill; the large one did not.
             let spilled = !ctx.runtime_env().disk_manager.temp_dir_paths().is_empty();
-            assert_eq!(spilled, limit < (1 << 20), "limit {limit}");
+            assert_eq!(spilled, limit < (64 << 20), "limit {limit}");
         }
     }
 }

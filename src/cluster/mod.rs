@@ -304,9 +304,12 @@ pub async fn connect(
     let state = SessionStateBuilder::new_from_existing(state)
         .with_config(config)
         .build();
-    let url = match cluster {
-        Cluster::Remote(url) => url.clone(),
-        Cluster::Standalone => standalone(&state, options, memory_limit).await?,
+    let (url, work_dir) = match cluster {
+        Cluster::Remote(url) => (url.clone(), None),
+        Cluster::Standalone => {
+            let (url, work_dir) = standalone(&state, options, memory_limit).await?;
+            (url, Some(work_dir))
+        }
     };
     let state = state.upgrade_for_ballista(url.clone())?;
     // The client asks for its job's status (pull) rather than waiting for
@@ -320,6 +323,11 @@ pub async fn connect(
             scheduler: url,
             stage_timeout,
         }));
+    // The in-process executor's folder lives as long as the session.
+    let config = match work_dir {
+        Some(w) => config.with_extension(w),
+        None => config,
+    };
     let state = SessionStateBuilder::new_from_existing(state)
         .with_config(config)
         .build();
@@ -447,7 +455,7 @@ async fn standalone(
     driver: &SessionState,
     options: &HashMap<String, String>,
     memory_limit: usize,
-) -> Result<String> {
+) -> Result<(String, Arc<WorkDir>)> {
     let runtime = node_runtime(options, memory_limit)?;
     let scheduler_runtime = runtime.clone();
     let builder: ballista_scheduler::SessionBuilder =
@@ -482,17 +490,101 @@ async fn standalone(
         runtime.clone(),
     ));
     let slots = driver.config().target_partitions().max(1);
-    ballista_executor::new_standalone_executor_from_builder(
+    let work_dir = in_process_executor(
         scheduler,
         slots,
         config_producer,
         Arc::new(move |_| Ok(runtime.clone())),
-        codec(),
         registry,
     )
-    .await
-    .map_err(ballista_error("cannot start the standalone executor"))?;
-    Ok(url)
+    .await?;
+    Ok((url, work_dir))
+}
+
+/// The in-process executor's work folder (its shuffle files), removed
+/// with the session that started it. (Ballista's own standalone executor
+/// names a temporary folder and leaves it behind: every `--cluster
+/// standalone` run kept its shuffle files, gigabytes at 10M rows.)
+#[derive(Debug)]
+pub struct WorkDir(#[allow(dead_code)] tempfile::TempDir);
+
+/// Starts an executor in this process that asks `scheduler` for tasks
+/// (`slots` at a time) and serves its shuffle files from a new temporary
+/// folder, on a free port of localhost.
+async fn in_process_executor(
+    scheduler: SchedulerGrpcClient<tonic::transport::Channel>,
+    slots: usize,
+    config_producer: ballista_core::ConfigProducer,
+    runtime_producer: ballista_core::RuntimeProducer,
+    registry: BallistaFunctionRegistry,
+) -> Result<Arc<WorkDir>> {
+    use arrow_flight::flight_service_server::FlightServiceServer;
+    use ballista_core::serde::protobuf::ExecutorRegistration;
+    use ballista_core::serde::scheduler::{
+        ExecutorOperatingSystemSpecification, ExecutorSpecification,
+    };
+    use ballista_executor::executor::Executor;
+    use ballista_executor::flight_service::BallistaFlightService;
+    let cannot =
+        |e: std::io::Error| Error::Cluster(format!("cannot start the standalone executor: {e}"));
+    let work = tempfile::Builder::new()
+        .prefix("lakehouse-shuffle-")
+        .tempdir()
+        .map_err(cannot)?;
+    let path = work
+        .path()
+        .to_str()
+        .ok_or_else(|| Error::Cluster(format!("{} is not UTF-8", work.path().display())))?
+        .to_string();
+    let listener = tokio::net::TcpListener::bind("localhost:0")
+        .await
+        .map_err(cannot)?;
+    let port = u32::from(listener.local_addr().map_err(cannot)?.port());
+    let registration = ExecutorRegistration {
+        id: ballista_core::ids::new_instance_id(),
+        host: Some("localhost".into()),
+        port,
+        // It asks for tasks (pull): no scheduler calls this port.
+        grpc_port: port,
+        specification: Some(
+            ExecutorSpecification::default()
+                .with_vcores(slots as u32)
+                .into(),
+        ),
+        os_info: Some(ExecutorOperatingSystemSpecification::default().into()),
+        ballista_protocol_version: ballista_core::BALLISTA_PROTOCOL_VERSION,
+    };
+    let max_message = config_producer().ballista_grpc_client_max_message_size();
+    let executor = Arc::new(Executor::with_default_execution_engine(
+        registration,
+        &path,
+        runtime_producer,
+        config_producer,
+        Arc::new(registry),
+        Arc::new(ballista_executor::metrics::LoggingMetricsCollector::default()),
+        slots,
+    ));
+    let files = FlightServiceServer::new(BallistaFlightService::new(path))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    let connections = futures::stream::unfold(listener, |listener| async move {
+        let next = listener.accept().await.map(|(stream, _)| stream);
+        Some((next, listener))
+    });
+    tokio::spawn(
+        ballista_core::utils::create_grpc_server(&ballista_core::utils::GrpcServerConfig::default())
+            .add_service(files)
+            .serve_with_incoming(connections),
+    );
+    tokio::spawn(ballista_executor::execution_loop::poll_loop(
+        scheduler,
+        executor,
+        codec(),
+        None,
+        None,
+        ballista_executor::health::ExecutorHealth::new(),
+    ));
+    Ok(Arc::new(WorkDir(work)))
 }
 
 #[cfg(test)]

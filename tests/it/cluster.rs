@@ -177,11 +177,40 @@ fn queries_on_a_ballista_cluster_equal_local_answers() {
         );
     }
 
-    // In-process cluster, for trying it on one machine.
-    assert_eq!(
-        query(&lake, Some("standalone"), QUERIES[0]),
-        query(&lake, None, QUERIES[0])
-    );
+    // In-process cluster, for trying it on one machine. Its executor's
+    // shuffle files go to the temporary folder and leave with the process
+    // (they once stayed: gigabytes per run at 10M rows).
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    for sql in [QUERIES[0], QUERIES[5]] {
+        let out = crate::lakehouse_with_env(
+            &[
+                "query",
+                "--lake",
+                lake.to_str().unwrap(),
+                "--format",
+                "csv",
+                "--cluster",
+                "standalone",
+                sql,
+            ],
+            dir.path(),
+            &[("TMPDIR", tmp.to_str().unwrap())],
+        );
+        assert!(out.status.success(), "{sql}: {}", text(&out));
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            query(&lake, None, sql)
+        );
+        let left: Vec<_> = std::fs::read_dir(&tmp)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(
+            left.is_empty(),
+            "{sql}: the standalone cluster left {left:?}"
+        );
+    }
 
     // A scheduler that is not there: a clear error, not a hang.
     let out = lakehouse(

@@ -260,6 +260,24 @@ pub async fn run_executor(
     ));
     let bind = concrete(settings.bind)?;
     let grpc = concrete(settings.grpc_bind)?;
+    // Without --work-dir, shuffle files go to a folder of the temporary
+    // folder that this process owns and removes when it stops (Ballista's
+    // default leaves its folder behind).
+    let owned = match &settings.work_dir {
+        Some(_) => None,
+        None => Some(
+            tempfile::Builder::new()
+                .prefix("lakehouse-shuffle-")
+                .tempdir()
+                .map_err(|e| {
+                    Error::Cluster(format!("cannot make the executor's work folder: {e}"))
+                })?,
+        ),
+    };
+    let work_dir = settings
+        .work_dir
+        .clone()
+        .or_else(|| owned.as_ref().map(|t| t.path().to_path_buf()));
     let config = ExecutorProcessConfig {
         bind_host: bind.ip().to_string(),
         // Bound to every interface: the scheduler uses the address it sees.
@@ -270,10 +288,7 @@ pub async fn run_executor(
         scheduler_port: settings.scheduler.port(),
         scheduler_connect_timeout_seconds: 30,
         vcores: settings.slots.max(1),
-        work_dir: settings
-            .work_dir
-            .as_ref()
-            .map(|p| p.to_string_lossy().into_owned()),
+        work_dir: work_dir.map(|p| p.to_string_lossy().into_owned()),
         print_thread_info: false,
         executor_heartbeat_interval_seconds: HEARTBEAT_SECONDS,
         override_function_registry: Some(Arc::new(registry)),
@@ -283,9 +298,11 @@ pub async fn run_executor(
         ..Default::default()
     };
     tracing::info!(flight = %bind, grpc = %grpc, scheduler = %settings.scheduler, slots = settings.slots, "executor starting");
-    start_executor_process(Arc::new(config))
+    let stopped = start_executor_process(Arc::new(config))
         .await
-        .map_err(ballista_error("the executor stopped"))
+        .map_err(ballista_error("the executor stopped"));
+    drop(owned);
+    stopped
 }
 
 /// Turns a local driver state into one whose queries run on `cluster`.

@@ -212,6 +212,38 @@ fn queries_on_a_ballista_cluster_equal_local_answers() {
         );
     }
 
+    // An executor given no --work-dir keeps its shuffle files in a folder
+    // of the temporary folder and removes it when it stops (SIGTERM). It
+    // is its scheduler's only executor, so it does the work.
+    let tmp = dir.path().join("tmp-executor");
+    std::fs::create_dir(&tmp).unwrap();
+    let (_lone_scheduler, lone_address) = scheduler(dir.path());
+    let mut lone = Node(node_with(
+        &["executor", "--scheduler", &lone_address, "--slots", "2"],
+        dir.path(),
+        &[("TMPDIR", tmp.to_str().unwrap().to_string())],
+    ));
+    assert_eq!(
+        query(&lake, Some(&lone_address), QUERIES[0]),
+        query(&lake, None, QUERIES[0])
+    );
+    assert!(
+        !crate::files(&tmp).is_empty(),
+        "the executor wrote no shuffle file under TMPDIR"
+    );
+    let term = Command::new("kill")
+        .args(["-TERM", &lone.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let stopped = lone.0.wait().unwrap();
+    assert!(stopped.success(), "the executor stopped with {stopped}");
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(left.is_empty(), "the stopped executor left {left:?}");
+
     // A scheduler that is not there: a clear error, not a hang.
     let out = lakehouse(
         &[

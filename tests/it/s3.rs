@@ -496,9 +496,20 @@ async fn example_pipeline_on_s3_through_a_cluster_gives_the_local_figures() {
 
     let (_scheduler, address) = super::cluster::scheduler(dir.path());
     let _executors: Vec<super::cluster::Node> = (0..2)
-        .map(|_| {
+        .map(|i| {
+            // Killed at the end: their shuffle files stay in the test's folder.
+            let work = dir.path().join(format!("executor-{i}"));
+            std::fs::create_dir_all(&work).unwrap();
             super::cluster::Node(super::cluster::node_with(
-                &["executor", "--scheduler", &address, "--slots", "2"],
+                &[
+                    "executor",
+                    "--scheduler",
+                    &address,
+                    "--slots",
+                    "2",
+                    "--work-dir",
+                    work.to_str().unwrap(),
+                ],
                 dir.path(),
                 &aws_env(),
             ))

@@ -463,32 +463,34 @@ impl Buckets {
     ) -> DfResult<(Vec<RecordBatch>, u64)> {
         let mut read_back = 0;
         let mut pieces = Vec::new();
-        if let Some(mut spilled) = self.spilled[bucket].take() {
-            let path = spilled
-                .file
-                .path()
-                .ok_or_else(|| {
-                    DataFusionError::NotImplemented(
-                        "deduplication spills to local temporary files only".into(),
-                    )
-                })?
-                .to_path_buf();
-            // The file's bytes, read and then copied into one batch: room
-            // for twice that, made by spilling what is held for this bucket
-            // and the ones after it.
+        let path = match &self.spilled[bucket] {
+            Some(spilled) => Some(
+                spilled
+                    .file
+                    .path()
+                    .ok_or_else(|| {
+                        DataFusionError::NotImplemented(
+                            "deduplication spills to local temporary files only".into(),
+                        )
+                    })?
+                    .to_path_buf(),
+            ),
+            None => None,
+        };
+        if let Some(path) = path {
             let unreadable = |e: std::io::Error| {
                 DataFusionError::Execution(format!(
                     "deduplication could not read back its spill file {}: {e}",
                     path.display()
                 ))
             };
-            let size = std::fs::metadata(&path).map_err(unreadable)?.len() as usize;
-            read_back = 2 * size;
-            // Spilling what is held may add to this bucket's file: the
-            // writer is finished only after it.
-            self.spilled[bucket] = Some(spilled);
+            // The file's bytes, read and then copied into one batch: room
+            // for twice that, made by spilling what is held for this bucket
+            // and the ones after it (which may add to this file: its
+            // writer is finished after).
+            read_back = 2 * std::fs::metadata(&path).map_err(unreadable)?.len() as usize;
             self.make_room(read_back, bucket)?;
-            spilled = self.spilled[bucket].take().ok_or_else(|| {
+            let mut spilled = self.spilled[bucket].take().ok_or_else(|| {
                 DataFusionError::Internal("a deduplication spill file went missing".into())
             })?;
             if let Some(mut writer) = spilled.writer.take() {

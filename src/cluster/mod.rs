@@ -265,14 +265,7 @@ pub async fn run_executor(
     // default leaves its folder behind).
     let owned = match &settings.work_dir {
         Some(_) => None,
-        None => Some(
-            tempfile::Builder::new()
-                .prefix("lakehouse-shuffle-")
-                .tempdir()
-                .map_err(|e| {
-                    Error::Cluster(format!("cannot make the executor's work folder: {e}"))
-                })?,
-        ),
+        None => Some(shuffle_folder()?),
     };
     let work_dir = settings
         .work_dir
@@ -518,12 +511,27 @@ async fn standalone(
     Ok((url, work_dir))
 }
 
+/// A new `lakehouse-shuffle-*` folder of the temporary folder, for an
+/// executor's shuffle files, removed when it is dropped.
+fn shuffle_folder() -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("lakehouse-shuffle-")
+        .tempdir()
+        .map_err(|e| {
+            Error::Cluster(format!(
+                "cannot make a folder for shuffle files in {}: {e} (set TMPDIR to a \
+                 writable folder with room, or give executors --work-dir)",
+                std::env::temp_dir().display()
+            ))
+        })
+}
+
 /// The in-process executor's work folder (its shuffle files), removed
 /// with the session that started it. (Ballista's own standalone executor
 /// names a temporary folder and leaves it behind: every `--cluster
 /// standalone` run kept its shuffle files, gigabytes at 10M rows.)
 #[derive(Debug)]
-pub struct WorkDir(#[allow(dead_code)] tempfile::TempDir);
+struct WorkDir(#[allow(dead_code)] tempfile::TempDir);
 
 /// Starts an executor in this process that asks `scheduler` for tasks
 /// (`slots` at a time) and serves its shuffle files from a new temporary
@@ -544,10 +552,7 @@ async fn in_process_executor(
     use ballista_executor::flight_service::BallistaFlightService;
     let cannot =
         |e: std::io::Error| Error::Cluster(format!("cannot start the standalone executor: {e}"));
-    let work = tempfile::Builder::new()
-        .prefix("lakehouse-shuffle-")
-        .tempdir()
-        .map_err(cannot)?;
+    let work = shuffle_folder()?;
     let path = work
         .path()
         .to_str()

@@ -14,6 +14,7 @@ pub mod functions;
 pub mod ingest;
 pub mod limits;
 pub mod lineage;
+pub mod local_reads;
 pub mod lock;
 pub mod maintain;
 pub mod manifest;

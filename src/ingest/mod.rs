@@ -42,6 +42,24 @@ const BATCH_ROWS: usize = 32 * 1024;
 /// bronze file(s), so thousands of tiny landed files are grouped.
 pub const CLUSTER_TASKS: usize = 256;
 
+/// Landed bytes per ingest task on a cluster. Each task writes its own
+/// bronze and reject files, so one task per landed file made bronze as
+/// many files as the landing folder (51 of 9 MB at 10M rows of the
+/// example), below the small-file size, and the run then compacted them
+/// (6 s of a 43 s `--cluster standalone` run). 256 MiB of CSV make bronze
+/// files of about 150 MB here, and above the small-file size (32 MiB)
+/// for any CSV that Parquet shrinks less than eightfold.
+pub const CLUSTER_TASK_BYTES: u64 = 256 << 20;
+
+/// How many tasks ingest `bytes` of landed files on a cluster: one per
+/// [`CLUSTER_TASK_BYTES`], at least one per core of this process (the
+/// executors have at least as many slots, typically), at most
+/// [`CLUSTER_TASKS`].
+pub fn cluster_tasks(bytes: u64, cores: usize) -> usize {
+    let by_bytes = usize::try_from(bytes.div_ceil(CLUSTER_TASK_BYTES)).unwrap_or(CLUSTER_TASKS);
+    by_bytes.clamp(cores.clamp(1, CLUSTER_TASKS), CLUSTER_TASKS)
+}
+
 /// What ingesting one file did.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct FileReport {
@@ -218,9 +236,9 @@ pub fn reject_schema() -> SchemaRef {
 /// bronze with the files' ingestion markers, checking that every line read
 /// became exactly one bronze or reject row. Parsing runs as a plan in
 /// `ctx`, each task parsing its files one at a time: in this process, in at
-/// most `tasks` tasks (the run's cores); on a cluster, one task per file
-/// (at most [`CLUSTER_TASKS`]), which the scheduler spreads over the
-/// executors' slots.
+/// most `tasks` tasks (the run's cores); on a cluster, one task per 256 MiB
+/// of landed bytes ([`cluster_tasks`]), which the scheduler spreads over
+/// the executors' slots.
 #[allow(clippy::too_many_arguments)]
 pub async fn ingest_source(
     ctx: &datafusion::prelude::SessionContext,
@@ -509,7 +527,7 @@ async fn parse(
     if !taken.is_empty() {
         let on_cluster = crate::cluster::on_cluster(ctx);
         let tasks = match on_cluster {
-            true => CLUSTER_TASKS,
+            true => cluster_tasks(bytes, tasks),
             false => tasks,
         };
         let spec = task::IngestSpec {
@@ -538,9 +556,12 @@ async fn parse(
         // took 7.0-8.1 s against 6.5-7.2 s whole); a cluster's pieces run
         // on other nodes. An explicit LAKEHOUSE_INGEST_SPLIT_BYTES asks for
         // pieces whenever there is more than one task.
-        let most = match on_cluster || asked {
-            true => tasks,
-            false => tasks / 2,
+        // On a cluster, explicit pieces are cut as small as asked (up to
+        // CLUSTER_TASKS of them), then grouped into the tasks.
+        let most = match (on_cluster, asked) {
+            (true, true) => CLUSTER_TASKS.max(tasks),
+            (true, false) | (false, true) => tasks,
+            (false, false) => tasks / 2,
         };
         let pieces = task::split(taken.clone(), most, min_piece);
         let split = pieces.len() > taken.len();
@@ -1306,6 +1327,23 @@ mod tests {
             );
         }
         assert!(met > 500 && broken > 10, "met {met}, broken {broken}");
+    }
+
+    /// On a cluster, a task per 256 MiB of landed bytes, at least one per
+    /// core and at most 256: the example's 846 MB at 10M rows is 4 tasks
+    /// (4 bronze files, none small), not one per landed file.
+    #[test]
+    fn cluster_ingests_take_a_task_per_256_mib() {
+        use super::{cluster_tasks, CLUSTER_TASKS, CLUSTER_TASK_BYTES};
+        assert_eq!(cluster_tasks(846_000_000, 2), 4);
+        assert_eq!(cluster_tasks(0, 2), 2);
+        assert_eq!(cluster_tasks(1_000, 0), 1);
+        assert_eq!(cluster_tasks(CLUSTER_TASK_BYTES, 1), 1);
+        assert_eq!(cluster_tasks(CLUSTER_TASK_BYTES + 1, 1), 2);
+        assert_eq!(cluster_tasks(10 * CLUSTER_TASK_BYTES, 16), 16);
+        assert_eq!(cluster_tasks(88_000_000_000, 8), CLUSTER_TASKS);
+        assert_eq!(cluster_tasks(u64::MAX, 8), CLUSTER_TASKS);
+        assert_eq!(cluster_tasks(1, 1000), CLUSTER_TASKS);
     }
 
     #[test]

@@ -431,6 +431,20 @@ fn the_pipeline_on_a_ballista_cluster_writes_the_same_tables_as_a_local_run() {
             "the pieces of {file} do not add up to its {rows} rows:\n{parsed}"
         );
     }
+    // The pieces were grouped into a task per 256 MiB of landed bytes, at
+    // least one per core of the driver, each writing one bronze file: not
+    // a file per landed file or per piece (the run then compacted them).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let bronze: Vec<_> = crate::files(&remote.join("bronze/orders"))
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    assert!(
+        !bronze.is_empty() && bronze.len() <= cores,
+        "{} bronze files for {cores} cores: {bronze:?}",
+        bronze.len()
+    );
+    assert!(!summary.contains("compacted"), "{summary}");
     // The runs' own counts agree too (rows in, written, quarantined,
     // duplicates), and reconcile.
     let steps = "SELECT step, status, rows_in, rows_written, rows_rejected, duplicates, reconciled FROM system.steps WHERE kind = 'model' ORDER BY step";

@@ -57,16 +57,22 @@ impl LocalReads {
         self.inline.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The registry every runtime of this project uses: DataFusion's
-    /// default, with `file://` served by [`LocalReads`].
-    pub fn registry() -> Arc<dyn datafusion::execution::object_store::ObjectStoreRegistry> {
+    /// DataFusion's default registry with `file://` served by
+    /// [`LocalReads`]: what every runtime of this project uses (a cluster
+    /// node's keeps it for local files beside its own object stores).
+    pub fn default_registry() -> datafusion::execution::object_store::DefaultObjectStoreRegistry {
         use datafusion::execution::object_store::{
             DefaultObjectStoreRegistry, ObjectStoreRegistry,
         };
         let registry = DefaultObjectStoreRegistry::new();
         let file = url::Url::parse("file://").expect("file:// is a URL");
         registry.register_store(&file, Arc::new(Self::new()));
-        Arc::new(registry)
+        registry
+    }
+
+    /// [`Self::default_registry`], shared.
+    pub fn registry() -> Arc<dyn datafusion::execution::object_store::ObjectStoreRegistry> {
+        Arc::new(Self::default_registry())
     }
 
     /// `ranges` of the file at `location`, read here; `None` when the
@@ -341,6 +347,12 @@ mod registry_tests {
             .build_arc()
             .unwrap();
         let store = runtime
+            .object_store(ObjectStoreUrl::local_filesystem())
+            .unwrap();
+        assert!(store.to_string().starts_with("LocalReads("), "{store}");
+        // A cluster node's runtime (its own registry, for its object stores).
+        let node = crate::cluster::node_runtime(&Default::default(), 1 << 30).unwrap();
+        let store = node
             .object_store(ObjectStoreUrl::local_filesystem())
             .unwrap();
         assert!(store.to_string().starts_with("LocalReads("), "{store}");

@@ -77,7 +77,7 @@ impl NodeStores {
         Self {
             options,
             made: Default::default(),
-            local: DefaultObjectStoreRegistry::new(),
+            local: crate::local_reads::LocalReads::default_registry(),
         }
     }
 

@@ -62,17 +62,14 @@ impl LocalReads {
     /// node's keeps it for local files beside its own object stores).
     pub fn default_registry() -> datafusion::execution::object_store::DefaultObjectStoreRegistry {
         use datafusion::execution::object_store::{
-            DefaultObjectStoreRegistry, ObjectStoreRegistry,
+            DefaultObjectStoreRegistry, ObjectStoreRegistry, ObjectStoreUrl,
         };
         let registry = DefaultObjectStoreRegistry::new();
-        let file = url::Url::parse("file://").expect("file:// is a URL");
-        registry.register_store(&file, Arc::new(Self::new()));
+        registry.register_store(
+            ObjectStoreUrl::local_filesystem().as_ref(),
+            Arc::new(Self::new()),
+        );
         registry
-    }
-
-    /// [`Self::default_registry`], shared.
-    pub fn registry() -> Arc<dyn datafusion::execution::object_store::ObjectStoreRegistry> {
-        Arc::new(Self::default_registry())
     }
 
     /// `ranges` of the file at `location`, read here; `None` when the

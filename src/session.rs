@@ -72,7 +72,7 @@ pub fn bounded_runtime(memory_limit: usize, target_partitions: usize) -> Runtime
     );
     RuntimeEnvBuilder::new()
         .with_memory_pool(Arc::new(pool))
-        .with_object_store_registry(crate::local_reads::LocalReads::registry())
+        .with_object_store_registry(Arc::new(crate::local_reads::LocalReads::default_registry()))
         .with_disk_manager_builder(
             DiskManagerBuilder::default()
                 .with_max_spill_merge_fan_in(spill_merge_fan_in(memory_limit, target_partitions)),

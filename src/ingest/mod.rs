@@ -555,9 +555,9 @@ async fn parse(
         // tasks (at 10M rows in one 886 MB file on 2 cores, two pieces
         // took 7.0-8.1 s against 6.5-7.2 s whole); a cluster's pieces run
         // on other nodes. An explicit LAKEHOUSE_INGEST_SPLIT_BYTES asks for
-        // pieces whenever there is more than one task.
-        // On a cluster, explicit pieces are cut as small as asked (up to
-        // CLUSTER_TASKS of them), then grouped into the tasks.
+        // pieces whenever there is more than one task; on a cluster they are
+        // cut as small as asked (up to CLUSTER_TASKS of them), then grouped
+        // into the tasks.
         let most = match (on_cluster, asked) {
             (true, true) => CLUSTER_TASKS.max(tasks),
             (true, false) | (false, true) => tasks,

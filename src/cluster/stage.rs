@@ -596,16 +596,7 @@ impl ExecutionPlan for CheckExec {
             Some((url, schema)) => {
                 let schema = decode_schema(schema)?;
                 let name = format!("the quarantine of {}", self.spec.model);
-                Some((
-                    writer(
-                        url.clone(),
-                        schema.clone(),
-                        &[],
-                        &name,
-                        crate::delta::Dictionaries::Sampled,
-                    ),
-                    schema,
-                ))
+                Some((writer(url.clone(), schema.clone(), &[], &name), schema))
             }
             None => None,
         };
@@ -1010,14 +1001,13 @@ impl Message {
     }
 }
 
-/// A writer for one table, on the store as this node reaches it; with
-/// sampled dictionaries, the table's first rows decide which columns get one.
+/// A writer for one table, on the store as this node reaches it; its first
+/// rows decide which columns get a dictionary ([`crate::delta::writer_properties_for`]).
 pub fn writer(
     url: String,
     schema: SchemaRef,
     partition_by: &[String],
     table: &str,
-    dictionaries: crate::delta::Dictionaries,
 ) -> crate::delta::SortedWriter {
     let partitions = partition_by.to_vec();
     crate::delta::SortedWriter::new(partition_by.to_vec(), table, move |first| {
@@ -1028,7 +1018,7 @@ pub fn writer(
             Some(partitions),
             Some(crate::storage::node_options()),
         )?
-        .with_writer_properties(dictionaries.writer_properties(first))
+        .with_writer_properties(crate::delta::writer_properties_for(first))
         .with_target_file_size(crate::delta::TARGET_FILE_SIZE))
     })
 }
@@ -1045,7 +1035,6 @@ async fn stage_partition(
         table_schema.clone(),
         &spec.partition_by,
         &spec.model,
-        crate::delta::Dictionaries::Sampled,
     );
     // Messages from the tasks before this one go on as they came.
     let mut texts: Vec<String> = Vec::new();

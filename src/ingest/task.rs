@@ -37,7 +37,6 @@ use tokio::sync::mpsc;
 use super::{FileReport, Parser};
 use crate::cluster::metered::counter;
 use crate::cluster::stage::{decode_schema, message_schema, task_error, writer, Message};
-use crate::delta::Dictionaries;
 use crate::progress::Progress;
 use crate::storage::LandedFile;
 
@@ -539,18 +538,15 @@ async fn ingest_task(
         .iter()
         .map(|f| f.landed(&env))
         .collect::<DfResult<Vec<LandedFile>>>()?;
-    // Bronze is written once and read back whole: no dictionaries.
     let (row_tx, bronze) = spawn_writer(
         &spec.bronze_url,
         &spec.bronze_schema,
         format!("bronze.{}", spec.source),
-        Dictionaries::Off,
     )?;
     let (rej_tx, rejects) = spawn_writer(
         &spec.reject_url,
         &spec.reject_schema,
         format!("quarantine.bronze_{}", spec.source),
-        Dictionaries::Sampled,
     )?;
     let files_order: Vec<usize> = files.iter().map(|f| f.index).collect();
     let parsing = {
@@ -629,14 +625,13 @@ fn spawn_writer(
     url: &str,
     schema: &str,
     table: String,
-    dictionaries: Dictionaries,
 ) -> DfResult<(
     mpsc::Sender<RecordBatch>,
     tokio::task::JoinHandle<crate::error::Result<Vec<deltalake::kernel::Add>>>,
 )> {
     let schema = decode_schema(schema)?;
     let (tx, rx) = mpsc::channel::<RecordBatch>(4);
-    let writer = writer(url.to_string(), schema.clone(), &[], &table, dictionaries);
+    let writer = writer(url.to_string(), schema.clone(), &[], &table);
     Ok((tx, tokio::spawn(drain(writer, rx, schema))))
 }
 

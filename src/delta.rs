@@ -455,7 +455,7 @@ pub fn writer_properties() -> deltalake::parquet::file::properties::WriterProper
 /// (stores, products, statuses and the lineage columns, one value per file
 /// or run) is small as a dictionary, and silver reads it back without
 /// decompressing and validating every value (at 10M rows of the example,
-/// bronze's files 469 → 335 MB and silver 16.4 → 15.0 s, medians of five
+/// bronze's files 469 → 335 MB and silver 16.4 → 15.1 s, medians of five
 /// alternated runs; bronze's own time unchanged).
 pub fn writer_properties_for(
     sample: &RecordBatch,

@@ -121,12 +121,11 @@ impl fmt::Display for LocalReads {
 /// microseconds and size, in hex), so both paths describe it alike.
 fn object_meta(location: &Path, metadata: &std::fs::Metadata) -> ObjectMeta {
     use std::os::unix::fs::MetadataExt;
-    let modified = metadata
-        .modified()
-        .ok()
+    let modified = metadata.modified().ok();
+    let last_modified: DateTime<Utc> = modified.map(DateTime::from).unwrap_or_default();
+    let modified = modified
         .and_then(|m| m.duration_since(std::time::SystemTime::UNIX_EPOCH).ok())
         .unwrap_or_default();
-    let last_modified: DateTime<Utc> = metadata.modified().map(DateTime::from).unwrap_or_default();
     ObjectMeta {
         location: location.clone(),
         last_modified,

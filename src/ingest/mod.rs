@@ -559,7 +559,7 @@ async fn parse(
         // cut as small as asked (up to CLUSTER_TASKS of them), then grouped
         // into the tasks.
         let most = match (on_cluster, asked) {
-            (true, true) => CLUSTER_TASKS.max(tasks),
+            (true, true) => CLUSTER_TASKS,
             (true, false) | (false, true) => tasks,
             (false, false) => tasks / 2,
         };

@@ -260,7 +260,7 @@ fn referenced_bytes(views: &[u128]) -> usize {
 /// their own, so a batch holds (and is counted for) about its own bytes.
 /// Columns whose rows share a few small buffers (a dictionary page's
 /// values, a joined table's names) keep them: copying would multiply them.
-fn compact(batch: RecordBatch) -> DfResult<RecordBatch> {
+pub(crate) fn compact(batch: RecordBatch) -> DfResult<RecordBatch> {
     let wasteful = |c: &ArrayRef| match c.data_type() {
         DataType::Utf8View => {
             let a = c.as_string_view();

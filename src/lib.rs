@@ -11,6 +11,7 @@ pub mod error;
 pub mod failpoint;
 pub mod fast_cast;
 pub mod functions;
+pub mod gather;
 pub mod ingest;
 pub mod limits;
 pub mod lineage;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray};
-use datafusion::arrow::compute::{filter_record_batch, SortOptions};
+use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DFSchema, DFSchemaRef};
@@ -855,19 +855,37 @@ pub struct StageExec {
     spec: StageSpec,
     props: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
+    /// The input comes sorted by the partition columns already: the
+    /// writers stream it, holding one partition at a time.
+    in_order: bool,
 }
 
 impl StageExec {
     pub fn try_new(input: Arc<dyn ExecutionPlan>, spec: StageSpec) -> DfResult<Self> {
         input.schema().index_of(MESSAGE)?;
         let props = properties(message_schema(), &input, EmissionType::Final);
+        let in_order = match partition_order(&input.schema(), &spec.partition_by) {
+            Some(order) => input
+                .equivalence_properties()
+                .ordering_satisfy_requirement(order.iter().cloned())?,
+            None => false,
+        };
         Ok(Self {
             input,
             spec,
             props,
             metrics: ExecutionPlanMetricsSet::new(),
+            in_order,
         })
     }
+}
+
+/// The order by `partition_by` (ascending, NULLs first), if any.
+fn partition_order(schema: &SchemaRef, partition_by: &[String]) -> Option<LexRequirement> {
+    let columns = columns(schema, partition_by).ok()?;
+    LexRequirement::new(columns.into_iter().map(|e| {
+        PhysicalSortRequirement::new(e, Some(datafusion::arrow::compute::SortOptions::default()))
+    }))
 }
 
 impl DisplayAs for StageExec {
@@ -914,15 +932,14 @@ impl ExecutionPlan for StageExec {
     }
 
     fn required_input_ordering(&self) -> Vec<Option<OrderingRequirements>> {
-        // Sorted by partition, a writer holds one partition's buffer at a time.
-        let order = columns(&self.input.schema(), &self.spec.partition_by)
-            .ok()
-            .and_then(|cols| {
-                LexRequirement::new(
-                    cols.into_iter()
-                        .map(|e| PhysicalSortRequirement::new(e, Some(SortOptions::default()))),
-                )
-            });
+        // Rows in partition order already keep it (the split to the
+        // writers merges instead of mixing them). Others are not sorted:
+        // each writer groups its rows by partition itself
+        // ([`crate::gather`]), which costs less than a sort.
+        let order = self
+            .in_order
+            .then(|| partition_order(&self.input.schema(), &self.spec.partition_by))
+            .flatten();
         vec![order.map(OrderingRequirements::new)]
     }
 
@@ -950,14 +967,29 @@ impl ExecutionPlan for StageExec {
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
         let meters = super::metered::Meters::new(&self.metrics, partition);
-        let input = meters.input(self.input.execute(partition, context)?);
+        let input = meters.input(self.input.execute(partition, context.clone())?);
         let spec = self.spec.clone();
         let written = super::metered::counter(&self.metrics, "written_rows", partition);
         let files = super::metered::counter(&self.metrics, "files_written", partition);
+        let gather = crate::gather::Meters {
+            count: MetricBuilder::new(&self.metrics).spill_count(partition),
+            bytes: MetricBuilder::new(&self.metrics).spilled_bytes(partition),
+            group: MetricBuilder::new(&self.metrics).subset_time("group_time", partition),
+            spill: MetricBuilder::new(&self.metrics).subset_time("spill_time", partition),
+            out: MetricBuilder::new(&self.metrics).subset_time("gather_time", partition),
+        };
+        let name = format!("LakehouseStage[{partition}]");
+        let in_order = self.in_order;
         let task = async move {
-            stage_partition(spec, input, written, files)
-                .await
-                .map_err(task_error)
+            stage_partition(
+                spec,
+                input,
+                written,
+                files,
+                (in_order, context, name, gather),
+            )
+            .await
+            .map_err(task_error)
         };
         Ok(meters.output(Box::pin(RecordBatchStreamAdapter::new(
             message_schema(),
@@ -1028,6 +1060,7 @@ async fn stage_partition(
     mut input: SendableRecordBatchStream,
     written_rows: Count,
     files: Count,
+    (in_order, context, name, meters): (bool, Arc<TaskContext>, String, crate::gather::Meters),
 ) -> crate::error::Result<RecordBatch> {
     let table_schema = decode_schema(&spec.table_schema)?;
     let mut table = writer(
@@ -1036,6 +1069,19 @@ async fn stage_partition(
         &spec.partition_by,
         &spec.model,
     );
+    // A partitioned table's rows are grouped by partition before they are
+    // written (one file per partition), unless they come in that order.
+    let mut grouped = if spec.partition_by.is_empty() || in_order {
+        None
+    } else {
+        Some(crate::gather::Gather::try_new(
+            table_schema.clone(),
+            &spec.partition_by,
+            context,
+            name,
+            meters,
+        )?)
+    };
     // Messages from the tasks before this one go on as they came.
     let mut texts: Vec<String> = Vec::new();
     let mut written = 0u64;
@@ -1056,7 +1102,15 @@ async fn stage_partition(
         }
         let rows = crate::delta::conform(&rows, &table_schema)?;
         written += rows.num_rows() as u64;
-        table.write(rows).await?;
+        match grouped.as_mut() {
+            Some(g) => g.push(rows)?,
+            None => table.write(rows).await?,
+        }
+    }
+    if let Some(g) = grouped {
+        for rows in g.finish()? {
+            table.write(rows?).await?;
+        }
     }
     let mut own: Vec<Message> = table
         .finish()
@@ -1127,70 +1181,45 @@ impl datafusion::execution::context::QueryPlanner for Planner {
 
 /// Staging writers per core: writing a table partition is mostly waiting
 /// on the store (create, write, close one small file), so more writers than
-/// cores hide that wait; each holds one partition's rows at a time.
+/// cores hide that wait; each holds its share of the rows, grouped by
+/// partition ([`crate::gather`]), until its input ends.
 const WRITERS_PER_CORE: usize = 4;
 
 /// `plan` with `writers` partitions in the hash split by table partition
 /// under each [`StageExec`] (the optimizer makes one per core).
 fn more_writers(plan: Arc<dyn ExecutionPlan>, writers: usize) -> DfResult<Arc<dyn ExecutionPlan>> {
     use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::physical_plan::execution_plan::{
+        ChildrenPropertiesMode, ReplaceChildrenOptions,
+    };
     use datafusion::physical_plan::repartition::RepartitionExec;
-    use datafusion::physical_plan::sorts::sort::SortExec;
     use datafusion::physical_plan::Partitioning;
     plan.transform_down(|node| {
         let Some(stage) = node.downcast_ref::<StageExec>() else {
             return Ok(Transformed::no(node));
         };
-        // Rows already in partition order come through an order-keeping
-        // split, with no sort: it gets the writers too.
-        if let Some(split) = stage.input.downcast_ref::<RepartitionExec>() {
-            let Partitioning::Hash(keys, n) = split.partitioning() else {
-                return Ok(Transformed::no(node));
-            };
-            if *n >= writers || !split.preserve_order() {
-                return Ok(Transformed::no(node));
-            }
-            let split: Arc<dyn ExecutionPlan> = Arc::new(
-                RepartitionExec::try_new(
-                    split.input().clone(),
-                    Partitioning::Hash(keys.clone(), writers),
-                )?
-                .with_preserve_order(),
-            );
-            return Ok(Transformed::yes(node.clone().replace_children(
-                vec![split],
-                datafusion::physical_plan::execution_plan::ReplaceChildrenOptions::new(
-                    datafusion::physical_plan::execution_plan::ChildrenPropertiesMode::Recompute,
-                ),
-            )?));
-        }
-        let Some(sort) = stage.input.downcast_ref::<SortExec>() else {
-            return Ok(Transformed::no(node));
-        };
-        let Some(split) = sort.input().downcast_ref::<RepartitionExec>() else {
+        let Some(split) = stage.input.downcast_ref::<RepartitionExec>() else {
             return Ok(Transformed::no(node));
         };
         let Partitioning::Hash(keys, n) = split.partitioning() else {
             return Ok(Transformed::no(node));
         };
-        if *n >= writers || !sort.preserve_partitioning() || split.preserve_order() {
+        if *n >= writers {
             return Ok(Transformed::no(node));
         }
-        let split: Arc<dyn ExecutionPlan> = Arc::new(RepartitionExec::try_new(
+        let wider = RepartitionExec::try_new(
             split.input().clone(),
             Partitioning::Hash(keys.clone(), writers),
-        )?);
-        use datafusion::physical_plan::execution_plan::{
-            ChildrenPropertiesMode, ReplaceChildrenOptions,
+        )?;
+        let wider: Arc<dyn ExecutionPlan> = if split.preserve_order() {
+            Arc::new(wider.with_preserve_order())
+        } else {
+            Arc::new(wider)
         };
-        let recompute = || ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute);
-        let sort = stage
-            .input
-            .clone()
-            .replace_children(vec![split], recompute())?;
-        Ok(Transformed::yes(
-            node.clone().replace_children(vec![sort], recompute())?,
-        ))
+        Ok(Transformed::yes(node.clone().replace_children(
+            vec![wider],
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )?))
     })
     .map(|t| t.data)
 }
@@ -1199,6 +1228,7 @@ fn more_writers(plan: Arc<dyn ExecutionPlan>, writers: usize) -> DfResult<Arc<dy
 mod tests {
     use super::*;
     use datafusion::arrow::array::{Int64Array, UInt64Array};
+    use datafusion::arrow::compute::SortOptions;
     use datafusion::datasource::memory::MemorySourceConfig;
     use datafusion::datasource::source::DataSourceExec;
     use datafusion::prelude::SessionContext;
@@ -1321,8 +1351,9 @@ mod tests {
         assert_eq!((counts.rules[1].evaluated, counts.rules[1].failed), (2, 1));
     }
 
-    /// The hash split under a staging writer gets the writers asked for;
-    /// a plan without that shape is left as it is.
+    /// The hash split under a staging writer gets the writers asked for
+    /// (an order-keeping one keeps order); a plan without that shape is
+    /// left as it is.
     #[test]
     fn each_staging_writer_split_gets_more_writers() {
         use datafusion::physical_plan::repartition::RepartitionExec;
@@ -1335,24 +1366,24 @@ mod tests {
         let source = MemorySourceConfig::try_new_exec(&[vec![], vec![]], schema.clone(), None)
             .unwrap() as Arc<dyn ExecutionPlan>;
         let day = columns(&schema, &["day".into()]).unwrap();
+        let mut spec = spec(vec![]);
+        spec.partition_by = vec!["day".into()];
         let split = Arc::new(
             RepartitionExec::try_new(source.clone(), Partitioning::Hash(day.clone(), 2)).unwrap(),
         );
-        let order = datafusion::physical_expr::LexOrdering::new(day.iter().map(|e| {
-            datafusion::physical_expr::PhysicalSortExpr::new(e.clone(), SortOptions::default())
-        }))
-        .unwrap();
-        let sort = Arc::new(SortExec::new(order.clone(), split).with_preserve_partitioning(true));
-        let mut spec = spec(vec![]);
-        spec.partition_by = vec!["day".into()];
-        let stage = Arc::new(StageExec::try_new(sort, spec.clone()).unwrap());
+        let stage = Arc::new(StageExec::try_new(split, spec.clone()).unwrap());
         let planned = more_writers(stage, 8).unwrap();
         assert_eq!(planned.output_partitioning().partition_count(), 8);
         let display = datafusion::physical_plan::displayable(planned.as_ref())
             .indent(false)
             .to_string();
         assert!(display.contains("Hash([day@0], 8)"), "{display}");
-        // Without a hash split under the sort, nothing changes.
+        assert!(!display.contains("preserve_order=true"), "{display}");
+        // Without a hash split right under the writers, nothing changes.
+        let order = datafusion::physical_expr::LexOrdering::new(day.iter().map(|e| {
+            datafusion::physical_expr::PhysicalSortExpr::new(e.clone(), SortOptions::default())
+        }))
+        .unwrap();
         let plain: Arc<dyn ExecutionPlan> = Arc::new(
             StageExec::try_new(
                 Arc::new(SortExec::new(order.clone(), source.clone())),
@@ -1365,8 +1396,7 @@ mod tests {
             same.output_partitioning().partition_count(),
             plain.output_partitioning().partition_count()
         );
-        // Rows already in partition order: an order-keeping split, no
-        // sort; it gets the writers and keeps the order.
+        // An order-keeping split gets the writers and keeps the order.
         let sorted = MemorySourceConfig::try_new(&[vec![], vec![]], schema.clone(), None)
             .unwrap()
             .try_with_sort_information(vec![order.clone()])
@@ -1386,14 +1416,48 @@ mod tests {
             display.contains("Hash([day@0], 8)") && display.contains("preserve_order=true"),
             "{display}"
         );
-        assert!(!display.contains("SortExec"), "{display}");
-        // A split that does not keep order, with no sort above it, stays.
-        let unsorted = Arc::new(
-            RepartitionExec::try_new(source.clone(), Partitioning::Hash(day.clone(), 2)).unwrap(),
+        // A split with as many writers already stays.
+        let wide = Arc::new(
+            RepartitionExec::try_new(source.clone(), Partitioning::Hash(day.clone(), 8)).unwrap(),
         );
-        let stage: Arc<dyn ExecutionPlan> = Arc::new(StageExec::try_new(unsorted, spec).unwrap());
-        let same = more_writers(stage, 8).unwrap();
-        assert_eq!(same.output_partitioning().partition_count(), 2);
+        let stage: Arc<dyn ExecutionPlan> = Arc::new(StageExec::try_new(wide, spec).unwrap());
+        let same = more_writers(stage.clone(), 8).unwrap();
+        assert!(Arc::ptr_eq(&same, &stage));
+    }
+
+    /// Writers over rows in partition order keep that order (and stream);
+    /// over rows in no order they ask for none (they group the rows
+    /// themselves), so no sort is planned under them.
+    #[test]
+    fn writers_ask_for_partition_order_only_when_it_is_there() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("day", DataType::Int64, true),
+            Field::new(MESSAGE, DataType::Utf8, true),
+        ]));
+        let day = columns(&schema, &["day".into()]).unwrap();
+        let order = datafusion::physical_expr::LexOrdering::new(day.iter().map(|e| {
+            datafusion::physical_expr::PhysicalSortExpr::new(e.clone(), SortOptions::default())
+        }))
+        .unwrap();
+        let mut spec = spec(vec![]);
+        spec.partition_by = vec!["day".into()];
+        let sorted = MemorySourceConfig::try_new(&[vec![]], schema.clone(), None)
+            .unwrap()
+            .try_with_sort_information(vec![order])
+            .unwrap();
+        let stage =
+            StageExec::try_new(DataSourceExec::from_data_source(sorted), spec.clone()).unwrap();
+        assert!(stage.in_order);
+        assert!(stage.required_input_ordering()[0].is_some());
+        let unsorted = MemorySourceConfig::try_new_exec(&[vec![]], schema.clone(), None).unwrap();
+        let stage = StageExec::try_new(unsorted.clone(), spec.clone()).unwrap();
+        assert!(!stage.in_order);
+        assert!(stage.required_input_ordering()[0].is_none());
+        // An unpartitioned table is written as it comes.
+        spec.partition_by = vec![];
+        let stage = StageExec::try_new(unsorted, spec).unwrap();
+        assert!(!stage.in_order);
+        assert!(stage.required_input_ordering()[0].is_none());
     }
 
     /// The check keeps its input's order on the columns it keeps.

@@ -779,9 +779,33 @@ impl SortedWriter {
                 let flushed = self.writer(&batch)?.flush().await?;
                 self.adds.extend(flushed);
             }
+            // The rows of one partition, with its values: delta-rs's
+            // `write` would split them by partition again (grouping every
+            // row and copying every column).
+            use deltalake::kernel::scalars::ScalarExt;
+            let values = self
+                .partition_by
+                .iter()
+                .zip(&keys)
+                .map(|(name, k)| {
+                    let value = delta_kernel::expressions::Scalar::from_array(k.as_ref(), range.start)
+                        .ok_or_else(|| Error::Table {
+                            table: self.table.clone(),
+                            message: format!(
+                                "partition column `{name}` has a type a Delta partition value cannot have ({})",
+                                k.data_type()
+                            ),
+                        })?;
+                    Ok((name.clone(), value))
+                })
+                .collect::<Result<indexmap::IndexMap<_, _>>>()?;
             let writer = self.writer(&batch)?;
             writer
-                .write(batch.slice(range.start, range.end - range.start))
+                .write_partition(
+                    batch.slice(range.start, range.end - range.start),
+                    &values,
+                    deltalake::writer::WriteMode::Default,
+                )
                 .await?;
             self.current = Some(key);
         }

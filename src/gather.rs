@@ -55,6 +55,9 @@ pub struct Meters {
 /// A group's rows in one batch held: (batch, first row, rows).
 type Place = (u32, u32, u32);
 
+/// A group's rows in one batch reordered by group: (group, first row, rows).
+type GroupRun = (usize, u32, u32);
+
 /// One spill: the file, and per group id the messages that hold its rows.
 struct Run {
     file: Arc<dyn SpillFile>,
@@ -166,7 +169,7 @@ impl Gather {
     /// `batch` reordered by group (in the order its groups first appear),
     /// and each group's run in it: (group, first row, rows). Its group
     /// ids are in `self.ids`.
-    fn by_group(&self, batch: &RecordBatch) -> DfResult<(RecordBatch, Vec<(usize, u32, u32)>)> {
+    fn by_group(&self, batch: &RecordBatch) -> DfResult<(RecordBatch, Vec<GroupRun>)> {
         use datafusion::arrow::array::UInt32Array;
         use datafusion::arrow::compute::take_record_batch;
         // Counting sort: rows per group, then each group's first slot.
@@ -198,7 +201,7 @@ impl Gather {
     }
 
     /// Holds `batch` (reordered by group, its runs `runs`), counted as `size`.
-    fn place(&mut self, batch: RecordBatch, runs: Vec<(usize, u32, u32)>, size: usize) {
+    fn place(&mut self, batch: RecordBatch, runs: Vec<GroupRun>, size: usize) {
         if self.places.len() < self.groups.len() {
             self.places.resize_with(self.groups.len(), Vec::new);
         }

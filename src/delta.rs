@@ -706,6 +706,9 @@ async fn drain(
     Ok((writer.finish().await?, rows))
 }
 
+/// A file's partition values, by column, in the table's order.
+type PartitionValues = indexmap::IndexMap<String, delta_kernel::expressions::Scalar>;
+
 /// A writer for rows that arrive sorted by the table's partition columns:
 /// it closes the file when the partition changes, so it holds one
 /// partition's buffer at a time and writes one file per partition. The
@@ -716,7 +719,7 @@ pub struct SortedWriter {
     writer: Option<RecordBatchWriter>,
     partition_by: Vec<String>,
     table: String,
-    current: Option<Vec<String>>,
+    current: Option<PartitionValues>,
     adds: Vec<deltalake::kernel::Add>,
 }
 
@@ -774,14 +777,8 @@ impl SortedWriter {
             })
             .collect::<Result<_>>()?;
         for range in partition(&keys)?.ranges() {
-            let key: Vec<String> = keys.iter().map(|k| key_string(k, range.start)).collect();
-            if self.current.as_ref().is_some_and(|c| *c != key) {
-                let flushed = self.writer(&batch)?.flush().await?;
-                self.adds.extend(flushed);
-            }
-            // The rows of one partition, with its values: delta-rs's
-            // `write` would split them by partition again (grouping every
-            // row and copying every column).
+            // The partition's values, as delta-rs writes them into the log;
+            // also what tells one partition from the next.
             use deltalake::kernel::scalars::ScalarExt;
             let values = self
                 .partition_by
@@ -798,7 +795,14 @@ impl SortedWriter {
                         })?;
                     Ok((name.clone(), value))
                 })
-                .collect::<Result<indexmap::IndexMap<_, _>>>()?;
+                .collect::<Result<PartitionValues>>()?;
+            if self.current.as_ref().is_some_and(|c| *c != values) {
+                let flushed = self.writer(&batch)?.flush().await?;
+                self.adds.extend(flushed);
+            }
+            // The rows of one partition, with its values: delta-rs's
+            // `write` would split them by partition again (grouping every
+            // row and copying every column).
             let writer = self.writer(&batch)?;
             writer
                 .write_partition(
@@ -807,7 +811,7 @@ impl SortedWriter {
                     deltalake::writer::WriteMode::Default,
                 )
                 .await?;
-            self.current = Some(key);
+            self.current = Some(values);
         }
         Ok(())
     }
@@ -820,16 +824,6 @@ impl SortedWriter {
         }
         Ok(self.adds)
     }
-}
-
-fn key_string(array: &ArrayRef, row: usize) -> String {
-    use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
-    if array.is_null(row) {
-        return "\0null".into();
-    }
-    ArrayFormatter::try_new(array.as_ref(), &FormatOptions::default())
-        .map(|f| f.value(row).to_string())
-        .unwrap_or_default()
 }
 
 /// Row count of the table's current version, from the Delta log's file

@@ -280,6 +280,8 @@ impl Gather {
     /// (ascending, NULLs first), in batches of up to the session's batch
     /// size; the batches of one group come one after another.
     pub fn finish(mut self) -> DfResult<Drain> {
+        // Emitting empties the group table: whether it held any first.
+        let any = !self.groups.is_empty();
         let values = self.groups.emit(EmitTo::All)?;
         let columns: Vec<SortColumn> = values
             .into_iter()
@@ -288,7 +290,7 @@ impl Gather {
                 options: Some(Default::default()),
             })
             .collect();
-        let order = if columns.first().is_some_and(|c| !c.values.is_empty()) {
+        let order = if any {
             lexsort_to_indices(&columns, None)?
                 .values()
                 .iter()
@@ -314,7 +316,7 @@ impl Gather {
         }
         Ok(Drain {
             order: order.into_iter(),
-            pending: Vec::new(),
+            pending: Vec::new().into_iter(),
             readers,
             gather: self,
         })
@@ -361,8 +363,8 @@ fn pieces<'a>(
 /// A gather's rows, group by group ([`Gather::finish`]).
 pub struct Drain {
     order: std::vec::IntoIter<usize>,
-    /// The current group's batches not yet returned, last first.
-    pending: Vec<RecordBatch>,
+    /// The current group's batches not yet returned.
+    pending: std::vec::IntoIter<RecordBatch>,
     readers: Vec<FileReader<std::fs::File>>,
     gather: Gather,
 }
@@ -403,15 +405,12 @@ impl Iterator for Drain {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if let Some(batch) = self.pending.pop() {
+            if let Some(batch) = self.pending.next() {
                 return Some(Ok(batch));
             }
             let group = self.order.next()?;
             match self.group(group) {
-                Ok(mut batches) => {
-                    batches.reverse();
-                    self.pending = batches;
-                }
+                Ok(batches) => self.pending = batches.into_iter(),
                 Err(e) => return Some(Err(e)),
             }
         }
@@ -479,6 +478,17 @@ mod tests {
         // Spill files: none; a few (the oldest rows, some held at the end);
         // one per batch (no room at all).
         let all = batches.len();
+        // Nothing in, nothing out.
+        let ctx = SessionContext::new();
+        let g = Gather::try_new(
+            schema(),
+            &["day".into(), "region".into()],
+            ctx.task_ctx(),
+            "test".into(),
+            Meters::default(),
+        )
+        .unwrap();
+        assert_eq!(g.finish().unwrap().count(), 0);
         for (limit, spills) in [(256 << 20, 0..1), (1 << 20, 2..all / 2), (0, all..all + 1)] {
             let runtime = RuntimeEnvBuilder::new()
                 .with_memory_pool(Arc::new(FairSpillPool::new(limit)))

@@ -855,9 +855,9 @@ pub struct StageExec {
     spec: StageSpec,
     props: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
-    /// The input comes sorted by the partition columns already: the
-    /// writers stream it, holding one partition at a time.
-    in_order: bool,
+    /// The partition order, when the input comes in it already: the
+    /// writers keep it and stream, holding one partition at a time.
+    in_order: Option<OrderingRequirements>,
 }
 
 impl StageExec {
@@ -865,10 +865,14 @@ impl StageExec {
         input.schema().index_of(MESSAGE)?;
         let props = properties(message_schema(), &input, EmissionType::Final);
         let in_order = match partition_order(&input.schema(), &spec.partition_by) {
-            Some(order) => input
-                .equivalence_properties()
-                .ordering_satisfy_requirement(order.iter().cloned())?,
-            None => false,
+            Some(order)
+                if input
+                    .equivalence_properties()
+                    .ordering_satisfy_requirement(order.iter().cloned())? =>
+            {
+                Some(OrderingRequirements::new(order))
+            }
+            _ => None,
         };
         Ok(Self {
             input,
@@ -936,11 +940,7 @@ impl ExecutionPlan for StageExec {
         // writers merges instead of mixing them). Others are not sorted:
         // each writer groups its rows by partition itself
         // ([`crate::gather`]), which costs less than a sort.
-        let order = self
-            .in_order
-            .then(|| partition_order(&self.input.schema(), &self.spec.partition_by))
-            .flatten();
-        vec![order.map(OrderingRequirements::new)]
+        vec![self.in_order.clone()]
     }
 
     fn maintains_input_order(&self) -> Vec<bool> {
@@ -978,18 +978,14 @@ impl ExecutionPlan for StageExec {
             spill: MetricBuilder::new(&self.metrics).subset_time("spill_time", partition),
             out: MetricBuilder::new(&self.metrics).subset_time("gather_time", partition),
         };
-        let name = format!("LakehouseStage[{partition}]");
-        let in_order = self.in_order;
+        // A partitioned table's rows are grouped by partition before they
+        // are written (one file per partition), unless they come in order.
+        let grouping = (!self.spec.partition_by.is_empty() && self.in_order.is_none())
+            .then(|| (context, format!("LakehouseStage[{partition}]"), gather));
         let task = async move {
-            stage_partition(
-                spec,
-                input,
-                written,
-                files,
-                (in_order, context, name, gather),
-            )
-            .await
-            .map_err(task_error)
+            stage_partition(spec, input, written, files, grouping)
+                .await
+                .map_err(task_error)
         };
         Ok(meters.output(Box::pin(RecordBatchStreamAdapter::new(
             message_schema(),
@@ -1060,7 +1056,7 @@ async fn stage_partition(
     mut input: SendableRecordBatchStream,
     written_rows: Count,
     files: Count,
-    (in_order, context, name, meters): (bool, Arc<TaskContext>, String, crate::gather::Meters),
+    grouping: Option<(Arc<TaskContext>, String, crate::gather::Meters)>,
 ) -> crate::error::Result<RecordBatch> {
     let table_schema = decode_schema(&spec.table_schema)?;
     let mut table = writer(
@@ -1069,18 +1065,15 @@ async fn stage_partition(
         &spec.partition_by,
         &spec.model,
     );
-    // A partitioned table's rows are grouped by partition before they are
-    // written (one file per partition), unless they come in that order.
-    let mut grouped = if spec.partition_by.is_empty() || in_order {
-        None
-    } else {
-        Some(crate::gather::Gather::try_new(
+    let mut grouped = match grouping {
+        Some((context, name, meters)) => Some(crate::gather::Gather::try_new(
             table_schema.clone(),
             &spec.partition_by,
             context,
             name,
             meters,
-        )?)
+        )?),
+        None => None,
     };
     // Messages from the tasks before this one go on as they came.
     let mut texts: Vec<String> = Vec::new();
@@ -1447,16 +1440,13 @@ mod tests {
             .unwrap();
         let stage =
             StageExec::try_new(DataSourceExec::from_data_source(sorted), spec.clone()).unwrap();
-        assert!(stage.in_order);
         assert!(stage.required_input_ordering()[0].is_some());
         let unsorted = MemorySourceConfig::try_new_exec(&[vec![]], schema.clone(), None).unwrap();
         let stage = StageExec::try_new(unsorted.clone(), spec.clone()).unwrap();
-        assert!(!stage.in_order);
         assert!(stage.required_input_ordering()[0].is_none());
         // An unpartitioned table is written as it comes.
         spec.partition_by = vec![];
         let stage = StageExec::try_new(unsorted, spec).unwrap();
-        assert!(!stage.in_order);
         assert!(stage.required_input_ordering()[0].is_none());
     }
 

@@ -23,11 +23,14 @@ use std::io::{BufReader, BufWriter};
 use std::sync::Arc;
 
 use datafusion::arrow::array::new_empty_array;
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
-use datafusion::arrow::compute::{
-    concat, concat_batches, filter_record_batch, interleave, interleave_record_batch, SortOptions,
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringViewArray, UInt32Array,
 };
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::compute::{
+    concat, concat_batches, filter_record_batch, interleave, interleave_record_batch, take,
+    SortOptions,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type};
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
@@ -173,6 +176,7 @@ pub fn deduplicate(
         held_bytes: 0,
         spilled: (0..BUCKETS).map(|_| None).collect(),
         meters,
+        text: TextIds::new(&spec),
     };
     let schema = spec.schema.clone();
     let filed = futures::stream::once(file_all(input, buckets));
@@ -229,13 +233,18 @@ async fn file_all(mut input: SendableRecordBatchStream, mut buckets: Buckets) ->
             starts.push(order.len());
             let refs: Vec<&RecordBatch> = window.iter().collect();
             let gathered = compact(interleave_record_batch(&refs, &order)?)?;
+            let spec = buckets.spec.clone();
+            let (gathered, grew) = buckets.text.encode(gathered, &spec)?;
             window.clear();
             window_rows = 0;
             timer.stop();
-            buckets.hold(Window {
-                rows: gathered,
-                starts,
-            })?;
+            buckets.hold(
+                Window {
+                    rows: gathered,
+                    starts,
+                },
+                grew,
+            )?;
             timer = split.timer();
         }
         timer.stop();
@@ -308,6 +317,197 @@ fn owned(batch: RecordBatch) -> DfResult<RecordBatch> {
     Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }
 
+/// Repeating text held as numbers. A text view takes 16 bytes a row
+/// whatever its length; the example's stores, products, regions,
+/// categories and statuses (a few hundred values between them) were over
+/// a third of the bytes the deduplication held, spilled and read back.
+/// Such columns are held as a `UInt32` id per row into a table of their
+/// values, and turned back into text views (a gather of 16 bytes a row)
+/// as the winners leave. Which columns: the text columns other than the
+/// key and the sequence whose first window has at most one distinct
+/// value per [`REPEATS`] rows; the choice then holds for the whole input
+/// (the held rows need one schema), so a column that stops repeating only
+/// costs its table, which is counted against the memory pool.
+struct TextIds {
+    /// Per input column, its table when it is held as ids; empty until the
+    /// first window decides.
+    tables: Vec<Option<IdTable>>,
+    /// The schema of the rows as held.
+    held: SchemaRef,
+    /// The input's schema (what leaves).
+    schema: SchemaRef,
+    decided: bool,
+}
+
+/// Distinct values a column's first window may have per row, at most, for
+/// the column to be held as ids: one per this many rows.
+const REPEATS: usize = 64;
+
+#[derive(Default)]
+struct IdTable {
+    /// Values of up to 12 bytes by their view (which holds them whole).
+    short: HashMap<u128, u32, RandomState>,
+    /// Longer values by their text.
+    long: HashMap<String, u32, RandomState>,
+    /// Every value, by id.
+    text: Vec<String>,
+    /// `text` as an array, once it is asked for.
+    values: Option<StringViewArray>,
+    /// Bytes the table holds, about.
+    bytes: usize,
+}
+
+impl IdTable {
+    fn id(&mut self, column: &StringViewArray, row: usize) -> u32 {
+        let view = column.views()[row];
+        if (view as u32) <= 12 {
+            if let Some(&id) = self.short.get(&view) {
+                return id;
+            }
+            let id = self.push(column.value(row));
+            self.short.insert(view, id);
+            id
+        } else {
+            let text = column.value(row);
+            if let Some(&id) = self.long.get(text) {
+                return id;
+            }
+            let id = self.push(text);
+            self.long.insert(text.to_string(), id);
+            id
+        }
+    }
+
+    fn push(&mut self, text: &str) -> u32 {
+        self.values = None;
+        self.bytes += text.len() + 64;
+        self.text.push(text.to_string());
+        (self.text.len() - 1) as u32
+    }
+
+    fn encode(&mut self, column: &StringViewArray) -> UInt32Array {
+        let ids: Vec<u32> = (0..column.len())
+            .map(|row| {
+                if column.is_null(row) {
+                    0
+                } else {
+                    self.id(column, row)
+                }
+            })
+            .collect();
+        UInt32Array::new(ids.into(), column.nulls().cloned())
+    }
+
+    fn decode(&mut self, ids: &UInt32Array) -> DfResult<ArrayRef> {
+        let values = self
+            .values
+            .get_or_insert_with(|| StringViewArray::from_iter_values(&self.text));
+        Ok(take(values, ids, None)?)
+    }
+}
+
+impl TextIds {
+    fn new(spec: &Spec) -> Self {
+        Self {
+            tables: Vec::new(),
+            held: spec.schema.clone(),
+            schema: spec.schema.clone(),
+            decided: false,
+        }
+    }
+
+    /// Picks the columns to hold as ids from the first window's rows.
+    fn decide(&mut self, first: &RecordBatch, spec: &Spec) {
+        self.decided = true;
+        let rows = first.num_rows();
+        self.tables = first
+            .columns()
+            .iter()
+            .enumerate()
+            .map(|(i, column)| {
+                if spec.keys.contains(&i) || spec.sequence.contains(&i) {
+                    return None;
+                }
+                let column = column.as_string_view_opt()?;
+                let most = rows / REPEATS;
+                let mut seen = std::collections::HashSet::new();
+                for row in 0..column.len() {
+                    if column.is_valid(row) && seen.insert(column.value(row)) && seen.len() > most {
+                        return None;
+                    }
+                }
+                Some(IdTable::default())
+            })
+            .collect();
+        let fields: Vec<Field> = self
+            .schema
+            .fields()
+            .iter()
+            .zip(&self.tables)
+            .map(|(field, table)| match table {
+                Some(_) => Field::new(field.name(), DataType::UInt32, field.is_nullable()),
+                None => field.as_ref().clone(),
+            })
+            .collect();
+        self.held = Arc::new(Schema::new_with_metadata(
+            fields,
+            self.schema.metadata().clone(),
+        ));
+        let as_ids: Vec<&String> = self
+            .schema
+            .fields()
+            .iter()
+            .zip(&self.tables)
+            .filter(|(_, table)| table.is_some())
+            .map(|(field, _)| field.name())
+            .collect();
+        tracing::debug!(columns = ?as_ids, rows, "deduplication holds repeating text as ids");
+    }
+
+    /// `window` as held, and by how many bytes the tables grew.
+    fn encode(&mut self, window: RecordBatch, spec: &Spec) -> DfResult<(RecordBatch, usize)> {
+        if !self.decided {
+            self.decide(&window, spec);
+        }
+        if self.tables.iter().all(Option::is_none) {
+            return Ok((window, 0));
+        }
+        let mut grew = 0;
+        let columns: Vec<ArrayRef> = window
+            .columns()
+            .iter()
+            .zip(self.tables.iter_mut())
+            .map(|(column, table)| match table {
+                Some(table) => {
+                    let before = table.bytes;
+                    let ids = table.encode(column.as_string_view());
+                    grew += table.bytes - before;
+                    Arc::new(ids) as ArrayRef
+                }
+                None => column.clone(),
+            })
+            .collect();
+        Ok((RecordBatch::try_new(self.held.clone(), columns)?, grew))
+    }
+
+    /// Rows as held, as they came in.
+    fn decode(&mut self, held: RecordBatch) -> DfResult<RecordBatch> {
+        if self.tables.iter().all(Option::is_none) {
+            return Ok(held);
+        }
+        let columns: Vec<ArrayRef> = held
+            .columns()
+            .iter()
+            .zip(self.tables.iter_mut())
+            .map(|(column, table)| match table {
+                Some(table) => table.decode(column.as_primitive::<UInt32Type>()),
+                None => Ok(column.clone()),
+            })
+            .collect::<DfResult<_>>()?;
+        Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+    }
+}
+
 /// A window of rows in bucket order: bucket `b`'s rows are
 /// `starts[b]..starts[b + 1]`.
 struct Window {
@@ -331,6 +531,8 @@ struct Buckets {
     held_bytes: usize,
     spilled: Vec<Option<Spilled>>,
     meters: Meters,
+    /// How repeating text is held.
+    text: TextIds,
 }
 
 struct Spilled {
@@ -340,8 +542,10 @@ struct Spilled {
 
 impl Buckets {
     /// Keeps `window` in memory if the pool has room for it, or else
-    /// spills it with everything held.
-    fn hold(&mut self, window: Window) -> DfResult<()> {
+    /// spills it with everything held; `grew` is what the text tables grew
+    /// by for it (they stay to the end, so it is counted whatever happens).
+    fn hold(&mut self, window: Window, grew: usize) -> DfResult<()> {
+        self.reservation.grow(grew);
         let size = window.rows.get_array_memory_size();
         if self.reservation.try_grow(size).is_ok() {
             self.held_bytes += size;
@@ -366,7 +570,7 @@ impl Buckets {
                 continue;
             }
             // One message per bucket, holding only its rows' bytes.
-            let batch = compact(concat_batches(&self.spec.schema, &pieces)?)?;
+            let batch = compact(concat_batches(&self.text.held, &pieces)?)?;
             drop(pieces);
             self.write_spill(bucket, &batch)?;
         }
@@ -384,7 +588,7 @@ impl Buckets {
                 .disk_manager
                 .create_tmp_file("deduplication (latest row per key)")?;
             let writer =
-                StreamWriter::try_new(BufWriter::new(file.open_writer()?), &self.spec.schema)?;
+                StreamWriter::try_new(BufWriter::new(file.open_writer()?), &self.text.held)?;
             self.spilled[bucket] = Some(Spilled {
                 file,
                 writer: Some(writer),
@@ -515,7 +719,7 @@ impl Buckets {
         }
         pieces.extend(self.held.iter().filter_map(|w| w.bucket(bucket)));
         let _timer = self.meters.winners.timer();
-        let winners = keep_winners(pieces, spec, batch_size);
+        let winners = keep_winners(pieces, spec, batch_size, &mut self.text);
         self.reservation
             .shrink(read_back.min(self.reservation.size()));
         winners
@@ -532,10 +736,13 @@ impl Buckets {
 /// its rows and spilled them all. Pieces read back from a spill file point
 /// into the file's whole messages, and pieces held point into whole
 /// windows: the text columns that still do are copied out ([`compact`]).
+/// Pieces are rows as held: text held as ids is turned back into text
+/// here ([`TextIds`]).
 fn keep_winners(
     pieces: Vec<RecordBatch>,
     spec: &Spec,
     batch_size: usize,
+    text: &mut TextIds,
 ) -> DfResult<(Vec<RecordBatch>, u64)> {
     if pieces.is_empty() {
         return Ok((Vec::new(), 0));
@@ -592,19 +799,22 @@ fn keep_winners(
             continue;
         }
         let whole = group.len() == 1;
-        let chunk = concat_batches(&spec.schema, &std::mem::take(&mut group))?;
+        let chunk = concat_batches(&text.held, &std::mem::take(&mut group))?;
         let keep = &mask[first..first + rows];
         let chunk = if keep.iter().all(|&k| k) {
             // One piece alone is not copied by the concatenation.
             if whole {
-                owned(chunk)?
+                owned(text.decode(chunk)?)?
             } else {
-                chunk
+                text.decode(chunk)?
             }
         } else {
             // Nearly every row stays: a filter copies the runs between the
             // losers, where a gather would copy row by row.
-            filter_record_batch(&chunk, &BooleanArray::from(keep.to_vec()))?
+            text.decode(filter_record_batch(
+                &chunk,
+                &BooleanArray::from(keep.to_vec()),
+            )?)?
         };
         if chunk.num_rows() > 0 {
             out.push(compact(chunk)?);
@@ -708,7 +918,7 @@ mod tests {
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
 
-    use datafusion::arrow::array::{AsArray, Int64Array, RecordBatch, StringViewArray};
+    use datafusion::arrow::array::{Array, AsArray, Int64Array, RecordBatch, StringViewArray};
     use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
     use datafusion::execution::memory_pool::FairSpillPool;
     use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -906,6 +1116,159 @@ mod tests {
                 "limit {limit}"
             );
             // The smaller pools made buckets spill; the large one did not.
+            let spilled = !ctx.runtime_env().disk_manager.temp_dir_paths().is_empty();
+            assert_eq!(spilled, limit < (64 << 20), "limit {limit}");
+        }
+    }
+
+    /// Text columns that repeat are held as ids and come out as the same
+    /// text, under every memory limit: short and long values, NULLs, a
+    /// column that stops repeating after the first window, and one that
+    /// never repeats (held as it is).
+    #[tokio::test]
+    async fn repeating_text_held_as_ids_comes_out_unchanged() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8View, false),
+            Field::new("seq", DataType::Int64, false),
+            Field::new("n", DataType::Int64, false),
+            Field::new("region", DataType::Utf8View, true),
+            Field::new("label", DataType::Utf8View, true),
+            Field::new("note", DataType::Utf8View, false),
+        ]));
+        let region = |n: i64| {
+            (n % 13 != 0).then(|| ["east", "west", "north", "south", "central"][(n % 5) as usize])
+        };
+        // Repeating (and out of line) for the first 70,000 rows, then a
+        // new value on every row.
+        let label = |n: i64| {
+            if n < 70_000 {
+                format!("a label long enough to live out of line, number {}", n % 7)
+            } else {
+                format!("row {n}")
+            }
+        };
+        let note = |n: i64| format!("n{n}");
+        let mut rows: Vec<(String, i64, i64)> = Vec::new();
+        let keys = 60_000i64;
+        let mut n = 0;
+        for k in 0..keys {
+            for c in 0..1 + (k % 3) {
+                rows.push((format!("key-{k}"), c, n));
+                n += 1;
+            }
+        }
+        let make = |chunk: &[(String, i64, i64)]| {
+            let ns: Vec<i64> = chunk.iter().map(|r| r.2).collect();
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringViewArray::from_iter_values(
+                        chunk.iter().map(|r| r.0.as_str()),
+                    )),
+                    Arc::new(Int64Array::from_iter_values(chunk.iter().map(|r| r.1))),
+                    Arc::new(Int64Array::from(ns.clone())),
+                    Arc::new(StringViewArray::from(
+                        ns.iter().map(|&n| region(n)).collect::<Vec<_>>(),
+                    )),
+                    Arc::new(StringViewArray::from_iter_values(
+                        ns.iter().map(|&n| label(n)),
+                    )),
+                    Arc::new(StringViewArray::from_iter_values(
+                        ns.iter().map(|&n| note(n)),
+                    )),
+                ],
+            )
+            .unwrap()
+        };
+        // Which columns the first window holds as ids.
+        let spec = Spec::new(
+            schema.clone(),
+            &["k".into()],
+            &["seq".into()],
+            Default::default(),
+        )
+        .unwrap();
+        let mut text = super::TextIds::new(&spec);
+        let (held, _) = text.encode(make(&rows[..65_536]), &spec).unwrap();
+        let held_types: Vec<DataType> = held
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
+        assert_eq!(
+            held_types,
+            [
+                DataType::Utf8View,
+                DataType::Int64,
+                DataType::Int64,
+                DataType::UInt32,
+                DataType::UInt32,
+                DataType::Utf8View
+            ]
+        );
+        for limit in [64 << 20, 2 << 20, 256 << 10] {
+            let runtime = RuntimeEnvBuilder::new()
+                .with_memory_pool(Arc::new(FairSpillPool::new(limit)))
+                .build_arc()
+                .unwrap();
+            let ctx = SessionContext::new_with_config_rt(
+                SessionConfig::new()
+                    .with_target_partitions(2)
+                    .with_batch_size(1000),
+                runtime,
+            );
+            let batches: Vec<RecordBatch> = rows.chunks(1000).map(make).collect();
+            let input = ctx
+                .read_batches(batches)
+                .unwrap()
+                .execute_stream()
+                .await
+                .unwrap();
+            let spec = Spec::new(
+                schema.clone(),
+                &["k".into()],
+                &["seq".into()],
+                Default::default(),
+            )
+            .unwrap();
+            let out: Vec<RecordBatch> = deduplicate(
+                input,
+                Arc::new(spec),
+                ctx.task_ctx(),
+                0,
+                super::Meters::default(),
+            )
+            .try_collect()
+            .await
+            .unwrap();
+            let mut seen = 0;
+            let mut winners = std::collections::HashSet::new();
+            for b in &out {
+                assert_eq!(b.schema(), schema, "limit {limit}");
+                let ns = b.column(2).as_primitive::<Int64Type>();
+                for row in 0..b.num_rows() {
+                    let n = ns.value(row);
+                    let text = |c: usize| {
+                        let a = b.column(c).as_string_view();
+                        a.is_valid(row).then(|| a.value(row).to_string())
+                    };
+                    assert_eq!(text(3).as_deref(), region(n), "limit {limit}, n {n}");
+                    assert_eq!(text(4), Some(label(n)), "limit {limit}, n {n}");
+                    assert_eq!(text(5), Some(note(n)), "limit {limit}, n {n}");
+                    winners.insert(n);
+                    seen += 1;
+                }
+            }
+            // The winner of each key is its last row (the greatest seq).
+            let expected: std::collections::HashSet<i64> = rows
+                .iter()
+                .enumerate()
+                .filter(|(i, r)| rows.get(i + 1).is_none_or(|next| next.0 != r.0))
+                .map(|(_, r)| r.2)
+                .collect();
+            assert_eq!(seen, keys as usize, "limit {limit}");
+            assert_eq!(winners, expected, "limit {limit}");
             let spilled = !ctx.runtime_env().disk_manager.temp_dir_paths().is_empty();
             assert_eq!(spilled, limit < (64 << 20), "limit {limit}");
         }

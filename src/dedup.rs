@@ -319,8 +319,9 @@ fn owned(batch: RecordBatch) -> DfResult<RecordBatch> {
 
 /// Repeating text held as numbers. A text view takes 16 bytes a row
 /// whatever its length; the example's stores, products, regions,
-/// categories and statuses (a few hundred values between them) were over
-/// a third of the bytes the deduplication held, spilled and read back.
+/// categories and statuses (a few hundred values between them) took 80 of
+/// the about 210 bytes a row the deduplication held, spilled and read
+/// back (held as ids, 20: at 10M rows it spilled 1.55 GB instead of 2.0).
 /// Such columns are held as a `UInt32` id per row into a table of their
 /// values, and turned back into text views (a gather of 16 bytes a row)
 /// as the winners leave. Which columns: the text columns other than the

@@ -1029,6 +1029,43 @@ mod tests {
         }
     }
 
+    /// `batches` deduplicated as `spec` says, by one operator, in a session
+    /// whose pool holds `limit` bytes; and the session (to look for spill
+    /// files).
+    async fn deduplicate_under(
+        limit: usize,
+        batches: Vec<RecordBatch>,
+        spec: Spec,
+    ) -> (Vec<RecordBatch>, SessionContext) {
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(FairSpillPool::new(limit)))
+            .build_arc()
+            .unwrap();
+        let ctx = SessionContext::new_with_config_rt(
+            SessionConfig::new()
+                .with_target_partitions(2)
+                .with_batch_size(1000),
+            runtime,
+        );
+        let input = ctx
+            .read_batches(batches)
+            .unwrap()
+            .execute_stream()
+            .await
+            .unwrap();
+        let out = deduplicate(
+            input,
+            Arc::new(spec),
+            ctx.task_ctx(),
+            0,
+            super::Meters::default(),
+        )
+        .try_collect()
+        .await
+        .unwrap();
+        (out, ctx)
+    }
+
     /// Through the operator, with a pool so small that buckets spill: the
     /// same winners, and the dropped rows counted, whatever the memory.
     #[tokio::test]
@@ -1055,16 +1092,6 @@ mod tests {
         // Everything held; some windows held and some spilled when the
         // input ends; every window spilled.
         for limit in [64 << 20, 4 << 20, 512 << 10] {
-            let runtime = RuntimeEnvBuilder::new()
-                .with_memory_pool(Arc::new(FairSpillPool::new(limit)))
-                .build_arc()
-                .unwrap();
-            let ctx = SessionContext::new_with_config_rt(
-                SessionConfig::new()
-                    .with_target_partitions(2)
-                    .with_batch_size(1000),
-                runtime,
-            );
             let batches: Vec<RecordBatch> = rows
                 .chunks(1000)
                 .map(|chunk| {
@@ -1075,24 +1102,9 @@ mod tests {
                     batch(&refs)
                 })
                 .collect();
-            let input = ctx
-                .read_batches(batches)
-                .unwrap()
-                .execute_stream()
-                .await
-                .unwrap();
             let collapsed = super::Collapsed::default();
             let spec = Spec::new(schema(), &["k".into()], &["seq".into()], collapsed.clone());
-            let out: Vec<RecordBatch> = deduplicate(
-                input,
-                Arc::new(spec.unwrap()),
-                ctx.task_ctx(),
-                0,
-                super::Meters::default(),
-            )
-            .try_collect()
-            .await
-            .unwrap();
+            let (out, ctx) = deduplicate_under(limit, batches, spec.unwrap()).await;
             let kept: usize = out.iter().map(|b| b.num_rows()).sum();
             let sum: i64 = out
                 .iter()
@@ -1209,23 +1221,7 @@ mod tests {
             ]
         );
         for limit in [64 << 20, 2 << 20, 256 << 10] {
-            let runtime = RuntimeEnvBuilder::new()
-                .with_memory_pool(Arc::new(FairSpillPool::new(limit)))
-                .build_arc()
-                .unwrap();
-            let ctx = SessionContext::new_with_config_rt(
-                SessionConfig::new()
-                    .with_target_partitions(2)
-                    .with_batch_size(1000),
-                runtime,
-            );
             let batches: Vec<RecordBatch> = rows.chunks(1000).map(make).collect();
-            let input = ctx
-                .read_batches(batches)
-                .unwrap()
-                .execute_stream()
-                .await
-                .unwrap();
             let spec = Spec::new(
                 schema.clone(),
                 &["k".into()],
@@ -1233,16 +1229,7 @@ mod tests {
                 Default::default(),
             )
             .unwrap();
-            let out: Vec<RecordBatch> = deduplicate(
-                input,
-                Arc::new(spec),
-                ctx.task_ctx(),
-                0,
-                super::Meters::default(),
-            )
-            .try_collect()
-            .await
-            .unwrap();
+            let (out, ctx) = deduplicate_under(limit, batches, spec).await;
             let mut seen = 0;
             let mut winners = std::collections::HashSet::new();
             for b in &out {

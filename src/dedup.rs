@@ -1222,14 +1222,8 @@ mod tests {
         );
         for limit in [64 << 20, 2 << 20, 256 << 10] {
             let batches: Vec<RecordBatch> = rows.chunks(1000).map(make).collect();
-            let spec = Spec::new(
-                schema.clone(),
-                &["k".into()],
-                &["seq".into()],
-                Default::default(),
-            )
-            .unwrap();
-            let (out, ctx) = deduplicate_under(limit, batches, spec).await;
+            let (out, ctx) =
+                deduplicate_under(limit, batches, spec.counting(Default::default())).await;
             let mut seen = 0;
             let mut winners = std::collections::HashSet::new();
             for b in &out {

@@ -444,12 +444,16 @@ pub fn writer_properties() -> deltalake::parquet::file::properties::WriterProper
         .build()
 }
 
-/// The writer settings for a table whose rows look like `sample`: text
-/// columns whose values barely repeat in it are written without a
-/// dictionary. A dictionary of near-unique values never pays: the writer
-/// hashes every value into it until it outgrows its page and falls back to
-/// plain encoding anyway (at 10M rows of the example, filling the
-/// dictionaries of ids and timestamps was a third of bronze's CPU).
+/// The writer settings for a table whose rows look like `sample`: columns
+/// whose values barely repeat in it (text, numbers, timestamps) are written
+/// without a dictionary. A dictionary of near-unique values never pays:
+/// the writer hashes every value into it, and in a file smaller than the
+/// dictionary page limit it never falls back to plain encoding, so the file
+/// holds every value once in the dictionary and again as an index (at 10M
+/// rows of the example, filling the dictionaries of ids and timestamps was
+/// a third of bronze's CPU; silver's 1,825 files of about 5,000 rows each
+/// kept dictionaries of their order ids, customers, timestamps, prices and
+/// amounts).
 ///
 /// Every table is written this way, bronze included: its repeating text
 /// (stores, products, statuses and the lineage columns, one value per file
@@ -458,9 +462,9 @@ pub fn writer_properties() -> deltalake::parquet::file::properties::WriterProper
 /// bronze's files 469 → 335 MB and silver 16.4 → 15.1 s, medians of five
 /// alternated runs; bronze's own time unchanged).
 pub fn writer_properties_for(
-    sample: &RecordBatch,
+    sample: &[RecordBatch],
 ) -> deltalake::parquet::file::properties::WriterProperties {
-    let plain = near_unique_text_columns(sample);
+    let plain = near_unique_columns(sample);
     if plain.is_empty() {
         return writer_properties();
     }
@@ -475,35 +479,59 @@ pub fn writer_properties_for(
 }
 
 /// Fewest rows a sample needs before a column is judged by it.
-const DICTIONARY_SAMPLE_ROWS: usize = 1024;
+pub const DICTIONARY_SAMPLE_ROWS: usize = 1024;
 
-/// Text columns of `sample` in which at least 90% of the values differ
-/// (NULLs aside), judged only on samples of [`DICTIONARY_SAMPLE_ROWS`] or
-/// more values.
-fn near_unique_text_columns(sample: &RecordBatch) -> Vec<String> {
-    use datafusion::arrow::array::AsArray;
-    use datafusion::arrow::datatypes::DataType;
-    fn near_unique<'a>(values: impl Iterator<Item = Option<&'a str>>) -> bool {
-        let (mut seen, mut n) = (std::collections::HashSet::new(), 0);
-        for v in values.flatten() {
-            seen.insert(v);
-            n += 1;
+/// Columns of `sample` (text, binary, numbers, timestamps) in which at least
+/// 90% of the values differ (NULLs aside), judged only on samples of
+/// [`DICTIONARY_SAMPLE_ROWS`] or more values. Values are told apart by a
+/// 64-bit hash of each, so a collision can only make a column look less
+/// unique than it is, which keeps its dictionary.
+fn near_unique_columns(sample: &[RecordBatch]) -> Vec<String> {
+    use datafusion::common::hash_utils::{create_hashes, RandomState};
+    let Some(first) = sample.first() else {
+        return Vec::new();
+    };
+    let judged = |t: &DataType| {
+        t.is_primitive()
+            || matches!(
+                t,
+                DataType::Utf8
+                    | DataType::LargeUtf8
+                    | DataType::Utf8View
+                    | DataType::Binary
+                    | DataType::LargeBinary
+                    | DataType::BinaryView
+                    | DataType::FixedSizeBinary(_)
+            )
+    };
+    let state = RandomState::with_seed(0);
+    let mut hashes = Vec::new();
+    let mut plain = Vec::new();
+    for (i, field) in first.schema().fields().iter().enumerate() {
+        if !judged(field.data_type()) {
+            continue;
         }
-        n >= DICTIONARY_SAMPLE_ROWS && seen.len() * 10 >= n * 9
+        let (mut seen, mut values) = (std::collections::HashSet::new(), 0usize);
+        for batch in sample {
+            let column = batch.column(i);
+            hashes.clear();
+            hashes.resize(column.len(), 0);
+            if create_hashes(std::slice::from_ref(column), &state, &mut hashes).is_err() {
+                values = 0;
+                break;
+            }
+            for (row, hash) in hashes.iter().enumerate() {
+                if column.is_valid(row) {
+                    seen.insert(*hash);
+                    values += 1;
+                }
+            }
+        }
+        if values >= DICTIONARY_SAMPLE_ROWS && seen.len() * 10 >= values * 9 {
+            plain.push(field.name().clone());
+        }
     }
-    sample
-        .schema()
-        .fields()
-        .iter()
-        .zip(sample.columns())
-        .filter(|(field, column)| match field.data_type() {
-            DataType::Utf8 => near_unique(column.as_string::<i32>().iter()),
-            DataType::LargeUtf8 => near_unique(column.as_string::<i64>().iter()),
-            DataType::Utf8View => near_unique(column.as_string_view().iter()),
-            _ => false,
-        })
-        .map(|(field, _)| field.name().clone())
-        .collect()
+    plain
 }
 
 /// Files written but not yet committed.
@@ -712,29 +740,36 @@ type PartitionValues = indexmap::IndexMap<String, delta_kernel::expressions::Sca
 /// A writer for rows that arrive sorted by the table's partition columns:
 /// it closes the file when the partition changes, so it holds one
 /// partition's buffer at a time and writes one file per partition. The
-/// Parquet writer is made at the first batch, which decides its encodings
-/// ([`writer_properties_for`]); a writer that sees no row writes no file.
+/// Parquet writer is made once its first [`DICTIONARY_SAMPLE_ROWS`] rows
+/// (or all of them, if fewer) have arrived, which decide its encodings
+/// ([`writer_properties_for`]); until then it holds them. A writer that
+/// sees no row writes no file.
 pub struct SortedWriter {
     make: Option<MakeWriter>,
     writer: Option<RecordBatchWriter>,
+    /// Rows that arrived before the writer was made.
+    early: Vec<RecordBatch>,
+    early_rows: usize,
     partition_by: Vec<String>,
     table: String,
     current: Option<PartitionValues>,
     adds: Vec<deltalake::kernel::Add>,
 }
 
-/// Makes the Parquet writer of a [`SortedWriter`] from its first batch.
-type MakeWriter = Box<dyn FnOnce(&RecordBatch) -> Result<RecordBatchWriter> + Send>;
+/// Makes the Parquet writer of a [`SortedWriter`] from its first rows.
+type MakeWriter = Box<dyn FnOnce(&[RecordBatch]) -> Result<RecordBatchWriter> + Send>;
 
 impl SortedWriter {
     pub fn new(
         partition_by: Vec<String>,
         table: &str,
-        make: impl FnOnce(&RecordBatch) -> Result<RecordBatchWriter> + Send + 'static,
+        make: impl FnOnce(&[RecordBatch]) -> Result<RecordBatchWriter> + Send + 'static,
     ) -> Self {
         Self {
             make: Some(Box::new(make)),
             writer: None,
+            early: Vec::new(),
+            early_rows: 0,
             partition_by,
             table: table.to_string(),
             current: None,
@@ -742,15 +777,21 @@ impl SortedWriter {
         }
     }
 
-    /// The Parquet writer, made from `first` if there is none yet.
-    fn writer(&mut self, first: &RecordBatch) -> Result<&mut RecordBatchWriter> {
-        if self.writer.is_none() {
-            let make = self
-                .make
-                .take()
-                .ok_or_else(|| Error::Internal(format!("the writer of {} was lost", self.table)))?;
-            self.writer = Some(make(first)?);
+    /// Makes the Parquet writer from the rows held so far and writes them.
+    async fn start(&mut self) -> Result<()> {
+        let make = self
+            .make
+            .take()
+            .ok_or_else(|| Error::Internal(format!("the writer of {} was lost", self.table)))?;
+        self.writer = Some(make(&self.early)?);
+        self.early_rows = 0;
+        for batch in std::mem::take(&mut self.early) {
+            self.write_rows(batch).await?;
         }
+        Ok(())
+    }
+
+    fn writer(&mut self) -> Result<&mut RecordBatchWriter> {
         self.writer
             .as_mut()
             .ok_or_else(|| Error::Internal(format!("no writer for {}", self.table)))
@@ -760,8 +801,20 @@ impl SortedWriter {
         if batch.num_rows() == 0 {
             return Ok(());
         }
+        if self.writer.is_none() {
+            self.early_rows += batch.num_rows();
+            self.early.push(batch);
+            if self.early_rows >= DICTIONARY_SAMPLE_ROWS {
+                self.start().await?;
+            }
+            return Ok(());
+        }
+        self.write_rows(batch).await
+    }
+
+    async fn write_rows(&mut self, batch: RecordBatch) -> Result<()> {
         if self.partition_by.is_empty() {
-            return Ok(self.writer(&batch)?.write(batch).await?);
+            return Ok(self.writer()?.write(batch).await?);
         }
         let keys: Vec<ArrayRef> = self
             .partition_by
@@ -797,13 +850,13 @@ impl SortedWriter {
                 })
                 .collect::<Result<PartitionValues>>()?;
             if self.current.as_ref().is_some_and(|c| *c != values) {
-                let flushed = self.writer(&batch)?.flush().await?;
+                let flushed = self.writer()?.flush().await?;
                 self.adds.extend(flushed);
             }
             // The rows of one partition, with its values: delta-rs's
             // `write` would split them by partition again (grouping every
             // row and copying every column).
-            let writer = self.writer(&batch)?;
+            let writer = self.writer()?;
             writer
                 .write_partition(
                     batch.slice(range.start, range.end - range.start),
@@ -818,6 +871,9 @@ impl SortedWriter {
 
     /// Closes the open files; the files written, as Delta adds.
     pub async fn finish(mut self) -> Result<Vec<deltalake::kernel::Add>> {
+        if self.writer.is_none() && !self.early.is_empty() {
+            self.start().await?;
+        }
         if let Some(w) = self.writer.as_mut() {
             let flushed = w.flush().await?;
             self.adds.extend(flushed);
@@ -1101,13 +1157,17 @@ mod tests {
         ]
     }
 
-    /// Only text columns whose values nearly all differ, in a sample big
-    /// enough to judge, are written without a dictionary.
+    /// Only columns whose values nearly all differ (text, numbers,
+    /// timestamps), in a sample big enough to judge, are written without a
+    /// dictionary; the sample may come in several batches.
     #[test]
-    fn dictionaries_are_left_out_only_for_near_unique_text() {
+    fn dictionaries_are_left_out_only_for_near_unique_columns() {
         use std::sync::Arc;
 
-        use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+        use datafusion::arrow::array::{
+            ArrayRef, BooleanArray, Decimal128Array, Int64Array, RecordBatch, StringArray,
+            StringViewArray, TimestampMicrosecondArray,
+        };
         use deltalake::parquet::schema::types::ColumnPath;
 
         let text = |rows: usize, f: &dyn Fn(usize) -> Option<String>| -> ArrayRef {
@@ -1126,22 +1186,61 @@ mod tests {
             // Unique, but only 1,000 values beside the NULLs: too few.
             ("sparse", text(n, &|i| (i % 2 == 0).then(|| i.to_string()))),
             (
+                "views",
+                Arc::new(
+                    (0..n)
+                        .map(|i| Some(format!("a customer named number {i}")))
+                        .collect::<StringViewArray>(),
+                ) as ArrayRef,
+            ),
+            (
                 "number",
                 Arc::new(Int64Array::from_iter_values(0..n as i64)) as ArrayRef,
             ),
+            (
+                "quantity",
+                Arc::new(Int64Array::from_iter_values((0..n as i64).map(|i| i % 5))) as ArrayRef,
+            ),
+            (
+                "at",
+                Arc::new(TimestampMicrosecondArray::from_iter_values(
+                    (0..n as i64).map(|i| 1_700_000_000_000_000 + i * 1_000_000),
+                )) as ArrayRef,
+            ),
+            (
+                "price",
+                Arc::new(
+                    Decimal128Array::from_iter_values((0..n as i128).map(|i| 100 + i % 1900))
+                        .with_precision_and_scale(12, 2)
+                        .unwrap(),
+                ) as ArrayRef,
+            ),
+            (
+                "flag",
+                Arc::new((0..n).map(|i| Some(i % 3 == 0)).collect::<BooleanArray>()) as ArrayRef,
+            ),
         ])
         .unwrap();
-        assert_eq!(
-            super::near_unique_text_columns(&batch),
-            vec!["id".to_string(), "mostly".to_string()]
-        );
-        let props = super::writer_properties_for(&batch);
+        let plain = ["id", "mostly", "views", "number", "at", "price"].map(String::from);
+        assert_eq!(super::near_unique_columns(&[batch.clone()]), plain);
+        // The same rows in pieces of 300: judged on all of them together.
+        let pieces: Vec<_> = (0..n)
+            .step_by(300)
+            .map(|s| batch.slice(s, 300.min(n - s)))
+            .collect();
+        assert_eq!(super::near_unique_columns(&pieces), plain);
+        let props = super::writer_properties_for(&pieces);
         let dictionary = |c: &str| props.dictionary_enabled(&ColumnPath::from(c));
-        assert!(!dictionary("id") && !dictionary("mostly"));
-        assert!(dictionary("region") && dictionary("repeating") && dictionary("sparse"));
+        for c in plain {
+            assert!(!dictionary(&c), "{c} should be plain");
+        }
+        for c in ["region", "repeating", "sparse", "quantity", "flag"] {
+            assert!(dictionary(c), "{c} should keep its dictionary");
+        }
         assert!(!dictionary(crate::ingest::SOURCE_LINE));
-        // The same unique values in a small batch: no judgement.
-        assert!(super::near_unique_text_columns(&batch.slice(0, 1000)).is_empty());
+        // The same unique values in a small sample: no judgement.
+        assert!(super::near_unique_columns(&pieces[..3]).is_empty());
+        assert!(super::near_unique_columns(&[]).is_empty());
     }
 
     /// Which files each kind of replace removes.

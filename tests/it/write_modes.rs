@@ -648,3 +648,102 @@ async fn merges_partitioned_by_typed_columns_replace_the_updated_rows() {
         assert_eq!(rows, 6, "{expr}");
     }
 }
+
+/// A writer whose rows arrive in small batches (a spilled group read back,
+/// a partition's first rows) judges its encodings on its first 1,024 rows,
+/// not on its first batch: the near-unique id and timestamp are written
+/// plain, the repeating text keeps its dictionary, and every row is written
+/// once. Checked in the files' own Parquet metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encodings_are_judged_on_the_first_rows_not_the_first_batch() {
+    use datafusion::arrow::array::TimestampMicrosecondArray;
+    use deltalake::parquet::basic::Encoding;
+    use deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("t");
+    let url = url::Url::from_directory_path(&root).unwrap();
+    let spec = WriteSpec {
+        table_name: "t".into(),
+        partition_by: vec!["day".into()],
+        replace: Replace::All,
+        transactions: vec![],
+        metadata: HashMap::new(),
+        description: None,
+        symlink_manifest: false,
+        upsert: None,
+    };
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, true),
+        Field::new("store", DataType::Utf8, true),
+        Field::new("at", delta::utc_timestamp(), true),
+        Field::new("day", DataType::Utf8, true),
+    ]));
+    // Batches of 1 to 250 rows, 3,000 rows over two days.
+    let (mut batches, mut start, mut size) = (Vec::new(), 0usize, 1usize);
+    while start < 3000 {
+        let n = size.min(3000 - start);
+        let rows = start..start + n;
+        batches.push(Ok(RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(
+                    rows.clone()
+                        .map(|i| Some(format!("order-{i:07}")))
+                        .collect::<StringArray>(),
+                ),
+                Arc::new(
+                    rows.clone()
+                        .map(|i| Some(format!("store-{}", i % 7)))
+                        .collect::<StringArray>(),
+                ),
+                Arc::new(
+                    TimestampMicrosecondArray::from_iter_values(
+                        rows.clone()
+                            .map(|i| 1_700_000_000_000_000 + i as i64 * 1_000_000),
+                    )
+                    .with_timezone("UTC"),
+                ),
+                Arc::new(
+                    rows.map(|i| Some(if i < 2000 { "d1" } else { "d2" }))
+                        .collect::<StringArray>(),
+                ),
+            ],
+        )
+        .unwrap()));
+        start += n;
+        size = size * 3 % 251 + 1;
+    }
+    let table = delta::ensure_table(&url, &HashMap::new(), &schema, &spec)
+        .await
+        .unwrap();
+    let stream = Box::pin(RecordBatchStreamAdapter::new(
+        schema.clone(),
+        futures::stream::iter(batches),
+    ));
+    let written = delta::write(table, vec![stream], &spec).await.unwrap().1;
+    assert_eq!((written.rows, written.files_added), (3000, 2));
+
+    let mut rows = 0;
+    for file in files_of(&root).iter().filter(|f| f.ends_with(".parquet")) {
+        let reader =
+            SerializedFileReader::new(std::fs::File::open(root.join(file)).unwrap()).unwrap();
+        let meta = reader.metadata();
+        rows += meta.file_metadata().num_rows();
+        let group = meta.row_group(0);
+        let dictionary = |name: &str| {
+            let column = group
+                .columns()
+                .iter()
+                .find(|c| c.column_path().string() == name)
+                .unwrap();
+            column
+                .encodings()
+                .any(|e| e == Encoding::RLE_DICTIONARY || e == Encoding::PLAIN_DICTIONARY)
+        };
+        assert!(!dictionary("id"), "{file}: id has a dictionary");
+        assert!(!dictionary("at"), "{file}: at has a dictionary");
+        assert!(dictionary("store"), "{file}: store has no dictionary");
+    }
+    assert_eq!(rows, 3000);
+}

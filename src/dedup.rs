@@ -325,10 +325,13 @@ fn owned(batch: RecordBatch) -> DfResult<RecordBatch> {
 /// Such columns are held as a `UInt32` id per row into a table of their
 /// values, and turned back into text views (a gather of 16 bytes a row)
 /// as the winners leave. Which columns: the text columns other than the
-/// key and the sequence whose first window has at most one distinct
-/// value per [`REPEATS`] rows; the choice then holds for the whole input
-/// (the held rows need one schema), so a column that stops repeating only
-/// costs its table, which is counted against the memory pool.
+/// key whose first window has at most one distinct value per [`REPEATS`]
+/// rows; the choice then holds for the whole input (the held rows need one
+/// schema), so a column that stops repeating only costs its table, which
+/// is counted against the memory pool. A sequence column may be one (the
+/// example's `_source_file`, one value per landed file): ids are given in
+/// the order values arrive, not in text order, so the rows whose sequence
+/// is compared have it turned back into text first.
 struct TextIds {
     /// Per input column, its table when it is held as ids; empty until the
     /// first window decides.
@@ -399,11 +402,14 @@ impl IdTable {
         UInt32Array::new(ids.into(), column.nulls().cloned())
     }
 
+    /// Every value as an array, by id (built again after the table grew).
+    fn values(&mut self) -> &StringViewArray {
+        self.values
+            .get_or_insert_with(|| StringViewArray::from_iter_values(&self.text))
+    }
+
     fn decode(&mut self, ids: &UInt32Array) -> DfResult<ArrayRef> {
-        let values = self
-            .values
-            .get_or_insert_with(|| StringViewArray::from_iter_values(&self.text));
-        Ok(take(values, ids, None)?)
+        Ok(take(self.values(), ids, None)?)
     }
 }
 
@@ -426,7 +432,11 @@ impl TextIds {
             .iter()
             .enumerate()
             .map(|(i, column)| {
-                if spec.keys.contains(&i) || spec.sequence.contains(&i) {
+                // The key is hashed and compared on every row: it stays
+                // text. A sequence column may be ids: it is read only for
+                // the rows of keys seen more than once, turned back into
+                // text first ([`TextIds::sequence_column`]).
+                if spec.keys.contains(&i) {
                     return None;
                 }
                 let column = column.as_string_view_opt()?;
@@ -489,6 +499,32 @@ impl TextIds {
             })
             .collect();
         Ok((RecordBatch::try_new(self.held.clone(), columns)?, grew))
+    }
+
+    /// Builds every table's values, so that [`Self::sequence_column`] can
+    /// read them (the input has ended: no table grows after).
+    fn ready(&mut self) {
+        for table in self.tables.iter_mut().flatten() {
+            table.values();
+        }
+    }
+
+    /// Column `i` of some rows as held (`column`), as text if it is held as
+    /// ids: what the sequence of those rows compares (text order, not the
+    /// order the ids were given in). Needs [`Self::ready`].
+    fn sequence_column(&self, i: usize, column: ArrayRef) -> DfResult<ArrayRef> {
+        match self.tables.get(i) {
+            Some(Some(table)) => {
+                let values = table.values.as_ref().ok_or_else(|| {
+                    DataFusionError::Internal(
+                        "the deduplication read a sequence held as ids before its values were ready"
+                            .into(),
+                    )
+                })?;
+                Ok(take(values, column.as_primitive::<UInt32Type>(), None)?)
+            }
+            _ => Ok(column),
+        }
     }
 
     /// Rows as held, as they came in.
@@ -748,6 +784,7 @@ fn keep_winners(
     if pieces.is_empty() {
         return Ok((Vec::new(), 0));
     }
+    text.ready();
     // The key and sequence columns of every row, to choose the winners.
     let column = |i: usize| -> DfResult<ArrayRef> {
         let parts: Vec<&dyn Array> = pieces.iter().map(|p| p.column(i).as_ref()).collect();
@@ -777,7 +814,7 @@ fn keep_winners(
             .iter()
             .map(|&c| {
                 let parts: Vec<&dyn Array> = pieces.iter().map(|p| p.column(c).as_ref()).collect();
-                Ok(interleave(&parts, &at)?)
+                text.sequence_column(c, interleave(&parts, &at)?)
             })
             .collect()
     };
@@ -1253,6 +1290,109 @@ mod tests {
             assert_eq!(winners, expected, "limit {limit}");
             let spilled = !ctx.runtime_env().disk_manager.temp_dir_paths().is_empty();
             assert_eq!(spilled, limit < (64 << 20), "limit {limit}");
+        }
+    }
+
+    /// A text sequence column held as ids (a file name, one value per
+    /// file) still compares as text: the files arrive in the reverse of
+    /// their text order, so comparing the ids would pick the other row of
+    /// every tie. NULL files lose to any file. Under a limit that holds
+    /// everything and under ones that spill.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sequence_held_as_ids_compares_as_text() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8View, false),
+            Field::new("seq", DataType::Int64, false),
+            Field::new("file", DataType::Utf8View, true),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        // Rows arrive file by file, "landing/f9.csv" first and
+        // "landing/f0.csv" last; every third file name is out of line.
+        let name = |f: i64| {
+            if f % 3 == 0 {
+                format!("landing/orders/a file name longer than twelve bytes {f}.csv")
+            } else {
+                format!("f{f}.csv")
+            }
+        };
+        let file_of = |n: i64| -> Option<String> {
+            let f = 9 - n / 20_000;
+            (n % 101 != 0).then(|| name(f))
+        };
+        // Key of row n: 50,000 keys, each seen in up to four files; the
+        // seq ties on every second row.
+        let rows: Vec<(String, i64, i64)> = (0..200_000i64)
+            .map(|n| (format!("key-{}", (n * 7919) % 50_000), (n % 4) / 2, n))
+            .collect();
+        let make = |chunk: &[(String, i64, i64)]| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringViewArray::from_iter_values(
+                        chunk.iter().map(|r| r.0.as_str()),
+                    )),
+                    Arc::new(Int64Array::from_iter_values(chunk.iter().map(|r| r.1))),
+                    Arc::new(StringViewArray::from(
+                        chunk.iter().map(|r| file_of(r.2)).collect::<Vec<_>>(),
+                    )),
+                    Arc::new(Int64Array::from_iter_values(chunk.iter().map(|r| r.2))),
+                ],
+            )
+            .unwrap()
+        };
+        let spec = Spec::new(
+            schema.clone(),
+            &["k".into()],
+            &["seq".into(), "file".into()],
+            Default::default(),
+        )
+        .unwrap();
+        let mut text = super::TextIds::new(&spec);
+        let (held, _) = text.encode(make(&rows[..65_536]), &spec).unwrap();
+        assert_eq!(held.schema().field(2).data_type(), &DataType::UInt32);
+        // Per key, independently: the greatest (seq, file as text) wins,
+        // a NULL file losing to any; on a full tie the first row.
+        let mut best: std::collections::HashMap<&str, (i64, Option<String>, i64)> =
+            Default::default();
+        for (k, seq, n) in &rows {
+            let candidate = (*seq, file_of(*n), *n);
+            match best.get(k.as_str()) {
+                Some((s, f, _)) => {
+                    let beats = match (seq.cmp(s), &candidate.1, f) {
+                        (std::cmp::Ordering::Greater, _, _) => true,
+                        (std::cmp::Ordering::Less, _, _) => false,
+                        (_, Some(_), None) => true,
+                        (_, Some(a), Some(b)) => a > b,
+                        (_, None, _) => false,
+                    };
+                    if beats {
+                        best.insert(k, candidate);
+                    }
+                }
+                None => {
+                    best.insert(k, candidate);
+                }
+            }
+        }
+        let expected: std::collections::HashSet<i64> = best.values().map(|v| v.2).collect();
+        assert_eq!(expected.len(), 50_000);
+        for limit in [64 << 20, 1 << 20] {
+            let batches: Vec<RecordBatch> = rows.chunks(777).map(make).collect();
+            let (out, _) =
+                deduplicate_under(limit, batches, spec.counting(Default::default())).await;
+            let mut winners = std::collections::HashSet::new();
+            for b in &out {
+                assert_eq!(b.schema(), schema, "limit {limit}");
+                let ns = b.column(3).as_primitive::<Int64Type>();
+                let files = b.column(2).as_string_view();
+                for row in 0..b.num_rows() {
+                    let n = ns.value(row);
+                    let file = files.is_valid(row).then(|| files.value(row).to_string());
+                    assert_eq!(file, file_of(n), "limit {limit}, n {n}");
+                    winners.insert(n);
+                }
+            }
+            assert_eq!(winners, expected, "limit {limit}");
         }
     }
 }

@@ -1222,7 +1222,10 @@ mod tests {
         ])
         .unwrap();
         let plain = ["id", "mostly", "views", "number", "at", "price"].map(String::from);
-        assert_eq!(super::near_unique_columns(&[batch.clone()]), plain);
+        assert_eq!(
+            super::near_unique_columns(std::slice::from_ref(&batch)),
+            plain
+        );
         // The same rows in pieces of 300: judged on all of them together.
         let pieces: Vec<_> = (0..n)
             .step_by(300)

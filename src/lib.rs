@@ -17,6 +17,7 @@ pub mod limits;
 pub mod lineage;
 pub mod local_reads;
 pub mod lock;
+pub mod lookup_join;
 pub mod maintain;
 pub mod manifest;
 pub mod model;

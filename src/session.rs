@@ -115,14 +115,20 @@ pub async fn build(
     let mut analyzer_rules: Vec<Arc<dyn datafusion::optimizer::AnalyzerRule + Send + Sync>> =
         vec![crate::pg_bool::BooleanLiterals::new()];
     analyzer_rules.extend(datafusion::optimizer::Analyzer::new().rules);
-    let state = SessionStateBuilder::new()
+    let mut state = SessionStateBuilder::new()
         .with_default_features()
         .with_analyzer_rules(analyzer_rules)
         .with_optimizer_rule(Arc::new(crate::fast_cast::TextToDecimal))
         .with_config(config)
         .with_runtime_env(runtime.clone())
-        .with_query_planner(planner)
-        .build();
+        .with_query_planner(planner);
+    // Plans this process executes look small tables up without copying
+    // the rows they keep. A cluster's scheduler plans its own (its nodes
+    // ship only the operators the codec knows).
+    if options.cluster.is_none() {
+        state = state.with_physical_optimizer_rule(Arc::new(crate::lookup_join::LookupJoins));
+    }
+    let state = state.build();
     let ctx = SessionContext::new_with_state(state);
     // On a cluster, tables are read as the Parquet files of their snapshot,
     // which executors can scan; delta-rs's scan cannot leave this process.

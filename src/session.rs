@@ -122,9 +122,9 @@ pub async fn build(
         .with_config(config)
         .with_runtime_env(runtime.clone())
         .with_query_planner(planner);
-    // Small tables are looked up without copying the rows kept
-    // (`lookup_join`); a cluster's scheduler plans with the same rule
-    // (`cluster::node_state`) and its codec ships the join.
+    // Plans this process executes look small tables up without copying
+    // the rows they keep. A cluster's scheduler plans its own (its nodes
+    // ship only the operators the codec knows).
     if options.cluster.is_none() {
         state = state.with_physical_optimizer_rule(Arc::new(crate::lookup_join::LookupJoins));
     }

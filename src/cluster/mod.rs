@@ -144,7 +144,6 @@ pub fn node_state(config: SessionConfig, runtime: Arc<RuntimeEnv>) -> SessionSta
         .with_config(config)
         .with_runtime_env(runtime)
         .with_query_planner(stage::planner())
-        .with_physical_optimizer_rule(Arc::new(crate::lookup_join::LookupJoins))
         .build();
     let ctx = SessionContext::new_with_state(state);
     register_functions(&ctx);

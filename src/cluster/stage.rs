@@ -169,7 +169,7 @@ impl StageNode {
     }
 }
 
-fn parse_spec<T: serde::de::DeserializeOwned>(body: &[u8]) -> DfResult<T> {
+fn parse_spec(body: &[u8]) -> DfResult<StageSpec> {
     serde_json::from_slice(body).map_err(|e| {
         DataFusionError::Internal(format!(
             "cannot read a stage recipe from another lakehouse node: {e}. Every node of a cluster must run the same lakehouse version"
@@ -278,11 +278,6 @@ pub fn encode_physical(
     if let Some(check) = node.downcast_ref::<CheckExec>() {
         return Ok(Some(("check-exec", json(&check.spec)?)));
     }
-    if let Some(join) = node.downcast_ref::<crate::lookup_join::LookupJoinExec>() {
-        let recipe = serde_json::to_value(join.recipe()?)
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        return Ok(Some(("lookup-join", recipe)));
-    }
     Ok(None)
 }
 
@@ -305,11 +300,6 @@ pub fn decode_physical(
             input.clone(),
             parse_spec(body)?,
         )?)),
-        ("lookup-join", [build, probe]) => crate::lookup_join::LookupJoinExec::from_recipe(
-            parse_spec(body)?,
-            build.clone(),
-            probe.clone(),
-        ),
         _ => Err(unknown(kind)),
     }
 }

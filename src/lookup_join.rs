@@ -15,6 +15,10 @@
 //! whose `-0.0`/`NaN` equality differs), both sides' keys of one type, no
 //! join filter and no row limit. A build side whose keys repeat still gives
 //! DataFusion's answer: every matching row, with the probe row repeated.
+//!
+//! Local sessions plan with the rule. A Ballista scheduler plans a job with
+//! its adaptive planner's own fixed list of rules (Ballista 55 takes no
+//! extra rule there), so on a cluster DataFusion's hash join stays.
 
 use std::collections::HashMap;
 use std::sync::Arc;

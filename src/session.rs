@@ -123,8 +123,8 @@ pub async fn build(
         .with_runtime_env(runtime.clone())
         .with_query_planner(planner);
     // Plans this process executes look small tables up without copying
-    // the rows they keep. A cluster's scheduler plans its own (its nodes
-    // ship only the operators the codec knows).
+    // the rows they keep. A cluster's scheduler plans with Ballista's own
+    // list of rules, which takes no extra one (see `lookup_join`).
     if options.cluster.is_none() {
         state = state.with_physical_optimizer_rule(Arc::new(crate::lookup_join::LookupJoins));
     }

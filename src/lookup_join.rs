@@ -536,8 +536,11 @@ mod tests {
         ctx.register_table("stores", Arc::new(stores)).unwrap();
     }
 
-    /// Rows of a query as sorted text lines, and its plan's text.
-    async fn run(ctx: &SessionContext, sql: &str) -> (Vec<String>, String) {
+    /// A query's physical plan, and its text.
+    async fn plan_of(
+        ctx: &SessionContext,
+        sql: &str,
+    ) -> (Arc<dyn datafusion::physical_plan::ExecutionPlan>, String) {
         let plan = ctx
             .sql(sql)
             .await
@@ -546,6 +549,12 @@ mod tests {
             .await
             .unwrap();
         let text = displayable(plan.as_ref()).indent(false).to_string();
+        (plan, text)
+    }
+
+    /// Rows of a query as sorted text lines, and its plan's text.
+    async fn run(ctx: &SessionContext, sql: &str) -> (Vec<String>, String) {
+        let (plan, text) = plan_of(ctx, sql).await;
         let batches = collect(plan, ctx.task_ctx()).await.unwrap();
         let mut lines = Vec::new();
         for b in &batches {
@@ -618,14 +627,7 @@ mod tests {
         let (with, _) = sessions();
         register(&with).await;
         let sql = "SELECT o.id, s.region FROM orders o LEFT JOIN (SELECT store, max(region) AS region FROM stores GROUP BY store) s ON o.store = s.store";
-        let plan = with
-            .sql(sql)
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
-        let text = displayable(plan.as_ref()).indent(false).to_string();
+        let (plan, text) = plan_of(&with, sql).await;
         assert!(text.contains("LakehouseLookupJoin"), "{text}");
         let batches = collect(plan, with.task_ctx()).await.unwrap();
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
@@ -649,8 +651,7 @@ mod tests {
             "SELECT o.id, s.region FROM orders o LEFT JOIN stores s ON o.store = s.store AND o.amount > length(s.region)",
             "SELECT o.id FROM orders o LEFT JOIN (SELECT CAST(length(store) AS DOUBLE) AS k FROM stores) s ON CAST(o.amount AS DOUBLE) = s.k",
         ] {
-            let plan = with.sql(sql).await.unwrap().create_physical_plan().await.unwrap();
-            let text = displayable(plan.as_ref()).indent(false).to_string();
+            let (_, text) = plan_of(&with, sql).await;
             assert!(!text.contains("LakehouseLookupJoin"), "{sql}\n{text}");
         }
     }

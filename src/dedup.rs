@@ -355,8 +355,9 @@ struct IdTable {
     long: HashMap<String, u32, RandomState>,
     /// Every value, by id.
     text: Vec<String>,
-    /// `text` as an array, once it is asked for.
-    values: Option<StringViewArray>,
+    /// `text` as an array, made when first asked for (and again after the
+    /// table grew).
+    values: std::cell::OnceCell<StringViewArray>,
     /// Bytes the table holds, about.
     bytes: usize,
 }
@@ -383,7 +384,7 @@ impl IdTable {
     }
 
     fn push(&mut self, text: &str) -> u32 {
-        self.values = None;
+        self.values = std::cell::OnceCell::new();
         self.bytes += text.len() + 64;
         self.text.push(text.to_string());
         (self.text.len() - 1) as u32
@@ -403,12 +404,12 @@ impl IdTable {
     }
 
     /// Every value as an array, by id (built again after the table grew).
-    fn values(&mut self) -> &StringViewArray {
+    fn values(&self) -> &StringViewArray {
         self.values
-            .get_or_insert_with(|| StringViewArray::from_iter_values(&self.text))
+            .get_or_init(|| StringViewArray::from_iter_values(&self.text))
     }
 
-    fn decode(&mut self, ids: &UInt32Array) -> DfResult<ArrayRef> {
+    fn decode(&self, ids: &UInt32Array) -> DfResult<ArrayRef> {
         Ok(take(self.values(), ids, None)?)
     }
 }
@@ -501,41 +502,25 @@ impl TextIds {
         Ok((RecordBatch::try_new(self.held.clone(), columns)?, grew))
     }
 
-    /// Builds every table's values, so that [`Self::sequence_column`] can
-    /// read them (the input has ended: no table grows after).
-    fn ready(&mut self) {
-        for table in self.tables.iter_mut().flatten() {
-            table.values();
-        }
-    }
-
     /// Column `i` of some rows as held (`column`), as text if it is held as
     /// ids: what the sequence of those rows compares (text order, not the
-    /// order the ids were given in). Needs [`Self::ready`].
+    /// order the ids were given in).
     fn sequence_column(&self, i: usize, column: ArrayRef) -> DfResult<ArrayRef> {
         match self.tables.get(i) {
-            Some(Some(table)) => {
-                let values = table.values.as_ref().ok_or_else(|| {
-                    DataFusionError::Internal(
-                        "the deduplication read a sequence held as ids before its values were ready"
-                            .into(),
-                    )
-                })?;
-                Ok(take(values, column.as_primitive::<UInt32Type>(), None)?)
-            }
+            Some(Some(table)) => table.decode(column.as_primitive::<UInt32Type>()),
             _ => Ok(column),
         }
     }
 
     /// Rows as held, as they came in.
-    fn decode(&mut self, held: RecordBatch) -> DfResult<RecordBatch> {
+    fn decode(&self, held: RecordBatch) -> DfResult<RecordBatch> {
         if self.tables.iter().all(Option::is_none) {
             return Ok(held);
         }
         let columns: Vec<ArrayRef> = held
             .columns()
             .iter()
-            .zip(self.tables.iter_mut())
+            .zip(&self.tables)
             .map(|(column, table)| match table {
                 Some(table) => table.decode(column.as_primitive::<UInt32Type>()),
                 None => Ok(column.clone()),
@@ -756,7 +741,7 @@ impl Buckets {
         }
         pieces.extend(self.held.iter().filter_map(|w| w.bucket(bucket)));
         let _timer = self.meters.winners.timer();
-        let winners = keep_winners(pieces, spec, batch_size, &mut self.text);
+        let winners = keep_winners(pieces, spec, batch_size, &self.text);
         self.reservation
             .shrink(read_back.min(self.reservation.size()));
         winners
@@ -779,12 +764,11 @@ fn keep_winners(
     pieces: Vec<RecordBatch>,
     spec: &Spec,
     batch_size: usize,
-    text: &mut TextIds,
+    text: &TextIds,
 ) -> DfResult<(Vec<RecordBatch>, u64)> {
     if pieces.is_empty() {
         return Ok((Vec::new(), 0));
     }
-    text.ready();
     // The key and sequence columns of every row, to choose the winners.
     let column = |i: usize| -> DfResult<ArrayRef> {
         let parts: Vec<&dyn Array> = pieces.iter().map(|p| p.column(i).as_ref()).collect();

@@ -479,7 +479,7 @@ pub fn writer_properties_for(
 }
 
 /// Fewest rows a sample needs before a column is judged by it.
-pub const DICTIONARY_SAMPLE_ROWS: usize = 1024;
+const DICTIONARY_SAMPLE_ROWS: usize = 1024;
 
 /// Columns of `sample` (text, binary, numbers, timestamps) in which at least
 /// 90% of the values differ (NULLs aside), judged only on samples of
